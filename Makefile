@@ -1,0 +1,25 @@
+# The dev loop. `make test` is the README's test command and what CI runs.
+PY ?= python3
+
+.PHONY: test deps lint demo bench
+
+deps:  ## redis-server (Debian) and the Python packages the tests need
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server libsndfile1; \
+	  else echo "redis-server is missing: sudo apt-get install redis-server" >&2; fi; }
+	$(PY) -m pip install -q -e '.[test]'
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check ocycle_dist workers
+
+test: deps lint
+	$(PY) -m pytest -q
+
+demo:
+	$(PY) -m pip install -q -e '.[celery,audio]'
+	ocycle-dist demo
+
+bench:
+	$(PY) bench/bench_core.py
+	$(PY) bench/bench_celery.py

@@ -1,0 +1,50 @@
+"""ocycle_dist: re-chunk a stream and run a job on every chunk, locally or on Celery workers.
+
+A drop-in for ocycle 0.1.0: ``import ocycle_dist as ocycle``.
+"""
+
+from .bufferio import ListIO, NumpyIO
+from .chunk import Chunk
+from .emit import POLICIES, BufferEmit, ListEmit, NumpyEmit
+from .errors import (
+    BrokerError,
+    ClosedError,
+    ConfigError,
+    EncodeError,
+    FrameError,
+    OcycleError,
+    RemoteTaskError,
+)
+from .executors import EXECUTORS, SerialExecutor
+from .stats import Stats
+from .tap import Tap
+
+__version__ = "0.2.0"
+
+SERIAL, THREAD, PROCESS, CELERY = "serial", "thread", "process", "celery"
+
+__all__ = [
+    "CELERY",
+    "EXECUTORS",
+    "POLICIES",
+    "PROCESS",
+    "SERIAL",
+    "THREAD",
+    "BrokerError",
+    "BufferEmit",
+    "Chunk",
+    "ClosedError",
+    "ConfigError",
+    "EncodeError",
+    "FrameError",
+    "ListEmit",
+    "ListIO",
+    "NumpyEmit",
+    "NumpyIO",
+    "OcycleError",
+    "RemoteTaskError",
+    "SerialExecutor",
+    "Stats",
+    "Tap",
+    "__version__",
+]

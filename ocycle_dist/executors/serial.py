@@ -1,0 +1,27 @@
+"""The serial executor: runs each call at once, in the caller's thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+
+class SerialExecutor:
+    """A ``concurrent.futures``-shaped executor that runs each call when it is submitted."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        del max_workers  # accepted for the shape of the stdlib pools
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` now and return its finished Future."""
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # the Future carries it to on_error
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to stop."""

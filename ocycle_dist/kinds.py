@@ -1,0 +1,153 @@
+"""What a stream is made of: bytes, text, lists or numpy arrays.
+
+A *kind* checks and freezes each frame written (so that a caller reusing its buffer cannot change data
+already written), measures it in elements, cuts pieces out of frames and joins pieces into a chunk.
+The emitter keeps frames as they were written and copies each element once, when its chunk is built.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
+
+from .bufferio import ListIO, NumpyIO
+from .errors import FrameError
+
+
+class Kind:
+    """Base of the four kinds. ``fast_type`` is the exact type accepted without any check."""
+
+    name = ""
+    fast_type: type | None = None
+    buffer_factory: Callable[[], Any] = io.BytesIO
+
+    def accept(self, data: Any) -> tuple[Any, int]:
+        """Check ``data`` and return it frozen, with its length in elements."""
+        raise NotImplementedError
+
+    def cut(self, frame: Any, a: int, b: int) -> Any:
+        """Elements ``a:b`` of a frozen frame."""
+        return frame[a:b]
+
+    def join(self, pieces: list[Any]) -> Any:
+        """One chunk from the pieces, in order."""
+        raise NotImplementedError
+
+    def compatible(self, other: Kind) -> bool:
+        """Whether frames accepted by ``other`` fit this kind too (for a shared tap)."""
+        return type(self) is type(other)
+
+    def _reject(self, data: Any, what: str) -> FrameError:
+        return FrameError(f"data of type {type(data).__name__} cannot be written to a {self.name} stream: {what}")
+
+
+class BytesKind(Kind):
+    """Bytes. Accepts any contiguous bytes-like object (bytes, bytearray, memoryview, array)."""
+
+    name = "bytes"
+    fast_type = bytes
+
+    def accept(self, data: Any) -> tuple[bytes, int]:
+        if isinstance(data, str):
+            raise self._reject(data, "expected bytes-like; encode the text first (data.encode())")
+        try:
+            frozen = bytes(memoryview(data).cast("B"))
+        except TypeError:
+            raise self._reject(data, "expected bytes, bytearray or memoryview") from None
+        return frozen, len(frozen)
+
+    def join(self, pieces: list[Any]) -> bytes:
+        return b"".join(pieces)
+
+
+class TextKind(Kind):
+    """Text (``new=io.StringIO``)."""
+
+    name = "text"
+    fast_type = str
+    buffer_factory = io.StringIO
+
+    def accept(self, data: Any) -> tuple[str, int]:
+        if not isinstance(data, str):
+            raise self._reject(data, "expected str")
+        return str(data), len(data)
+
+    def join(self, pieces: list[Any]) -> str:
+        return "".join(pieces)
+
+
+class ListKind(Kind):
+    """Lists of arbitrary items (``ListEmit``)."""
+
+    name = "list"
+    buffer_factory = ListIO
+
+    def accept(self, data: Any) -> tuple[list[Any], int]:
+        if isinstance(data, (str, bytes, bytearray, dict, set)) or not hasattr(data, "__len__"):
+            raise self._reject(data, "expected a list or tuple of items")
+        frozen = list(data)
+        return frozen, len(frozen)
+
+    def join(self, pieces: list[Any]) -> list[Any]:
+        return pieces[0][:] if len(pieces) == 1 else list(chain.from_iterable(pieces))
+
+
+class NumpyKind(Kind):
+    """Numpy arrays whose first axis is time (``NumpyEmit``).
+
+    The dtype and trailing shape are fixed by the ``dtype``/``shape`` given, else by the first frame.
+    """
+
+    name = "numpy"
+    buffer_factory = NumpyIO
+
+    def __init__(self, dtype: Any = None, shape: tuple[int, ...] | None = None) -> None:
+        import numpy as np
+
+        self._np = np
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.shape = tuple(shape) if shape is not None else None
+
+    def accept(self, data: Any) -> tuple[Any, int]:
+        np = self._np
+        if not isinstance(data, np.ndarray):
+            raise self._reject(data, "expected a numpy.ndarray whose first axis is time")
+        if data.dtype.hasobject:
+            raise FrameError(f"data has dtype {data.dtype}: object arrays cannot be streamed (no pickle)")
+        if data.ndim == 0:
+            raise FrameError("data is a 0-d array: the first axis must be time")
+        if self.dtype is None:
+            self.dtype, self.shape = data.dtype, data.shape[1:]
+        elif data.dtype != self.dtype or data.shape[1:] != self.shape:
+            raise FrameError(
+                f"data has dtype {data.dtype} and frame shape {data.shape[1:]}, "
+                f"this stream holds dtype {self.dtype} and frame shape {self.shape}"
+            )
+        return data.copy(), len(data)
+
+    def join(self, pieces: list[Any]) -> Any:
+        return self._np.concatenate(pieces, axis=0)
+
+    def compatible(self, other: Kind) -> bool:
+        if not isinstance(other, NumpyKind):
+            return False
+        return other.dtype is None or self.dtype is None or (self.dtype, self.shape) == (other.dtype, other.shape)
+
+
+def kind_for(new: Callable[[], Any] | None, *, dtype: Any = None, shape: Any = None) -> Kind:
+    """The kind of stream a buffer factory ``new`` makes (bytes when None)."""
+    if new is None or new is io.BytesIO:
+        return BytesKind()
+    if new is io.StringIO:
+        return TextKind()
+    if new is ListIO:
+        return ListKind()
+    if new is NumpyIO:
+        return NumpyKind(dtype, shape)
+    sample = new().getvalue()  # a custom factory: judge by what its buffers hold
+    for kind in (BytesKind(), TextKind(), ListKind()):
+        if isinstance(sample, kind.fast_type or list):
+            return kind
+    return NumpyKind(dtype, shape)

@@ -1,0 +1,56 @@
+"""Settings shared by the producer and the workers, read from ``OCYCLE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_BROKER = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """How the distributed path is wired. Seconds are floats, sizes are bytes.
+
+    Attributes:
+        broker_url: the Redis URL (``redis://:password@host:port/db``, ``rediss://`` for TLS).
+        queue: the Celery queue the chunks' tasks go to.
+        claim_threshold: an encoded chunk larger than this is stored in Redis under its own key and the
+            task carries only the key (a claim check), so big chunks skip the envelope's base64.
+        max_chunk_bytes: the largest encoded chunk accepted, by the producer and by the workers.
+        result_ttl: how long replies and claimed chunks are kept in Redis.
+        visibility_timeout: Redis transport: seconds before an unacknowledged task is delivered again.
+        socket_timeout: seconds a Redis command may take before the connection is given up.
+        archive_dir: where ``workers.tasks.archive_flac`` writes its files.
+        sample_rate: samples per second of the audio the worker tasks receive.
+    """
+
+    broker_url: str = DEFAULT_BROKER
+    queue: str = "celery"
+    claim_threshold: int = 128 * 1024
+    max_chunk_bytes: int = 64 * 1024 * 1024
+    result_ttl: float = 24 * 3600.0
+    visibility_timeout: float = 300.0
+    socket_timeout: float = 10.0
+    archive_dir: str = "archive"
+    sample_rate: int = 16000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``OCYCLE_<FIELD>`` variables (e.g. ``OCYCLE_BROKER_URL``), then ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"OCYCLE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"OCYCLE_{f.name.upper()}", raw, f"a {kind.__name__}") from None
+        return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,36 @@
+"""Counters of one emitter."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of an emitter's counters.
+
+    Chunks always add up: ``emitted == in_flight + done + failed + dropped``.
+
+    Attributes:
+        written: elements accepted by ``write()``, including those the sampler skipped.
+        skipped: elements ignored by the sampler (during a pause, and the clipped leftover before one).
+        buffered: elements held, not yet part of an emitted chunk.
+        emitted: chunks formed.
+        in_flight: chunks handed to the executor, or waiting for it, not finished.
+        done: chunks whose callback returned.
+        failed: chunks whose callback raised.
+        dropped: chunks dropped by the overload policy (``drop_oldest``/``drop_newest``).
+    """
+
+    written: int = 0
+    skipped: int = 0
+    buffered: int = 0
+    emitted: int = 0
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a dict."""
+        return asdict(self)

@@ -1,0 +1,74 @@
+"""Tap: one input feeding several emitters (e.g. 0.5 s, 2 s and 10 s windows of one microphone)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .emit import BufferEmit
+from .errors import ClosedError, ConfigError
+from .stats import Stats
+
+
+class Tap:
+    """Write each frame once; every emitter gets it.
+
+    The frame is checked and frozen once and the same object is kept by every emitter: the input is not
+    copied per consumer. Each emitter cuts its own chunks, with its own size, executor and policy.
+
+    >>> import ocycle_dist as ocycle
+    >>> got = {}
+    >>> short = ocycle.BufferEmit(lambda v, t0: got.setdefault("short", []).append(v), 2, clip=True)
+    >>> long = ocycle.BufferEmit(lambda v, t0: got.setdefault("long", []).append(v), 4, clip=True)
+    >>> with ocycle.Tap(short, long) as tap:
+    ...     tap.write(b"abcd")
+    >>> got
+    {'short': [b'ab', b'cd'], 'long': [b'abcd']}
+    """
+
+    def __init__(self, *emitters: BufferEmit) -> None:
+        if not emitters:
+            raise ConfigError("emitters", emitters, "at least one BufferEmit")
+        for e in emitters:
+            if not isinstance(e, BufferEmit):
+                raise ConfigError("emitters", e, "BufferEmit instances")
+            if not emitters[0]._kind.compatible(e._kind):
+                raise ConfigError("emitters", e, f"emitters of one kind ({emitters[0]._kind.name})")
+        self.emitters = emitters
+        self._kind = emitters[0]._kind
+        self._closed = False
+
+    def write(self, data: Any, t0: float | None = None) -> None:
+        """Write one frame to every emitter; ``t0`` is ``time.time()`` when None, the same for all."""
+        if self._closed:
+            raise ClosedError("write() on a closed Tap")
+        frozen, n = self._kind.accept(data)
+        if t0 is None:
+            t0 = time.time()
+        for e in self.emitters:
+            if e._closed:
+                raise ClosedError(f"write() to a closed emitter (stream {e.stream!r}) through a Tap")
+            e._push(frozen, n, t0)
+
+    def open(self) -> Tap:
+        """Open every emitter."""
+        for e in self.emitters:
+            e.open()
+        self._closed = False
+        return self
+
+    def close(self, wait: bool = True, flush: bool = False) -> None:
+        """Close every emitter (see ``BufferEmit.close``)."""
+        self._closed = True
+        for e in self.emitters:
+            e.close(wait=wait, flush=flush)
+
+    def stats(self) -> dict[str, Stats]:
+        """Each emitter's counters, by stream id."""
+        return {e.stream: e.stats() for e in self.emitters}
+
+    def __enter__(self) -> Tap:
+        return self.open()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

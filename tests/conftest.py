@@ -1,0 +1,43 @@
+"""Shared fixtures of the core suite.
+
+``mode`` parametrizes the contract suite over every executor: add a mode to ``LOCAL_MODES`` (or a list
+next to it) and every contract test runs on it. ``mode_options`` gives the executor options a mode needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import ocycle_dist as ocycle
+
+LOCAL_MODES = ["serial", "thread", "process"]
+
+
+@pytest.fixture(params=LOCAL_MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """The executor mode under test."""
+    return str(request.param)
+
+
+@pytest.fixture
+def mode_options(mode: str) -> dict[str, Any]:
+    """Executor options for ``mode`` (local modes take none)."""
+    return {}
+
+
+@pytest.fixture
+def make_emitter(mode: str, mode_options: dict[str, Any]) -> Iterator[Callable[..., ocycle.BufferEmit]]:
+    """Build emitters in ``mode``; each is closed at teardown so no pool outlives its test."""
+    made: list[ocycle.BufferEmit] = []
+
+    def make(callback: Any, size: int, *, cls: type[ocycle.BufferEmit] = ocycle.BufferEmit, **kwargs: Any) -> Any:
+        emitter = cls(callback, size, mode=mode, **mode_options, **kwargs)
+        made.append(emitter)
+        return emitter
+
+    yield make
+    for emitter in made:
+        emitter.close(wait=False)

@@ -1,0 +1,149 @@
+"""Static checks of docker-compose.yml, Dockerfile and .dockerignore (no Docker needed)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict] = COMPOSE["services"]
+NETWORKS: dict[str, dict | None] = COMPOSE.get("networks") or {}
+CLIENTS = ("worker", "flower", "producer")
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def _command(name: str) -> str:
+    cmd = SERVICES[name]["command"]
+    return cmd if isinstance(cmd, str) else shlex.join(cmd)
+
+
+def _networks(name: str) -> list[str]:
+    return list(SERVICES[name].get("networks") or [])
+
+
+def _env(name: str) -> dict[str, str]:
+    env = SERVICES[name].get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def _requirepass() -> str:
+    args = shlex.split(_command("redis"))
+    return args[args.index("--requirepass") + 1]
+
+
+def _broker_url(name: str) -> str:
+    args = shlex.split(_command(name))
+    if "--broker" in args:
+        return args[args.index("--broker") + 1]
+    return _env(name)["OCYCLE_BROKER_URL"]
+
+
+def _interpolate(text: str) -> str:
+    """Resolve ``${VAR:-default}`` the way Compose does with VAR unset."""
+    return _VARIABLE.sub(lambda m: m.group(2) or "", text)
+
+
+def test_services_exist() -> None:
+    assert {"redis", "worker", "flower", "producer"} <= set(SERVICES)
+
+
+def test_redis_persists_and_requires_a_password() -> None:
+    redis = SERVICES["redis"]
+    assert redis["image"].startswith("redis:7")
+    args = shlex.split(_command("redis"))
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert _interpolate(_requirepass())
+    assert any(str(v).split(":")[-1] == "/data" for v in redis.get("volumes", []))
+    check = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli" in check
+    assert "ping" in check
+    assert _requirepass() in check
+
+
+def test_redis_is_on_internal_networks_only() -> None:
+    assert "ports" not in SERVICES["redis"]
+    assert "network_mode" not in SERVICES["redis"]
+    assert _networks("redis")
+    for network in _networks("redis"):
+        assert (NETWORKS[network] or {}).get("internal") is True, network
+
+
+def test_worker_can_scale_and_stop_gracefully() -> None:
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["stop_grace_period"]
+    assert _command("worker").startswith("celery -A workers worker")
+    check = " ".join(worker["healthcheck"]["test"])
+    assert "celery -A workers inspect ping" in check
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    archive = _env("worker")["OCYCLE_ARCHIVE_DIR"]
+    assert any(str(v).split(":")[1] == archive for v in worker.get("volumes", []))
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+def test_redis_clients_get_the_password(name: str) -> None:
+    assert set(_networks(name)) & set(_networks("redis")), "cannot reach redis"
+    url = urlsplit(_broker_url(name))
+    assert url.scheme == "redis"
+    assert (url.hostname, url.port) == ("redis", 6379)
+    assert url.password == _requirepass()
+    assert _interpolate(url.password)
+
+
+def test_flower_publishes_5555_from_a_non_internal_network() -> None:
+    flower = SERVICES["flower"]
+    assert _command("flower").startswith("celery -A workers flower")
+    ports = [_interpolate(str(p)) for p in flower["ports"]]
+    assert any(p == "5555:5555" or p.endswith(":5555:5555") for p in ports), ports
+    assert any(not (NETWORKS[n] or {}).get("internal") for n in _networks("flower"))
+
+
+def test_producer_runs_the_demo_after_redis_and_worker() -> None:
+    producer = SERVICES["producer"]
+    assert _command("producer").startswith("ocycle-dist demo")
+    assert producer["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "worker" in producer["depends_on"]
+
+
+def test_declared_networks_and_volumes_are_used_consistently() -> None:
+    volumes = COMPOSE.get("volumes") or {}
+    for name, service in SERVICES.items():
+        for network in _networks(name):
+            assert network in NETWORKS, (name, network)
+        for mount in service.get("volumes", []):
+            source = str(mount).split(":")[0]
+            if not source.startswith((".", "/", "~")):
+                assert source in volumes, (name, source)
+
+
+def test_celery_app_module_exists() -> None:
+    assert (ROOT / "workers" / "__init__.py").is_file()
+
+
+def test_console_script_is_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "ocycle-dist" in project["scripts"]
+
+
+def test_dockerfile_installs_libsndfile_and_the_repo() -> None:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert re.search(r"apt-get install[^\n]*\blibsndfile1\b", text)
+    assert re.search(r"^COPY \. ", text, re.MULTILINE)
+    assert re.search(r"pip install [\"']?\.\[celery,audio\]", text)
+
+
+def test_dockerignore_keeps_secrets_and_git_out() -> None:
+    entries = (ROOT / ".dockerignore").read_text().split()
+    assert ".git" in entries
+    assert ".env" in entries

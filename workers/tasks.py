@@ -1,0 +1,49 @@
+"""Tasks of the canonical audio use: sound level every 0.5 s, a FLAC archive every 10 s, a model every 2 s.
+
+Each task is a function of ``(chunk, t0)`` and is safe to run twice on the same chunk: the results are
+pure functions of the chunk, and the archive's file name comes from the chunk's stream and sequence number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import app, audio
+
+
+def _rate() -> int:
+    return int(app.ocycle_settings.sample_rate)
+
+
+@app.task(name="workers.tasks.echo")
+def echo(chunk: Any, t0: float) -> list[Any]:
+    """Return ``[chunk, t0]`` unchanged (for tests)."""
+    return [chunk, t0]
+
+
+@app.task(name="workers.tasks.spl")
+def spl(chunk: Any, t0: float) -> dict[str, Any]:
+    """Sound level of a chunk (e.g. 0.5 s): dBFS, dB SPL and peak."""
+    return {"t0": t0, **audio.spl(chunk)}
+
+
+@app.task(name="workers.tasks.classify")
+def classify(chunk: Any, t0: float) -> dict[str, Any]:
+    """Label a chunk (e.g. 2 s) as silence, tone or noise with a small linear model."""
+    return {"t0": t0, **audio.classify(chunk, rate=_rate())}
+
+
+@app.task(name="workers.tasks.archive_flac", bind=True)
+def archive_flac(self: Any, chunk: Any, t0: float) -> dict[str, Any]:
+    """Write a chunk (e.g. 10 s) as a FLAC file under ``OCYCLE_ARCHIVE_DIR``; return its path and size."""
+    info = self.request.get("ocycle") or {}
+    stream, seq = info.get("stream", "chunk"), info.get("seq")
+    name = f"{stream}-{seq:08d}" if seq is not None else f"{stream}-{t0:.6f}"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    return {"t0": t0, **audio.archive_flac(chunk, rate=_rate(), directory=app.ocycle_settings.archive_dir, name=safe)}
+
+
+@app.task(name="workers.tasks.fail")
+def fail(chunk: Any, t0: float) -> None:
+    """Raise ``ValueError`` (for tests of the error path)."""
+    raise ValueError(f"failing on purpose on a chunk of {len(chunk)} elements at t0={t0}")
