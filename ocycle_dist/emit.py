@@ -168,6 +168,7 @@ class BufferEmit:
         self._inline = mode == "serial"
         self._owns_executor = False
         self._counts = dict.fromkeys(("skipped", "emitted", "done", "failed", "dropped"), 0)
+        self._skipped_leftover = 0  # skipped elements also counted in the stream's end (sampler leftovers)
         self._seq = 0
         self._reset_windows(0)
         self._closed = False
@@ -283,6 +284,7 @@ class BufferEmit:
     def _pause(self, now: float, leftover: int) -> None:
         """Start a sampler pause after an emit; the rest of the stream so far is skipped."""
         delay = self.sampler() if self.sampler else 0.0
+        self._skipped_leftover += leftover
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
             self._counts["skipped"] += leftover
             self._reset_windows(self._end)
@@ -468,7 +470,7 @@ class BufferEmit:
         with self._lock:
             c = self._counts
             return Stats(
-                written=self._end + c["skipped"],
+                written=self._end + c["skipped"] - self._skipped_leftover,
                 buffered=self._end - (self._starts[0][0] if self._starts else min(self._next_start, self._end)),
                 in_flight=len(self._inflight),
                 **c,

@@ -41,3 +41,23 @@ def make_emitter(mode: str, mode_options: dict[str, Any]) -> Iterator[Callable[.
     yield make
     for emitter in made:
         emitter.close(wait=False)
+
+
+@pytest.fixture(scope="session")
+def topology() -> Iterator[Any]:
+    """A real redis-server (with a password) and two `celery -A workers worker` processes.
+
+    Skipped when redis-server is not installed, except in CI (``CI`` set), where it fails.
+    """
+    import os
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from ocycle_dist.topology import Topology
+
+    with Topology(2, concurrency=2, password="test-pw") as topo:
+        yield topo

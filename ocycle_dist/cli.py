@@ -1,0 +1,48 @@
+"""The ``ocycle-dist`` command: ``demo`` (the main job) and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def status(broker: str | None) -> int:
+    """Print queue depth, workers seen and results pending on ``broker``."""
+    from .redis_client import connect
+    from .settings import Settings
+    from .worker import make_app
+
+    settings = Settings.from_env(broker_url=broker)
+    client = connect(settings.broker_url, socket_timeout=3.0)
+    print(f"broker: {settings.broker_url}")
+    print(f"queue {settings.queue!r}: {client.llen(settings.queue)} tasks waiting")
+    for key in sorted(client.scan_iter("ocycle:reply:*")):
+        print(f"replies not yet collected in {key.decode()}: {client.llen(key)}")
+    claimed = sum(1 for _ in client.scan_iter("ocycle:chunk:*"))
+    print(f"claimed chunks stored: {claimed}")
+    replies = make_app(settings).control.inspect(timeout=1.0).ping() or {}
+    print(f"workers seen: {len(replies)}" + "".join(f"\n  {name}" for name in sorted(replies)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = argparse.ArgumentParser(prog="ocycle-dist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="stream audio through three consumers (SPL 0.5 s, model 2 s, FLAC 10 s)")
+    demo.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL, else an embedded broker and worker")
+    demo.add_argument("--seconds", type=float, default=12.0, help="seconds of synthetic audio (default 12)")
+    demo.add_argument("--wav", help="stream this WAV/FLAC file instead of a synthetic signal")
+    demo.add_argument("--realtime", action="store_true", help="pace the source at real time")
+    st = sub.add_parser("status", help="queue depth, workers seen, results pending")
+    st.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import main_demo
+
+        return main_demo(args.broker, args.seconds, args.wav, args.realtime)
+    return status(args.broker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

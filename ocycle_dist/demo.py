@@ -1,0 +1,135 @@
+"""The main job: one microphone-like source, three consumers, each chunk a Celery task.
+
+Sound level (SPL) every 0.5 s, a model every 2 s and a FLAC archive every 10 s, from one ``Tap``.
+The source is a synthetic signal (tone, noise, silence in turn) or a WAV file, replayed as 1024-sample
+frames with sample-accurate t0s.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .chunk import Chunk
+from .emit import NumpyEmit
+from .settings import Settings
+from .tap import Tap
+
+CONSUMERS = (  # (stream, task, seconds per chunk)
+    ("spl", "workers.tasks.spl", 0.5),
+    ("classify", "workers.tasks.classify", 2.0),
+    ("archive", "workers.tasks.archive_flac", 10.0),
+)
+
+
+def synthetic(seconds: float, rate: int, frame: int = 1024) -> Iterator[np.ndarray]:
+    """Frames of a test signal: 4 s of a 440 Hz tone, 4 s of noise, 4 s of silence, over again."""
+    rng = np.random.default_rng(0)
+    total = int(seconds * rate)
+    for start in range(0, total, frame):
+        n = min(frame, total - start)
+        t = (start + np.arange(n)) / rate
+        part = int(t[0] // 4) % 3
+        if part == 0:
+            x = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+        elif part == 1:
+            x = rng.uniform(-0.3, 0.3, n)
+        else:
+            x = np.zeros(n)
+        yield x.astype(np.float32)
+
+
+def wav_frames(path: str, rate: int, frame: int = 1024) -> Iterator[np.ndarray]:
+    """Mono float32 frames of a WAV/FLAC file, which must be sampled at ``rate``."""
+    import soundfile as sf
+
+    with sf.SoundFile(path) as f:
+        if f.samplerate != rate:
+            raise ValueError(f"wav={path!r} is sampled at {f.samplerate} Hz; the workers expect {rate} (OCYCLE_SAMPLE_RATE)")
+        for block in f.blocks(blocksize=frame, dtype="float32", always_2d=True):
+            yield block.mean(axis=1).astype(np.float32)
+
+
+def describe(stream: str, result: Any) -> str:
+    """One line for a consumer's result."""
+    if stream == "spl":
+        return f"{result['dbfs']:7.1f} dBFS  ({result['db_spl']:.1f} dB SPL)"
+    if stream == "classify":
+        return f"{result['label']:<8} p={result['scores'][result['label']]:.2f}"
+    return f"{result['path']} ({result['bytes']:,} bytes, {result['frames'] / result.get('rate', 1):.1f} s)"
+
+
+def run(
+    broker: str,
+    *,
+    seconds: float = 12.0,
+    wav: str | None = None,
+    realtime: bool = False,
+    settings: Settings | None = None,
+    out: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Stream the source through the three consumers on ``broker``; return each consumer's counters."""
+    settings = settings or Settings.from_env(broker_url=broker)
+    rate = settings.sample_rate
+    lock = threading.Lock()
+    start_t = time.time()
+    results: dict[str, list[Any]] = {name: [] for name, _, _ in CONSUMERS}
+
+    def on_done_for(name: str) -> Callable[..., None]:
+        def on_done(result: Any, meta: Chunk) -> None:
+            with lock:
+                results[name].append(result)
+                out(f"[{name:<8} #{meta.seq:<3} t0=+{meta.t0 - start_t:6.2f}s] {describe(name, result)}")
+
+        return on_done
+
+    def on_error(exc: BaseException, meta: Chunk) -> None:
+        out(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+
+    emitters = [
+        NumpyEmit(task, int(secs * rate), clip=True, rate=rate, mode="celery", stream=name, settings=settings,
+                  on_done=on_done_for(name), on_error=on_error, max_inflight=64)
+        for name, task, secs in CONSUMERS
+    ]
+    frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
+    written = 0
+    with ExitStack() as stack:
+        tap = stack.enter_context(Tap(*emitters))
+        for frame in frames:
+            t0 = start_t + written / rate
+            if realtime:
+                time.sleep(max(0.0, t0 - time.time()))
+            tap.write(frame, t0=t0)
+            written += len(frame)
+        tap.close(flush=True)
+    stats = tap.stats()
+    out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
+    for name, _, secs in CONSUMERS:
+        s = stats[name]
+        out(f"  {name:<8} every {secs:>4} s: {s.emitted} chunks, {s.done} done, {s.failed} failed, {s.dropped} dropped")
+    return {name: stats[name] for name, _, _ in CONSUMERS}
+
+
+def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: bool) -> int:
+    """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
+    from .embedded import embedded, reachable
+
+    url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
+    if reachable(url):
+        print(f"broker: {url} (workers must be running: celery -A workers worker)")
+        run(url, seconds=seconds, wav=wav, realtime=realtime)
+        return 0
+    if broker:
+        print(f"broker {broker} is not reachable")
+        return 2
+    import workers
+
+    print(f"no broker reachable at {url}: running an embedded broker (fakeredis) and worker in this process")
+    with embedded(workers.app) as local_url:
+        run(local_url, seconds=seconds, wav=wav, realtime=realtime, settings=workers.app.ocycle_settings)
+    return 0

@@ -1,0 +1,65 @@
+"""An embedded broker and worker, in this process: for the demo when no Redis is reachable.
+
+The broker is fakeredis's TCP server on a free loopback port; the worker is a Celery worker of the
+``workers`` app with the solo pool, in a thread. Real enough to run the same code path end to end, not
+made for load: use a real redis-server and ``celery worker`` processes for that.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from typing import Any, Iterator
+
+
+def reachable(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis server answers PING at ``url``."""
+    from .redis_client import connect
+
+    try:
+        client = connect(url, socket_timeout=timeout)
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@contextmanager
+def embedded_broker() -> Iterator[str]:
+    """Serve a fakeredis TCP server on a free loopback port; yields its URL."""
+    from fakeredis import TcpFakeServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, name="ocycle-embedded-redis", daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def embedded_worker(app: Any, url: str) -> Iterator[Any]:
+    """Run a Celery worker of ``app`` against ``url`` in a thread of this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    app.conf.broker_url = url
+    app.ocycle_settings = replace(app.ocycle_settings, broker_url=url)
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, shutdown_timeout=10.0, loglevel="WARNING",
+    ) as w:
+        yield w
+
+
+@contextmanager
+def embedded(app: Any) -> Iterator[str]:
+    """An embedded broker with a worker of ``app`` on it; yields the broker URL."""
+    with ExitStack() as stack:
+        url = stack.enter_context(embedded_broker())
+        stack.enter_context(embedded_worker(app, url))
+        yield url

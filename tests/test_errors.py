@@ -1,0 +1,316 @@
+"""Bad input raises a clear error: the right class, naming the parameter and the bad value."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+import ocycle_dist as ocycle
+from ocycle_dist import ClosedError, ConfigError, FrameError, OcycleError
+
+
+def noop(value, t0):
+    return None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.values: list = []
+        self.errors: list[BaseException] = []
+
+    def __call__(self, value, t0):
+        self.values.append(value)
+        return value
+
+    def on_error(self, exc):
+        self.errors.append(exc)
+
+
+def assert_config_error(excinfo: pytest.ExceptionInfo, param: str, value: object) -> None:
+    exc = excinfo.value
+    assert isinstance(exc, ConfigError)
+    assert isinstance(exc, ValueError)
+    assert isinstance(exc, OcycleError)
+    assert exc.param == param
+    assert str(exc).startswith(f"{param}=")
+    assert repr(value) in str(exc)
+
+
+# ---- construction --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, "10", True, None])
+def test_bad_size(size):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, size)
+    assert_config_error(excinfo, "size", size)
+
+
+def test_size_accepts_integer_like_values():
+    assert ocycle.BufferEmit(noop, np.int64(4)).size == 4
+
+
+@pytest.mark.parametrize("hop", [0, -2, 5, 2.0])
+def test_bad_hop(hop):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, hop=hop)
+    assert_config_error(excinfo, "hop", hop)
+
+
+def test_hop_above_size_names_size():
+    with pytest.raises(ConfigError, match="size=4"):
+        ocycle.BufferEmit(noop, 4, hop=5)
+
+
+def test_unknown_mode_lists_the_valid_modes():
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, mode="fiber")
+    assert_config_error(excinfo, "mode", "fiber")
+    for name in ("serial", "thread", "process", "celery"):
+        assert repr(name) in str(excinfo.value)
+
+
+def test_a_mode_that_is_no_executor():
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, mode=object)
+    assert excinfo.value.param == "mode"
+
+
+def test_unknown_policy_lists_the_valid_policies():
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, policy="drop_random")
+    assert_config_error(excinfo, "policy", "drop_random")
+    for name in ocycle.POLICIES:
+        assert repr(name) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("rate", [0, -1.0, 0.0, "fast", True])
+def test_bad_rate(rate):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, rate=rate)
+    assert_config_error(excinfo, "rate", rate)
+
+
+@pytest.mark.parametrize(("param", "value"), [("max_inflight", 0), ("max_inflight", -3), ("npool", 0)])
+def test_bad_pool_limits(param, value):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, **{param: value})
+    assert_config_error(excinfo, param, value)
+
+
+@pytest.mark.parametrize("sampler", [-1, -0.5, "x", True])
+def test_bad_sampler_at_construction(sampler):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, sampler=sampler)
+    assert_config_error(excinfo, "sampler", sampler)
+
+
+@pytest.mark.parametrize("mode", ["serial", "thread", "process"])
+def test_unexpected_executor_option_is_named(mode):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(noop, 4, mode=mode, broker="x")
+    assert_config_error(excinfo, "broker", "x")
+
+
+@pytest.mark.parametrize(("param", "value"), [("callback", 42), ("on_done", "print"), ("on_error", 1)])
+def test_callbacks_must_be_callable(param, value):
+    kwargs = {"callback": noop, "size": 4, param: value}
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit(**kwargs)
+    assert_config_error(excinfo, param, value)
+
+
+# ---- frames ----------------------------------------------------------------------------------------------
+
+
+def test_str_written_to_a_byte_stream_keeps_earlier_data():
+    rec = Recorder()
+    b = ocycle.BufferEmit(rec, 4, clip=True)
+    b.write(b"ab", t0=1.0)
+    with pytest.raises(FrameError) as excinfo:
+        b.write("cd", t0=2.0)
+    assert isinstance(excinfo.value, TypeError)
+    assert "str" in str(excinfo.value)
+    assert "bytes" in str(excinfo.value)
+    assert b.stats().written == 2
+    b.write(b"cdef", t0=3.0)
+    assert rec.values == [b"abcd"]
+    assert b.stats().buffered == 2
+
+
+@pytest.mark.parametrize("bad", [12, None, 3.5, {"a": 1}])
+def test_non_bytes_like_frames(bad):
+    b = ocycle.BufferEmit(noop, 4)
+    with pytest.raises(FrameError, match=type(bad).__name__):
+        b.write(bad)
+    assert b.stats().written == 0
+
+
+def test_numpy_frame_of_another_trailing_shape():
+    rec = Recorder()
+    b = ocycle.NumpyEmit(rec, 4, clip=True)
+    b.write(np.zeros((3, 2), np.float32), t0=1.0)
+    with pytest.raises(FrameError) as excinfo:
+        b.write(np.zeros((3, 3), np.float32), t0=2.0)
+    assert "(3,)" in str(excinfo.value) and "(2,)" in str(excinfo.value)
+    b.write(np.ones((1, 2), np.float32), t0=3.0)
+    assert len(rec.values) == 1
+    np.testing.assert_array_equal(rec.values[0], [[0, 0]] * 3 + [[1, 1]])
+
+
+def test_numpy_frame_of_another_dtype():
+    b = ocycle.NumpyEmit(noop, 4)
+    b.write(np.zeros((3, 2), np.float32), t0=1.0)
+    with pytest.raises(FrameError) as excinfo:
+        b.write(np.zeros((3, 2), np.float64), t0=2.0)
+    assert "float64" in str(excinfo.value) and "float32" in str(excinfo.value)
+    assert b.stats().written == 3
+
+
+def test_numpy_stream_with_declared_dtype_and_shape():
+    b = ocycle.NumpyEmit(noop, 4, dtype="int16", shape=(2,))
+    with pytest.raises(FrameError, match="float32"):
+        b.write(np.zeros((3, 2), np.float32))
+    with pytest.raises(FrameError, match=r"\(3,\)"):
+        b.write(np.zeros((3, 3), np.int16))
+    b.write(np.zeros((3, 2), np.int16))
+    assert b.stats().written == 3
+
+
+def test_numpy_object_array():
+    b = ocycle.NumpyEmit(noop, 4)
+    with pytest.raises(FrameError, match="object"):
+        b.write(np.array([[1], ["x"]], dtype=object))
+    with pytest.raises(FrameError, match="ndarray"):
+        b.write([[1.0, 2.0]])
+
+
+def test_invalid_t0_is_rejected_and_the_frame_not_kept():
+    rec = Recorder()
+    b = ocycle.BufferEmit(rec, 2, clip=True)
+    with pytest.raises(FrameError, match="t0='noon'"):
+        b.write(b"ab", t0="noon")
+    b.write(b"cd", t0=1.0)
+    assert rec.values == [b"cd"]
+
+
+# ---- sampler ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, "x", None])
+def test_sampler_returning_a_bad_delay(bad):
+    rec = Recorder()
+    b = ocycle.BufferEmit(rec, 4, clip=True, sampler=lambda: bad)
+    b.write(b"ab", t0=1.0)
+    with pytest.raises(ConfigError) as excinfo:
+        b.write(b"cdef", t0=2.0)  # the write that emits abcd
+    assert excinfo.value.param == "sampler"
+    assert f"returned {bad!r}" in str(excinfo.value)
+    assert rec.values == [b"abcd"]  # the chunk was delivered before the error
+    assert b.stats().skipped == 2  # ef, the clipped leftover
+    with pytest.raises(ConfigError, match="sampler="):
+        b.write(b"ghij", t0=3.0)  # not paused: the stream went on, and the sampler fails again
+    assert rec.values == [b"abcd", b"ghij"]
+
+
+# ---- life cycle -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["serial", "thread"])
+def test_write_after_close_then_open_again(mode):
+    rec = Recorder()
+    b = ocycle.BufferEmit(rec, 2, clip=True, mode=mode)
+    b.write(b"ab", t0=1.0)
+    b.close()
+    with pytest.raises(ClosedError) as excinfo:
+        b.write(b"cd", t0=2.0)
+    assert isinstance(excinfo.value, RuntimeError)
+    assert "open()" in str(excinfo.value)
+    with pytest.raises(ClosedError):
+        b.write(bytearray(b"cd"), t0=2.0)
+    assert b.open() is b
+    b.write(b"ef", t0=3.0)
+    b.close()
+    assert rec.values == [b"ab", b"ef"]
+
+
+def test_write_after_close_numpy():
+    b = ocycle.NumpyEmit(noop, 2)
+    b.close()
+    with pytest.raises(ClosedError):
+        b.write(np.zeros((2, 1)))
+
+
+def test_tap_after_close():
+    tap = ocycle.Tap(ocycle.BufferEmit(noop, 2))
+    tap.close()
+    with pytest.raises(ClosedError):
+        tap.write(b"ab")
+
+
+@pytest.mark.parametrize("emitters", [(), (ocycle.BufferEmit(noop, 2), "not an emitter")])
+def test_tap_needs_emitters(emitters):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.Tap(*emitters)
+    assert excinfo.value.param == "emitters"
+
+
+def test_tap_of_mixed_kinds():
+    with pytest.raises(ConfigError, match="bytes"):
+        ocycle.Tap(ocycle.BufferEmit(noop, 2), ocycle.ListEmit(noop, 2))
+
+
+# ---- callbacks that raise ----------------------------------------------------------------------------------
+
+
+def test_an_exception_in_on_done_goes_to_on_error():
+    rec = Recorder()
+
+    def on_done(result):
+        raise KeyError(f"cannot store {result!r}")
+
+    b = ocycle.BufferEmit(lambda v, t0: v.upper(), 2, clip=True, on_done=on_done, on_error=rec.on_error)
+    b.write(b"abcd", t0=1.0)
+    assert [(type(e), str(e)) for e in rec.errors] == [
+        (KeyError, "\"cannot store b'AB'\""),
+        (KeyError, "\"cannot store b'CD'\""),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["serial", "thread"])
+def test_default_on_error_logs(mode, caplog):
+    def boom(value, t0):
+        raise ZeroDivisionError(f"boom on {value!r}")
+
+    b = ocycle.BufferEmit(boom, 2, clip=True, mode=mode, stream="mic")
+    with caplog.at_level(logging.ERROR, logger="ocycle_dist"):
+        b.write(b"ab", t0=1.0)
+        b.close()
+    records = [r for r in caplog.records if r.name == "ocycle_dist"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.ERROR
+    assert "mic" in records[0].getMessage()
+    assert "boom on b'ab'" in records[0].getMessage()
+    assert records[0].exc_info[0] is ZeroDivisionError
+    assert b.stats().failed == 1
+
+
+def test_an_exception_in_on_error_is_logged_not_raised(caplog):
+    done = threading.Event()
+
+    def on_error(exc):
+        done.set()
+        raise RuntimeError("on_error is broken")
+
+    def boom(value, t0):
+        raise ValueError("boom")
+
+    b = ocycle.BufferEmit(boom, 2, clip=True, on_error=on_error)
+    with caplog.at_level(logging.ERROR, logger="ocycle_dist"):
+        b.write(b"ab", t0=1.0)
+    assert done.is_set()
+    assert any("on_error raised" in r.getMessage() for r in caplog.records)
+    assert b.stats().failed == 1

@@ -1,0 +1,163 @@
+"""mode='celery' against a real redis-server and real `celery -A workers worker` processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ocycle_dist as ocycle
+from ocycle_dist.redis_client import connect
+
+
+def test_bytes_round_trip_exactly_with_t0_and_meta(topology: Any) -> None:
+    got: dict[int, Any] = {}
+    payload = bytes(range(256)) * 8  # not UTF-8: base64 territory for stock JSON
+    with ocycle.BufferEmit("workers.tasks.echo", 1000, clip=True, mode="celery", broker=topology.url,
+                           on_done=lambda r, meta: got.__setitem__(meta.seq, r)) as b:
+        b.write(payload, t0=100.0)
+    assert sorted(got) == [0, 1]
+    assert got[0] == [payload[:1000], 100.0] and got[1] == [payload[1000:2000], 100.0]
+
+
+def test_numpy_dtype_and_shape_round_trip(topology: Any) -> None:
+    got: list[Any] = []
+    frames = np.arange(24000, dtype=np.int16).reshape(-1, 2)
+    with ocycle.NumpyEmit("workers.tasks.echo", 4000, clip=True, rate=8000, mode="celery", broker=topology.url,
+                          on_done=got.append) as b:
+        b.write(frames, t0=10.0)
+    got.sort(key=lambda r: r[1])
+    assert [r[1] for r in got] == pytest.approx([10.0, 10.5, 11.0])
+    for i, (chunk, _) in enumerate(got):
+        assert chunk.dtype == np.int16 and chunk.shape == (4000, 2)
+        np.testing.assert_array_equal(chunk, frames[i * 4000 : (i + 1) * 4000])
+
+
+def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any) -> None:
+    got: list[Any] = []
+    data = np.random.default_rng(1).bytes(3 << 20)
+    with ocycle.BufferEmit("workers.tasks.echo", 1 << 20, clip=True, mode="celery", broker=topology.url,
+                           stream=f"big-{uuid.uuid4().hex[:6]}", on_done=lambda r: got.append(r[0])) as b:
+        b.write(data)
+        stream = b.stream
+    assert b"".join(sorted(got, key=data.index)) == data
+    assert list(connect(topology.url).scan_iter(f"ocycle:chunk:{stream}:*")) == []
+
+
+def test_remote_failure_reaches_on_error_with_type_and_message_and_stream_goes_on(topology: Any) -> None:
+    errors: list[BaseException] = []
+    with ocycle.BufferEmit("workers.tasks.fail", 4, clip=True, mode="celery", broker=topology.url,
+                           on_error=errors.append) as b:
+        b.write(b"abcdefgh")
+        b.write(b"ijkl")
+    assert len(errors) == 3
+    assert all(isinstance(e, ocycle.RemoteTaskError) and e.type_name == "ValueError" for e in errors)
+    assert "failing on purpose on a chunk of 4 elements" in str(errors[0])
+    assert b.stats().failed == 3 and b.stats().done == 0
+
+
+def test_thousands_in_flight_all_come_back_once(topology: Any) -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def on_done(result: Any, meta: ocycle.Chunk) -> None:
+        with lock:
+            seen.append(meta.seq)
+
+    n = 3000
+    with ocycle.BufferEmit("workers.tasks.echo", 16, clip=True, mode="celery", broker=topology.url,
+                           max_inflight=n, on_done=on_done) as b:
+        for i in range(n):
+            b.write(i.to_bytes(16, "big"))
+        assert b.stats().in_flight > 100  # writes did not wait for the workers
+    assert sorted(seen) == list(range(n))
+    stats = b.stats()
+    assert (stats.emitted, stats.done, stats.in_flight) == (n, n, 0)
+
+
+def test_write_does_not_wait_on_the_network(topology: Any) -> None:
+    admin = connect(topology.url)
+    got: list[Any] = []
+    b = ocycle.BufferEmit("workers.tasks.echo", 8, clip=True, mode="celery", broker=topology.url, on_done=got.append)
+    b.write(b"warm-up!")
+    assert b.wait(30)
+    admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")  # Redis answers nobody for 3 s
+    paused_at = time.monotonic()
+    for _ in range(50):
+        b.write(b"12345678")
+    written_in = time.monotonic() - paused_at
+    b.close()
+    assert written_in < 1.0, f"50 writes took {written_in:.2f} s while Redis was paused"
+    assert len(got) == 51
+
+
+def test_listener_survives_a_broker_reconnect_without_losing_results(topology: Any) -> None:
+    admin = connect(topology.url)
+    got: list[int] = []
+    gate = threading.Event()
+
+    def on_done(result: Any, meta: ocycle.Chunk) -> None:
+        got.append(meta.seq)
+        if len(got) == 20:
+            gate.set()
+
+    b = ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", broker=topology.url,
+                          on_done=on_done, max_inflight=1000)
+    for i in range(20):
+        b.write(i.to_bytes(4, "big"))
+    assert gate.wait(30)
+    listener = b._executor._listener
+    killed = admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 1
+    for i in range(20, 200):
+        b.write(i.to_bytes(4, "big"))
+    b.close()
+    assert sorted(got) == list(range(200))
+    assert listener.reconnects >= 1
+
+
+def test_a_pickle_message_is_refused_and_never_executed(topology: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> Any:
+            return (Path.touch, (marker,))
+
+    task_id = str(uuid.uuid4())
+    body = pickle.dumps(((Exploit(), 0.0), {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}))
+    message = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "binary",
+        "content-type": "application/x-python-serialize",
+        "headers": {"lang": "py", "task": "workers.tasks.echo", "id": task_id, "root_id": task_id,
+                    "parent_id": None, "group": None, "retries": 0, "timelimit": [None, None],
+                    "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": "test"},
+        "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
+                       "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0,
+                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+    }
+    refusal = b"Refusing to deserialize untrusted content of type pickle"
+
+    def refusals() -> int:
+        return sum(w.log.read_bytes().count(refusal) for w in topology.workers)
+
+    before = refusals()
+    connect(topology.url).lpush("celery", json.dumps(message))
+    deadline = time.monotonic() + 30
+    while refusals() == before:  # the worker's log is the only trace a refused message leaves
+        assert time.monotonic() < deadline, "no worker refused the pickle message"
+        time.sleep(0.05)
+    assert not marker.exists()
+    # and the workers still work
+    got: list[Any] = []
+    with ocycle.BufferEmit("workers.tasks.echo", 2, mode="celery", broker=topology.url, on_done=got.append) as b:
+        b.write(b"ok")
+    assert got == [[b"ok", pytest.approx(got[0][1])]]
