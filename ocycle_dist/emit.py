@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -27,13 +26,13 @@ from .bufferio import ListIO, NumpyIO
 from .chunk import Chunk
 from .errors import ClosedError, ConfigError, FrameError
 from .executors import EXECUTORS, check_mode, is_executor, make_executor
+from .hotpath import NEVER, appender_class
 from .kinds import Kind, kind_for
 from .stats import Stats
 
 log = logging.getLogger("ocycle_dist")
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
-_NEVER = math.inf
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -170,20 +169,23 @@ class BufferEmit:
         self._counts = dict.fromkeys(("skipped", "emitted", "done", "failed", "dropped"), 0)
         self._skipped_leftover = 0  # skipped elements also counted in the stream's end (sampler leftovers)
         self._seq = 0
+        self._segs: list[Any] = []  # frames kept, oldest first
+        self._ends = [0]  # _ends[0]: position of _segs[0]; _ends[i + 1]: position after _segs[i]
+        self._hot = appender_class()(self._segs, self._ends, self._kind.fast_type, 1, self._advance, self._other)
+        self.write = self._hot.write  # the C hot path when built: no Python frame per write
         self._reset_windows(0)
         self._closed = False
         self._paused = False
         self._pause_until = 0.0
-        self._fast = self._kind.fast_type
 
     # ---- the stream -------------------------------------------------------------------------------
 
     def _reset_windows(self, end: int) -> None:
-        self._segs: list[Any] = []  # frames kept, oldest first
-        self._ends = [end]  # _ends[0]: position of _segs[0]; _ends[i + 1]: position after _segs[i]
+        self._segs.clear()
+        self._ends[:] = [end]
         self._next_start = end  # where the next window opens
         self._starts: deque[tuple[int, float]] = deque()  # open windows: (start, t0)
-        self._threshold = end + 1  # _advance() is due when the stream's end reaches this
+        self._hot.threshold = end + 1  # _advance() is due when the stream's end reaches this
 
     @property
     def _end(self) -> int:
@@ -200,14 +202,10 @@ class BufferEmit:
             FrameError: ``data`` does not fit the stream; nothing is written.
             ClosedError: the emitter is closed.
         """
-        if type(data) is self._fast:  # the hot path: a frame of the exact type, open, not pausing
-            ends = self._ends
-            end = ends[-1] + len(data)
-            ends.append(end)
-            self._segs.append(data)
-            if end >= self._threshold:
-                self._advance(len(data), t0)
-            return
+        self._hot.write(data, t0)  # instances use self._hot.write directly (see __init__)
+
+    def _other(self, data: Any, t0: float | None) -> None:
+        """write() of a frame that is not of the stream's exact fast type, or while closed or pausing."""
         if self._closed:
             raise ClosedError(f"write() on a closed {type(self).__name__} (stream {self.stream!r}); call open() first")
         frozen, n = self._kind.accept(data)
@@ -221,13 +219,13 @@ class BufferEmit:
                 self._counts["skipped"] += n
                 return
             self._paused = False
-            self._fast = self._kind.fast_type
+            self._hot.fast_type = self._kind.fast_type
             self._next_start = self._end
-            self._threshold = self._end + 1
+            self._hot.threshold = self._end + 1
             t0 = now
         self._segs.append(frozen)
         self._ends.append(self._ends[-1] + n)
-        if self._ends[-1] >= self._threshold:
+        if self._ends[-1] >= self._hot.threshold:
             self._advance(n, t0)
 
     def _advance(self, n: int, t0: float | None) -> None:
@@ -244,7 +242,7 @@ class BufferEmit:
         while self._next_start < end:
             s = self._next_start
             starts.append((s, t0 + (s - w0) / rate if rate else t0))
-            self._next_start = s + self.hop if self.clip else _NEVER
+            self._next_start = s + self.hop if self.clip else NEVER
         while starts and starts[0][0] + size <= end:
             s, t = starts.popleft()
             e = s + size if self.clip else end
@@ -278,8 +276,8 @@ class BufferEmit:
         if k > 0:
             del self._segs[:k]
             del self._ends[:k]
-        due = self._starts[0][0] + self.size if self._starts else _NEVER
-        self._threshold = min(self._next_start + 1, due)
+        due = self._starts[0][0] + self.size if self._starts else NEVER
+        self._hot.threshold = min(self._next_start + 1, due, NEVER)
 
     def _pause(self, now: float, leftover: int) -> None:
         """Start a sampler pause after an emit; the rest of the stream so far is skipped."""
@@ -291,10 +289,10 @@ class BufferEmit:
             raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
         self._counts["skipped"] += leftover
         self._reset_windows(self._end)
-        self._next_start = self._threshold = _NEVER
+        self._next_start = self._hot.threshold = NEVER
         self._pause_until = now + delay
         self._paused = True
-        self._fast = None
+        self._hot.fast_type = None
 
     def flush(self) -> int:
         """Emit the open windows now, even if shorter than ``size`` (marked ``partial``).
@@ -378,10 +376,13 @@ class BufferEmit:
 
     def _settle(self, meta: Chunk, buffer: Any, outcome: str, value: Any) -> None:
         """Count a finished chunk, recycle its buffer, then call on_done or on_error."""
-        with self._lock:
-            self._inflight.pop(meta.seq, None)
+        if self._inline:  # the writer's own thread: nothing in flight, nobody waiting
             self._counts[outcome] += 1
-            self._idle.notify_all()
+        else:
+            with self._lock:
+                self._inflight.pop(meta.seq, None)
+                self._counts[outcome] += 1
+                self._idle.notify_all()
         self._release(buffer)
         if outcome == "failed":
             self._report(value, meta)
@@ -438,7 +439,7 @@ class BufferEmit:
             self.npool = _positive_int("npool", npool)
         self._closed = False
         if not self._paused:
-            self._fast = self._kind.fast_type
+            self._hot.fast_type = self._kind.fast_type
         self._open_executor()
         return self
 
@@ -457,7 +458,7 @@ class BufferEmit:
         if flush and not self._closed:
             self.flush()
         self._closed = True
-        self._fast = None
+        self._hot.fast_type = None
         if wait:
             self.wait()
         with self._lock:

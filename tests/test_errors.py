@@ -133,8 +133,8 @@ def test_str_written_to_a_byte_stream_keeps_earlier_data():
     with pytest.raises(FrameError) as excinfo:
         b.write("cd", t0=2.0)
     assert isinstance(excinfo.value, TypeError)
-    assert "str" in str(excinfo.value)
-    assert "bytes" in str(excinfo.value)
+    assert isinstance(excinfo.value, OcycleError)
+    assert str(excinfo.value).startswith("data of type str cannot be written to a bytes stream")
     assert b.stats().written == 2
     b.write(b"cdef", t0=3.0)
     assert rec.values == [b"abcd"]
