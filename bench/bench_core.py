@@ -119,7 +119,7 @@ def collect(make: Make, frames: list[Any], hush: bool = False) -> list[Any]:
 
 def same(a: list[Any], b: list[Any]) -> bool:
     if a and isinstance(a[0], np.ndarray):
-        return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     return [bytes(x) for x in a] == [bytes(y) for y in b]
 
 
@@ -139,7 +139,7 @@ def bench(case: Case, rounds: int, seconds: float) -> None:
                 case.notes.append("ocycle 0.1.0 NumpyEmit: n/a (absurdly slow)")
             else:
                 contenders["extra"] = (case.extra, True)
-        except Exception as exc:  # noqa: BLE001 -- ocycle 0.1.0's NumpyIO breaks on clipped chunks
+        except Exception as exc:
             case.notes.append(f"ocycle 0.1.0 NumpyEmit: n/a (raises {type(exc).__name__}: {exc})")
     frame = case.frames[0]
     per_write = 1.0 if case.unit == "writes/s" else memoryview(frame).nbytes / 1e6
@@ -195,7 +195,7 @@ def main() -> None:
     for case in cases:
         bench(case, rounds, seconds)
         med = {k: statistics.median(v) for k, v in case.rates.items()}
-        ratios = [d / r for d, r in zip(case.rates["dist"], case.rates["ref"])]
+        ratios = [d / r for d, r in zip(case.rates["dist"], case.rates["ref"], strict=True)]
         ratio = statistics.median(ratios)
         vs = "" if case.target else f" vs {case.ref_name}"
         old = med.get("extra") if case.extra else med["ref"]

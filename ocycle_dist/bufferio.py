@@ -100,9 +100,7 @@ class NumpyIO(_SeqIO):
         if self._n == 0 and (self._data.shape[1:] != data.shape[1:] or self._data.dtype != data.dtype):
             self._data = np.zeros((max(len(data), 1), *data.shape[1:]), dtype=data.dtype)
         elif self._data.shape[1:] != data.shape[1:]:
-            raise ValueError(
-                f"data has trailing shape {data.shape[1:]}, this buffer holds {self._data.shape[1:]}"
-            )
+            raise ValueError(f"data has trailing shape {data.shape[1:]}, this buffer holds {self._data.shape[1:]}")
         j = self._i + len(data)
         if j > len(self._data):
             grown = np.zeros((max(j, 2 * len(self._data)), *self._data.shape[1:]), dtype=self._data.dtype)

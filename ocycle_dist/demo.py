@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,9 @@ def wav_frames(path: str, rate: int, frame: int = 1024) -> Iterator[np.ndarray]:
 
     with sf.SoundFile(path) as f:
         if f.samplerate != rate:
-            raise ValueError(f"wav={path!r} is sampled at {f.samplerate} Hz; the workers expect {rate} (OCYCLE_SAMPLE_RATE)")
+            raise ValueError(
+                f"wav={path!r} is sampled at {f.samplerate} Hz; the workers expect {rate} (OCYCLE_SAMPLE_RATE)"
+            )
         for block in f.blocks(blocksize=frame, dtype="float32", always_2d=True):
             yield block.mean(axis=1).astype(np.float32)
 
@@ -92,8 +95,18 @@ def run(
         out(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
 
     emitters = [
-        NumpyEmit(task, int(secs * rate), clip=True, rate=rate, mode="celery", stream=name, settings=settings,
-                  on_done=on_done_for(name), on_error=on_error, max_inflight=64)
+        NumpyEmit(
+            task,
+            int(secs * rate),
+            clip=True,
+            rate=rate,
+            mode="celery",
+            stream=name,
+            settings=settings,
+            on_done=on_done_for(name),
+            on_error=on_error,
+            max_inflight=64,
+        )
         for name, task, secs in CONSUMERS
     ]
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)

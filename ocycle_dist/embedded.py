@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
 
 def reachable(url: str, timeout: float = 0.5) -> bool:
@@ -51,7 +52,11 @@ def embedded_worker(app: Any, url: str) -> Iterator[Any]:
     app.conf.broker_url = url
     app.ocycle_settings = replace(app.ocycle_settings, broker_url=url)
     with start_worker(
-        app, pool="solo", perform_ping_check=False, shutdown_timeout=10.0, loglevel="WARNING",
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=10.0,
+        loglevel="WARNING",
     ) as w:
         yield w
 

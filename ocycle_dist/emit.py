@@ -153,6 +153,8 @@ class BufferEmit:
         self.on_error = _optional_callable("on_error", on_error)
         self.sampler = _sampler(sampler)
         self.asbuffer = bool(asbuffer)
+        if self.asbuffer and mode == "celery":
+            raise ConfigError("asbuffer", asbuffer, "False with mode='celery' (a remote task gets the value)")
         new = new if new is not None else type(self).new
         self._kind: Kind = kind_for(new, dtype=dtype, shape=shape)
         self._new_buffer = new if new is not None else self._kind.buffer_factory
@@ -231,22 +233,27 @@ class BufferEmit:
     def _advance(self, n: int, t0: float | None) -> None:
         """Open the windows the last write reached and emit those it completed."""
         end = self._ends[-1]
-        w0 = end - n
         if t0 is None:
             t0 = time.time()
         elif isinstance(t0, bool) or not isinstance(t0, (int, float)):
             self._ends.pop()
             self._segs.pop()
             raise FrameError(f"t0={t0!r} is invalid: expected a number of seconds or None")
-        rate, size, starts = self.rate, self.size, self._starts
-        while self._next_start < end:
-            s = self._next_start
-            starts.append((s, t0 + (s - w0) / rate if rate else t0))
-            self._next_start = s + self.hop if self.clip else NEVER
+        size, starts, rate, clip = self.size, self._starts, self.rate, self.clip
+        s = self._next_start
+        if s < end:  # windows open in this write: their t0 counts from the write's first element
+            w0 = end - n
+            if not clip:
+                starts.append((s, t0 + (s - w0) / rate if rate else t0))
+                s = NEVER
+            while s < end:
+                starts.append((s, t0 + (s - w0) / rate if rate else t0))
+                s += self.hop
+            self._next_start = s
         while starts and starts[0][0] + size <= end:
             s, t = starts.popleft()
-            e = s + size if self.clip else end
-            if not self.clip:
+            e = s + size if clip else end
+            if not clip:
                 self._next_start = e
             self._emit(self._take(s, e), Chunk(self.stream, self._seq, t, e - s, s))
             if self.sampler is not None:
@@ -256,17 +263,17 @@ class BufferEmit:
 
     def _take(self, s: int, e: int) -> Any:
         """The elements ``s:e`` of the stream as one value."""
-        ends, segs, cut = self._ends, self._segs, self._kind.cut
+        ends, segs = self._ends, self._segs
         i = bisect_right(ends, s) - 1  # segs[i] holds element s
-        j = bisect_left(ends, e) - 1  # segs[j] holds element e - 1
+        j = bisect_left(ends, e, i) - 1  # segs[j] holds element e - 1
         if i == j:
             seg, a = segs[i], s - ends[i]
-            return self._kind.join([seg if a == 0 and e == ends[i + 1] else cut(seg, a, e - ends[i])])
+            return self._kind.join([seg if a == 0 and e == ends[i + 1] else seg[a : e - ends[i]]])
         pieces = segs[i : j + 1]
         if s > ends[i]:
-            pieces[0] = cut(pieces[0], s - ends[i], ends[i + 1] - ends[i])
+            pieces[0] = pieces[0][s - ends[i] :]
         if e < ends[j + 1]:
-            pieces[-1] = cut(pieces[-1], 0, e - ends[j])
+            pieces[-1] = pieces[-1][: e - ends[j]]
         return self._kind.join(pieces)
 
     def _trim(self) -> None:

@@ -1,7 +1,7 @@
 """What a stream is made of: bytes, text, lists or numpy arrays.
 
 A *kind* checks and freezes each frame written (so that a caller reusing its buffer cannot change data
-already written), measures it in elements, cuts pieces out of frames and joins pieces into a chunk.
+already written), measures it in elements and joins pieces of frames (cut by slicing) into a chunk.
 The emitter keeps frames as they were written and copies each element once, when its chunk is built.
 """
 
@@ -26,10 +26,6 @@ class Kind:
     def accept(self, data: Any) -> tuple[Any, int]:
         """Check ``data`` and return it frozen, with its length in elements."""
         raise NotImplementedError
-
-    def cut(self, frame: Any, a: int, b: int) -> Any:
-        """Elements ``a:b`` of a frozen frame."""
-        return frame[a:b]
 
     def join(self, pieces: list[Any]) -> Any:
         """One chunk from the pieces, in order."""

@@ -81,4 +81,3 @@ class ReplyListener:
                 except Exception:
                     log.exception("reply handler failed for %r", record)
         self.connected.clear()
-

@@ -73,7 +73,7 @@ def encode(job: Job, settings: Settings) -> tuple[bytes, bytes | None]:
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
-        "ocycle": {"reply": job.reply, "stream": job.meta.stream, "seq": job.meta.seq},
+        "ocycle": {"reply": job.reply, **job.meta._asdict()},
     }
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),

@@ -82,20 +82,46 @@ class RedisServer:
 class Worker:
     """One ``celery -A workers worker`` process (prefork pool of ``concurrency`` children)."""
 
-    def __init__(self, broker: str, *, name: str, concurrency: int = 1, env: dict[str, str] | None = None) -> None:
-        self.broker, self.name, self.concurrency = broker, name, concurrency
+    def __init__(
+        self,
+        broker: str,
+        *,
+        name: str,
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        include: tuple[str, ...] = (),
+    ) -> None:
+        self.broker, self.name, self.concurrency, self.include = broker, name, concurrency, include
         self.env = {**os.environ, "OCYCLE_BROKER_URL": broker, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path.cwd()), self.env.get("PYTHONPATH", "")]))
         self.log = Path(tempfile.mkstemp(prefix=f"ocycle-{name}-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
-                "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
-                "--without-mingle", "--without-gossip"]
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--pool",
+            "prefork",
+            "-c",
+            str(self.concurrency),
+            "-n",
+            f"{self.name}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        if self.include:
+            args += ["--include", ",".join(self.include)]
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         _wait(lambda: b" ready." in self.log.read_bytes(), 60.0, f"worker {self.name}", self.proc)
         return self
 
@@ -127,11 +153,19 @@ class Worker:
 class Topology:
     """redis-server plus ``workers`` worker processes, started and stopped together."""
 
-    def __init__(self, workers: int = 1, *, concurrency: int = 1, password: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        concurrency: int = 1,
+        password: str | None = None,
+        env: dict[str, str] | None = None,
+        include: tuple[str, ...] = (),
+    ) -> None:
         self.redis = RedisServer(password=password)
         self.workers = [
-            Worker(self.redis.url, name=f"w{i}", concurrency=concurrency, env=env) for i in range(workers)
+            Worker(self.redis.url, name=f"w{i}", concurrency=concurrency, env=env, include=include)
+            for i in range(workers)
         ]
 
     @property

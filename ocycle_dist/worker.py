@@ -1,19 +1,22 @@
 """The worker side: a Celery app set up for ocycle_dist, and the base class of chunk tasks.
 
-A chunk's task message carries a header ``ocycle = {reply, stream, seq}``. :class:`ChunkTask` fetches a
-claimed chunk from Redis before the task runs, and afterwards RPUSHes ``{id, stream, seq, ok, result |
-error}`` to the ``reply`` list, where the producer's listener picks it up. Tasks stay plain functions of
-``(chunk, t0)``. Both sides accept only the msgpack content type: a pickle message is refused unread.
+A chunk's task message carries a header ``ocycle = {reply, stream, seq, t0, length, start, partial}``.
+:class:`ChunkTask` fetches a claimed chunk from Redis before the task runs, and afterwards RPUSHes
+``{id, stream, seq, ok, result | error}`` to the ``reply`` list, where the producer's listener picks it
+up. Tasks stay plain functions of ``(chunk, t0)``, given ``meta=Chunk(...)`` too when they have a
+``meta`` parameter. Both sides accept only the msgpack content type: a pickle message is refused unread.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
 from celery import Celery, Task
 
 from . import wire
+from .chunk import Chunk
 from .errors import EncodeError
 from .redis_client import connect
 from .settings import Settings
@@ -46,10 +49,13 @@ class ChunkTask(Task):  # type: ignore[misc]
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
             args = (wire.loads(raw), *args[1:])
-        if args and self.request.get("ocycle"):
+        info = self.request.get("ocycle")
+        if info and args:
             limit = self.settings().max_chunk_bytes
             if payload_size(args[0]) > limit:
                 raise EncodeError(f"chunk of {payload_size(args[0])} bytes exceeds max_chunk_bytes={limit}")
+            if "meta" in inspect.signature(self.run).parameters:
+                kwargs["meta"] = Chunk(**{f: info[f] for f in Chunk._fields})
         return super().__call__(*args, **kwargs)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

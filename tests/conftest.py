@@ -14,27 +14,36 @@ import pytest
 import ocycle_dist as ocycle
 
 LOCAL_MODES = ["serial", "thread", "process"]
+MODES = [*LOCAL_MODES, "celery"]  # celery: real redis-server and worker processes (the ``topology`` fixture)
 
 
-@pytest.fixture(params=LOCAL_MODES)
+@pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     """The executor mode under test."""
     return str(request.param)
 
 
 @pytest.fixture
-def mode_options(mode: str) -> dict[str, Any]:
-    """Executor options for ``mode`` (local modes take none)."""
-    return {}
+def mode_options(mode: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Executor options for ``mode``: the broker for celery, none for the local modes."""
+    return {"broker": request.getfixturevalue("topology").url} if mode == "celery" else {}
 
 
 @pytest.fixture
-def make_emitter(mode: str, mode_options: dict[str, Any]) -> Iterator[Callable[..., ocycle.BufferEmit]]:
+def task(mode: str) -> Callable[[Any], Any]:
+    """The callback to give in ``mode``: the function, or for celery the name of its twin task."""
+    return lambda fn: f"contract.{fn.__name__}" if mode == "celery" else fn
+
+
+@pytest.fixture
+def make_emitter(
+    mode: str, mode_options: dict[str, Any], task: Callable[[Any], Any]
+) -> Iterator[Callable[..., ocycle.BufferEmit]]:
     """Build emitters in ``mode``; each is closed at teardown so no pool outlives its test."""
     made: list[ocycle.BufferEmit] = []
 
     def make(callback: Any, size: int, *, cls: type[ocycle.BufferEmit] = ocycle.BufferEmit, **kwargs: Any) -> Any:
-        emitter = cls(callback, size, mode=mode, **mode_options, **kwargs)
+        emitter = cls(task(callback), size, mode=mode, **mode_options, **kwargs)
         made.append(emitter)
         return emitter
 
@@ -59,5 +68,5 @@ def topology() -> Iterator[Any]:
         pytest.skip(message)
     from ocycle_dist.topology import Topology
 
-    with Topology(2, concurrency=2, password="test-pw") as topo:
+    with Topology(2, concurrency=2, password="test-pw", include=("tests.contract_tasks",)) as topo:
         yield topo

@@ -32,9 +32,7 @@ def test_as_float_int16_and_bytes_are_equivalent() -> None:
     assert from_array.dtype == np.float32 and from_bytes.dtype == np.float32
     np.testing.assert_array_equal(from_array, from_bytes)
     np.testing.assert_array_equal(from_array, pcm / 32768.0)
-    np.testing.assert_allclose(
-        from_array, tone(0.5, RATE, amplitude=0.5), atol=0.5 / 32768 + 1e-7
-    )
+    np.testing.assert_allclose(from_array, tone(0.5, RATE, amplitude=0.5), atol=0.5 / 32768 + 1e-7)
 
 
 def test_as_float_keeps_channels_and_copies() -> None:
@@ -157,9 +155,7 @@ def test_archive_flac_is_idempotent(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["n.flac"]
 
 
-def test_archive_flac_failure_leaves_old_file_and_no_temp(
-    tmp_path, monkeypatch
-) -> None:
+def test_archive_flac_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch) -> None:
     archive_flac(tone(0.5, RATE), rate=RATE, directory=tmp_path, name="a")
     before = (tmp_path / "a.flac").read_bytes()
 
@@ -193,9 +189,7 @@ def test_archive_flac_rejects_bad_rate(tmp_path, rate: object) -> None:
 # --- classify -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("freq", "rate"), [(100.0, RATE), (440.0, RATE), (441.3, 44_100), (3000.0, 48_000)]
-)
+@pytest.mark.parametrize(("freq", "rate"), [(100.0, RATE), (440.0, RATE), (441.3, 44_100), (3000.0, 48_000)])
 def test_classify_tone(freq: float, rate: int) -> None:
     result = classify(tone(2.0, rate, freq=freq), rate=rate)
     assert result["label"] == "tone"
@@ -204,10 +198,7 @@ def test_classify_tone(freq: float, rate: int) -> None:
 
 @pytest.mark.parametrize("amplitude", [1.0, 0.3, 0.05])
 def test_classify_noise(amplitude: float) -> None:
-    assert (
-        classify(noise(2.0, RATE, amplitude=amplitude, seed=11), rate=RATE)["label"]
-        == "noise"
-    )
+    assert classify(noise(2.0, RATE, amplitude=amplitude, seed=11), rate=RATE)["label"] == "noise"
 
 
 @pytest.mark.parametrize(

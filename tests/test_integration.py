@@ -21,8 +21,14 @@ from ocycle_dist.redis_client import connect
 def test_bytes_round_trip_exactly_with_t0_and_meta(topology: Any) -> None:
     got: dict[int, Any] = {}
     payload = bytes(range(256)) * 8  # not UTF-8: base64 territory for stock JSON
-    with ocycle.BufferEmit("workers.tasks.echo", 1000, clip=True, mode="celery", broker=topology.url,
-                           on_done=lambda r, meta: got.__setitem__(meta.seq, r)) as b:
+    with ocycle.BufferEmit(
+        "workers.tasks.echo",
+        1000,
+        clip=True,
+        mode="celery",
+        broker=topology.url,
+        on_done=lambda r, meta: got.__setitem__(meta.seq, r),
+    ) as b:
         b.write(payload, t0=100.0)
     assert sorted(got) == [0, 1]
     assert got[0] == [payload[:1000], 100.0] and got[1] == [payload[1000:2000], 100.0]
@@ -31,8 +37,9 @@ def test_bytes_round_trip_exactly_with_t0_and_meta(topology: Any) -> None:
 def test_numpy_dtype_and_shape_round_trip(topology: Any) -> None:
     got: list[Any] = []
     frames = np.arange(24000, dtype=np.int16).reshape(-1, 2)
-    with ocycle.NumpyEmit("workers.tasks.echo", 4000, clip=True, rate=8000, mode="celery", broker=topology.url,
-                          on_done=got.append) as b:
+    with ocycle.NumpyEmit(
+        "workers.tasks.echo", 4000, clip=True, rate=8000, mode="celery", broker=topology.url, on_done=got.append
+    ) as b:
         b.write(frames, t0=10.0)
     got.sort(key=lambda r: r[1])
     assert [r[1] for r in got] == pytest.approx([10.0, 10.5, 11.0])
@@ -44,8 +51,15 @@ def test_numpy_dtype_and_shape_round_trip(topology: Any) -> None:
 def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any) -> None:
     got: list[Any] = []
     data = np.random.default_rng(1).bytes(3 << 20)
-    with ocycle.BufferEmit("workers.tasks.echo", 1 << 20, clip=True, mode="celery", broker=topology.url,
-                           stream=f"big-{uuid.uuid4().hex[:6]}", on_done=lambda r: got.append(r[0])) as b:
+    with ocycle.BufferEmit(
+        "workers.tasks.echo",
+        1 << 20,
+        clip=True,
+        mode="celery",
+        broker=topology.url,
+        stream=f"big-{uuid.uuid4().hex[:6]}",
+        on_done=lambda r: got.append(r[0]),
+    ) as b:
         b.write(data)
         stream = b.stream
     assert b"".join(sorted(got, key=data.index)) == data
@@ -54,8 +68,9 @@ def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any) -> Non
 
 def test_remote_failure_reaches_on_error_with_type_and_message_and_stream_goes_on(topology: Any) -> None:
     errors: list[BaseException] = []
-    with ocycle.BufferEmit("workers.tasks.fail", 4, clip=True, mode="celery", broker=topology.url,
-                           on_error=errors.append) as b:
+    with ocycle.BufferEmit(
+        "workers.tasks.fail", 4, clip=True, mode="celery", broker=topology.url, on_error=errors.append
+    ) as b:
         b.write(b"abcdefgh")
         b.write(b"ijkl")
     assert len(errors) == 3
@@ -73,8 +88,9 @@ def test_thousands_in_flight_all_come_back_once(topology: Any) -> None:
             seen.append(meta.seq)
 
     n = 3000
-    with ocycle.BufferEmit("workers.tasks.echo", 16, clip=True, mode="celery", broker=topology.url,
-                           max_inflight=n, on_done=on_done) as b:
+    with ocycle.BufferEmit(
+        "workers.tasks.echo", 16, clip=True, mode="celery", broker=topology.url, max_inflight=n, on_done=on_done
+    ) as b:
         for i in range(n):
             b.write(i.to_bytes(16, "big"))
         assert b.stats().in_flight > 100  # writes did not wait for the workers
@@ -109,8 +125,9 @@ def test_listener_survives_a_broker_reconnect_without_losing_results(topology: A
         if len(got) == 20:
             gate.set()
 
-    b = ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", broker=topology.url,
-                          on_done=on_done, max_inflight=1000)
+    b = ocycle.BufferEmit(
+        "workers.tasks.echo", 4, clip=True, mode="celery", broker=topology.url, on_done=on_done, max_inflight=1000
+    )
     for i in range(20):
         b.write(i.to_bytes(4, "big"))
     assert gate.wait(30)
@@ -137,12 +154,30 @@ def test_a_pickle_message_is_refused_and_never_executed(topology: Any, tmp_path:
         "body": base64.b64encode(body).decode(),
         "content-encoding": "binary",
         "content-type": "application/x-python-serialize",
-        "headers": {"lang": "py", "task": "workers.tasks.echo", "id": task_id, "root_id": task_id,
-                    "parent_id": None, "group": None, "retries": 0, "timelimit": [None, None],
-                    "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": "test"},
-        "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-                       "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0,
-                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+        "headers": {
+            "lang": "py",
+            "task": "workers.tasks.echo",
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "eta": None,
+            "expires": None,
+            "argsrepr": "",
+            "kwargsrepr": "",
+            "origin": "test",
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "celery"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
     }
     refusal = b"Refusing to deserialize untrusted content of type pickle"
 

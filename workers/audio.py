@@ -71,9 +71,7 @@ def as_float(chunk: Chunk) -> np.ndarray:
     if isinstance(chunk, (bytes, bytearray, memoryview)):
         raw = bytes(chunk)
         if len(raw) % 2:
-            raise ValueError(
-                f"chunk: int16 PCM bytes need an even length, got {len(raw)}"
-            )
+            raise ValueError(f"chunk: int16 PCM bytes need an even length, got {len(raw)}")
         arr = np.frombuffer(raw, dtype="<i2")
     elif isinstance(chunk, np.ndarray):
         arr = chunk
@@ -82,17 +80,13 @@ def as_float(chunk: Chunk) -> np.ndarray:
         # ValueError, not TypeError: callers catch one exception for any bad chunk.
         raise ValueError(f"chunk must be a numpy array or int16 PCM bytes, got {kind}")
     if arr.ndim not in (1, 2):
-        raise ValueError(
-            f"chunk must have shape (n,) or (n, channels), got shape {arr.shape}"
-        )
+        raise ValueError(f"chunk must have shape (n,) or (n, channels), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"chunk must hold at least one sample, got shape {arr.shape}")
     if arr.dtype.kind == "i" and arr.dtype.itemsize == 2:
         return arr.astype(np.float32) * np.float32(1 / _PCM16_SCALE)
     if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
-        raise ValueError(
-            f"chunk dtype must be float32, float64 or int16, got {arr.dtype}"
-        )
+        raise ValueError(f"chunk dtype must be float32, float64 or int16, got {arr.dtype}")
     out = np.array(arr, dtype=np.float32, order="C")
     if not np.isfinite(out).all():
         raise ValueError("chunk holds NaN or infinite values")
@@ -127,9 +121,7 @@ def spl(chunk: Chunk, *, offset_db: float = 94.0) -> dict[str, float | int]:
     }
 
 
-def archive_flac(
-    chunk: Chunk, *, rate: int, directory: str | Path, name: str
-) -> dict[str, str | int]:
+def archive_flac(chunk: Chunk, *, rate: int, directory: str | Path, name: str) -> dict[str, str | int]:
     """Write a chunk atomically to ``directory/name.flac`` as 16-bit FLAC.
 
     The file is written to a hidden temporary file in ``directory`` and renamed over the
@@ -151,10 +143,7 @@ def archive_flac(
         soundfile.LibsndfileError: If libsndfile refuses the data (e.g. > 8 channels).
     """
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(
-            "name must be a plain file stem ([A-Za-z0-9._-], no '..' or path "
-            f"separators), got {name!r}"
-        )
+        raise ValueError(f"name must be a plain file stem ([A-Za-z0-9._-], no '..' or path separators), got {name!r}")
     rate = _check_rate(rate)
     pcm = _to_pcm16(as_float(chunk))
     folder = Path(directory)
@@ -294,23 +283,17 @@ def noise(
     """
     n = _frames(seconds, rate)
     amplitude = _check_amplitude(amplitude)
-    return _convert(
-        np.random.default_rng(seed).uniform(-amplitude, amplitude, n), dtype
-    )
+    return _convert(np.random.default_rng(seed).uniform(-amplitude, amplitude, n), dtype)
 
 
 def _db(amplitude: float) -> float:
     """Return ``20 * log10(amplitude)`` floored at :data:`FLOOR_DBFS`."""
-    return (
-        max(20.0 * math.log10(amplitude), FLOOR_DBFS) if amplitude > 0.0 else FLOOR_DBFS
-    )
+    return max(20.0 * math.log10(amplitude), FLOOR_DBFS) if amplitude > 0.0 else FLOOR_DBFS
 
 
 def _to_pcm16(x: np.ndarray) -> np.ndarray:
     """Scale floats by 32768, round and clip to int16."""
-    return np.clip(np.rint(x.astype(np.float64) * _PCM16_SCALE), -32768, 32767).astype(
-        np.int16
-    )
+    return np.clip(np.rint(x.astype(np.float64) * _PCM16_SCALE), -32768, 32767).astype(np.int16)
 
 
 def _convert(x: np.ndarray, dtype: DTypeLike) -> np.ndarray:
