@@ -8,10 +8,10 @@ frames with sample-accurate t0s.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -101,7 +101,7 @@ def run(
             clip=True,
             rate=rate,
             mode="celery",
-            stream=name,
+            stream=f"{socket.gethostname()}-{name}",
             settings=settings,
             on_done=on_done_for(name),
             on_error=on_error,
@@ -111,8 +111,7 @@ def run(
     ]
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
-    with ExitStack() as stack:
-        tap = stack.enter_context(Tap(*emitters))
+    with Tap(*emitters) as tap:
         for frame in frames:
             t0 = start_t + written / rate
             if realtime:
@@ -120,7 +119,7 @@ def run(
             tap.write(frame, t0=t0)
             written += len(frame)
         tap.close(flush=True)
-    stats = tap.stats()
+    stats = {name: e.stats() for (name, _, _), e in zip(CONSUMERS, emitters, strict=True)}
     out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
     for name, _, secs in CONSUMERS:
         s = stats[name]

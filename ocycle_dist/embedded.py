@@ -7,6 +7,7 @@ made for load: use a real redis-server and ``celery worker`` processes for that.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ def embedded_worker(app: Any, url: str) -> Iterator[Any]:
     from celery.contrib.testing.worker import start_worker
 
     app.conf.broker_url = url
+    for name in ("celery", "kombu"):  # fakeredis's server drops a connection at start and at stop: benign here
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     app.ocycle_settings = replace(app.ocycle_settings, broker_url=url)
     with start_worker(
         app,

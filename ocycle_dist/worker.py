@@ -104,6 +104,7 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
         task_send_sent_event=False,
     )

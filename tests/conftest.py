@@ -60,6 +60,7 @@ def topology() -> Iterator[Any]:
     """
     import os
     import shutil
+    import tempfile
 
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (apt-get install redis-server)"
@@ -68,5 +69,9 @@ def topology() -> Iterator[Any]:
         pytest.skip(message)
     from ocycle_dist.topology import Topology
 
-    with Topology(2, concurrency=2, password="test-pw", include=("tests.contract_tasks",)) as topo:
+    archive = tempfile.mkdtemp(prefix="ocycle-archive-")
+    env = {"OCYCLE_ARCHIVE_DIR": archive}
+    with Topology(2, concurrency=2, password="test-pw", include=("tests.contract_tasks",), env=env) as topo:
+        topo.archive_dir = archive
         yield topo
+    shutil.rmtree(archive, ignore_errors=True)
