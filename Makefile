@@ -12,6 +12,7 @@ deps:  ## redis-server (Debian) and the Python packages the tests need
 lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check ocycle_dist workers
+	$(PY) -m mypy ocycle_dist workers
 
 test: deps lint
 	$(PY) -m pytest -q

@@ -174,7 +174,7 @@ class BufferEmit:
         self._segs: list[Any] = []  # frames kept, oldest first
         self._ends = [0]  # _ends[0]: position of _segs[0]; _ends[i + 1]: position after _segs[i]
         self._hot = appender_class()(self._segs, self._ends, self._kind.fast_type, 1, self._advance, self._other)
-        self.write = self._hot.write  # the C hot path when built: no Python frame per write
+        self.write = self._hot.write  # type: ignore[method-assign]  # the C hot path when built: no Python frame per write
         self._reset_windows(0)
         self._closed = False
         self._paused = False

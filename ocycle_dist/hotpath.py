@@ -27,6 +27,7 @@ class Appender:
     """
 
     __slots__ = ("due", "ends", "fast_type", "other", "segs", "threshold")
+    fast_type: Any
 
     def __init__(
         self,

@@ -70,7 +70,7 @@ class CeleryExecutor:
         self._client = connect(self.settings.broker_url, socket_timeout=self.settings.socket_timeout)
         self._batch = batch
         self._queue: deque[Job] = deque()
-        self._jobs: dict[tuple[str, int], tuple[Job, Future[Any]]] = {}
+        self._jobs: dict[tuple[Any, Any], tuple[Job, Future[Any]]] = {}  # by (stream, seq)
         self._lock = threading.Condition()
         self._closing = False
         self._wait_on_close = True
