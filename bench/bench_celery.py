@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -541,10 +542,20 @@ def main() -> int:
             notes = scan_logs(procs)
             for note in notes:
                 print(f"- WARNING {note}")
+        # Handled here, not only in ``finally``: leaving the except block frees the traceback's frames, and with
+        # them Celery's AsyncResults, whose __del__ unsubscribes while Redis is still up (else ~20 s of retries).
         except BenchError as exc:
             print(f"\nFAILED: {exc}", file=sys.stderr)
             status = 1
+        except KeyboardInterrupt as exc:
+            print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}); stopping the workers and redis-server", file=sys.stderr)
+            status = 130
+        except Exception:
+            traceback.print_exc()
+            status = 1
         finally:
+            for note in scan_logs(procs) if status else []:
+                print(f"- {note}", file=sys.stderr)
             topo.stop()
     print(f"\ntotal runtime {perf() - start:.1f} s")
     return status

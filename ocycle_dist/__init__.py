@@ -7,9 +7,9 @@ from .bufferio import ListIO, NumpyIO
 from .chunk import Chunk
 from .emit import POLICIES, BufferEmit, ListEmit, NumpyEmit
 from .errors import (
-    BrokerError,
     ClosedError,
     ConfigError,
+    DeliveryError,
     EncodeError,
     FrameError,
     OcycleError,
@@ -30,11 +30,11 @@ __all__ = [
     "PROCESS",
     "SERIAL",
     "THREAD",
-    "BrokerError",
     "BufferEmit",
     "Chunk",
     "ClosedError",
     "ConfigError",
+    "DeliveryError",
     "EncodeError",
     "FrameError",
     "ListEmit",

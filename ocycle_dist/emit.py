@@ -179,6 +179,7 @@ class BufferEmit:
         self._closed = False
         self._paused = False
         self._pause_until = 0.0
+        self._open_executor()  # like ocycle 0.1.0; a bad broker URL fails here, a durable spool is taken over
 
     # ---- the stream -------------------------------------------------------------------------------
 
@@ -432,7 +433,17 @@ class BufferEmit:
                 else:
                     self._executor = make_executor(self.mode, self.npool, **self._executor_options)
                     self._owns_executor = True
+                if callable(getattr(self._executor, "adopt", None)):
+                    self._adopt(self._executor.adopt(self.stream))
             return self._executor
+
+    def _adopt(self, chunks: list[tuple[Chunk, Future[Any]]]) -> None:
+        """Follow chunks an earlier producer of this stream emitted and a durable executor kept."""
+        for meta, future in chunks:
+            self._inflight[meta.seq] = future
+            self._counts["emitted"] += 1
+            self._seq = max(self._seq, meta.seq + 1)
+            future.add_done_callback(partial(self._finished, meta, None))
 
     def open(self, npool: int | None = None, mode: Any = None, reopen: bool = False) -> BufferEmit:
         """Start the executor and accept writes (again, after ``close()``)."""

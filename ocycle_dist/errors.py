@@ -8,7 +8,7 @@ The tree::
     ├── ClosedError (RuntimeError)    write() after close()
     ├── EncodeError (ValueError)      a chunk or a result cannot be put on the wire (no pickle is ever used)
     ├── RemoteTaskError               a remote task failed: carries the remote type name and message
-    └── BrokerError                   the broker cannot be reached or refused a command
+    └── DeliveryError                 no result came back for a chunk after every attempt
 
 Each subclass also derives from the builtin that a caller would catch without knowing this package.
 """
@@ -57,5 +57,5 @@ class RemoteTaskError(OcycleError):
         super().__init__(f"{type_name}: {message}")
 
 
-class BrokerError(OcycleError):
-    """The broker could not be reached or refused a command."""
+class DeliveryError(OcycleError):
+    """No result came back for a chunk after every attempt to send it."""

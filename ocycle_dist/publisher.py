@@ -2,7 +2,8 @@
 
 The message is what ``app.send_task`` would put on the Redis transport (Celery protocol 2 inside kombu's
 JSON envelope), built here without Celery's per-message overhead so that a batch of pending chunks goes
-out as one pipeline: one LPUSH of many messages, plus a SET for each claimed (large) chunk.
+out as one pipeline: one LPUSH of many messages, plus a SET for each claimed (large) chunk. The reply list
+travels as the message's ``reply_to``, so a worker can answer even for a task it does not know.
 """
 
 from __future__ import annotations
@@ -12,68 +13,66 @@ import json
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import wire
-from .chunk import Chunk
 from .errors import EncodeError
 from .settings import Settings
+from .spool import Entry
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+REPLY_PREFIX = "ocycle:reply:"
 
 
-@dataclass
-class Job:
-    """One chunk to run as a task."""
-
-    task: str
-    value: Any
-    t0: float
-    meta: Chunk
-    reply: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    claim: str | None = None  # the Redis key holding the chunk, when it is claimed
+def reply_key(stream: str) -> str:
+    """The Redis list where the results of ``stream``'s chunks come back."""
+    return REPLY_PREFIX + stream
 
 
-def claim_key(meta: Chunk) -> str:
+def claim_key(entry: Entry) -> str:
     """The Redis key of a claimed chunk."""
-    return f"ocycle:chunk:{meta.stream}:{meta.seq}"
+    return f"ocycle:chunk:{entry.id}"
 
 
-def encode(job: Job, settings: Settings) -> tuple[bytes, bytes | None]:
-    """The message for ``job``, and the claimed chunk's bytes when it is too large to travel inline."""
-    chunk = wire.dumps(job.value)
+def encode_chunk(value: Any, settings: Settings) -> bytes:
+    """A chunk's value on the wire; raises EncodeError when it cannot be sent or is over the limit."""
+    chunk = wire.dumps(value)
     if len(chunk) > settings.max_chunk_bytes:
         raise EncodeError(f"chunk of {len(chunk)} bytes exceeds max_chunk_bytes={settings.max_chunk_bytes}")
-    claimed = None
-    if len(chunk) > settings.claim_threshold:
-        job.claim, claimed = claim_key(job.meta), chunk
-        body = wire.dumps([[wire.Claim(job.claim), job.t0], {}, _EMBED])
+    return chunk
+
+
+def message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
+    """The task message of ``entry``, and its chunk when it travels by claim check instead of inline."""
+    meta, t0 = entry.meta, wire.dumps(entry.meta.t0)
+    if len(entry.chunk) > settings.claim_threshold:
+        claimed: bytes | None = entry.chunk
+        args = wire.dumps(wire.Claim(claim_key(entry)))
     else:
-        body = b"".join((b"\x93\x92", chunk, wire.dumps(job.t0)[0:], b"\x80", wire.dumps(_EMBED)))
+        claimed, args = None, entry.chunk
+    body = b"".join((b"\x93\x92", args, t0, b"\x80", _EMBED))  # [[chunk, t0], {}, embed] in msgpack
     headers = {
         "lang": "py",
-        "task": job.task,
-        "id": job.id,
+        "task": entry.task,
+        "id": entry.id,
         "shadow": None,
         "eta": None,
         "expires": None,
         "group": None,
         "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": job.id,
+        "retries": entry.attempts,
+        "timelimit": [None, settings.task_time_limit or None],
+        "root_id": entry.id,
         "parent_id": None,
-        "argsrepr": f"(<chunk {job.meta.stream}#{job.meta.seq} len={job.meta.length}>, {job.t0!r})",
+        "argsrepr": f"(<chunk {meta.stream}#{meta.seq} len={meta.length}>, {meta.t0!r})",
         "kwargsrepr": "{}",
         "origin": _ORIGIN,
-        "ignore_result": True,
+        "ignore_result": False,
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
-        "ocycle": {"reply": job.reply, **job.meta._asdict()},
+        "ocycle": meta._asdict(),
     }
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
@@ -81,8 +80,8 @@ def encode(job: Job, settings: Settings) -> tuple[bytes, bytes | None]:
         "content-type": wire.CONTENT_TYPE,
         "headers": headers,
         "properties": {
-            "correlation_id": job.id,
-            "reply_to": "",
+            "correlation_id": entry.id,
+            "reply_to": reply_key(meta.stream),
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": settings.queue},
             "priority": 0,
@@ -93,12 +92,15 @@ def encode(job: Job, settings: Settings) -> tuple[bytes, bytes | None]:
     return json.dumps(envelope).encode("ascii"), claimed
 
 
-def publish(client: Any, jobs: list[tuple[Job, bytes, bytes | None]], settings: Settings) -> None:
-    """Push encoded jobs to the task queue in one round trip (claimed chunks first)."""
+def publish(client: Any, entries: list[Entry], settings: Settings) -> None:
+    """Push the entries' task messages to the queue in one round trip (their claimed chunks first)."""
     pipe = client.pipeline(transaction=False)
     ttl = max(1, int(settings.result_ttl))
-    for job, _, claimed in jobs:
+    messages = []
+    for entry in entries:
+        msg, claimed = message(entry, settings)
         if claimed is not None:
-            pipe.set(job.claim, claimed, ex=ttl)
-    pipe.lpush(settings.queue, *(message for _, message, _ in jobs))
+            pipe.set(claim_key(entry), claimed, ex=ttl)
+        messages.append(msg)
+    pipe.lpush(settings.queue, *messages)
     pipe.execute()

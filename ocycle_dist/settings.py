@@ -25,6 +25,12 @@ class Settings:
         result_ttl: how long replies and claimed chunks are kept in Redis.
         visibility_timeout: Redis transport: seconds before an unacknowledged task is delivered again.
         socket_timeout: seconds a Redis command may take before the connection is given up.
+        resend_after: seconds without a result after which the producer sends a chunk's task again.
+        max_attempts: sends of one chunk before it fails with DeliveryError.
+        task_time_limit: seconds a chunk's task may run before its worker process is killed (0: no limit).
+        spool_dir: a directory for the durable spool ("": chunks wait in memory only).
+        spool_max_bytes: the spool's budget of chunk bytes (0: no limit).
+        spool_policy: when the budget is full: ``reject_newest`` or ``drop_oldest`` (counted).
         archive_dir: where ``workers.tasks.archive_flac`` writes its files.
         sample_rate: samples per second of the audio the worker tasks receive.
     """
@@ -36,6 +42,12 @@ class Settings:
     result_ttl: float = 24 * 3600.0
     visibility_timeout: float = 300.0
     socket_timeout: float = 10.0
+    resend_after: float = 120.0
+    max_attempts: int = 5
+    task_time_limit: float = 0.0
+    spool_dir: str = ""
+    spool_max_bytes: int = 0
+    spool_policy: str = "reject_newest"
     archive_dir: str = "archive"
     sample_rate: int = 16000
 

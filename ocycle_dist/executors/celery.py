@@ -1,25 +1,31 @@
 """The Celery executor: each chunk becomes a Celery task on Redis; its Future resolves when the reply comes.
 
-``submit()`` only queues the job and returns (``write()`` never waits on the network). One dispatcher
-thread encodes queued jobs and publishes them in batches (``ocycle_dist.publisher``); one listener thread
-pops the workers' replies (``ocycle_dist.listener``) and resolves the Futures: ``on_done`` and
-``on_error`` then run in the producer process, without polling and without gevent.
+``submit()`` encodes the chunk, keeps it in the spool (memory, or SQLite on disk) and returns: ``write()``
+never waits on the network. One dispatcher thread publishes what is pending in batches
+(``ocycle_dist.publisher``) and sends a chunk again when its result has not come back after
+``resend_after`` seconds (at-least-once); one listener thread pops the workers' replies
+(``ocycle_dist.listener``) and resolves the Futures, each once: a second reply for a chunk is counted and
+ignored. ``on_done``/``on_error`` then run in the producer process, without polling and without gevent.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections import deque
 from concurrent import futures
 from concurrent.futures import Future
 from typing import Any
 
+from .. import listener
 from ..chunk import Chunk
-from ..errors import ConfigError, EncodeError, RemoteTaskError
-from ..publisher import Job, encode, publish
+from ..errors import ConfigError, DeliveryError, RemoteTaskError
+from ..publisher import claim_key, encode_chunk, publish, reply_key
 from ..redis_client import connect
 from ..settings import Settings
+from ..spool import SPOOL_POLICIES, Entry, open_spool
 
 log = logging.getLogger("ocycle_dist.celery")
 
@@ -50,7 +56,8 @@ class CeleryExecutor:
         max_workers: accepted for the shape of the pools (publishing uses one thread).
         app: a Celery app to take the broker URL and queue from.
         broker: a Redis URL, when no ``app`` is given.
-        settings: full settings (overrides ``app`` and ``broker``).
+        settings: full settings (override ``app`` and ``broker``).
+        spool: a directory for the durable spool (default ``settings.spool_dir``; memory when empty).
         batch: the most messages published in one round trip.
     """
 
@@ -63,130 +70,204 @@ class CeleryExecutor:
         app: Any = None,
         broker: str | None = None,
         settings: Settings | None = None,
-        batch: int = 200,
+        spool: Any = None,
+        batch: int = 500,
     ) -> None:
         del max_workers
-        self.settings = resolve_settings(app, broker, settings)
-        self._client = connect(self.settings.broker_url, socket_timeout=self.settings.socket_timeout)
+        self.settings = s = resolve_settings(app, broker, settings)
+        if s.spool_policy not in SPOOL_POLICIES:
+            raise ConfigError("spool_policy", s.spool_policy, f"one of {', '.join(SPOOL_POLICIES)}")
+        self._client = connect(s.broker_url, socket_timeout=s.socket_timeout)
+        self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
         self._batch = batch
-        self._queue: deque[Job] = deque()
-        self._jobs: dict[tuple[Any, Any], tuple[Job, Future[Any]]] = {}  # by (stream, seq)
-        self._lock = threading.Condition()
+        self._futures: dict[str, Future[Any]] = {}
+        self._queue: deque[Entry] = deque()  # to publish: new chunks, then chunks to send again
+        self._deadlines: deque[tuple[float, str, int]] = deque()  # (resend at, id, attempt), in send order
+        self._cond = threading.Condition()
         self._closing = False
-        self._wait_on_close = True
-        self.duplicates = 0
-        self.published = 0
-        from ..listener import ReplyListener
-
-        self._listener = ReplyListener(
-            connect(self.settings.broker_url, socket_timeout=self.settings.socket_timeout), self._on_reply
-        )
+        self.broker_up = threading.Event()
+        self.counts = dict.fromkeys(("published", "resent", "duplicates", "spool_dropped", "undelivered"), 0)
+        self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
 
+    # ---- the producer's side --------------------------------------------------------------------------
+
     def submit(self, task: Any, value: Any, t0: float, *, meta: Chunk) -> Future[Any]:
-        """Queue ``task(value, t0)`` for publishing; the Future resolves with the task's result."""
+        """Keep the chunk (on disk with a spool) and queue its task; the Future resolves with its result."""
         name = task_name(task)
         if self._closing:
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
+        entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings))
+        return self._track(entry, new=True)
+
+    def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any]]]:
+        """Take over the chunks of ``stream`` an earlier producer left in the spool; they are sent again."""
+        return [(entry.meta, self._track(entry, new=False)) for entry in self.spool.stored(stream)]
+
+    def _track(self, entry: Entry, *, new: bool) -> Future[Any]:
         future: Future[Any] = Future()
-        job = Job(name, value, t0, meta, reply=f"ocycle:reply:{meta.stream}")
-        self._listener.listen(job.reply)
-        with self._lock:
-            self._jobs[(meta.stream, meta.seq)] = (job, future)
-            self._queue.append(job)
-            self._lock.notify()
+        evicted: list[Future[Any]] = []
+        with self._cond:
+            if new and not self._make_room(len(entry.chunk), evicted):
+                self.counts["spool_dropped"] += 1
+                future.cancel()  # the emitter counts it as dropped
+            else:
+                if new:
+                    self.spool.add(entry)
+                self._futures[entry.id] = future
+                self._queue.append(entry)
+                self._cond.notify()
+        for old in evicted:
+            old.cancel()
+        if not future.cancelled():
+            future.add_done_callback(lambda f, entry_id=entry.id: f.cancelled() and self._discard(entry_id))
+            self._listener.listen(reply_key(entry.meta.stream))
         return future
+
+    def _make_room(self, nbytes: int, evicted: list[Future[Any]]) -> bool:
+        """Apply the spool budget for a new chunk of ``nbytes``; False when the new chunk is rejected."""
+        budget = self.spool.max_bytes
+        while budget is not None and self.spool.nbytes + nbytes > budget:
+            oldest = self.spool.oldest()
+            if self.settings.spool_policy == "reject_newest" or oldest is None:
+                return False
+            self.spool.remove(oldest.id)
+            self.counts["spool_dropped"] += 1
+            future = self._futures.pop(oldest.id, None)
+            if future is not None:
+                evicted.append(future)
+        return True
+
+    def _discard(self, entry_id: str) -> None:
+        """Forget a chunk whose Future was cancelled (dropped by a policy)."""
+        with self._cond:
+            self._futures.pop(entry_id, None)
+            self.spool.remove(entry_id)
+
+    # ---- publishing -------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
         import redis
 
-        backoff, down = 0.05, False
+        s, backoff = self.settings, 0.05
         while True:
-            with self._lock:
-                while not self._queue and not self._closing:
-                    self._lock.wait()
-                if not self._queue:
-                    return
-                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-            encoded = []
-            for job in batch:
-                _, future = self._jobs[(job.meta.stream, job.meta.seq)]
-                if not future.set_running_or_notify_cancel():  # dropped by the overload policy
-                    self._forget(job)
-                    continue
+            with self._cond:
+                while not self._queue and not (self._closing and not self._futures):
+                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
+                    if wait is not None and wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                undelivered = self._expire()
+                finished = self._closing and not self._futures
+                batch = []
+                while self._queue and len(batch) < self._batch:
+                    entry = self._queue.popleft()
+                    if entry.id in self._futures:
+                        batch.append(entry)
+            for entry, future in undelivered:
+                future.set_exception(
+                    DeliveryError(
+                        f"no result for chunk {entry.meta.stream}#{entry.meta.seq} after {entry.attempts} sends"
+                        f" {self.settings.resend_after:g} s apart: is a worker consuming queue"
+                        f" {self.settings.queue!r} at {self.settings.broker_url}?"
+                    )
+                )
+            if finished:
+                self._stop()
+                return
+            while batch:
                 try:
-                    message, claimed = encode(job, self.settings)
-                except EncodeError as exc:
-                    self._forget(job)
-                    future.set_exception(exc)
-                    continue
-                encoded.append((job, message, claimed))
-            while encoded:
-                try:
-                    publish(self._client, encoded, self.settings)
-                    self.published += len(encoded)
-                    if down:
-                        log.warning("Redis reachable again at %s; publishing", self.settings.broker_url)
-                    backoff, down = 0.05, False
-                    break
+                    publish(self._client, batch, self.settings)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    if not down:
-                        log.warning("Redis unreachable at %s (%s); holding chunks", self.settings.broker_url, exc)
-                    down = True
-                    with self._lock:
-                        if self._closing and not self._wait_on_close:
-                            for job, _, _ in encoded:
-                                self._fail(job, exc)
-                            break
-                        self._lock.wait(backoff)
+                    if self.broker_up.is_set() or backoff == 0.05:
+                        log.warning("Redis unreachable at %s (%s); chunks wait in the spool", s.broker_url, exc)
+                    self.broker_up.clear()
+                    with self._cond:
+                        self._cond.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
+                    continue
+                if not self.broker_up.is_set() and backoff > 0.05:
+                    log.warning("Redis reachable again at %s: sending the spooled chunks", self.settings.broker_url)
+                self.broker_up.set()
+                backoff = 0.05
+                now = time.monotonic()
+                with self._cond:
+                    for entry in batch:
+                        entry.attempts += 1
+                        entry.sent_at = now
+                        self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
+                    self.counts["published"] += len(batch)
+                break
 
-    def _forget(self, job: Job) -> tuple[Job, Future[Any]] | None:
-        with self._lock:
-            return self._jobs.pop((job.meta.stream, job.meta.seq), None)
+    def _expire(self) -> list[tuple[Entry, Future[Any]]]:
+        """Under the lock: queue again the chunks whose result is late; return those out of attempts."""
+        now, undelivered = time.monotonic(), []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, entry_id, attempt = self._deadlines.popleft()
+            entry = self.spool.get(entry_id)
+            if entry is None or entry.attempts != attempt or entry_id not in self._futures:
+                continue  # answered, dropped, or already sent again
+            if entry.attempts >= self.settings.max_attempts:
+                self.counts["undelivered"] += 1
+                self.spool.remove(entry_id)
+                undelivered.append((entry, self._futures.pop(entry_id)))
+            else:
+                self.counts["resent"] += 1
+                self._queue.append(entry)
+        return undelivered
 
-    def _fail(self, job: Job, exc: BaseException) -> None:
-        entry = self._forget(job)
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception(exc)
+    # ---- results ------------------------------------------------------------------------------------------
 
-    def _on_reply(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            entry = self._jobs.pop((record.get("stream"), record.get("seq")), None)
-        if entry is None:  # a redelivered task's second reply, or another producer's
-            self.duplicates += 1
-            return
-        job, future = entry
-        if job.claim:
+    def _on_reply(self, record: dict[str, Any]) -> bool:
+        """Resolve the chunk the reply is for; False when it is not one of this executor's."""
+        entry_id = record.get("id")
+        if not isinstance(entry_id, str):
+            return False
+        with self._cond:
+            future = self._futures.pop(entry_id, None)
+            if future is None:
+                return False  # another executor's, or a second reply: the listener counts it
+            entry = self.spool.remove(entry_id)
+            self._cond.notify_all()
+        if entry is not None and len(entry.chunk) > self.settings.claim_threshold:
             try:
-                self._client.delete(job.claim)
+                self._client.delete(claim_key(entry))
             except Exception:  # it expires anyway
-                log.debug("could not delete %s", job.claim)
-        if record.get("ok"):
-            future.set_result(record.get("result"))
-        else:
-            type_name, message = (record.get("error") or ["Error", "unknown"])[:2]
-            future.set_exception(RemoteTaskError(str(type_name), str(message)))
+                log.debug("could not delete the claimed chunk of %s", entry_id)
+        if not future.done():
+            if record.get("ok"):
+                future.set_result(record.get("result"))
+            else:
+                type_name, message = [*(record.get("error") or []), "Error", "unknown"][:2]
+                future.set_exception(RemoteTaskError(str(type_name), str(message)))
+        return True
 
     @property
     def pending(self) -> int:
-        """Jobs queued, published or running, without a reply yet."""
-        with self._lock:
-            return len(self._jobs)
+        """Chunks kept for a result that has not come back."""
+        with self._cond:
+            return len(self._futures)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop publishing and listening. With ``wait``, first wait for every reply."""
-        with self._lock:
-            self._closing, self._wait_on_close = True, wait
-            if cancel_futures:
-                for job in list(self._queue):
-                    entry = self._jobs.get((job.meta.stream, job.meta.seq))
-                    if entry is not None and entry[1].cancel():
-                        self._jobs.pop((job.meta.stream, job.meta.seq), None)
-                self._queue.clear()
-            self._lock.notify_all()
+        """Accept no more chunks and stop once every result is in.
+
+        With ``wait``, block until then. Without, return at once: publishing and listening go on in the
+        background until the last result, as with the stdlib pools (a durable spool also keeps what is
+        pending for the next producer). ``cancel_futures`` drops what has not come back.
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            pending = list(self._futures.values())
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
         if wait:
-            futures.wait([future for _, future in list(self._jobs.values())])
-        self._dispatcher.join()
-        self._listener.stop()
+            futures.wait(pending)
+            self._dispatcher.join()
+
+    def _stop(self) -> None:
+        """The dispatcher's last act: detach from the listener, close the spool."""
+        listener.detach(self.settings.broker_url, self._on_reply)
+        self.spool.close()
