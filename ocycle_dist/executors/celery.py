@@ -153,13 +153,13 @@ class CeleryExecutor:
         s, backoff = self.settings, 0.05
         while True:
             with self._cond:
-                while not self._queue and not (self._closing and not self._futures):
+                while not self._queue and not self._finished():
                     wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
                     if wait is not None and wait <= 0:
                         break
                     self._cond.wait(wait)
                 undelivered = self._expire()
-                finished = self._closing and not self._futures
+                finished = self._finished()
                 batch = []
                 while self._queue and len(batch) < self._batch:
                     entry = self._queue.popleft()
@@ -200,6 +200,10 @@ class CeleryExecutor:
                     self.counts["published"] += len(batch)
                 break
 
+    def _finished(self) -> bool:
+        """Under the lock: shut down and every chunk resolved and out of the spool."""
+        return self._closing and not self._futures and not len(self.spool)
+
     def _expire(self) -> list[tuple[Entry, Future[Any]]]:
         """Under the lock: queue again the chunks whose result is late; return those out of attempts."""
         now, undelivered = time.monotonic(), []
@@ -220,27 +224,33 @@ class CeleryExecutor:
     # ---- results ------------------------------------------------------------------------------------------
 
     def _on_reply(self, record: dict[str, Any]) -> bool:
-        """Resolve the chunk the reply is for; False when it is not one of this executor's."""
+        """Resolve the chunk the reply is for; False when it is not one of this executor's.
+
+        The chunk leaves the spool only after its Future is resolved (and ``on_done`` has run): a producer
+        killed in between sends it again when restarted, so ``on_done`` is never skipped.
+        """
         entry_id = record.get("id")
         if not isinstance(entry_id, str):
             return False
         with self._cond:
             future = self._futures.pop(entry_id, None)
-            if future is None:
-                return False  # another executor's, or a second reply: the listener counts it
-            entry = self.spool.remove(entry_id)
-            self._cond.notify_all()
-        if entry is not None and len(entry.chunk) > self.settings.claim_threshold:
-            try:
-                self._client.delete(claim_key(entry))
-            except Exception:  # it expires anyway
-                log.debug("could not delete the claimed chunk of %s", entry_id)
+            entry = self.spool.get(entry_id)
+        if future is None:
+            return False  # another executor's, or a second reply: the listener counts it
         if not future.done():
             if record.get("ok"):
                 future.set_result(record.get("result"))
             else:
                 type_name, message = [*(record.get("error") or []), "Error", "unknown"][:2]
                 future.set_exception(RemoteTaskError(str(type_name), str(message)))
+        with self._cond:
+            self.spool.remove(entry_id)
+            self._cond.notify_all()
+        if entry is not None and len(entry.chunk) > self.settings.claim_threshold:
+            try:
+                self._client.delete(claim_key(entry))
+            except Exception:  # it expires anyway
+                log.debug("could not delete the claimed chunk of %s", entry_id)
         return True
 
     @property
