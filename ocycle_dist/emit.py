@@ -164,6 +164,8 @@ class BufferEmit:
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._inflight: dict[int, Future[Any] | None] = {}
+        self._emitted_at: dict[int, float] = {}  # seq -> monotonic time of emit, until the chunk settles
+        self._latencies: deque[float] = deque(maxlen=1000)
         self._free_buffers: list[Any] = []
         self._executor: Any = None
         self._inline = mode == "serial"
@@ -323,6 +325,7 @@ class BufferEmit:
 
     def _emit(self, value: Any, meta: Chunk) -> None:
         self._seq += 1
+        self._emitted_at[meta.seq] = time.monotonic()
         self._counts["emitted"] += 1
         buffer = None
         if self.asbuffer:
@@ -340,6 +343,7 @@ class BufferEmit:
                 self._settle(meta, buffer, "done", result)
             return
         if not self._admit(meta.seq):
+            self._emitted_at.pop(meta.seq, None)
             self._release(buffer)
             return
         executor = self._executor or self._open_executor()
@@ -349,6 +353,7 @@ class BufferEmit:
         except BaseException:
             with self._lock:
                 self._inflight.pop(meta.seq, None)
+                self._emitted_at.pop(meta.seq, None)
                 self._counts["emitted"] -= 1
                 self._seq -= 1
             self._release(buffer)
@@ -384,6 +389,9 @@ class BufferEmit:
 
     def _settle(self, meta: Chunk, buffer: Any, outcome: str, value: Any) -> None:
         """Count a finished chunk, recycle its buffer, then call on_done or on_error."""
+        started = self._emitted_at.pop(meta.seq, None)
+        if started is not None:
+            self._latencies.append(time.monotonic() - started)
         if self._inline:  # the writer's own thread: nothing in flight, nobody waiting
             self._counts[outcome] += 1
         else:
@@ -488,10 +496,14 @@ class BufferEmit:
         """A snapshot of the counters."""
         with self._lock:
             c = self._counts
+            latencies = sorted(self._latencies)
             return Stats(
                 written=self._end + c["skipped"] - self._skipped_leftover,
                 buffered=self._end - (self._starts[0][0] if self._starts else min(self._next_start, self._end)),
                 in_flight=len(self._inflight),
+                spooled_bytes=getattr(self._executor, "spooled_bytes", 0),
+                latency_p50=latencies[len(latencies) // 2] if latencies else 0.0,
+                latency_p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,
                 **c,
             )
 

@@ -19,7 +19,11 @@ class Stats:
         in_flight: chunks handed to the executor, or waiting for it, not finished.
         done: chunks whose callback returned.
         failed: chunks whose callback raised.
-        dropped: chunks dropped by the overload policy (``drop_oldest``/``drop_newest``).
+        dropped: chunks dropped by a policy: the overload policy (``drop_oldest``/``drop_newest``) or a
+            full spool's (``reject_newest``/``drop_oldest``).
+        spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode).
+        latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
+        latency_p99: the same, 99th percentile.
     """
 
     written: int = 0
@@ -30,7 +34,10 @@ class Stats:
     done: int = 0
     failed: int = 0
     dropped: int = 0
+    spooled_bytes: int = 0
+    latency_p50: float = 0.0
+    latency_p99: float = 0.0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         """The counters as a dict."""
         return asdict(self)

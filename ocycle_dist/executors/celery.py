@@ -254,6 +254,11 @@ class CeleryExecutor:
         return True
 
     @property
+    def spooled_bytes(self) -> int:
+        """Bytes of the chunks kept until their result is in."""
+        return self.spool.nbytes
+
+    @property
     def pending(self) -> int:
         """Chunks kept for a result that has not come back."""
         with self._cond:
