@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import socket
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -33,6 +35,7 @@ from .stats import Stats
 log = logging.getLogger("ocycle_dist")
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
+_HOST = socket.gethostname()
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -96,7 +99,8 @@ class BufferEmit:
         max_inflight: chunks in flight (queued or running) at most.
         policy: when ``max_inflight`` is reached: ``'block'`` the writer, ``'drop_oldest'`` queued
             chunk or ``'drop_newest'``. Drops are counted in ``stats().dropped``.
-        stream: the stream id carried by each chunk's metadata.
+        stream: the stream id carried by each chunk's metadata; results of the celery mode are routed by it.
+            Default: ``<callback>-<size>@<host>-<pid>``; give your own to take over a spool after a restart.
         dtype: numpy streams: the dtype (else taken from the first frame).
         shape: numpy streams: the shape of one element (else taken from the first frame).
         **executor_options: passed to the executor (``broker=``, ``app=`` for celery).
@@ -158,7 +162,9 @@ class BufferEmit:
         new = new if new is not None else type(self).new
         self._kind: Kind = kind_for(new, dtype=dtype, shape=shape)
         self._new_buffer = new if new is not None else self._kind.buffer_factory
-        self.stream = str(stream) if stream is not None else f"{getattr(callback, '__name__', callback)}-{self.size}"
+        if stream is None:  # unique per process: results are routed by stream id
+            stream = f"{getattr(callback, '__name__', callback)}-{self.size}@{_HOST}-{os.getpid()}"
+        self.stream = str(stream)
         self._meta_cb, self._meta_done, self._meta_err = map(_wants_meta, (callback, on_done, on_error))
 
         self._lock = threading.RLock()
