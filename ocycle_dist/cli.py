@@ -7,20 +7,25 @@ import sys
 
 
 def status(broker: str | None) -> int:
-    """Print queue depth, workers seen and results pending on ``broker``."""
+    """Print queue depth per task queue, workers seen, tasks running and results pending on ``broker``."""
     from .redis_client import connect
     from .settings import Settings
     from .worker import make_app
 
     settings = Settings.from_env(broker_url=broker)
     client = connect(settings.broker_url, socket_timeout=3.0)
+    inspect = make_app(settings).control.inspect(timeout=1.0)
+    replies = inspect.ping() or {}
+    queues = {settings.queue}
+    for worker_queues in (inspect.active_queues() or {}).values():
+        queues.update(q["name"] for q in worker_queues)
     print(f"broker: {settings.broker_url}")
-    print(f"queue {settings.queue!r}: {client.llen(settings.queue)} tasks waiting")
+    for queue in sorted(queues):
+        print(f"queue {queue!r}: {client.llen(queue)} tasks waiting")
+    print(f"tasks delivered to workers, not yet acknowledged: {client.hlen('unacked')}")
     for key in sorted(client.scan_iter("ocycle:reply:*")):
-        print(f"replies not yet collected in {key.decode()}: {client.llen(key)}")
-    claimed = sum(1 for _ in client.scan_iter("ocycle:chunk:*"))
-    print(f"claimed chunks stored: {claimed}")
-    replies = make_app(settings).control.inspect(timeout=1.0).ping() or {}
+        print(f"results waiting for their producer in {key.decode()}: {client.llen(key)}")
+    print(f"claimed chunks stored: {sum(1 for _ in client.scan_iter('ocycle:chunk:*'))}")
     print(f"workers seen: {len(replies)}" + "".join(f"\n  {name}" for name in sorted(replies)))
     return 0
 

@@ -67,10 +67,21 @@ def describe(stream: str, result: Any) -> str:
     return f"{result['path']} ({result['bytes']:,} bytes, {result['frames'] / result.get('rate', 1):.1f} s)"
 
 
+def _progress(emitters: list[NumpyEmit], stop: threading.Event, every: float, out: Callable[[str], None]) -> None:
+    """Every ``every`` seconds, one line of each consumer's counters."""
+    while not stop.wait(every):
+        parts = []
+        for (name, _, _), e in zip(CONSUMERS, emitters, strict=True):
+            s = e.stats()
+            parts.append(f"{name} {s.done}/{s.emitted} done, {s.in_flight} in flight, {s.failed} failed")
+        out("progress: " + "; ".join(parts))
+
+
 def run(
     broker: str,
     *,
     seconds: float = 12.0,
+    progress: float = 2.0,
     wav: str | None = None,
     realtime: bool = False,
     settings: Settings | None = None,
@@ -111,6 +122,9 @@ def run(
     ]
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
+    stop = threading.Event()
+    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, out), daemon=True)
+    reporter.start()
     with Tap(*emitters) as tap:
         for frame in frames:
             t0 = start_t + written / rate
@@ -119,6 +133,8 @@ def run(
             tap.write(frame, t0=t0)
             written += len(frame)
         tap.close(flush=True)
+    stop.set()
+    reporter.join()
     stats = {name: e.stats() for (name, _, _), e in zip(CONSUMERS, emitters, strict=True)}
     out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
     for name, _, secs in CONSUMERS:

@@ -18,9 +18,11 @@ from ocycle_dist.topology import free_port
 def test_demo_on_real_workers_runs_the_three_consumers(topology: Any) -> None:
     lines: list[str] = []
     settings = Settings.from_env(broker_url=topology.url)
-    stats = demo.run(topology.url, seconds=12.0, settings=settings, out=lines.append)
+    stats = demo.run(topology.url, seconds=12.0, settings=settings, progress=0.05, out=lines.append)
     assert (stats["spl"].done, stats["classify"].done, stats["archive"].done) == (24, 6, 2)
     assert all(s.failed == 0 and s.dropped == 0 for s in stats.values())
+    progress = [line for line in lines if line.startswith("progress: spl ")]
+    assert progress and "classify" in progress[-1] and "archive" in progress[-1]
     labels = [line.split("]")[1].split()[0] for line in lines if line.startswith("[classify")]
     assert labels == ["tone", "tone", "noise", "noise", "silence", "silence"]
     flac = sorted(Path(topology.archive_dir).glob("*archive-0000000[01].flac"))
@@ -58,5 +60,6 @@ def test_status_reports_queue_replies_and_workers(topology: Any, capsys: pytest.
     assert main(["status", "--broker", topology.url]) == 0
     out = capsys.readouterr().out
     assert "queue 'celery': " in out
+    assert "tasks delivered to workers, not yet acknowledged: " in out
     assert "workers seen: 2" in out
     assert "w0@" in out and "w1@" in out
