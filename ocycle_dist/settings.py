@@ -24,6 +24,8 @@ class Settings:
         max_chunk_bytes: the largest encoded chunk accepted, by the producer and by the workers.
         result_ttl: how long replies and claimed chunks are kept in Redis.
         visibility_timeout: Redis transport: seconds before an unacknowledged task is delivered again.
+        worker_prefetch: tasks a worker process reserves ahead (Celery's prefetch multiplier). Short chunk
+            tasks run much faster with a few; a killed worker's reserved tasks are re-sent by the producer.
         socket_timeout: seconds a Redis command may take before the connection is given up.
         resend_after: seconds without a result after which the producer sends a chunk's task again.
         max_attempts: sends of one chunk before it fails with DeliveryError.
@@ -41,6 +43,7 @@ class Settings:
     max_chunk_bytes: int = 64 * 1024 * 1024
     result_ttl: float = 24 * 3600.0
     visibility_timeout: float = 300.0
+    worker_prefetch: int = 4
     socket_timeout: float = 10.0
     resend_after: float = 120.0
     max_attempts: int = 5

@@ -97,7 +97,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
 
 
 def make_app(settings: Settings | None = None, *, name: str = "ocycle", include: tuple[str, ...] = ()) -> Celery:
-    """A Celery app for ocycle_dist: msgpack only, late acks, one prefetched task per process."""
+    """A Celery app for ocycle_dist: msgpack only, results to the producers' reply lists, late acks."""
     settings = settings or Settings.from_env()
     wire.register()
     app = Celery(name, broker=settings.broker_url, include=list(include), task_cls=ChunkTask)
@@ -117,7 +117,7 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         task_store_errors_even_if_ignored=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=settings.worker_prefetch,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
