@@ -1,0 +1,129 @@
+"""The README's bad-input table, a test per row not covered elsewhere (see test_errors, test_unit_dist).
+
+Each error names what is wrong, is raised at the call that caused it, and loses no earlier chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ocycle_dist as ocycle
+from ocycle_dist.settings import Settings
+from ocycle_dist.topology import Worker
+
+
+@pytest.fixture(scope="module")
+def strict_worker(topology: Any) -> Iterator[Settings]:
+    """A worker on its own queue that accepts chunks of at most 1000 bytes, with tests.bad_tasks."""
+    env = {"OCYCLE_QUEUE": "strict", "OCYCLE_MAX_CHUNK_BYTES": "1000"}
+    worker = Worker(topology.url, name="strict", env=env, include=("tests.bad_tasks",)).start()
+    try:
+        yield Settings(broker_url=topology.url, queue="strict")
+    finally:
+        worker.stop()
+
+
+def collect(emitter_kwargs: dict[str, Any]) -> tuple[list[Any], list[BaseException], dict[str, Any]]:
+    done: list[Any] = []
+    errors: list[BaseException] = []
+    return done, errors, {**emitter_kwargs, "on_done": done.append, "on_error": errors.append}
+
+
+def test_malformed_broker_url_fails_at_construction() -> None:
+    with pytest.raises(ocycle.ConfigError, match=r"broker='redis//localhost' is invalid"):
+        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", broker="redis//localhost")
+    with pytest.raises(ocycle.ConfigError, match=r"broker='http://x' is invalid: expected a redis://"):
+        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", broker="http://x")
+
+
+@pytest.mark.parametrize("task", [42, None, 3.5, b"workers.tasks.echo"])
+def test_a_task_that_is_not_a_name_or_a_task_fails_at_construction(task: Any) -> None:
+    with pytest.raises(ocycle.ConfigError, match=r"callback=.* is invalid"):
+        ocycle.BufferEmit(task, 4, mode="celery", broker="redis://127.0.0.1:9/0")
+
+
+def test_a_chunk_over_the_producers_limit_fails_its_write_and_keeps_earlier_chunks(topology: Any) -> None:
+    done, errors, kw = collect({})
+    settings = Settings(broker_url=topology.url, max_chunk_bytes=100)
+    b = ocycle.BufferEmit("workers.tasks.echo", 50, mode="celery", settings=settings, **kw)
+    b.write(b"x" * 50, t0=1.0)  # 50 bytes: fits
+    with pytest.raises(ocycle.EncodeError, match=r"chunk of \d+ bytes exceeds max_chunk_bytes=100"):
+        b.write(b"y" * 120, t0=2.0)  # 120 bytes in one chunk (no clip): over
+    b.write(b"z" * 60, t0=3.0)  # the stream goes on
+    b.close()
+    assert [r[0] for r in done] == [b"x" * 50, b"z" * 60]
+    assert errors == []
+
+
+def test_a_chunk_over_the_workers_limit_is_refused_there(strict_worker: Settings) -> None:
+    done, errors, kw = collect({})
+    with ocycle.BufferEmit("workers.tasks.echo", 600, clip=True, mode="celery", settings=strict_worker, **kw) as b:
+        b.write(b"a" * 600)  # under 1000 bytes: runs
+        b.write(b"b" * 600 + b"c" * 600)  # two chunks of 600: run
+    assert len(done) == 3 and errors == []
+    big = ocycle.BufferEmit("workers.tasks.echo", 1500, mode="celery", settings=strict_worker, **kw)
+    big.write(b"d" * 1500)
+    big.close()
+    assert len(errors) == 1 and isinstance(errors[0], ocycle.RemoteTaskError)
+    assert errors[0].type_name == "EncodeError"
+    assert "exceeds max_chunk_bytes=1000" in errors[0].message
+
+
+def test_a_result_that_cannot_be_encoded_reaches_on_error(strict_worker: Settings) -> None:
+    done, errors, kw = collect({})
+    with ocycle.BufferEmit("bad.unencodable", 4, mode="celery", settings=strict_worker, **kw) as b:
+        b.write(b"abcd")
+    assert done == [] and len(errors) == 1
+    assert errors[0].type_name == "EncodeError"  # type: ignore[attr-defined]
+    assert "the task's result cannot be sent back" in str(errors[0])
+
+
+def test_numpy_object_arrays_are_refused_at_write_and_nothing_earlier_is_lost() -> None:
+    got: list[Any] = []
+    b = ocycle.NumpyEmit(lambda v, t0: got.append(v), 4, clip=True)
+    b.write(np.arange(3.0))
+    with pytest.raises(ocycle.FrameError, match="dtype object"):
+        b.write(np.array([object(), object()]))
+    b.write(np.arange(3.0, 6.0))
+    assert len(got) == 1 and got[0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+class LogSignal(logging.Handler):
+    """Counts the log records containing ``text`` and sets ``seen`` at the first."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.count, self.seen = text, 0, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+            self.seen.set()
+
+
+def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() -> None:
+    from ocycle_dist.topology import free_port
+
+    settings = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
+    signal = LogSignal("Redis unreachable")
+    logger = logging.getLogger("ocycle_dist.celery")
+    logger.addHandler(signal)
+    b = ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", settings=settings)
+    try:
+        for _ in range(50):
+            b.write(b"abcdefgh")
+        assert signal.seen.wait(10)
+        stats = b.stats()
+        assert stats.in_flight == 100 and stats.spooled_bytes > 0 and stats.dropped == 0
+        for _ in range(50):
+            b.write(b"abcdefgh")
+        assert signal.count == 1
+    finally:
+        logger.removeHandler(signal)
+        b.close(wait=False)
