@@ -396,7 +396,7 @@ class BufferEmit:
     def _settle(self, meta: Chunk, buffer: Any, outcome: str, value: Any) -> None:
         """Count a finished chunk, recycle its buffer, then call on_done or on_error."""
         started = self._emitted_at.pop(meta.seq, None)
-        if started is not None:
+        if started is not None and outcome != "dropped":
             self._latencies.append(time.monotonic() - started)
         if self._inline:  # the writer's own thread: nothing in flight, nobody waiting
             self._counts[outcome] += 1

@@ -185,6 +185,7 @@ class CeleryExecutor:
                     self.broker_up.clear()
                     with self._cond:
                         self._cond.wait(backoff)
+                        batch = [entry for entry in batch if entry.id in self._futures]  # minus the dropped
                     backoff = min(backoff * 2, 2.0)
                     continue
                 if not self.broker_up.is_set() and backoff > 0.05:
