@@ -57,7 +57,7 @@ def test_a_chunk_over_the_producers_limit_fails_its_write_and_keeps_earlier_chun
         b.write(b"y" * 120, t0=2.0)  # 120 bytes in one chunk (no clip): over
     b.write(b"z" * 60, t0=3.0)  # the stream goes on
     b.close()
-    assert [r[0] for r in done] == [b"x" * 50, b"z" * 60]
+    assert sorted(r[0] for r in done) == [b"x" * 50, b"z" * 60]  # workers answer in any order
     assert errors == []
 
 
