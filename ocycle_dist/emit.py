@@ -27,7 +27,7 @@ from typing import Any
 from .bufferio import ListIO, NumpyIO
 from .chunk import Chunk
 from .errors import ClosedError, ConfigError, FrameError
-from .executors import EXECUTORS, check_mode, is_executor, make_executor
+from .executors import REMOTE_MODES, check_mode, is_executor, make_executor
 from .hotpath import NEVER, appender_class
 from .kinds import Kind, kind_for
 from .stats import Stats
@@ -148,16 +148,15 @@ class BufferEmit:
         self.npool = _positive_int("npool", npool)
         self.mode = mode
         self._executor_options = executor_options
-        if executor_options and isinstance(mode, str) and mode != "celery":
-            EXECUTORS[mode](self.npool, **executor_options)  # raises ConfigError naming the option
-        if not (callable(callback) or (mode == "celery" and isinstance(callback, str))):
+        remote = mode in REMOTE_MODES
+        if not (callable(callback) or (remote and isinstance(callback, str))):
             raise ConfigError("callback", callback, "a callable (or, for mode='celery', a task or task name)")
         self.callback = callback
         self.on_done = _optional_callable("on_done", on_done)
         self.on_error = _optional_callable("on_error", on_error)
         self.sampler = _sampler(sampler)
         self.asbuffer = bool(asbuffer)
-        if self.asbuffer and mode == "celery":
+        if self.asbuffer and remote:
             raise ConfigError("asbuffer", asbuffer, "False with mode='celery' (a remote task gets the value)")
         new = new if new is not None else type(self).new
         self._kind: Kind = kind_for(new, dtype=dtype, shape=shape)

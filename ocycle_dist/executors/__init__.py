@@ -31,6 +31,7 @@ def _local(cls: Callable[..., Any]) -> Callable[..., Any]:
 
 
 LOCAL_MODES = ("serial", "thread", "process")
+REMOTE_MODES = ("celery",)  # callbacks may be names; values, not buffer objects, travel
 
 EXECUTORS: dict[str, Callable[..., Any]] = {
     "serial": _local(SerialExecutor),
@@ -57,4 +58,4 @@ def make_executor(mode: str, npool: int, **options: Any) -> Executor:
     return EXECUTORS[mode](npool, **options)  # type: ignore[no-any-return]
 
 
-__all__ = ["EXECUTORS", "SerialExecutor", "check_mode", "is_executor", "make_executor"]
+__all__ = ["EXECUTORS", "LOCAL_MODES", "REMOTE_MODES", "SerialExecutor", "check_mode", "is_executor", "make_executor"]
