@@ -34,10 +34,10 @@ class EmitterCollector:
                 family.add_metric([stream], stats[name])
             yield family
         for name in GAUGES:
-            family = GaugeMetricFamily(f"ocycle_{name}", f"{name.replace('_', ' ')}, per stream", labels=["stream"])
+            gauge = GaugeMetricFamily(f"ocycle_{name}", f"{name.replace('_', ' ')}, per stream", labels=["stream"])
             for stream, stats in snapshots:
-                family.add_metric([stream], stats[name])
-            yield family
+                gauge.add_metric([stream], stats[name])
+            yield gauge
 
 
 def register(*emitters: BufferEmit, registry: Any = None) -> EmitterCollector:

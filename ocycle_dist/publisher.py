@@ -62,7 +62,7 @@ def message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
         "group": None,
         "group_index": None,
         "retries": entry.attempts,
-        "timelimit": [None, settings.task_time_limit or None],
+        "timelimit": [settings.task_time_limit or None, None],  # Celery's order: [hard, soft]
         "root_id": entry.id,
         "parent_id": None,
         "argsrepr": f"(<chunk {meta.stream}#{meta.seq} len={meta.length}>, {meta.t0!r})",

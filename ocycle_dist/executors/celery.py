@@ -17,6 +17,7 @@ import uuid
 from collections import deque
 from concurrent import futures
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from .. import listener
@@ -121,7 +122,7 @@ class CeleryExecutor:
         for old in evicted:
             old.cancel()
         if not future.cancelled():
-            future.add_done_callback(lambda f, entry_id=entry.id: f.cancelled() and self._discard(entry_id))
+            future.add_done_callback(partial(self._discard, entry.id))
             self._listener.listen(reply_key(entry.meta.stream))
         return future
 
@@ -139,8 +140,10 @@ class CeleryExecutor:
                 evicted.append(future)
         return True
 
-    def _discard(self, entry_id: str) -> None:
-        """Forget a chunk whose Future was cancelled (dropped by a policy)."""
+    def _discard(self, entry_id: str, future: Future[Any]) -> None:
+        """Done-callback: forget a chunk whose Future was cancelled (dropped by a policy)."""
+        if not future.cancelled():
+            return
         with self._cond:
             self._futures.pop(entry_id, None)
             self.spool.remove(entry_id)
@@ -160,7 +163,7 @@ class CeleryExecutor:
                     self._cond.wait(wait)
                 undelivered = self._expire()
                 finished = self._finished()
-                batch = []
+                batch: list[Entry] = []
                 while self._queue and len(batch) < self._batch:
                     entry = self._queue.popleft()
                     if entry.id in self._futures:
