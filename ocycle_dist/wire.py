@@ -46,7 +46,7 @@ def _default(obj: Any) -> Any:
             if obj.dtype.hasobject:
                 raise EncodeError("numpy arrays of dtype object cannot be sent (no pickle on the wire)")
             arr = np.ascontiguousarray(obj)
-            meta = [arr.dtype.str, list(arr.shape)]
+            meta = [arr.dtype.str, list(obj.shape)]  # ascontiguousarray makes a 0-d array 1-d
             return msgpack.ExtType(_NDARRAY, msgpack.packb(meta) + arr.tobytes())
         if isinstance(obj, np.generic):
             return obj.item()

@@ -52,21 +52,33 @@ def make_emitter(
         emitter.close(wait=False)
 
 
-@pytest.fixture(scope="session")
-def topology() -> Iterator[Any]:
-    """A real redis-server (with a password) and two `celery -A workers worker` processes.
-
-    Skipped when redis-server is not installed, except in CI (``CI`` set), where it fails.
-    """
+def require_redis_server() -> None:
+    """Skip the calling test when redis-server is not installed, except in CI (``CI`` set), where it fails."""
     import os
     import shutil
-    import tempfile
 
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_server_required() -> None:
+    """For tests that start their own redis-server: skipped without it (failed in CI)."""
+    require_redis_server()
+
+
+@pytest.fixture(scope="session")
+def topology(redis_server_required: None) -> Iterator[Any]:
+    """A real redis-server (with a password) and two `celery -A workers worker` processes.
+
+    Skipped when redis-server is not installed, except in CI (``CI`` set), where it fails.
+    """
+    import shutil
+    import tempfile
+
     from ocycle_dist.topology import Topology
 
     archive = tempfile.mkdtemp(prefix="ocycle-archive-")

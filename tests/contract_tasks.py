@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 from workers import app
@@ -26,4 +28,36 @@ def echo_meta(value: bytes, t0: float, meta: Any) -> tuple[bytes, float, Any]:
 def fail_on_b(value: bytes, t0: float) -> bytes:
     if value.startswith(b"b"):
         raise ValueError(f"chunk {value!r} starts with b")
+    return value
+
+
+# ---- tasks of the fault tests (tests/test_faults.py) ------------------------------------------------------
+
+
+def _redis() -> Any:
+    from ocycle_dist.worker import _client
+
+    return _client(app.conf.broker_url)
+
+
+@app.task(name="contract.slow_echo", bind=True)
+def slow_echo(self: Any, value: bytes, t0: float, meta: Any) -> list[Any]:
+    """Return ``[value, worker]`` after a short sleep; a chunk starting with ``b"slow"`` sleeps 2 s.
+
+    While it runs, ``ocycle:test:running:<stream>:<seq>`` holds the worker's name: the fault tests wait on
+    it to know a worker is inside a task.
+    """
+    key = f"ocycle:test:running:{meta.stream}:{meta.seq}"
+    with contextlib.suppress(Exception):  # the marker is best effort: Redis may be down (test_faults)
+        _redis().set(key, self.request.hostname, ex=60)
+    time.sleep(2.0 if value.startswith(b"slow") else 0.002)
+    with contextlib.suppress(Exception):
+        _redis().delete(key)
+    return [value, self.request.hostname]
+
+
+@app.task(name="contract.sleep")
+def sleep(value: bytes, t0: float) -> bytes:
+    """Sleep ``float(value)`` seconds (for time limits), then return the value."""
+    time.sleep(float(value))
     return value

@@ -241,6 +241,7 @@ def test_a_tap_gives_each_emitter_what_a_standalone_one_gets(kind, lengths):
             emitter.write(frame, t0=100.0 + k)
     for a, b in zip(tapped, alone, strict=True):
         assert [(kind.as_plain(v), t, m) for v, t, m in a.chunks] == [(kind.as_plain(v), t, m) for v, t, m in b.chunks]
+
     def counts(stats: ocycle.Stats) -> dict[str, float]:  # all but the timings
         return {k: v for k, v in stats.as_dict().items() if not k.startswith("latency")}
 

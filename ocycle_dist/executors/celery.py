@@ -50,6 +50,14 @@ def resolve_settings(app: Any = None, broker: str | None = None, settings: Setti
     return Settings.from_env(broker_url=broker)
 
 
+_TRANSIENT = ("ConnectionError", "TimeoutError", "BusyLoadingError")  # redis-py's, raised on a worker
+
+
+def _transient(record: dict[str, Any]) -> bool:
+    """Whether a reply is a failure of the worker's Redis connection rather than of the task."""
+    return not record.get("ok") and bool(record.get("error")) and record["error"][0] in _TRANSIENT
+
+
 class CeleryExecutor:
     """A ``concurrent.futures``-shaped executor running ``submit(task, chunk, t0, meta=...)`` on workers.
 
@@ -87,7 +95,7 @@ class CeleryExecutor:
         self._cond = threading.Condition()
         self._closing = False
         self.broker_up = threading.Event()
-        self.counts = dict.fromkeys(("published", "resent", "duplicates", "spool_dropped", "undelivered"), 0)
+        self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered"), 0)
         self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
@@ -237,8 +245,14 @@ class CeleryExecutor:
         if not isinstance(entry_id, str):
             return False
         with self._cond:
-            future = self._futures.pop(entry_id, None)
             entry = self.spool.get(entry_id)
+            retry = entry is not None and entry.attempts < self.settings.max_attempts
+            if retry and entry_id in self._futures and _transient(record):
+                self.counts["resent"] += 1  # the worker lost Redis mid-task: not the chunk's fault, send again
+                self._queue.append(entry)
+                self._cond.notify()
+                return True
+            future = self._futures.pop(entry_id, None)
         if future is None:
             return False  # another executor's, or a second reply: the listener counts it
         if not future.done():

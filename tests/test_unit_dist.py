@@ -1,0 +1,589 @@
+"""Unit tests of the distributed path's own logic, on fakeredis: no redis-server, no celery worker.
+
+``embedded_broker()`` serves fakeredis over TCP on a loopback port, so the executor's own clients (the
+publisher's, the listener's) talk to it as to a Redis. A worker's reply is simulated by RPUSHing
+``wire.dumps({"id": task_id, "ok": True, "result": ...})`` to ``ocycle:reply:<stream>``, the task id
+taken from the message the producer LPUSHed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import pickle
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ocycle_dist as ocycle
+from ocycle_dist import listener, wire
+from ocycle_dist.chunk import Chunk
+from ocycle_dist.embedded import embedded_broker
+from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
+from ocycle_dist.publisher import claim_key, publish, reply_key
+from ocycle_dist.redis_client import connect
+from ocycle_dist.settings import Settings
+from ocycle_dist.spool import Entry
+from ocycle_dist.topology import free_port
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def decode(raw: bytes) -> tuple[dict[str, Any], Any]:
+    """A message LPUSHed by the publisher: its kombu envelope and its decoded Celery body."""
+    envelope = json.loads(raw)
+    return envelope, wire.loads(base64.b64decode(envelope["body"]))
+
+
+def queued(admin: Any, queue: str = "celery") -> list[dict[str, Any]]:
+    """The envelopes on ``queue``, oldest first (the order a worker pops them in)."""
+    return [json.loads(raw) for raw in reversed(admin.lrange(queue, 0, -1))]
+
+
+def reply(admin: Any, stream: str, task_id: str, *, result: Any = None, error: list[str] | None = None) -> None:
+    """What a worker's ReplyBackend pushes when a task ends."""
+    record = (
+        {"id": task_id, "ok": True, "result": result} if error is None else {"id": task_id, "ok": False, "error": error}
+    )
+    admin.rpush(reply_key(stream), wire.dumps(record))
+
+
+def spool_rows(directory: Path, stream: str) -> list[int]:
+    """Sequence numbers of ``stream``'s chunks in the SQLite spool file, read with a connection of our own."""
+    db = sqlite3.connect(directory / "spool.sqlite")
+    try:
+        return [seq for (seq,) in db.execute("SELECT seq FROM chunks WHERE stream = ? ORDER BY seq", (stream,))]
+    finally:
+        db.close()
+
+
+class Collector:
+    """on_done / on_error recording every call with its chunk's sequence number."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: list[tuple[int, Any]] = []
+        self.errors: list[tuple[int, BaseException]] = []
+
+    def on_done(self, result: Any, meta: Chunk) -> None:
+        with self.lock:
+            self.done.append((meta.seq, result))
+
+    def on_error(self, exc: BaseException, meta: Chunk) -> None:
+        with self.lock:
+            self.errors.append((meta.seq, exc))
+
+    @property
+    def done_seqs(self) -> list[int]:
+        with self.lock:
+            return sorted(seq for seq, _ in self.done)
+
+
+def assert_accounted(emitter: ocycle.BufferEmit, chunks: int) -> None:
+    stats = emitter.stats()
+    assert stats.in_flight == 0, stats
+    assert stats.emitted == chunks == stats.done + stats.failed + stats.dropped, stats
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    with embedded_broker() as url:
+        yield url
+
+
+@pytest.fixture
+def admin(broker: str) -> Iterator[Any]:
+    client = connect(broker)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collector]]]:
+    """Build celery-mode emitters on the fakeredis broker; each is shut down (pending chunks dropped) after."""
+    made: list[ocycle.BufferEmit] = []
+    executors: list[Any] = []
+
+    def build(
+        *, stream: str | None = None, settings: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[ocycle.BufferEmit, Collector]:
+        collector = Collector()
+        emitter = ocycle.BufferEmit(
+            "workers.tasks.echo",
+            4,
+            clip=True,
+            mode="celery",
+            settings=Settings(broker_url=broker, **(settings or {})),
+            stream=stream or f"unit-{uuid.uuid4().hex[:8]}",
+            on_done=collector.on_done,
+            on_error=collector.on_error,
+            **options,
+        )
+        made.append(emitter)
+        executors.append(emitter._executor)
+        return emitter, collector
+
+    yield build
+    for emitter in made:
+        emitter.close(wait=False)
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)
+        executor._dispatcher.join(10)
+        assert not executor._dispatcher.is_alive(), "the dispatcher did not stop after shutdown(cancel_futures)"
+
+
+# ---- wire ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any use of pickle fail loudly."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pickle was used")
+
+    for name in ("dumps", "loads", "dump", "load"):
+        monkeypatch.setattr(pickle, name, refuse)
+
+
+SCALARS = [b"", bytes(range(256)), "", "text \u00e9\u20ac", 0, -1, 2**63 - 1, -(2**63), 1.5, -0.0, None, True, False]
+
+
+@pytest.mark.parametrize("value", SCALARS, ids=repr)
+def test_wire_round_trips_scalars_with_their_type(no_pickle: None, value: Any) -> None:
+    back = wire.loads(wire.dumps(value))
+    assert back == value and type(back) is type(value)
+
+
+def test_wire_round_trips_nested_values_bytes_staying_bytes(no_pickle: None) -> None:
+    value = {"a": [b"\x00\xff", "x", [1, [2.5, None, {"deep": b"bin"}]]], 7: {"k": []}, "claim": wire.Claim("k:1")}
+    back = wire.loads(wire.dumps(value))
+    assert back == value
+    assert type(back["a"][0]) is bytes and type(back["a"][1]) is str
+    assert wire.loads(wire.dumps((1, b"t"))) == [1, b"t"]  # tuples come back as lists (msgpack arrays)
+
+
+ARRAYS = [
+    np.arange(24, dtype=np.int16).reshape(4, 3, 2),
+    np.linspace(-1, 1, 17, dtype=np.float32),
+    np.array([1.5, -2.25], dtype=">f8"),  # big-endian survives as such
+    np.array([True, False, True]),
+    np.array([1 + 2j, 3 - 4j], dtype=np.complex64),
+    np.zeros((0, 3), dtype=np.uint8),
+    np.array(42, dtype=np.int64),  # 0-d
+    np.arange(20, dtype=np.int32)[::3],  # not contiguous
+    np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+    np.array([b"ab", b"c"], dtype="S2"),
+    np.array(["\u00e9t\u00e9", "x"], dtype="<U3"),
+]
+
+
+@pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_wire_round_trips_numpy_arrays_exactly(no_pickle: None, array: np.ndarray) -> None:
+    back = wire.loads(wire.dumps({"chunk": array, "t0": 1.0}))["chunk"]
+    assert isinstance(back, np.ndarray)
+    assert back.dtype == array.dtype and back.dtype.str == array.dtype.str
+    assert back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    assert wire.loads(wire.dumps(np.float32(0.5))) == 0.5  # numpy scalars become plain numbers
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([1, "a", None], dtype=object),
+        {"nested": [np.array([{}], dtype=object)]},
+        object(),
+        Path("/tmp"),
+        1 + 2j,
+        2**64,
+    ],
+    ids=["object-array", "nested-object-array", "object", "path", "complex", "int-too-big"],
+)
+def test_wire_refuses_what_it_cannot_encode_without_pickle(no_pickle: None, value: Any) -> None:
+    with pytest.raises(EncodeError):
+        wire.dumps(value)
+
+
+def test_wire_never_unpickles(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> Any:
+            return (Path.touch, (marker,))
+
+    with pytest.raises(Exception):  # noqa: B017  (msgpack's own error: the bytes are not msgpack)
+        wire.loads(pickle.dumps(Exploit()))
+    assert not marker.exists()
+
+
+# ---- publisher -------------------------------------------------------------------------------------------
+
+
+def make_entry(value: Any, *, stream: str = "pub", seq: int = 7, t0: float = 12.5) -> Entry:
+    return Entry(str(uuid.uuid4()), "workers.tasks.echo", Chunk(stream, seq, t0, 4, 28), wire.dumps(value))
+
+
+def test_published_message_is_a_celery_task_with_our_content_type_and_reply_list(broker: str, admin: Any) -> None:
+    settings = Settings(broker_url=broker, queue="q-unit", task_time_limit=1.5)
+    entries = [make_entry(b"abcd", seq=i, t0=10.0 + i) for i in range(3)]
+    client = connect(broker)
+    try:
+        publish(client, entries, settings)
+    finally:
+        client.close()
+    assert admin.llen("q-unit") == 3
+    for entry, raw in zip(entries, [admin.rpop("q-unit") for _ in entries], strict=True):  # workers pop the tail
+        envelope, body = decode(raw)
+        assert envelope["content-type"] == wire.CONTENT_TYPE == "application/x-ocycle-msgpack"
+        assert envelope["content-encoding"] == "binary"
+        assert body == [
+            [b"abcd", entry.meta.t0],
+            {},
+            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+        ]
+        headers, props = envelope["headers"], envelope["properties"]
+        assert (headers["task"], headers["id"], headers["root_id"]) == ("workers.tasks.echo", entry.id, entry.id)
+        assert headers["retries"] == 0 and headers["timelimit"] == [1.5, None]  # [hard, soft]
+        assert headers["ocycle"] == entry.meta._asdict()
+        assert props["reply_to"] == "ocycle:reply:pub" == reply_key("pub")
+        assert props["correlation_id"] == entry.id and props["body_encoding"] == "base64"
+        assert props["delivery_info"]["routing_key"] == "q-unit"
+    assert admin.keys("ocycle:chunk:*") == []  # small chunks travel inline
+
+
+def test_a_chunk_above_claim_threshold_travels_by_claim_check(broker: str, admin: Any) -> None:
+    settings = Settings(broker_url=broker, claim_threshold=100, result_ttl=60)
+    big, small = make_entry(bytes(range(256)) * 4), make_entry(b"x" * 50)
+    client = connect(broker)
+    try:
+        publish(client, [big, small], settings)
+    finally:
+        client.close()
+    (_, big_body), (_, small_body) = (decode(raw) for raw in reversed(admin.lrange("celery", 0, -1)))
+    assert big_body[0] == [wire.Claim(claim_key(big)), big.meta.t0]
+    assert claim_key(big) == f"ocycle:chunk:{big.id}"
+    assert admin.get(claim_key(big)) == big.chunk
+    assert wire.loads(admin.get(claim_key(big))) == bytes(range(256)) * 4
+    assert 0 < admin.ttl(claim_key(big)) <= 60
+    assert small_body[0] == [b"x" * 50, small.meta.t0]
+    assert admin.exists(claim_key(small)) == 0
+
+
+# ---- listener --------------------------------------------------------------------------------------------
+
+
+def test_listener_delivers_replies_counts_duplicates_and_survives_corrupt_entries(
+    broker: str, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pending = {"a", "b", "c"}
+    got: list[dict[str, Any]] = []
+
+    def handler(record: dict[str, Any]) -> bool:  # as the executor's: True only the first time for an id
+        if record.get("id") not in pending:
+            return False
+        pending.discard(record["id"])
+        got.append(record)
+        return True
+
+    client = connect(broker)
+    reader = listener.ReplyListener(client, poll=0.1)
+    reader.attach(handler)
+    reader.listen("ocycle:reply:lst")
+    try:
+        admin.rpush(
+            "ocycle:reply:lst",
+            wire.dumps({"id": "a", "ok": True, "result": 1}),
+            b"\xc1 not msgpack",
+            wire.dumps({"id": "a", "ok": True, "result": 1}),  # a redelivered task's second reply
+            wire.dumps({"id": "b", "ok": False, "error": ["ValueError", "x"]}),
+        )
+        wait_for(lambda: len(got) == 2 and reader.unclaimed == 1, what="replies a and b, one duplicate")
+        assert [r["id"] for r in got] == ["a", "b"] and got[0]["result"] == 1
+        assert any("unreadable reply dropped" in r.getMessage() for r in caplog.records)
+        admin.rpush("ocycle:reply:lst", wire.dumps({"id": "c", "ok": True, "result": [b"z"]}))
+        wait_for(lambda: len(got) == 3, what="reply c after the corrupt entry")
+        assert got[2]["result"] == [b"z"] and reader.unclaimed == 1
+        assert reader.connected.is_set()
+    finally:
+        reader.stop()
+        client.close()
+
+
+# ---- executor --------------------------------------------------------------------------------------------
+
+
+def test_a_reply_resolves_the_chunk_and_on_done_runs_once(make: Any, admin: Any) -> None:
+    emitter, got = make()
+    emitter.write(b"abcdefgh", t0=5.0)
+    messages = wait_for(lambda: len(q := queued(admin)) == 2 and q, what="2 published messages")
+    ids = {m["headers"]["ocycle"]["seq"]: m["headers"]["id"] for m in messages}
+    executor = emitter._executor
+    assert executor.pending == 2 and executor.spooled_bytes == 2 * len(wire.dumps(b"abcd"))
+    reply(admin, emitter.stream, ids[1], result=[b"efgh", 5.0])
+    reply(admin, emitter.stream, ids[0], result=[b"abcd", 5.0])
+    assert emitter.wait(10)
+    assert sorted(got.done) == [(0, [b"abcd", 5.0]), (1, [b"efgh", 5.0])]
+    unclaimed = executor._listener.unclaimed
+    reply(admin, emitter.stream, ids[0], result=[b"abcd", 5.0])  # the same task's second reply
+    wait_for(lambda: executor._listener.unclaimed == unclaimed + 1, what="the duplicate counted")
+    assert len(got.done) == 2 and got.errors == []
+    wait_for(lambda: executor.pending == 0 and executor.spooled_bytes == 0, what="the spool emptied")
+    assert executor.counts["published"] == 2 and executor.counts["resent"] == 0
+    assert_accounted(emitter, 2)
+
+
+def test_an_error_reply_reaches_on_error_as_remote_task_error(make: Any, admin: Any) -> None:
+    emitter, got = make()
+    emitter.write(b"abcd")
+    (message,) = wait_for(lambda: queued(admin), what="a published message")
+    reply(admin, emitter.stream, message["headers"]["id"], error=["ZeroDivisionError", "division by zero"])
+    assert emitter.wait(10)
+    ((seq, exc),) = got.errors
+    assert seq == 0 and isinstance(exc, RemoteTaskError)
+    assert (exc.type_name, exc.message) == ("ZeroDivisionError", "division by zero")
+    assert str(exc) == "ZeroDivisionError: division by zero"
+    assert got.done == [] and emitter.stats().failed == 1
+    assert_accounted(emitter, 1)
+
+
+def test_no_reply_is_resent_then_fails_with_delivery_error(make: Any, admin: Any) -> None:
+    emitter, got = make(settings={"resend_after": 0.3, "max_attempts": 3})
+    started = time.monotonic()
+    emitter.write(b"abcd")
+    wait_for(lambda: got.errors, timeout=10, what="DeliveryError")
+    elapsed = time.monotonic() - started
+    messages = queued(admin)
+    assert len(messages) == 3  # the first send and two more, same task id
+    assert len({m["headers"]["id"] for m in messages}) == 1
+    assert [m["headers"]["retries"] for m in messages] == [0, 1, 2]
+    ((seq, exc),) = got.errors
+    assert seq == 0 and isinstance(exc, DeliveryError)
+    assert "after 3 sends" in str(exc) and "is a worker consuming queue 'celery'" in str(exc)
+    assert 0.8 <= elapsed < 5.0  # three resend_after periods of 0.3 s
+    counts = emitter._executor.counts
+    assert (counts["published"], counts["resent"], counts["undelivered"]) == (3, 2, 1)
+    assert emitter._executor.pending == 0
+    assert_accounted(emitter, 1)
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("reject_newest", [0, 1]), ("drop_oldest", [2, 3])])
+def test_spool_budget_drops_by_policy_and_counts(make: Any, admin: Any, policy: str, kept: list[int]) -> None:
+    per_chunk = len(wire.dumps(b"abcd"))
+    emitter, got = make(settings={"spool_max_bytes": 2 * per_chunk, "spool_policy": policy})
+    for i in range(4):
+        emitter.write(bytes([97 + i]) * 4)
+    executor = emitter._executor
+    assert emitter.stats().dropped == 2 and executor.counts["spool_dropped"] == 2
+    assert executor.spooled_bytes == 2 * per_chunk and executor.pending == 2
+    wait_for(lambda: {m["headers"]["ocycle"]["seq"] for m in queued(admin)} >= set(kept), what="kept chunks sent")
+    for message in queued(admin):  # answer every message sent, evicted chunks' too
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    assert got.done_seqs == kept
+    assert_accounted(emitter, 4)
+    assert emitter.stats().done == 2 and emitter.stats().dropped == 2
+    wait_for(lambda: executor.spooled_bytes == 0, what="the spool emptied")
+
+
+def test_a_cancelled_chunk_leaves_the_spool(make: Any, admin: Any, tmp_path: Path) -> None:
+    emitter, got = make(settings={"spool_dir": str(tmp_path)}, max_inflight=2, policy="drop_oldest")
+    for i in range(3):
+        emitter.write(bytes([97 + i]) * 4)
+    assert emitter.stats().dropped == 1 and emitter.stats().in_flight == 2
+    assert emitter._executor.pending == 2
+    assert spool_rows(tmp_path, emitter.stream) == [1, 2]
+    wait_for(lambda: {m["headers"]["ocycle"]["seq"] for m in queued(admin)} >= {1, 2}, what="chunks 1, 2 sent")
+    for message in queued(admin):
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    assert got.done_seqs == [1, 2]
+    wait_for(lambda: spool_rows(tmp_path, emitter.stream) == [], what="the spool emptied")
+    assert_accounted(emitter, 3)
+
+
+def die(executor: Any) -> None:
+    """What a producer's exit does to an executor after shutdown(wait=False): its threads stop, the disk stays.
+
+    In one test process the old executor would otherwise go on answering (and removing) the chunks the new
+    one adopts; forgetting its in-memory state lets its dispatcher finish without touching the SQLite rows.
+    """
+    with executor._cond:
+        executor._futures.clear()
+        executor.spool._entries.clear()
+        executor.spool.nbytes = 0
+        executor._cond.notify_all()
+    executor._dispatcher.join(10)
+    assert not executor._dispatcher.is_alive()
+
+
+def test_sqlite_spool_outlives_its_executor_and_a_new_emitter_adopts_it(make: Any, admin: Any, tmp_path: Path) -> None:
+    settings = {"spool_dir": str(tmp_path), "resend_after": 60.0}
+    first, got1 = make(stream="adopt-me", settings=settings)
+    first.write(b"aaaabbbbcccc")
+    messages = wait_for(lambda: len(q := queued(admin)) == 3 and q, what="3 published messages")
+    ids = {m["headers"]["ocycle"]["seq"]: m["headers"]["id"] for m in messages}
+    reply(admin, "adopt-me", ids[0], result="first")
+    wait_for(lambda: got1.done_seqs == [0], what="chunk 0 done in the first producer")
+    wait_for(lambda: spool_rows(tmp_path, "adopt-me") == [1, 2], what="chunk 0 out of the spool")
+    old = first._executor
+    first.close(wait=False)  # shutdown(wait=False): chunks 1 and 2 pending
+    die(old)
+    assert spool_rows(tmp_path, "adopt-me") == [1, 2]
+
+    second, got2 = make(stream="adopt-me", settings=settings)
+    assert second.stats().emitted == 2 and second.stats().in_flight == 2
+    assert second._executor.pending == 2
+    wait_for(lambda: len(queued(admin)) == 5, what="the adopted chunks sent again")
+    resent = queued(admin)[3:]
+    assert sorted(m["headers"]["id"] for m in resent) == sorted([ids[1], ids[2]])  # same task ids
+    reply(admin, "adopt-me", ids[2], result="two")  # replies to the first producer's messages
+    reply(admin, "adopt-me", ids[1], result="one")
+    assert second.wait(10)
+    assert sorted(got2.done) == [(1, "one"), (2, "two")]
+    assert got1.done_seqs == [0]
+    wait_for(lambda: spool_rows(tmp_path, "adopt-me") == [], what="the spool emptied")
+    second.write(b"dddd")  # the stream goes on after the adopted chunks
+    last = wait_for(lambda: len(q := queued(admin)) == 6 and q[-1], what="chunk 3 sent")
+    assert last["headers"]["ocycle"]["seq"] == 3
+    reply(admin, "adopt-me", last["headers"]["id"], result="three")
+    assert second.wait(10)
+    assert got2.done_seqs == [1, 2, 3] and got2.errors == []
+    assert_accounted(second, 3)
+
+
+def test_a_spool_dir_that_is_not_writable_is_a_config_error_naming_spool(broker: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = str(blocker / "spool")
+    with pytest.raises(ConfigError, match=r"^spool=.*writable directory") as excinfo:
+        ocycle.BufferEmit("t", 4, mode="celery", settings=Settings(broker_url=broker, spool_dir=bad))
+    assert excinfo.value.param == "spool" and excinfo.value.value == bad
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit("t", 4, mode="celery", broker=broker, spool=bad)
+    assert excinfo.value.param == "spool"
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ConfigError) as excinfo:
+            ocycle.BufferEmit("t", 4, mode="celery", broker=broker, spool=str(locked))
+        assert excinfo.value.param == "spool"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"broker": "redis//x"},
+        {"broker": "localhost:6379"},
+        {"settings": Settings(broker_url="http://localhost:6379/0")},
+        {"settings": Settings(broker_url="redis://localhost:notaport/0")},
+    ],
+    ids=["no-scheme-separator", "no-scheme", "http", "bad-port"],
+)
+def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", **options)
+    assert excinfo.value.param == "broker"
+    assert str(excinfo.value).startswith("broker=")
+
+
+@contextmanager
+def fakeredis_on(port: int) -> Iterator[str]:
+    """A fakeredis TCP server on ``port`` (embedded_broker() picks its own)."""
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocycle_dist.executors import celery as celery_executor
+
+    attempts = []
+
+    def counting_publish(*args: Any, **kwargs: Any) -> None:
+        attempts.append(time.monotonic())
+        celery_executor_publish(*args, **kwargs)
+
+    celery_executor_publish = celery_executor.publish
+    monkeypatch.setattr(celery_executor, "publish", counting_publish)
+    caplog.set_level(logging.WARNING, logger="ocycle_dist")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    got = Collector()
+    emitter = ocycle.BufferEmit(
+        "workers.tasks.echo",
+        4,
+        clip=True,
+        mode="celery",
+        settings=Settings(broker_url=url, spool_dir=str(tmp_path), resend_after=30.0),
+        stream="offline",
+        on_done=got.on_done,
+        on_error=got.on_error,
+    )
+    executor = emitter._executor
+    try:
+        started = time.monotonic()
+        for i in range(5):
+            emitter.write(bytes([97 + i]) * 4)
+        assert time.monotonic() - started < 0.5
+        assert emitter.stats().in_flight == 5 and executor.pending == 5
+        assert spool_rows(tmp_path, "offline") == [0, 1, 2, 3, 4]
+        wait_for(lambda: len(attempts) >= 4, what="4 attempts to publish")
+        assert not executor.broker_up.is_set()
+
+        def warnings(text: str) -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+        assert len(warnings("Redis unreachable")) == 1
+        with fakeredis_on(port):
+            admin = connect(url)
+            try:
+                messages = wait_for(lambda: len(q := queued(admin)) == 5 and q, what="the spooled chunks sent")
+                assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 1, 2, 3, 4]  # in order
+                for message in messages:
+                    reply(admin, "offline", message["headers"]["id"], result="ok")
+                assert emitter.wait(10)
+            finally:
+                admin.close()
+            assert len(warnings("Redis unreachable")) == 1
+            assert len(warnings("Redis reachable again")) == 1
+            assert got.done_seqs == [0, 1, 2, 3, 4]
+            wait_for(lambda: spool_rows(tmp_path, "offline") == [], what="the spool emptied")
+            assert_accounted(emitter, 5)
+            emitter.close()
+    finally:
+        emitter.close(wait=False)
+        executor.shutdown(wait=False, cancel_futures=True)
+        executor._dispatcher.join(10)
+    assert not executor._dispatcher.is_alive()
