@@ -246,8 +246,12 @@ class CeleryExecutor:
             return False
         with self._cond:
             entry = self.spool.get(entry_id)
-            retry = entry is not None and entry.attempts < self.settings.max_attempts
-            if retry and entry_id in self._futures and _transient(record):
+            if (
+                entry is not None
+                and entry.attempts < self.settings.max_attempts
+                and entry_id in self._futures
+                and _transient(record)
+            ):
                 self.counts["resent"] += 1  # the worker lost Redis mid-task: not the chunk's fault, send again
                 self._queue.append(entry)
                 self._cond.notify()
