@@ -17,8 +17,8 @@ RUN pip install ".[celery,audio]"
 
 # Run unprivileged; /archive is created here so a fresh named volume inherits the owner.
 RUN useradd --create-home --uid 10001 ocycle \
-    && mkdir -p /archive \
-    && chown ocycle:ocycle /archive
+    && mkdir -p /archive /spool \
+    && chown ocycle:ocycle /archive /spool
 USER ocycle
 
 CMD ["celery", "-A", "workers", "worker", "--loglevel=INFO"]
