@@ -6,18 +6,42 @@ Both the broker and the result backend are ``BENCH_REF_URL`` (default ``redis://
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from celery import Celery
 
 URL = os.environ.get("BENCH_REF_URL", "redis://localhost:6379/1")
+RATE = 16000
 
 app = Celery("refapp", broker=URL, backend=URL)
 app.conf.update(broker_connection_retry_on_startup=True)
+
+
+@cache
+def _audio() -> ModuleType:
+    """``workers/audio.py`` loaded by path: importing the ``workers`` package would create ocycle_dist's app."""
+    path = Path(__file__).resolve().parent.parent / "workers" / "audio.py"
+    spec = importlib.util.spec_from_file_location("bench_ref_audio", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @app.task(name="bench.refapp.echo")
 def echo(chunk: Any, t0: float) -> list[Any]:
     """Return ``[chunk, t0]`` unchanged, like ``workers.tasks.echo``."""
     return [chunk, t0]
+
+
+@app.task(name="bench.refapp.classify")
+def classify(chunk: bytes, t0: float) -> dict[str, Any]:
+    """``workers.tasks.classify`` for plain Celery: the chunk travels as float32 bytes (JSON has no arrays)."""
+    import numpy as np
+
+    return {"t0": t0, **_audio().classify(np.frombuffer(chunk, dtype="<f4"), rate=RATE)}
