@@ -95,6 +95,8 @@ class CeleryExecutor:
         self._cond = threading.Condition()
         self._closing = False
         self.broker_up = threading.Event()
+        self._run_id: str | None = None  # the Redis server's, to tell a restart from a blip
+        self._checked_at = 0.0
         self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered"), 0)
         self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
@@ -155,6 +157,7 @@ class CeleryExecutor:
         with self._cond:
             self._futures.pop(entry_id, None)
             self.spool.remove(entry_id)
+            self._cond.notify_all()  # the dispatcher may be done
 
     # ---- publishing -------------------------------------------------------------------------------------
 
@@ -199,8 +202,8 @@ class CeleryExecutor:
                         batch = [entry for entry in batch if entry.id in self._futures]  # minus the dropped
                     backoff = min(backoff * 2, 2.0)
                     continue
-                if not self.broker_up.is_set() and backoff > 0.05:
-                    log.warning("Redis reachable again at %s: sending the spooled chunks", self.settings.broker_url)
+                if not self.broker_up.is_set() or time.monotonic() - self._checked_at > 1.0:
+                    self._check_restart(after_outage=backoff > 0.05)
                 self.broker_up.set()
                 backoff = 0.05
                 now = time.monotonic()
@@ -211,6 +214,27 @@ class CeleryExecutor:
                         self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
                     self.counts["published"] += len(batch)
                 break
+
+    def _check_restart(self, after_outage: bool) -> None:
+        """On (re)connecting: if Redis is a new server (run_id changed), what was sent may be gone with the
+        old one: send every unanswered chunk again now instead of after ``resend_after``."""
+        self._checked_at = time.monotonic()
+        try:
+            run_id = self._client.info("server").get("run_id")
+        except Exception:  # a server without INFO (fakeredis): rely on resend_after
+            run_id = None
+        restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
+        self._run_id = run_id or self._run_id
+        if after_outage:
+            log.warning(
+                "Redis reachable again at %s%s: sending the spooled chunks",
+                self.settings.broker_url,
+                " (a new server: sending again what it may have lost)" if restarted else "",
+            )
+        if restarted:
+            with self._cond:
+                self._deadlines = deque((0.0, entry_id, attempt) for _, entry_id, attempt in self._deadlines)
+                self._cond.notify_all()
 
     def _finished(self) -> bool:
         """Under the lock: shut down and every chunk resolved and out of the spool."""
@@ -294,12 +318,13 @@ class CeleryExecutor:
         pending for the next producer). ``cancel_futures`` drops what has not come back.
         """
         with self._cond:
-            self._closing = True
-            self._cond.notify_all()
             pending = list(self._futures.values())
         if cancel_futures:
             for future in pending:
                 future.cancel()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         if wait:
             futures.wait(pending)
             self._dispatcher.join()
