@@ -28,13 +28,14 @@ def reachable(url: str, timeout: float = 0.5) -> bool:
 
 
 @contextmanager
-def embedded_broker() -> Iterator[str]:
-    """Serve a fakeredis TCP server on a free loopback port; yields its URL."""
+def embedded_broker(port: int | None = None) -> Iterator[str]:
+    """Serve a fakeredis TCP server on ``port`` (a free loopback port by default); yields its URL."""
     from fakeredis import TcpFakeServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, name="ocycle-embedded-redis", daemon=True)
     thread.start()

@@ -30,23 +30,12 @@ from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.redis_client import connect
 from ocycle_dist.settings import Settings
 from ocycle_dist.topology import RedisServer, Worker
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "fault-pw"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds (``what`` may be a callable)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what if isinstance(what, str) else what()}")
-        time.sleep(0.02)
 
 
 class Cluster:

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +34,9 @@ from ocycle_dist.redis_client import connect
 from ocycle_dist.settings import Settings
 from ocycle_dist.spool import Entry
 from ocycle_dist.topology import free_port
+from tests.helpers import wait_for
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def decode(raw: bytes) -> tuple[dict[str, Any], Any]:
@@ -509,21 +497,6 @@ def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[st
     assert str(excinfo.value).startswith("broker=")
 
 
-@contextmanager
-def fakeredis_on(port: int) -> Iterator[str]:
-    """A fakeredis TCP server on ``port`` (embedded_broker() picks its own)."""
-    from fakeredis import TcpFakeServer
-
-    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -566,7 +539,7 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
             return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
         assert len(warnings("Redis unreachable")) == 1
-        with fakeredis_on(port):
+        with embedded_broker(port):
             admin = connect(url)
             try:
                 messages = wait_for(lambda: len(q := queued(admin)) == 5 and q, what="the spooled chunks sent")

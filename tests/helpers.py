@@ -1,0 +1,21 @@
+"""Small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds (``what`` may be a callable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what if isinstance(what, str) else what()}")
+        time.sleep(0.02)
