@@ -20,11 +20,15 @@ def reachable(url: str, timeout: float = 0.5) -> bool:
     """Whether a Redis server answers PING at ``url``."""
     from .redis_client import connect
 
+    client = None
     try:
         client = connect(url, socket_timeout=timeout)
         return bool(client.ping())
     except Exception:
         return False
+    finally:
+        if client is not None:
+            client.close()
 
 
 @contextmanager

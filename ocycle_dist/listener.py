@@ -58,6 +58,7 @@ class ReplyListener:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        self._client.close()
 
     def _run(self) -> None:
         import redis

@@ -333,3 +333,4 @@ class CeleryExecutor:
         """The dispatcher's last act: detach from the listener, close the spool."""
         listener.detach(self.settings.broker_url, self._on_reply)
         self.spool.close()
+        self._client.close()
