@@ -8,7 +8,6 @@ made for load: use a real redis-server and ``celery worker`` processes for that.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -37,9 +36,9 @@ def embedded_broker(port: int | None = None) -> Iterator[str]:
     from fakeredis import TcpFakeServer
 
     if port is None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        from .topology import free_port
+
+        port = free_port()
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, name="ocycle-embedded-redis", daemon=True)
     thread.start()

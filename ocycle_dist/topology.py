@@ -7,6 +7,7 @@ without a container engine.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,10 +20,19 @@ from typing import Any
 
 
 def free_port() -> int:
-    """A TCP port free on the loopback interface now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on the loopback interface now, below Linux's ephemeral range (32768-60999).
+
+    An ephemeral port could meanwhile become some client's local port, and a connection to it from that
+    client would then connect to itself (TCP simultaneous open) instead of being refused.
+    """
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port in 20000-32000")
 
 
 def _wait(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[Any] | None = None) -> None:
