@@ -97,6 +97,7 @@ class CeleryExecutor:
         self.broker_up = threading.Event()
         self._run_id: str | None = None  # the Redis server's, to tell a restart from a blip
         self._checked_at = 0.0
+        self._has_info = True
         self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered"), 0)
         self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
@@ -219,10 +220,13 @@ class CeleryExecutor:
         """On (re)connecting: if Redis is a new server (run_id changed), what was sent may be gone with the
         old one: send every unanswered chunk again now instead of after ``resend_after``."""
         self._checked_at = time.monotonic()
-        try:
-            run_id = self._client.info("server").get("run_id")
-        except Exception:  # a server without INFO (fakeredis): rely on resend_after
-            run_id = None
+        run_id = None
+        if self._has_info:
+            try:
+                run_id = self._client.info("server").get("run_id")
+            except Exception:  # a server without INFO (fakeredis's drops the connection): rely on resend_after
+                self._has_info = False
+                self._client.connection_pool.disconnect()
         restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
         self._run_id = run_id or self._run_id
         if after_outage:
