@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery, Task, states
 from celery.backends.base import DisabledBackend
+from celery.exceptions import NotRegistered, TimeLimitExceeded
 
 from . import wire
 from .chunk import Chunk
@@ -62,6 +63,15 @@ class ChunkTask(Task):  # type: ignore[misc]
         return super().__call__(*args, **kwargs)
 
 
+def _describe(exc: BaseException) -> str:
+    """A task's exception as a message a producer can act on."""
+    if isinstance(exc, TimeLimitExceeded) and exc.args:
+        return f"the task ran past its hard time limit of {exc.args[0]} s; its worker process was killed"
+    if isinstance(exc, NotRegistered) and exc.args:
+        return f"no worker has a task named {exc.args[0]!r}"
+    return str(exc)
+
+
 class ReplyBackend(DisabledBackend):  # type: ignore[misc]
     """A Celery result backend that RPUSHes each task's outcome to the reply list named in its message.
 
@@ -79,7 +89,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         if state == states.SUCCESS:
             record: dict[str, Any] = {"id": task_id, "ok": True, "result": result}
         elif state in (states.FAILURE, states.REVOKED):
-            record = {"id": task_id, "ok": False, "error": [type(result).__name__, str(result)]}
+            record = {"id": task_id, "ok": False, "error": [type(result).__name__, _describe(result)]}
         else:  # STARTED, RETRY: not an outcome
             return result
         try:
