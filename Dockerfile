@@ -13,7 +13,12 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY . /app
-RUN pip install ".[celery,audio]"
+# gcc only to build write()'s C hot path (ocycle_dist/_speedups.c), then removed
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install ".[celery,audio]" \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
+    && rm -rf /var/lib/apt/lists/*
 
 # Run unprivileged; /archive is created here so a fresh named volume inherits the owner.
 RUN useradd --create-home --uid 10001 ocycle \
