@@ -173,7 +173,6 @@ class BufferEmit:
         self._latencies: deque[float] = deque(maxlen=1000)
         self._free_buffers: list[Any] = []
         self._executor: Any = None
-        self._inline = mode == "serial"
         self._owns_executor = False
         self._counts = dict.fromkeys(("skipped", "emitted", "done", "failed", "dropped"), 0)
         self._skipped_leftover = 0  # skipped elements also counted in the stream's end (sampler leftovers)

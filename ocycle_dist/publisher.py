@@ -35,6 +35,11 @@ def claim_key(entry: Entry) -> str:
     return f"ocycle:chunk:{entry.id}"
 
 
+def is_claimed(entry: Entry, settings: Settings) -> bool:
+    """Whether ``entry``'s chunk travels by claim check (stored under :func:`claim_key`) rather than inline."""
+    return len(entry.chunk) > settings.claim_threshold
+
+
 def encode_chunk(value: Any, settings: Settings) -> bytes:
     """A chunk's value on the wire; raises EncodeError when it cannot be sent or is over the limit."""
     chunk = wire.dumps(value)
@@ -46,7 +51,7 @@ def encode_chunk(value: Any, settings: Settings) -> bytes:
 def message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
     """The task message of ``entry``, and its chunk when it travels by claim check instead of inline."""
     meta, t0 = entry.meta, wire.dumps(entry.meta.t0)
-    if len(entry.chunk) > settings.claim_threshold:
+    if is_claimed(entry, settings):
         claimed: bytes | None = entry.chunk
         args = wire.dumps(wire.Claim(claim_key(entry)))
     else:

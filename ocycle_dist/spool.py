@@ -30,7 +30,6 @@ class Entry:
     meta: Chunk
     chunk: bytes  # the encoded value (wire.dumps)
     attempts: int = 0
-    sent_at: float = 0.0  # monotonic time of the last publish; 0: not sent yet
 
 
 class MemorySpool:

@@ -23,7 +23,7 @@ from typing import Any
 from .. import listener
 from ..chunk import Chunk
 from ..errors import ConfigError, DeliveryError, RemoteTaskError
-from ..publisher import claim_key, encode_chunk, publish, reply_key
+from ..publisher import claim_key, encode_chunk, is_claimed, publish, reply_key
 from ..redis_client import connect
 from ..settings import Settings
 from ..spool import SPOOL_POLICIES, Entry, open_spool
@@ -211,7 +211,6 @@ class CeleryExecutor:
                 with self._cond:
                     for entry in batch:
                         entry.attempts += 1
-                        entry.sent_at = now
                         self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
                     self.counts["published"] += len(batch)
                 break
@@ -296,7 +295,7 @@ class CeleryExecutor:
         with self._cond:
             self.spool.remove(entry_id)
             self._cond.notify_all()
-        if entry is not None and len(entry.chunk) > self.settings.claim_threshold:
+        if entry is not None and is_claimed(entry, self.settings):
             try:
                 self._client.delete(claim_key(entry))
             except Exception:  # it expires anyway
