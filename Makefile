@@ -1,7 +1,7 @@
 # The dev loop. `make test` is the README's test command and what CI runs.
 PY ?= python3
 
-.PHONY: test deps lint demo bench
+.PHONY: test test-unit test-integration deps lint demo bench
 
 deps:  ## redis-server (Debian) and the Python packages the tests need
 	@command -v redis-server >/dev/null || { \
@@ -14,11 +14,17 @@ lint:
 	$(PY) -m ruff format --check ocycle_dist workers
 	$(PY) -m mypy ocycle_dist workers
 
-test: deps lint
+test: deps lint  ## everything: lint, unit, contract and integration tests (the README's test command, CI)
 	$(PY) -m pytest -q
 
+test-unit:  ## the fast dev loop: no redis-server, no worker processes
+	$(PY) -m pytest -q -m "not integration"
+
+test-integration: deps  ## real redis-server and celery worker processes
+	$(PY) -m pytest -q -m integration
+
 demo:
-	$(PY) -m pip install -q -e '.[celery,audio]'
+	$(PY) -m pip install -q -e '.[demo]'
 	ocycle-dist demo
 
 bench:

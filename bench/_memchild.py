@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ocycle_dist
 from ocycle_dist.demo import CONSUMERS, synthetic
-from ocycle_dist.settings import Settings
+from ocycle_dist.remote.settings import Settings
 
 RATE = 16000
 
@@ -113,7 +113,7 @@ def main() -> int:
     sampler = Sampler(emitters)
     tap = ocycle_dist.Tap(*emitters).open()
     for e in emitters:
-        e._executor._client.ping()  # connected before the baseline
+        e.executor._client.ping()  # connected before the baseline
     n_frames = -(-int(args.seconds * RATE) // 1024)
     frames = synthetic(args.seconds, RATE)  # generated as they are written, as a microphone would
     sampler.thread.start()
@@ -160,7 +160,7 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout
     complete = all(e.wait(max(0.0, deadline - time.monotonic())) for e in emitters)
     drain_seconds = time.perf_counter() - start - write_seconds
-    executors = [e._executor for e in emitters]
+    executors = [e.executor for e in emitters]
     counts = {k: sum(x.counts[k] for x in executors) for k in executors[0].counts}
     tap.close(wait=complete)
     sampler.set_phase("end")

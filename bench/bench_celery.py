@@ -98,7 +98,8 @@ from bench._topo import (  # noqa: E402
     wait_ready,
 )
 from ocycle_dist.demo import synthetic  # noqa: E402
-from ocycle_dist.settings import Settings  # noqa: E402
+from ocycle_dist.remote.protocol import CHUNK_PREFIX  # noqa: E402
+from ocycle_dist.remote.settings import Settings  # noqa: E402
 
 KIB, MIB = 1024, 1024 * 1024
 RATE = 16000
@@ -138,7 +139,7 @@ def size_label(size: int) -> str:
 
 def close_unconsumed(emitter: ocycle_dist.BufferEmit) -> None:
     """Close an emitter whose queue no worker consumes: drop what it keeps (no reply will ever come)."""
-    executor = emitter._executor
+    executor = emitter.executor
     emitter.close(wait=False)
     if executor is not None:
         executor.shutdown(wait=False, cancel_futures=True)
@@ -233,12 +234,12 @@ def unconsumed_emitter(url: str, size: int, n: int) -> ocycle_dist.BufferEmit:
         settings=Settings(broker_url=url, queue=PUB_QUEUE, resend_after=3600.0),
     )  # fmt: skip
     emitter.open()
-    emitter._executor._client.ping()  # connect outside the timing, as the others are
+    emitter.executor._client.ping()  # connect outside the timing, as the others are
     return emitter
 
 
 def wait_published(emitter: ocycle_dist.BufferEmit, n: int, timeout: float = 120.0) -> None:
-    executor = emitter._executor
+    executor = emitter.executor
     deadline = time.monotonic() + timeout
     while executor.counts["published"] < n:
         if time.monotonic() > deadline:
@@ -262,7 +263,7 @@ def pub_ocycle(url: str, r: redis.Redis, case: Publish) -> float:
     case.write_seconds.append(written)
     if "ocycle_dist" not in case.wire:
         message = r.lindex(PUB_QUEUE, 0) or b""
-        claims = [r.strlen(k) for k in r.scan_iter("ocycle:chunk:*", count=1000)]
+        claims = [r.strlen(k) for k in r.scan_iter(CHUNK_PREFIX + "*", count=1000)]
         case.wire["ocycle_dist"] = len(message) + (claims[0] if claims else 0)
         if claims:
             case.wire["ocycle_dist claimed"] = claims[0]
@@ -455,7 +456,7 @@ def section_latency(topo: Topology, ref: Any, cfg: Config, procs: list[Proc]) ->
                 emitter.write(p)
             if not col.event.wait(300):
                 raise BenchError(f"ocycle_dist under load: {len(col.done)} of {load} replies in 300 s "
-                                 f"(stats {emitter.stats()}, pending {emitter._executor.pending})")  # fmt: skip
+                                 f"(stats {emitter.stats()}, pending {emitter.executor.pending})")  # fmt: skip
             if col.errors:
                 raise BenchError(f"ocycle_dist under load: {len(col.errors)} errors, first {col.errors[0]}")
             under["ocycle_dist"] = [col.done[base + i] - sent[i] for i in range(load)]
@@ -527,7 +528,7 @@ def section_scaling(topo: Topology, ref: Any, cfg: Config, w: list[Proc], rw: li
             settings=Settings(broker_url=topo.url(OCYCLE_DB), queue=q),
         )  # fmt: skip
         emitter.open()
-        emitter._executor._client.ping()
+        emitter.executor._client.ping()
         try:
             t0 = time.time()
             t = perf()
@@ -633,7 +634,7 @@ def section_outage_latency(topo: Topology, cfg: Config, workers: list[Proc], con
     }  # fmt: skip
     for e in emitters.values():
         e.open()
-        e._executor._client.ping()
+        e.executor._client.ping()
     lat_small: list[tuple[float, float]] = []  # (start, seconds)
     lat_big: list[tuple[float, float]] = []
     marks: dict[str, float] = {}
@@ -674,10 +675,10 @@ def section_outage_latency(topo: Topology, cfg: Config, workers: list[Proc], con
             if not col.event.wait(120):
                 e = emitters[key]
                 raise BenchError(f"3b: after the outage, {len(col.done)} of {col.expect} results in 120 s "
-                                 f"(stats {e.stats()}, executor {e._executor.counts})")  # fmt: skip
+                                 f"(stats {e.stats()}, executor {e.executor.counts})")  # fmt: skip
         t_all = max(max(c.done.values()) for c in cols.values())
     finally:
-        counts = {k: dict(e._executor.counts) for k, e in emitters.items() if e._executor is not None}
+        counts = {k: dict(e.executor.counts) for k, e in emitters.items() if e.executor is not None}
         for e in emitters.values():
             e.close(wait=False)
     for key, frames, per in (("small", small_frames, 1), ("big", big_frames, 16)):
@@ -876,7 +877,8 @@ def environment(r: redis.Redis) -> str:
     return (f"python {platform.python_version()} | celery {version('celery')} | kombu {version('kombu')} | "
             f"redis-py {version('redis')} | redis-server {server} | msgpack {version('msgpack')} | numpy "
             f"{np.__version__} | ocycle_dist {ocycle_dist.__version__} (C hot path: "
-            f"{type(ocycle_dist.BufferEmit(len, 1)._hot).__module__}) | {os.cpu_count()} cpus | load average {load} "
+            f"{type(ocycle_dist.BufferEmit(len, 1).windows.hot).__module__}) | {os.cpu_count()} cpus "
+            f"| load average {load} "
             f"| {platform.platform()}")  # fmt: skip
 
 
@@ -908,7 +910,7 @@ def main() -> int:
             print("command:", " ".join([Path(sys.executable).name, *sys.argv]), f"({cfg})")
             os.environ["BENCH_REF_URL"] = topo.url(REF_DB)
             ref = importlib.import_module("bench.refapp")
-            from ocycle_dist.worker import make_app
+            from ocycle_dist.remote.worker import make_app
 
             ocycle_control = make_app(Settings(broker_url=topo.url(OCYCLE_DB)), name="bench-control")
             archive = Path(tmp) / "archive"

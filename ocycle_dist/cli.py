@@ -8,9 +8,10 @@ import sys
 
 def status(broker: str | None) -> int:
     """Print queue depth per task queue, workers seen, tasks running and results pending on ``broker``."""
-    from .redis_client import connect
-    from .settings import Settings
-    from .worker import make_app
+    from .remote.protocol import CHUNK_PREFIX, REPLY_PREFIX
+    from .remote.redis_client import connect
+    from .remote.settings import Settings
+    from .remote.worker import make_app
 
     settings = Settings.from_env(broker_url=broker)
     client = connect(settings.broker_url, socket_timeout=3.0)
@@ -23,9 +24,9 @@ def status(broker: str | None) -> int:
     for queue in sorted(queues):
         print(f"queue {queue!r}: {client.llen(queue)} tasks waiting")
     print(f"tasks delivered to workers, not yet acknowledged: {client.hlen('unacked')}")
-    for key in sorted(client.scan_iter("ocycle:reply:*")):
+    for key in sorted(client.scan_iter(REPLY_PREFIX + "*")):
         print(f"results waiting for their producer in {key.decode()}: {client.llen(key)}")
-    print(f"claimed chunks stored: {sum(1 for _ in client.scan_iter('ocycle:chunk:*'))}")
+    print(f"claimed chunks stored: {sum(1 for _ in client.scan_iter(CHUNK_PREFIX + '*'))}")
     print(f"workers seen: {len(replies)}" + "".join(f"\n  {name}" for name in sorted(replies)))
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .chunk import Chunk
 from .emit import NumpyEmit
-from .settings import Settings
+from .remote.settings import Settings
 from .tap import Tap
 
 CONSUMERS = (  # (stream, task, seconds per chunk)
@@ -84,12 +84,12 @@ def run(
     progress: float = 2.0,
     wav: str | None = None,
     realtime: bool = False,
+    rate: int = 16000,
     settings: Settings | None = None,
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Stream the source through the three consumers on ``broker``; return each consumer's counters."""
+    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters."""
     settings = settings or Settings.from_env(broker_url=broker)
-    rate = settings.sample_rate
     lock = threading.Lock()
     start_t = time.time()
     results: dict[str, list[Any]] = {name: [] for name, _, _ in CONSUMERS}
@@ -145,19 +145,22 @@ def run(
 
 def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: bool) -> int:
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
-    from .embedded import embedded, reachable
+    import workers
 
+    from .remote.redis_client import reachable
+    from .remote.worker import app_settings
+    from .testing.embedded import embedded
+
+    rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
     if reachable(url):
         print(f"broker: {url} (workers must be running: celery -A workers worker)")
-        run(url, seconds=seconds, wav=wav, realtime=realtime)
+        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
         return 2
-    import workers
-
     print(f"no broker reachable at {url}: running an embedded broker (fakeredis) and worker in this process")
     with embedded(workers.app) as local_url:
-        run(local_url, seconds=seconds, wav=wav, realtime=realtime, settings=workers.app.ocycle_settings)
+        run(local_url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, settings=app_settings(workers.app))
     return 0

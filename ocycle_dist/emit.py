@@ -1,12 +1,9 @@
 """BufferEmit: collect frames, cut them into chunks, hand each chunk to an executor.
 
-The emitter knows nothing of where callbacks run: it submits ``callback(value, t0)`` to an executor
-(``ocycle_dist.executors``) and follows the Future.
-
-How a stream is cut. Positions count elements from the stream's start. A *window* opens at a position
-(0, then every ``hop``), gets its t0 from the write that reaches it, and is emitted as soon as it is
-complete: with ``clip`` (or ``hop``) it holds exactly ``size`` elements; without, it holds everything up to
-the end of the write that filled it (ocycle 0.1.0's default), and the next window opens after it.
+Three parts, one module each: :class:`~ocycle_dist.windows.Windows` cuts the stream into chunks,
+:class:`~ocycle_dist.inflight.InFlight` bounds and counts the chunks between emit and outcome, and the
+executor (:mod:`ocycle_dist.executors`) runs ``callback(value, t0)``. This module joins them, checks the
+arguments and fires ``on_done``/``on_error``. It knows nothing of Celery: a remote mode is an executor.
 """
 
 from __future__ import annotations
@@ -15,10 +12,6 @@ import inspect
 import logging
 import os
 import socket
-import threading
-import time
-from bisect import bisect_left, bisect_right
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
@@ -26,15 +19,15 @@ from typing import Any
 
 from .bufferio import ListIO, NumpyIO
 from .chunk import Chunk
-from .errors import ClosedError, ConfigError, FrameError
-from .executors import REMOTE_MODES, check_mode, is_executor, make_executor
-from .hotpath import NEVER, appender_class
+from .errors import ClosedError, ConfigError
+from .executors import REMOTE_MODES, ChunkExecutor, as_chunk_executor, check_mode, is_executor, make_executor
+from .inflight import POLICIES, InFlight
 from .kinds import Kind, kind_for
 from .stats import Stats
+from .windows import Windows
 
 log = logging.getLogger("ocycle_dist")
 
-POLICIES = ("block", "drop_oldest", "drop_newest")
 _HOST = socket.gethostname()
 
 
@@ -89,21 +82,21 @@ class BufferEmit:
         sampler: seconds, or a callable returning seconds: after each emit, writes are ignored until the
             emitting write's t0 plus that long; the clipped leftover is skipped too. Counted in ``skipped``.
         mode: ``'serial'``, ``'thread'``, ``'process'``, ``'celery'``, or an executor object.
-        npool: workers of the thread/process pool (publishers for celery).
+        npool: workers of the thread or process pool (other modes do not use it).
         on_done: ``on_done(result)`` after each chunk's callback returned (``meta=`` if it asks).
         new: a buffer factory deciding the stream's kind: ``io.BytesIO`` (default), ``io.StringIO``,
             ``ListIO``, ``NumpyIO`` or any class with ``write``/``getvalue``.
         hop: open a window every ``hop`` elements (overlapping windows when ``hop < size``); implies clip.
         rate: elements per second; a chunk's t0 is then ``t0 of the write it starts in + offset / rate``.
         on_error: ``on_error(exc)`` when a callback raises (``meta=`` if it asks); logged when None.
-        max_inflight: chunks in flight (queued or running) at most.
+        max_inflight: chunks in flight (handed to the executor, not finished) at most.
         policy: when ``max_inflight`` is reached: ``'block'`` the writer, ``'drop_oldest'`` queued
             chunk or ``'drop_newest'``. Drops are counted in ``stats().dropped``.
         stream: the stream id carried by each chunk's metadata; results of the celery mode are routed by it.
             Default: ``<callback>-<size>@<host>-<pid>``; give your own to take over a spool after a restart.
         dtype: numpy streams: the dtype (else taken from the first frame).
         shape: numpy streams: the shape of one element (else taken from the first frame).
-        **executor_options: passed to the executor (``broker=``, ``app=`` for celery).
+        **executor_options: passed to the executor (``broker=``, ``app=``, ``settings=`` for celery).
     """
 
     new: Callable[[], Any] | None = None
@@ -166,39 +159,18 @@ class BufferEmit:
         self.stream = str(stream)
         self._meta_cb, self._meta_done, self._meta_err = map(_wants_meta, (callback, on_done, on_error))
 
-        self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
-        self._inflight: dict[int, Future[Any] | None] = {}
-        self._emitted_at: dict[int, float] = {}  # seq -> monotonic time of emit, until the chunk settles
-        self._latencies: deque[float] = deque(maxlen=1000)
+        self._inflight = InFlight(self.max_inflight, policy)
         self._free_buffers: list[Any] = []
-        self._executor: Any = None
+        self._executor: ChunkExecutor | None = None
         self._owns_executor = False
-        self._counts = dict.fromkeys(("skipped", "emitted", "done", "failed", "dropped"), 0)
-        self._skipped_leftover = 0  # skipped elements also counted in the stream's end (sampler leftovers)
-        self._seq = 0
-        self._segs: list[Any] = []  # frames kept, oldest first
-        self._ends = [0]  # _ends[0]: position of _segs[0]; _ends[i + 1]: position after _segs[i]
-        self._hot = appender_class()(self._segs, self._ends, self._kind.fast_type, 1, self._advance, self._other)
-        self.write = self._hot.write  # type: ignore[method-assign]  # the C hot path when built: no Python frame per write
-        self._reset_windows(0)
         self._closed = False
-        self._paused = False
-        self._pause_until = 0.0
+        self.windows = Windows(
+            self._kind, self.size, self.hop, self.clip, rate, self.sampler, self.stream, self._emit, self._other
+        )
+        self.write = self.windows.hot.write  # type: ignore[method-assign]  # the C hot path: no Python frame per write
         self._open_executor()  # like ocycle 0.1.0; a bad broker URL fails here, a durable spool is taken over
 
     # ---- the stream -------------------------------------------------------------------------------
-
-    def _reset_windows(self, end: int) -> None:
-        self._segs.clear()
-        self._ends[:] = [end]
-        self._next_start = end  # where the next window opens
-        self._starts: deque[tuple[int, float]] = deque()  # open windows: (start, t0)
-        self._hot.threshold = end + 1  # _advance() is due when the stream's end reaches this
-
-    @property
-    def _end(self) -> int:
-        return self._ends[-1]
 
     def write(self, data: Any, t0: float | None = None) -> None:
         """Write one frame; emit every chunk it completes.
@@ -211,102 +183,41 @@ class BufferEmit:
             FrameError: ``data`` does not fit the stream; nothing is written.
             ClosedError: the emitter is closed.
         """
-        self._hot.write(data, t0)  # instances use self._hot.write directly (see __init__)
+        self.windows.hot.write(data, t0)  # instances use windows.hot.write directly (see __init__)
 
     def _other(self, data: Any, t0: float | None) -> None:
         """write() of a frame that is not of the stream's exact fast type, or while closed or pausing."""
+        self._check_open()
+        frozen, n = self._kind.accept(data)
+        self.windows.push(frozen, n, t0)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"write() on a closed {type(self).__name__} (stream {self.stream!r}); call open() first")
-        frozen, n = self._kind.accept(data)
-        self._push(frozen, n, t0)
 
-    def _push(self, frozen: Any, n: int, t0: float | None) -> None:
-        """Append a checked, frozen frame of ``n`` elements."""
-        if self._paused:
-            now = time.time() if t0 is None else t0
-            if now < self._pause_until:
-                self._counts["skipped"] += n
-                return
-            self._paused = False
-            self._hot.fast_type = self._kind.fast_type
-            self._next_start = self._end
-            self._hot.threshold = self._end + 1
-            t0 = now
-        self._segs.append(frozen)
-        self._ends.append(self._ends[-1] + n)
-        if self._ends[-1] >= self._hot.threshold:
-            self._advance(n, t0)
+    def feed(self, frozen: Any, n: int, t0: float) -> None:
+        """Write a frame already checked and frozen by ``self.kind.accept`` (how a ``Tap`` shares one frame).
 
-    def _advance(self, n: int, t0: float | None) -> None:
-        """Open the windows the last write reached and emit those it completed."""
-        end = self._ends[-1]
-        if t0 is None:
-            t0 = time.time()
-        elif isinstance(t0, bool) or not isinstance(t0, (int, float)):
-            self._ends.pop()
-            self._segs.pop()
-            raise FrameError(f"t0={t0!r} is invalid: expected a number of seconds or None")
-        size, starts, rate, clip = self.size, self._starts, self.rate, self.clip
-        s = self._next_start
-        if s < end:  # windows open in this write: their t0 counts from the write's first element
-            w0 = end - n
-            if not clip:
-                starts.append((s, t0 + (s - w0) / rate if rate else t0))
-                s = NEVER
-            while s < end:
-                starts.append((s, t0 + (s - w0) / rate if rate else t0))
-                s += self.hop
-            self._next_start = s
-        while starts and starts[0][0] + size <= end:
-            s, t = starts.popleft()
-            e = s + size if clip else end
-            if not clip:
-                self._next_start = e
-            self._emit(self._take(s, e), Chunk(self.stream, self._seq, t, e - s, s))
-            if self.sampler is not None:
-                self._pause(t0, end - e)
-                return
-        self._trim()
+        Raises:
+            ClosedError: the emitter is closed.
+        """
+        self._check_open()
+        self.windows.push(frozen, n, t0)
 
-    def _take(self, s: int, e: int) -> Any:
-        """The elements ``s:e`` of the stream as one value."""
-        ends, segs = self._ends, self._segs
-        i = bisect_right(ends, s) - 1  # segs[i] holds element s
-        j = bisect_left(ends, e, i) - 1  # segs[j] holds element e - 1
-        if i == j:
-            seg, a = segs[i], s - ends[i]
-            return self._kind.join([seg if a == 0 and e == ends[i + 1] else seg[a : e - ends[i]]])
-        pieces = segs[i : j + 1]
-        if s > ends[i]:
-            pieces[0] = pieces[0][s - ends[i] :]
-        if e < ends[j + 1]:
-            pieces[-1] = pieces[-1][: e - ends[j]]
-        return self._kind.join(pieces)
+    @property
+    def kind(self) -> Kind:
+        """What the stream is made of: checks, freezes and joins its frames."""
+        return self._kind
 
-    def _trim(self) -> None:
-        """Forget the frames no open window needs; set the next threshold."""
-        keep = self._starts[0][0] if self._starts else min(self._next_start, self._ends[-1])
-        k = bisect_right(self._ends, keep) - 1  # segs[:k] end at or before keep
-        if k > 0:
-            del self._segs[:k]
-            del self._ends[:k]
-        due = self._starts[0][0] + self.size if self._starts else NEVER
-        self._hot.threshold = min(self._next_start + 1, due, NEVER)
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (and ``open()`` not since)."""
+        return self._closed
 
-    def _pause(self, now: float, leftover: int) -> None:
-        """Start a sampler pause after an emit; the rest of the stream so far is skipped."""
-        delay = self.sampler() if self.sampler else 0.0
-        self._skipped_leftover += leftover
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
-            self._counts["skipped"] += leftover
-            self._reset_windows(self._end)
-            raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
-        self._counts["skipped"] += leftover
-        self._reset_windows(self._end)
-        self._next_start = self._hot.threshold = NEVER
-        self._pause_until = now + delay
-        self._paused = True
-        self._hot.fast_type = None
+    @property
+    def executor(self) -> ChunkExecutor | None:
+        """The executor running the callbacks (None once closed)."""
+        return self._executor
 
     def flush(self) -> int:
         """Emit the open windows now, even if shorter than ``size`` (marked ``partial``).
@@ -314,73 +225,42 @@ class BufferEmit:
         Returns:
             The number of chunks emitted.
         """
-        count = 0
-        with self._lock:
-            if not self._starts and self._next_start < self._end:
-                self._starts.append((self._next_start, time.time()))
-            for s, t in list(self._starts):
-                if s < self._end:
-                    self._emit(self._take(s, self._end), Chunk(self.stream, self._seq, t, self._end - s, s, True))
-                    count += 1
-            self._reset_windows(self._end)
-        return count
+        with self._inflight.lock:
+            return self.windows.flush()
 
     # ---- chunks to the executor ---------------------------------------------------------------------
 
     def _emit(self, value: Any, meta: Chunk) -> None:
-        self._seq += 1
-        self._emitted_at[meta.seq] = time.monotonic()
-        self._counts["emitted"] += 1
+        """Hand one chunk to the executor (Windows calls this for every complete chunk)."""
+        self._inflight.emitted(meta.seq)
         buffer = None
         if self.asbuffer:
             buffer = self._free_buffers.pop() if self._free_buffers else self._new_buffer()
             buffer.write(value)
             buffer.seek(0)
             value = buffer
-        if self._inline:  # serial mode: call now, no Future, nothing can be in flight
+        executor = self._executor or self._open_executor()
+        if executor.inline:  # serial: call now, no Future, nothing can be in flight
             kwargs = {"meta": meta} if self._meta_cb else {}
             try:
-                result = self.callback(value, meta.t0, **kwargs)
+                result = executor.call(self.callback, value, meta.t0, **kwargs)
             except Exception as exc:
                 self._settle(meta, buffer, "failed", exc)
             else:
                 self._settle(meta, buffer, "done", result)
             return
-        if not self._admit(meta.seq):
-            self._emitted_at.pop(meta.seq, None)
+        if not self._inflight.admit(meta.seq):
             self._release(buffer)
             return
-        executor = self._executor or self._open_executor()
-        kwargs = {"meta": meta} if self._meta_cb or getattr(executor, "wants_meta", False) else {}
+        kwargs = {"meta": meta} if self._meta_cb or executor.wants_meta else {}
         try:
             future = executor.submit(self.callback, value, meta.t0, **kwargs)
         except BaseException:
-            with self._lock:
-                self._inflight.pop(meta.seq, None)
-                self._emitted_at.pop(meta.seq, None)
-                self._counts["emitted"] -= 1
-                self._seq -= 1
+            self._inflight.unemit(meta.seq)
             self._release(buffer)
             raise
         future.add_done_callback(partial(self._finished, meta, buffer))
-        with self._lock:
-            if meta.seq in self._inflight:
-                self._inflight[meta.seq] = future
-
-    def _admit(self, seq: int) -> bool:
-        """Make room for one more chunk under the overload policy; False when it is dropped."""
-        with self._lock:
-            while len(self._inflight) >= self.max_inflight:
-                if self.policy == "block":
-                    self._idle.wait()
-                elif self.policy == "drop_newest" or not self._cancel_oldest():
-                    self._counts["dropped"] += 1
-                    return False
-            self._inflight[seq] = None
-            return True
-
-    def _cancel_oldest(self) -> bool:
-        return any(future is not None and future.cancel() for future in list(self._inflight.values()))
+        self._inflight.submitted(meta.seq, future)
 
     def _finished(self, meta: Chunk, buffer: Any, future: Future[Any]) -> None:
         """Done-callback of each chunk's Future."""
@@ -393,16 +273,7 @@ class BufferEmit:
 
     def _settle(self, meta: Chunk, buffer: Any, outcome: str, value: Any) -> None:
         """Count a finished chunk, recycle its buffer, then call on_done or on_error."""
-        started = self._emitted_at.pop(meta.seq, None)
-        if started is not None and outcome != "dropped":
-            self._latencies.append(time.monotonic() - started)
-        if self._inline:  # the writer's own thread: nothing in flight, nobody waiting
-            self._counts[outcome] += 1
-        else:
-            with self._lock:
-                self._inflight.pop(meta.seq, None)
-                self._counts[outcome] += 1
-                self._idle.notify_all()
+        self._inflight.settle(meta.seq, outcome)
         self._release(buffer)
         if outcome == "failed":
             self._report(value, meta)
@@ -436,26 +307,19 @@ class BufferEmit:
 
     # ---- life cycle -----------------------------------------------------------------------------------
 
-    def _open_executor(self) -> Any:
-        with self._lock:
+    def _open_executor(self) -> ChunkExecutor:
+        with self._inflight.lock:
             if self._executor is None:
-                self._inline = self.mode == "serial"
                 if is_executor(self.mode):
-                    self._executor, self._owns_executor = self.mode, False
+                    self._executor, self._owns_executor = as_chunk_executor(self.mode), False
                 else:
                     self._executor = make_executor(self.mode, self.npool, **self._executor_options)
                     self._owns_executor = True
-                if callable(getattr(self._executor, "adopt", None)):
-                    self._adopt(self._executor.adopt(self.stream))
+                for meta, future in self._executor.adopt(self.stream):
+                    self._inflight.adopt(meta.seq, future)
+                    self.windows.seq = max(self.windows.seq, meta.seq + 1)
+                    future.add_done_callback(partial(self._finished, meta, None))
             return self._executor
-
-    def _adopt(self, chunks: list[tuple[Chunk, Future[Any]]]) -> None:
-        """Follow chunks an earlier producer of this stream emitted and a durable executor kept."""
-        for meta, future in chunks:
-            self._inflight[meta.seq] = future
-            self._counts["emitted"] += 1
-            self._seq = max(self._seq, meta.seq + 1)
-            future.add_done_callback(partial(self._finished, meta, None))
 
     def open(self, npool: int | None = None, mode: Any = None, reopen: bool = False) -> BufferEmit:
         """Start the executor and accept writes (again, after ``close()``)."""
@@ -468,15 +332,13 @@ class BufferEmit:
         if npool is not None:
             self.npool = _positive_int("npool", npool)
         self._closed = False
-        if not self._paused:
-            self._hot.fast_type = self._kind.fast_type
+        self.windows.accepting(True)
         self._open_executor()
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until no chunk is in flight. Returns False on timeout."""
-        with self._lock:
-            return self._idle.wait_for(lambda: not self._inflight, timeout)
+        return self._inflight.wait(timeout)
 
     def close(self, wait: bool = True, flush: bool = False) -> None:
         """Stop accepting writes.
@@ -488,27 +350,29 @@ class BufferEmit:
         if flush and not self._closed:
             self.flush()
         self._closed = True
-        self._hot.fast_type = None
+        self.windows.accepting(False)
         if wait:
             self.wait()
-        with self._lock:
+        with self._inflight.lock:
             executor, self._executor = self._executor, None
         if executor is not None and self._owns_executor:
             executor.shutdown(wait=wait)
 
     def stats(self) -> Stats:
         """A snapshot of the counters."""
-        with self._lock:
-            c = self._counts
-            latencies = sorted(self._latencies)
+        inflight, windows = self._inflight, self.windows
+        p50, p99 = inflight.percentiles()
+        executor = self._executor
+        with inflight.lock:
             return Stats(
-                written=self._end + c["skipped"] - self._skipped_leftover,
-                buffered=self._end - (self._starts[0][0] if self._starts else min(self._next_start, self._end)),
-                in_flight=len(self._inflight),
-                spooled_bytes=getattr(self._executor, "spooled_bytes", 0),
-                latency_p50=latencies[len(latencies) // 2] if latencies else 0.0,
-                latency_p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,
-                **c,
+                written=windows.end + windows.skipped - windows.skipped_leftover,
+                skipped=windows.skipped,
+                buffered=windows.buffered,
+                in_flight=len(inflight),
+                spooled_bytes=executor.spooled_bytes if executor is not None else 0,
+                latency_p50=p50,
+                latency_p99=p99,
+                **inflight.counts,
             )
 
     def __enter__(self) -> BufferEmit:
@@ -540,3 +404,6 @@ class ListEmit(BufferEmit):
     """A BufferEmit of lists of items."""
 
     new = ListIO
+
+
+__all__ = ["POLICIES", "BufferEmit", "ListEmit", "NumpyEmit"]

@@ -32,10 +32,10 @@ class Tap:
         for e in emitters:
             if not isinstance(e, BufferEmit):
                 raise ConfigError("emitters", e, "BufferEmit instances")
-            if not emitters[0]._kind.compatible(e._kind):
-                raise ConfigError("emitters", e, f"emitters of one kind ({emitters[0]._kind.name})")
+            if not emitters[0].kind.compatible(e.kind):
+                raise ConfigError("emitters", e, f"emitters of one kind ({emitters[0].kind.name})")
         self.emitters = emitters
-        self._kind = emitters[0]._kind
+        self._kind = emitters[0].kind
         self._closed = False
 
     def write(self, data: Any, t0: float | None = None) -> None:
@@ -46,9 +46,7 @@ class Tap:
         if t0 is None:
             t0 = time.time()
         for e in self.emitters:
-            if e._closed:
-                raise ClosedError(f"write() to a closed emitter (stream {e.stream!r}) through a Tap")
-            e._push(frozen, n, t0)
+            e.feed(frozen, n, t0)
 
     def open(self) -> Tap:
         """Open every emitter."""

@@ -1,4 +1,9 @@
-"""Shared fixtures of the core suite.
+"""Shared fixtures of the whole suite.
+
+Layout: ``unit/`` runs in-process (fakeredis at most), ``integration/`` starts real ``redis-server`` and
+``celery worker`` processes, ``contract/`` runs one suite over every executor. Every test that needs real
+processes carries the ``integration`` marker (set here by directory, and by fixture for the contract
+suite's celery mode): ``make test-unit`` runs ``-m "not integration"``, ``make test-integration`` the rest.
 
 ``mode`` parametrizes the contract suite over every executor: add a mode to ``LOCAL_MODES`` (or a list
 next to it) and every contract test runs on it. ``mode_options`` gives the executor options a mode needs.
@@ -15,6 +20,19 @@ import ocycle_dist as ocycle
 
 LOCAL_MODES = ["serial", "thread", "process"]
 MODES = [*LOCAL_MODES, "celery"]  # celery: real redis-server and worker processes (the ``topology`` fixture)
+
+
+INTEGRATION_FIXTURES = {"topology", "redis_server_required"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark as ``integration`` every test under ``integration/`` or using a fixture that starts processes."""
+    for item in items:
+        path = str(getattr(item, "path", ""))
+        uses = set(getattr(item, "fixturenames", ())) & INTEGRATION_FIXTURES
+        celery_param = getattr(item, "callspec", None) is not None and item.callspec.params.get("mode") == "celery"
+        if "/integration/" in path or uses or celery_param:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(params=MODES)
@@ -79,7 +97,7 @@ def topology(redis_server_required: None) -> Iterator[Any]:
     import shutil
     import tempfile
 
-    from ocycle_dist.topology import Topology
+    from ocycle_dist.testing import Topology
 
     archive = tempfile.mkdtemp(prefix="ocycle-archive-")
     env = {"OCYCLE_ARCHIVE_DIR": archive}

@@ -35,7 +35,7 @@ def fail_on_b(value: bytes, t0: float) -> bytes:
 
 
 def _redis() -> Any:
-    from ocycle_dist.worker import _client
+    from ocycle_dist.remote.worker import _client
 
     return _client(app.conf.broker_url)
 

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ocycle_dist as ocycle
-from ocycle_dist.settings import Settings
+from ocycle_dist.remote.settings import Settings
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
         max_inflight=args.count + 1000,
     )
     adopted = emitter.stats().emitted  # taken over from the spool at construction
-    executor = emitter._executor
+    executor = emitter.executor
     for number in range(args.first, args.count):
         emitter.write(number.to_bytes(8, "big") + b"\0" * 8)
         progress.write(f"{number}\n")

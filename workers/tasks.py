@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import app, audio
+from ocycle_dist.remote.protocol import META_HEADER
 
-
-def _rate() -> int:
-    return int(app.ocycle_settings.sample_rate)
+from . import app, audio, settings
 
 
 @app.task(name="workers.tasks.echo")
@@ -30,17 +28,17 @@ def spl(chunk: Any, t0: float) -> dict[str, Any]:
 @app.task(name="workers.tasks.classify")
 def classify(chunk: Any, t0: float) -> dict[str, Any]:
     """Label a chunk (e.g. 2 s) as silence, tone or noise with a small linear model."""
-    return {"t0": t0, **audio.classify(chunk, rate=_rate())}
+    return {"t0": t0, **audio.classify(chunk, rate=settings.sample_rate)}
 
 
 @app.task(name="workers.tasks.archive_flac", bind=True)
 def archive_flac(self: Any, chunk: Any, t0: float) -> dict[str, Any]:
     """Write a chunk (e.g. 10 s) as a FLAC file under ``OCYCLE_ARCHIVE_DIR``; return its path and size."""
-    info = self.request.get("ocycle") or {}
+    info = self.request.get(META_HEADER) or {}
     stream, seq = info.get("stream", "chunk"), info.get("seq")
     name = f"{stream}-{seq:08d}" if seq is not None else f"{stream}-{t0:.6f}"
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-    return {"t0": t0, **audio.archive_flac(chunk, rate=_rate(), directory=app.ocycle_settings.archive_dir, name=safe)}
+    return {"t0": t0, **audio.archive_flac(chunk, rate=settings.sample_rate, directory=settings.archive_dir, name=safe)}
 
 
 @app.task(name="workers.tasks.fail")

@@ -1,31 +1,34 @@
-"""Executors: where callbacks run. Each has the ``concurrent.futures`` shape.
+"""Executors: where callbacks run, chosen by name from :data:`EXECUTORS` or given as an object.
 
-``submit(fn, *args, **kwargs) -> Future`` and ``shutdown(wait=True)``. The stdlib pools plug in unchanged;
-``mode`` picks one by name from :data:`EXECUTORS`, or is an executor object itself.
+The contract is in :mod:`.base`. ``serial`` runs each chunk in the writer's thread, ``thread`` and
+``process`` are the stdlib pools, ``celery`` is :class:`ocycle_dist.remote.executor.CeleryExecutor`
+(imported only when asked for: the core never loads Celery, kombu or redis).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from ..errors import ConfigError
+from .base import ChunkExecutor, Executor, PoolAdapter, as_chunk_executor, is_executor
 from .serial import SerialExecutor
 
 
-def _celery(max_workers: int, **options: Any) -> Any:
-    from .celery import CeleryExecutor  # imports celery: only when asked for
+def _celery(max_workers: int, **options: Any) -> ChunkExecutor:
+    from ..remote.executor import CeleryExecutor  # imports redis and msgpack: only when asked for
 
-    return CeleryExecutor(max_workers=max_workers, **options)
+    del max_workers  # one publisher thread per executor, whatever npool says
+    return CeleryExecutor(**options)
 
 
-def _local(cls: Callable[..., Any]) -> Callable[..., Any]:
-    def make(max_workers: int, **options: Any) -> Any:
+def _local(cls: Callable[..., Any]) -> Callable[..., ChunkExecutor]:
+    def make(max_workers: int, **options: Any) -> ChunkExecutor:
         if options:
             name = next(iter(options))
             raise ConfigError(name, options[name], f"no such option for a local mode ({', '.join(LOCAL_MODES)})")
-        return cls(max_workers=max_workers)
+        return as_chunk_executor(cls(max_workers=max_workers))
 
     return make
 
@@ -33,17 +36,12 @@ def _local(cls: Callable[..., Any]) -> Callable[..., Any]:
 LOCAL_MODES = ("serial", "thread", "process")
 REMOTE_MODES = ("celery",)  # callbacks may be names; values, not buffer objects, travel
 
-EXECUTORS: dict[str, Callable[..., Any]] = {
+EXECUTORS: dict[str, Callable[..., ChunkExecutor]] = {
     "serial": _local(SerialExecutor),
     "thread": _local(ThreadPoolExecutor),
     "process": _local(ProcessPoolExecutor),
     "celery": _celery,
 }
-
-
-def is_executor(obj: Any) -> bool:
-    """Whether ``obj`` has the executor shape."""
-    return callable(getattr(obj, "submit", None)) and callable(getattr(obj, "shutdown", None))
 
 
 def check_mode(mode: Any) -> None:
@@ -52,10 +50,22 @@ def check_mode(mode: Any) -> None:
         raise ConfigError("mode", mode, f"one of {', '.join(map(repr, EXECUTORS))} or an executor object")
 
 
-def make_executor(mode: str, npool: int, **options: Any) -> Executor:
-    """A new executor for ``mode`` with ``npool`` workers; ``options`` go to the executor."""
+def make_executor(mode: str, npool: int, **options: Any) -> ChunkExecutor:
+    """A new executor for ``mode`` with ``npool`` workers (pools only); ``options`` go to the executor."""
     check_mode(mode)
-    return EXECUTORS[mode](npool, **options)  # type: ignore[no-any-return]
+    return EXECUTORS[mode](npool, **options)
 
 
-__all__ = ["EXECUTORS", "LOCAL_MODES", "REMOTE_MODES", "SerialExecutor", "check_mode", "is_executor", "make_executor"]
+__all__ = [
+    "EXECUTORS",
+    "LOCAL_MODES",
+    "REMOTE_MODES",
+    "ChunkExecutor",
+    "Executor",
+    "PoolAdapter",
+    "SerialExecutor",
+    "as_chunk_executor",
+    "check_mode",
+    "is_executor",
+    "make_executor",
+]

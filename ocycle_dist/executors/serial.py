@@ -6,12 +6,22 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from .base import ChunkExecutor
 
-class SerialExecutor:
-    """A ``concurrent.futures``-shaped executor that runs each call when it is submitted."""
+
+class SerialExecutor(ChunkExecutor):
+    """An inline executor: ``call()`` runs the function now; ``submit()`` does the same into a finished Future.
+
+    ``BufferEmit(mode='serial')`` uses ``call()``: no Future per chunk.
+    """
+
+    inline = True
 
     def __init__(self, max_workers: int | None = None) -> None:
         del max_workers  # accepted for the shape of the stdlib pools
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` now and return its finished Future."""
@@ -22,6 +32,3 @@ class SerialExecutor:
         except BaseException as exc:  # the Future carries it to on_error
             future.set_exception(exc)
         return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Nothing to stop."""

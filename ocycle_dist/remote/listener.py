@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import wire
+from .redis_client import connect
 
 log = logging.getLogger("ocycle_dist.listener")
 Handler = Callable[[dict[str, Any]], bool]  # True when the reply was its own
@@ -107,8 +108,6 @@ _shared_lock = threading.Lock()
 
 def attach(url: str, handler: Handler, *, socket_timeout: float) -> ReplyListener:
     """The process's listener for the broker at ``url``, with ``handler`` attached."""
-    from .redis_client import connect
-
     with _shared_lock:
         listener = _shared.get(url)
         if listener is None:

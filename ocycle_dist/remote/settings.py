@@ -1,19 +1,40 @@
-"""Settings shared by the producer and the workers, read from ``OCYCLE_*`` environment variables."""
+"""Settings of the distributed path, shared by the producer and the workers, read from ``OCYCLE_*`` variables."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
+_S = TypeVar("_S", bound="EnvSettings")
 DEFAULT_BROKER = "redis://localhost:6379/0"
 
 
+class EnvSettings:
+    """Mixin of a frozen, keyword-only dataclass whose fields can be read from ``OCYCLE_<FIELD>`` variables."""
+
+    @classmethod
+    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, **overrides: Any) -> _S:
+        """Settings from ``OCYCLE_<FIELD>`` variables (e.g. ``OCYCLE_BROKER_URL``), then ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            raw = env.get(f"OCYCLE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"OCYCLE_{f.name.upper()}", raw, f"a {kind.__name__}") from None
+        return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[type-var]
+
+
 @dataclass(frozen=True, kw_only=True)
-class Settings:
+class Settings(EnvSettings):
     """How the distributed path is wired. Seconds are floats, sizes are bytes.
 
     Attributes:
@@ -33,8 +54,6 @@ class Settings:
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
         spool_max_bytes: the spool's budget of chunk bytes (0: no limit).
         spool_policy: when the budget is full: ``reject_newest`` or ``drop_oldest`` (counted).
-        archive_dir: where ``workers.tasks.archive_flac`` writes its files.
-        sample_rate: samples per second of the audio the worker tasks receive.
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -51,21 +70,3 @@ class Settings:
     spool_dir: str = ""
     spool_max_bytes: int = 0
     spool_policy: str = "reject_newest"
-    archive_dir: str = "archive"
-    sample_rate: int = 16000
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``OCYCLE_<FIELD>`` variables (e.g. ``OCYCLE_BROKER_URL``), then ``overrides``."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"OCYCLE_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            kind = type(getattr(cls(), f.name))
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                raise ConfigError(f"OCYCLE_{f.name.upper()}", raw, f"a {kind.__name__}") from None
-        return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})

@@ -1,9 +1,16 @@
-"""Celery task messages written straight to Redis, many per round trip.
+"""What producer and workers share: every Redis key name, the task message and the reply record.
 
-The message is what ``app.send_task`` would put on the Redis transport (Celery protocol 2 inside kombu's
-JSON envelope), built here without Celery's per-message overhead so that a batch of pending chunks goes
-out as one pipeline: one LPUSH of many messages, plus a SET for each claimed (large) chunk. The reply list
-travels as the message's ``reply_to``, so a worker can answer even for a task it does not know.
+Keys (all under :data:`PREFIX`):
+
+- ``ocycle:reply:<stream>``: a list; workers RPUSH each task's reply record, the producer's listener pops it.
+- ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
+- the Celery queues themselves (``settings.queue``, ``celery`` by default) and Celery's ``unacked`` hash
+  belong to kombu's Redis transport.
+
+A task message is what ``app.send_task`` would put on kombu's Redis transport: Celery protocol 2 in kombu's
+JSON envelope, the body msgpack (:mod:`.wire`): ``[[chunk, t0], {}, embed]``. The chunk's metadata rides in
+the header :data:`META_HEADER`, the reply list in ``reply_to``. A reply record is a msgpack map
+``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``.
 """
 
 from __future__ import annotations
@@ -15,14 +22,18 @@ import socket
 import uuid
 from typing import Any
 
+from ..errors import EncodeError
 from . import wire
-from .errors import EncodeError
 from .settings import Settings
 from .spool import Entry
 
+PREFIX = "ocycle:"
+REPLY_PREFIX = PREFIX + "reply:"
+CHUNK_PREFIX = PREFIX + "chunk:"
+META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata (Chunk._asdict())
+
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
-REPLY_PREFIX = "ocycle:reply:"
 
 
 def reply_key(stream: str) -> str:
@@ -30,9 +41,14 @@ def reply_key(stream: str) -> str:
     return REPLY_PREFIX + stream
 
 
-def claim_key(entry: Entry) -> str:
-    """The Redis key of a claimed chunk."""
-    return f"ocycle:chunk:{entry.id}"
+def is_reply_key(key: Any) -> bool:
+    """Whether ``key`` (a message's ``reply_to``) names one of the project's reply lists."""
+    return isinstance(key, str) and key.startswith(REPLY_PREFIX)
+
+
+def claim_key(task_id: str) -> str:
+    """The Redis key of the claimed chunk of task ``task_id``."""
+    return CHUNK_PREFIX + task_id
 
 
 def is_claimed(entry: Entry, settings: Settings) -> bool:
@@ -48,12 +64,12 @@ def encode_chunk(value: Any, settings: Settings) -> bytes:
     return chunk
 
 
-def message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
+def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
     """The task message of ``entry``, and its chunk when it travels by claim check instead of inline."""
     meta, t0 = entry.meta, wire.dumps(entry.meta.t0)
     if is_claimed(entry, settings):
         claimed: bytes | None = entry.chunk
-        args = wire.dumps(wire.Claim(claim_key(entry)))
+        args = wire.dumps(wire.Claim(claim_key(entry.id)))
     else:
         claimed, args = None, entry.chunk
     body = b"".join((b"\x93\x92", args, t0, b"\x80", _EMBED))  # [[chunk, t0], {}, embed] in msgpack
@@ -77,7 +93,7 @@ def message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
-        "ocycle": meta._asdict(),
+        META_HEADER: meta._asdict(),
     }
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
@@ -97,15 +113,11 @@ def message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
     return json.dumps(envelope).encode("ascii"), claimed
 
 
-def publish(client: Any, entries: list[Entry], settings: Settings) -> None:
-    """Push the entries' task messages to the queue in one round trip (their claimed chunks first)."""
-    pipe = client.pipeline(transaction=False)
-    ttl = max(1, int(settings.result_ttl))
-    messages = []
-    for entry in entries:
-        msg, claimed = message(entry, settings)
-        if claimed is not None:
-            pipe.set(claim_key(entry), claimed, ex=ttl)
-        messages.append(msg)
-    pipe.lpush(settings.queue, *messages)
-    pipe.execute()
+def reply_ok(task_id: str, result: Any) -> dict[str, Any]:
+    """The reply record of a task that returned ``result``."""
+    return {"id": task_id, "ok": True, "result": result}
+
+
+def reply_error(task_id: str, type_name: str, message: str) -> dict[str, Any]:
+    """The reply record of a task that failed with ``type_name: message``."""
+    return {"id": task_id, "ok": False, "error": [type_name, message]}

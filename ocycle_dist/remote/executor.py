@@ -2,9 +2,9 @@
 
 ``submit()`` encodes the chunk, keeps it in the spool (memory, or SQLite on disk) and returns: ``write()``
 never waits on the network. One dispatcher thread publishes what is pending in batches
-(``ocycle_dist.publisher``) and sends a chunk again when its result has not come back after
+(:mod:`.publisher`) and sends a chunk again when its result has not come back after
 ``resend_after`` seconds (at-least-once); one listener thread pops the workers' replies
-(``ocycle_dist.listener``) and resolves the Futures, each once: a second reply for a chunk is counted and
+(:mod:`.listener`) and resolves the Futures, each once: a second reply for a chunk is counted and
 ignored. ``on_done``/``on_error`` then run in the producer process, without polling and without gevent.
 """
 
@@ -20,13 +20,15 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from .. import listener
 from ..chunk import Chunk
 from ..errors import ConfigError, DeliveryError, RemoteTaskError
-from ..publisher import claim_key, encode_chunk, is_claimed, publish, reply_key
-from ..redis_client import connect
-from ..settings import Settings
-from ..spool import SPOOL_POLICIES, Entry, open_spool
+from ..executors.base import ChunkExecutor
+from . import listener
+from .protocol import claim_key, encode_chunk, is_claimed, reply_key
+from .publisher import publish
+from .redis_client import connect
+from .settings import Settings
+from .spool import SPOOL_POLICIES, Entry, open_spool
 
 log = logging.getLogger("ocycle_dist.celery")
 
@@ -58,11 +60,10 @@ def _transient(record: dict[str, Any]) -> bool:
     return not record.get("ok") and bool(record.get("error")) and record["error"][0] in _TRANSIENT
 
 
-class CeleryExecutor:
+class CeleryExecutor(ChunkExecutor):
     """A ``concurrent.futures``-shaped executor running ``submit(task, chunk, t0, meta=...)`` on workers.
 
     Args:
-        max_workers: accepted for the shape of the pools (publishing uses one thread).
         app: a Celery app to take the broker URL and queue from.
         broker: a Redis URL, when no ``app`` is given.
         settings: full settings (override ``app`` and ``broker``).
@@ -74,7 +75,6 @@ class CeleryExecutor:
 
     def __init__(
         self,
-        max_workers: int = 1,
         *,
         app: Any = None,
         broker: str | None = None,
@@ -82,7 +82,6 @@ class CeleryExecutor:
         spool: Any = None,
         batch: int = 500,
     ) -> None:
-        del max_workers
         self.settings = s = resolve_settings(app, broker, settings)
         if s.spool_policy not in SPOOL_POLICIES:
             raise ConfigError("spool_policy", s.spool_policy, f"one of {', '.join(SPOOL_POLICIES)}")
@@ -297,7 +296,7 @@ class CeleryExecutor:
             self._cond.notify_all()
         if entry is not None and is_claimed(entry, self.settings):
             try:
-                self._client.delete(claim_key(entry))
+                self._client.delete(claim_key(entry.id))
             except Exception:  # it expires anyway
                 log.debug("could not delete the claimed chunk of %s", entry_id)
         return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def connect(url: str, *, socket_timeout: float = 10.0) -> Any:
@@ -24,3 +24,16 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> Any:
         )
     except ValueError as exc:
         raise ConfigError("broker", url, f"a valid Redis URL ({exc})") from None
+
+
+def reachable(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis server answers PING at ``url``."""
+    client = None
+    try:
+        client = connect(url, socket_timeout=timeout)
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        if client is not None:
+            client.close()

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ocycle_dist import demo
-from ocycle_dist.settings import Settings
-from ocycle_dist.topology import free_port
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.testing import free_port
 
 
 def test_demo_on_real_workers_runs_the_three_consumers(topology: Any) -> None:
@@ -42,7 +42,7 @@ def test_demo_command_without_a_broker_runs_embedded(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist.settings import Settings
-from ocycle_dist.topology import Worker
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.testing import Worker
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ class LogSignal(logging.Handler):
 
 
 def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() -> None:
-    from ocycle_dist.topology import free_port
+    from ocycle_dist.testing import free_port
 
     settings = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
     signal = LogSignal("Redis unreachable")
@@ -126,6 +126,6 @@ def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() ->
         assert signal.count == 1
     finally:
         logger.removeHandler(signal)
-        b._executor.shutdown(wait=False, cancel_futures=True)
+        b.executor.shutdown(wait=False, cancel_futures=True)
         b.close(wait=False)
     assert b.stats().dropped == 200  # given up on purpose: counted

@@ -25,15 +25,16 @@ import numpy as np
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist import listener, wire
 from ocycle_dist.chunk import Chunk
-from ocycle_dist.embedded import embedded_broker
 from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
-from ocycle_dist.publisher import claim_key, publish, reply_key
-from ocycle_dist.redis_client import connect
-from ocycle_dist.settings import Settings
-from ocycle_dist.spool import Entry
-from ocycle_dist.topology import free_port
+from ocycle_dist.remote import listener, wire
+from ocycle_dist.remote.protocol import claim_key, reply_key
+from ocycle_dist.remote.publisher import publish
+from ocycle_dist.remote.redis_client import connect
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.remote.spool import Entry
+from ocycle_dist.testing import free_port
+from ocycle_dist.testing.embedded import embedded_broker
 from tests.helpers import wait_for
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
             **options,
         )
         made.append(emitter)
-        executors.append(emitter._executor)
+        executors.append(emitter.executor)
         return emitter, collector
 
     yield build
@@ -271,13 +272,13 @@ def test_a_chunk_above_claim_threshold_travels_by_claim_check(broker: str, admin
     finally:
         client.close()
     (_, big_body), (_, small_body) = (decode(raw) for raw in reversed(admin.lrange("celery", 0, -1)))
-    assert big_body[0] == [wire.Claim(claim_key(big)), big.meta.t0]
-    assert claim_key(big) == f"ocycle:chunk:{big.id}"
-    assert admin.get(claim_key(big)) == big.chunk
-    assert wire.loads(admin.get(claim_key(big))) == bytes(range(256)) * 4
-    assert 0 < admin.ttl(claim_key(big)) <= 60
+    assert big_body[0] == [wire.Claim(claim_key(big.id)), big.meta.t0]
+    assert claim_key(big.id) == f"ocycle:chunk:{big.id}"
+    assert admin.get(claim_key(big.id)) == big.chunk
+    assert wire.loads(admin.get(claim_key(big.id))) == bytes(range(256)) * 4
+    assert 0 < admin.ttl(claim_key(big.id)) <= 60
     assert small_body[0] == [b"x" * 50, small.meta.t0]
-    assert admin.exists(claim_key(small)) == 0
+    assert admin.exists(claim_key(small.id)) == 0
 
 
 # ---- listener --------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def test_a_reply_resolves_the_chunk_and_on_done_runs_once(make: Any, admin: Any)
     emitter.write(b"abcdefgh", t0=5.0)
     messages = wait_for(lambda: len(q := queued(admin)) == 2 and q, what="2 published messages")
     ids = {m["headers"]["ocycle"]["seq"]: m["headers"]["id"] for m in messages}
-    executor = emitter._executor
+    executor = emitter.executor
     assert executor.pending == 2 and executor.spooled_bytes == 2 * len(wire.dumps(b"abcd"))
     reply(admin, emitter.stream, ids[1], result=[b"efgh", 5.0])
     reply(admin, emitter.stream, ids[0], result=[b"abcd", 5.0])
@@ -371,9 +372,9 @@ def test_no_reply_is_resent_then_fails_with_delivery_error(make: Any, admin: Any
     assert seq == 0 and isinstance(exc, DeliveryError)
     assert "after 3 sends" in str(exc) and "is a worker consuming queue 'celery'" in str(exc)
     assert 0.8 <= elapsed < 5.0  # three resend_after periods of 0.3 s
-    counts = emitter._executor.counts
+    counts = emitter.executor.counts
     assert (counts["published"], counts["resent"], counts["undelivered"]) == (3, 2, 1)
-    assert emitter._executor.pending == 0
+    assert emitter.executor.pending == 0
     assert_accounted(emitter, 1)
 
 
@@ -383,7 +384,7 @@ def test_spool_budget_drops_by_policy_and_counts(make: Any, admin: Any, policy: 
     emitter, got = make(settings={"spool_max_bytes": 2 * per_chunk, "spool_policy": policy})
     for i in range(4):
         emitter.write(bytes([97 + i]) * 4)
-    executor = emitter._executor
+    executor = emitter.executor
     assert emitter.stats().dropped == 2 and executor.counts["spool_dropped"] == 2
     assert executor.spooled_bytes == 2 * per_chunk and executor.pending == 2
     wait_for(lambda: {m["headers"]["ocycle"]["seq"] for m in queued(admin)} >= set(kept), what="kept chunks sent")
@@ -401,7 +402,7 @@ def test_a_cancelled_chunk_leaves_the_spool(make: Any, admin: Any, tmp_path: Pat
     for i in range(3):
         emitter.write(bytes([97 + i]) * 4)
     assert emitter.stats().dropped == 1 and emitter.stats().in_flight == 2
-    assert emitter._executor.pending == 2
+    assert emitter.executor.pending == 2
     assert spool_rows(tmp_path, emitter.stream) == [1, 2]
     wait_for(lambda: {m["headers"]["ocycle"]["seq"] for m in queued(admin)} >= {1, 2}, what="chunks 1, 2 sent")
     for message in queued(admin):
@@ -436,14 +437,14 @@ def test_sqlite_spool_outlives_its_executor_and_a_new_emitter_adopts_it(make: An
     reply(admin, "adopt-me", ids[0], result="first")
     wait_for(lambda: got1.done_seqs == [0], what="chunk 0 done in the first producer")
     wait_for(lambda: spool_rows(tmp_path, "adopt-me") == [1, 2], what="chunk 0 out of the spool")
-    old = first._executor
+    old = first.executor
     first.close(wait=False)  # shutdown(wait=False): chunks 1 and 2 pending
     die(old)
     assert spool_rows(tmp_path, "adopt-me") == [1, 2]
 
     second, got2 = make(stream="adopt-me", settings=settings)
     assert second.stats().emitted == 2 and second.stats().in_flight == 2
-    assert second._executor.pending == 2
+    assert second.executor.pending == 2
     wait_for(lambda: len(queued(admin)) == 5, what="the adopted chunks sent again")
     resent = queued(admin)[3:]
     assert sorted(m["headers"]["id"] for m in resent) == sorted([ids[1], ids[2]])  # same task ids
@@ -500,7 +501,7 @@ def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[st
 def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocycle_dist.executors import celery as celery_executor
+    from ocycle_dist.remote import executor as celery_executor
 
     attempts = []
 
@@ -524,7 +525,7 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
         on_done=got.on_done,
         on_error=got.on_error,
     )
-    executor = emitter._executor
+    executor = emitter.executor
     try:
         started = time.monotonic()
         for i in range(5):

@@ -255,7 +255,7 @@ def test_a_tap_keeps_one_frame_object_for_every_emitter():
     for k in range(5):
         tap.write(bytearray(b"%d%d%d-" % (k, k, k)), t0=float(k))  # 000-111-222-333-444-
     # every emitter still holds the last frames; map each held frame by the position it ends at
-    held = [dict(zip(e._ends[1:], e._segs, strict=True)) for e in emitters]
+    held = [dict(zip(e.windows.ends[1:], e.windows.segs, strict=True)) for e in emitters]
     common = set(held[0]) & set(held[1]) & set(held[2])
     assert common, "the emitters should share frames that are still buffered"
     for end in common:

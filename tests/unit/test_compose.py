@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
 import re
 import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import tomllib
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]
 NETWORKS: dict[str, dict | None] = COMPOSE.get("networks") or {}
@@ -140,7 +146,7 @@ def test_dockerfile_installs_libsndfile_and_the_repo() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     assert re.search(r"apt-get install[^\n]*\blibsndfile1\b", text)
     assert re.search(r"^COPY \. ", text, re.MULTILINE)
-    assert re.search(r"pip install [\"']?\.\[celery,audio\]", text)
+    assert re.search(r"pip install [\"']?\.\[celery,audio,flower\]", text)
 
 
 def test_dockerignore_keeps_secrets_and_git_out() -> None:

@@ -25,16 +25,15 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist.embedded import reachable
 from ocycle_dist.errors import RemoteTaskError
-from ocycle_dist.redis_client import connect
-from ocycle_dist.settings import Settings
-from ocycle_dist.topology import RedisServer, Worker
+from ocycle_dist.remote.redis_client import connect, reachable
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.testing import RedisServer, Worker
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "fault-pw"
 
 
@@ -123,7 +122,7 @@ def emitters(cluster: Any) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Re
             on_error=recorder.on_error,
             **options,
         )
-        made.append((emitter, emitter._executor))
+        made.append((emitter, emitter.executor))
         return emitter, recorder
 
     yield build
@@ -142,7 +141,7 @@ def assert_exactly_once(emitter: ocycle.BufferEmit, recorder: Recorder, n: int) 
     assert seqs == list(range(n)), f"missing: {sorted(set(range(n)) - set(seqs))[:20]}"
     stats = emitter.stats()
     assert stats.in_flight == 0, stats
-    wait_for(lambda: emitter._executor.spooled_bytes == 0, 10, "the spool emptied")
+    wait_for(lambda: emitter.executor.spooled_bytes == 0, 10, "the spool emptied")
     assert stats.emitted == n == stats.done + stats.failed + stats.dropped, stats
     assert (stats.done, stats.failed, stats.dropped) == (n, 0, 0), stats
 
@@ -194,9 +193,9 @@ def test_a_worker_killed_inside_a_task_loses_no_chunk(cluster: Any, emitters: An
     assert killed, "no worker ever ran the slow chunk"
     assert killed["still_running"], "the slow task had already finished when its worker was killed"
     dead = killed["worker"]
-    assert dead.proc.wait(10) == -signal.SIGKILL
+    assert dead.wait_exit(10) == -signal.SIGKILL
     survivor = next(w for w in c.workers if w is not dead)
-    assert survivor.proc.poll() is None
+    assert survivor.alive()
 
     assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
     elapsed = time.monotonic() - started
@@ -205,7 +204,7 @@ def test_a_worker_killed_inside_a_task_loses_no_chunk(cluster: Any, emitters: An
     results = dict(got.done)
     assert results[slow] == [b"slow" + slow.to_bytes(12, "big"), f"{survivor.name}@{killed['host'].split('@')[1]}"]
     assert all(results[i][0] == (b"slow" if i == slow else b"fast") + i.to_bytes(12, "big") for i in range(n))
-    counts = emitter._executor.counts
+    counts = emitter.executor.counts
     assert counts["resent"] >= 1 and counts["undelivered"] == 0
     by_worker = Counter(host for _, host in results.values())
     print(
@@ -229,7 +228,7 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
         stream=stream,
         max_inflight=10_000,
     )
-    executor = emitter._executor
+    executor = emitter.executor
     admin = connect(c.url)
     admin.set("ocycle:test:before-outage", 1)
     seq = 0
@@ -270,7 +269,7 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
     for worker in c.workers:
         wait_for(
             lambda w=worker: (
-                w.proc.poll() is not None
+                not w.alive()
                 or b"Unrecoverable error" in w.log.read_bytes()
                 or log_count(w, b"Connected to redis://") >= 2
             ),
@@ -278,7 +277,7 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
             lambda w=worker: f"{w.name} to reconnect or exit; its log ends with:\n{log_tail(w)}",
         )
         assert log_count(worker, b"Connection to broker lost") >= 1
-        if worker.proc.poll() is not None or b"Unrecoverable error" in worker.log.read_bytes():
+        if not worker.alive() or b"Unrecoverable error" in worker.log.read_bytes():
             crashed[worker.name] = next(
                 line for line in log_tail(worker, 10_000).splitlines() if "Unrecoverable error" in line
             )
@@ -301,7 +300,7 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
     assert {results[i][1].split("@")[0] for i in range(after_restart, n)} == {w.name for w in c.workers}
     counts = executor.counts
     assert counts["resent"] >= 1 and counts["undelivered"] == 0  # what the empty Redis lost was sent again
-    assert all(w.proc.poll() is None for w in c.workers)
+    assert all(w.alive() for w in c.workers)
     summary = (
         f"[redis outage] down {outage:.1f} s with {in_flight_at_stop} chunks in flight; {written_during} writes"
         f" during it took {sum(write_times) * 1000:.1f} ms in all (max {max(write_times) * 1000:.2f} ms);"
@@ -456,8 +455,8 @@ def test_failed_timed_out_and_unknown_tasks_reach_on_error_and_the_stream_goes_o
         stats = emitter.stats()
         assert (stats.done, stats.failed, stats.dropped, stats.in_flight) == (done, failed, 0, 0), stats
         assert stats.emitted == stats.done + stats.failed + stats.dropped
-        assert emitter._executor.counts["resent"] == 0
-    assert c.workers[0].proc.poll() is None  # the worker survived its pool child's time-limit kill
+        assert emitter.executor.counts["resent"] == 0
+    assert c.workers[0].alive()  # the worker survived its pool child's time-limit kill
     print(
         "\n[task errors] "
         + "; ".join(

@@ -14,20 +14,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
-
-def reachable(url: str, timeout: float = 0.5) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
-    from .redis_client import connect
-
-    client = None
-    try:
-        client = connect(url, socket_timeout=timeout)
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        if client is not None:
-            client.close()
+from ..remote.worker import app_settings
+from .ports import free_port
 
 
 @contextmanager
@@ -36,8 +24,6 @@ def embedded_broker(port: int | None = None) -> Iterator[str]:
     from fakeredis import TcpFakeServer
 
     if port is None:
-        from .topology import free_port
-
         port = free_port()
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, name="ocycle-embedded-redis", daemon=True)
@@ -57,7 +43,7 @@ def embedded_worker(app: Any, url: str) -> Iterator[Any]:
     app.conf.broker_url = url
     for name in ("celery", "kombu"):  # fakeredis's server drops a connection at start and at stop: benign here
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    app.ocycle_settings = replace(app.ocycle_settings, broker_url=url)
+    app.conf.ocycle_settings = replace(app_settings(app), broker_url=url)
     with start_worker(
         app,
         pool="solo",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .chunk import Chunk
-from .errors import ConfigError
+from ..chunk import Chunk
+from ..errors import ConfigError
 
 SPOOL_POLICIES = ("reject_newest", "drop_oldest")
 

@@ -18,10 +18,10 @@ from celery import Celery, Task, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import NotRegistered, TimeLimitExceeded
 
+from ..chunk import Chunk
+from ..errors import EncodeError
 from . import wire
-from .chunk import Chunk
-from .errors import EncodeError
-from .publisher import REPLY_PREFIX
+from .protocol import META_HEADER, is_reply_key, reply_error, reply_ok
 from .redis_client import connect
 from .settings import Settings
 
@@ -44,18 +44,15 @@ def payload_size(value: Any) -> int:
 class ChunkTask(Task):  # type: ignore[misc]
     """Base class of the tasks of an app made by :func:`make_app`."""
 
-    def settings(self) -> Settings:
-        return getattr(self.app, "ocycle_settings", None) or Settings.from_env()
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], wire.Claim):
             raw = _client(self.app.conf.broker_url).get(args[0].key)
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
             args = (wire.loads(raw), *args[1:])
-        info = self.request.get("ocycle")
+        info = self.request.get(META_HEADER)
         if info and args:
-            limit = self.settings().max_chunk_bytes
+            limit = app_settings(self.app).max_chunk_bytes
             if payload_size(args[0]) > limit:
                 raise EncodeError(f"chunk of {payload_size(args[0])} bytes exceeds max_chunk_bytes={limit}")
             if "meta" in inspect.signature(self.run).parameters:
@@ -84,21 +81,19 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
         reply = getattr(request, "reply_to", None)
-        if not (isinstance(reply, str) and reply.startswith(REPLY_PREFIX)):
+        if not is_reply_key(reply):
             return result
         if state == states.SUCCESS:
-            record: dict[str, Any] = {"id": task_id, "ok": True, "result": result}
+            record = reply_ok(task_id, result)
         elif state in (states.FAILURE, states.REVOKED):
-            record = {"id": task_id, "ok": False, "error": [type(result).__name__, _describe(result)]}
+            record = reply_error(task_id, type(result).__name__, _describe(result))
         else:  # STARTED, RETRY: not an outcome
             return result
         try:
             data = wire.dumps(record)
         except EncodeError as exc:
-            data = wire.dumps(
-                {"id": task_id, "ok": False, "error": ["EncodeError", f"the task's result cannot be sent back: {exc}"]}
-            )
-        settings = getattr(self.app, "ocycle_settings", None) or Settings.from_env()
+            data = wire.dumps(reply_error(task_id, "EncodeError", f"the task's result cannot be sent back: {exc}"))
+        settings = app_settings(self.app)
         pipe = _client(self.app.conf.broker_url).pipeline(transaction=False)
         pipe.rpush(reply, data)
         pipe.expire(reply, max(1, int(settings.result_ttl)))
@@ -122,7 +117,7 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         accept_content=[wire.SERIALIZER],
         result_accept_content=[wire.SERIALIZER],
         task_default_queue=settings.queue,
-        result_backend="ocycle_dist.worker:ReplyBackend",
+        result_backend="ocycle_dist.remote.worker:ReplyBackend",
         task_ignore_result=False,
         task_store_errors_even_if_ignored=True,
         task_acks_late=True,
@@ -134,5 +129,11 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         worker_send_task_events=False,  # events cost the worker ~30% (measured); `celery worker -E` turns them on
         task_send_sent_event=False,
     )
-    app.ocycle_settings = settings
+    app.conf.ocycle_settings = settings
     return app
+
+
+def app_settings(app: Any) -> Settings:
+    """The settings an app was made with by :func:`make_app` (else read from the environment)."""
+    settings = app.conf.get("ocycle_settings")
+    return settings if isinstance(settings, Settings) else Settings.from_env()

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import EncodeError
+from ..errors import EncodeError
 
 SERIALIZER = "ocycle"
 CONTENT_TYPE = "application/x-ocycle-msgpack"

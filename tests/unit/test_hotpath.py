@@ -9,16 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ocycle_dist as ocycle
-from ocycle_dist import emit, hotpath
+from ocycle_dist import hotpath, windows
 
 C_BUILT = hotpath.appender_class() is not hotpath.Appender
 
 
 def run(appender: type, monkeypatch: pytest.MonkeyPatch, frames: list[Any], **kwargs: Any) -> list[Any]:
-    monkeypatch.setattr(emit, "appender_class", lambda: appender)
+    monkeypatch.setattr(windows, "appender_class", lambda: appender)
     got: list[Any] = []
     b = ocycle.BufferEmit(lambda value, t0, meta: got.append((value, t0, meta)), **kwargs)
-    assert type(b._hot) is appender
+    assert type(b.windows.hot) is appender
     for i, frame in enumerate(frames):
         b.write(frame, t0=float(i))
     b.close(flush=True)
@@ -52,7 +52,7 @@ def test_c_and_python_appenders_emit_the_same(sizes, size, hop, clip, as_bytearr
 
 @pytest.mark.parametrize("appender", [hotpath.Appender, hotpath.appender_class()], ids=["python", "default"])
 def test_write_takes_data_and_t0_by_position_or_keyword(appender: type, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emit, "appender_class", lambda: appender)
+    monkeypatch.setattr(windows, "appender_class", lambda: appender)
     got: list[Any] = []
     b = ocycle.BufferEmit(lambda v, t0: got.append((v, t0)), 2, clip=True)
     b.write(b"ab", 1.0)

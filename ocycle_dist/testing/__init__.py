@@ -1,0 +1,19 @@
+"""Test rigs as product code: the pieces the tests, the benchmarks and the demo run the system on.
+
+- :mod:`.ports`: ``free_port()``, a loopback port outside the ephemeral range.
+- :mod:`.processes`: ``Proc``, a child process in its own process group, with a log.
+- :mod:`.redis_server`: ``RedisServer``, a real ``redis-server`` child (kill, restart empty on the same port).
+- :mod:`.workers`: ``Worker``, a real ``celery -A <app> worker`` child (queues, concurrency, restart).
+- :mod:`.topology`: ``Topology``, the compose file's services as processes (Redis + worker groups).
+- :mod:`.embedded`: an in-process broker and worker for the demo when no Redis is reachable.
+
+Everything binds to loopback only.
+"""
+
+from .ports import free_port
+from .processes import Proc
+from .redis_server import RedisServer
+from .topology import Topology
+from .workers import Worker
+
+__all__ = ["Proc", "RedisServer", "Topology", "Worker", "free_port"]

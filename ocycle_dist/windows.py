@@ -1,0 +1,192 @@
+"""Windows: cut a stream of frames into chunks of ``size`` elements, each with its t0.
+
+Positions count elements from the stream's start. A *window* opens at a position (0, then every ``hop``),
+gets its t0 from the write that reaches it, and is complete once the stream's end passes its start +
+``size``: with ``clip`` it holds exactly ``size`` elements; without, everything up to the end of the write
+that filled it (ocycle 0.1.0's default), and the next window opens after it. A sampler pauses the cutting
+after each chunk: writes are skipped (and counted) until its delay has passed.
+
+The frames are kept as they were written (``segs``, with their end positions in ``ends``) and copied once,
+when a chunk is taken. ``write()`` is the hot path (:mod:`ocycle_dist.hotpath`): it appends and only calls
+back into Python when a window may be complete. Knows nothing of executors: complete chunks go to ``emit``.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .chunk import Chunk
+from .errors import ConfigError, FrameError
+from .hotpath import NEVER, appender_class
+from .kinds import Kind
+
+Emit = Callable[[Any, Chunk], None]
+
+
+class Windows:
+    """The cutting of one stream.
+
+    Args:
+        kind: what the stream is made of (checks, freezes and joins frames).
+        size: elements per chunk.
+        hop: elements between window starts (``size``: back to back; less: overlapping).
+        clip: chunks of exactly ``size`` elements.
+        rate: elements per second, or None: a window's t0 is then its write's t0 + offset / rate.
+        sampler: None, or a callable returning the seconds to pause after each chunk.
+        stream: the stream id written into each chunk's metadata.
+        emit: called as ``emit(value, meta)`` for every complete chunk, in order.
+        other: the hot path's fallback for a frame that is not of the kind's exact type (or while paused).
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        size: int,
+        hop: int,
+        clip: bool,
+        rate: float | None,
+        sampler: Callable[[], float] | None,
+        stream: str,
+        emit: Emit,
+        other: Callable[[Any, Any], None],
+    ) -> None:
+        self.kind, self.size, self.hop, self.clip, self.rate = kind, size, hop, clip, rate
+        self.sampler, self.stream, self.emit = sampler, stream, emit
+        self.seq = 0  # the next chunk's sequence number
+        self.skipped = 0  # elements the sampler skipped
+        self.skipped_leftover = 0  # of those, elements that were written before a pause (already in `end`)
+        self.segs: list[Any] = []  # frames kept, oldest first
+        self.ends: list[int] = [0]  # ends[0]: position of segs[0]; ends[i + 1]: position after segs[i]
+        self.starts: deque[tuple[int, float]] = deque()  # open windows: (start, t0)
+        self.next_start = 0  # where the next window opens
+        self.paused = False
+        self.pause_until = 0.0
+        self.hot = appender_class()(self.segs, self.ends, kind.fast_type, 1, self._advance, other)
+
+    @property
+    def end(self) -> int:
+        """The stream's length so far, in elements."""
+        return self.ends[-1]
+
+    @property
+    def buffered(self) -> int:
+        """Elements held, not yet part of an emitted chunk."""
+        return self.end - (self.starts[0][0] if self.starts else min(self.next_start, self.end))
+
+    def accepting(self, on: bool) -> None:
+        """Let the hot path append frames of the fast type (or send every frame to ``other``)."""
+        self.hot.fast_type = self.kind.fast_type if on and not self.paused else None
+
+    def reset(self, end: int) -> None:
+        """Forget every frame and open window; the stream goes on from position ``end``."""
+        self.segs.clear()
+        self.ends[:] = [end]
+        self.next_start = end
+        self.starts.clear()
+        self.hot.threshold = end + 1  # _advance() is due when the stream's end reaches this
+
+    def push(self, frozen: Any, n: int, t0: float | None) -> None:
+        """Append a checked, frozen frame of ``n`` elements (the slow path of ``write``)."""
+        if self.paused:
+            now = time.time() if t0 is None else t0
+            if now < self.pause_until:
+                self.skipped += n
+                return
+            self.paused = False
+            self.hot.fast_type = self.kind.fast_type
+            self.next_start = self.end
+            self.hot.threshold = self.end + 1
+            t0 = now
+        self.segs.append(frozen)
+        self.ends.append(self.ends[-1] + n)
+        if self.ends[-1] >= self.hot.threshold:
+            self._advance(n, t0)
+
+    def _advance(self, n: int, t0: float | None) -> None:
+        """Open the windows the last write reached and emit those it completed."""
+        end = self.ends[-1]
+        if t0 is None:
+            t0 = time.time()
+        elif isinstance(t0, bool) or not isinstance(t0, (int, float)):
+            self.ends.pop()
+            self.segs.pop()
+            raise FrameError(f"t0={t0!r} is invalid: expected a number of seconds or None")
+        size, starts, rate, clip = self.size, self.starts, self.rate, self.clip
+        s = self.next_start
+        if s < end:  # windows open in this write: their t0 counts from the write's first element
+            w0 = end - n
+            if not clip:
+                starts.append((s, t0 + (s - w0) / rate if rate else t0))
+                s = NEVER
+            while s < end:
+                starts.append((s, t0 + (s - w0) / rate if rate else t0))
+                s += self.hop
+            self.next_start = s
+        while starts and starts[0][0] + size <= end:
+            s, t = starts.popleft()
+            e = s + size if clip else end
+            if not clip:
+                self.next_start = e
+            self._emit(s, e, t, False)
+            if self.sampler is not None:
+                self._pause(t0, end - e)
+                return
+        self._trim()
+
+    def _emit(self, s: int, e: int, t0: float, partial: bool) -> None:
+        self.emit(self.take(s, e), Chunk(self.stream, self.seq, t0, e - s, s, partial))
+        self.seq += 1
+
+    def take(self, s: int, e: int) -> Any:
+        """The elements ``s:e`` of the stream as one value."""
+        ends, segs = self.ends, self.segs
+        i = bisect_right(ends, s) - 1  # segs[i] holds element s
+        j = bisect_left(ends, e, i) - 1  # segs[j] holds element e - 1
+        if i == j:
+            seg, a = segs[i], s - ends[i]
+            return self.kind.join([seg if a == 0 and e == ends[i + 1] else seg[a : e - ends[i]]])
+        pieces = segs[i : j + 1]
+        if s > ends[i]:
+            pieces[0] = pieces[0][s - ends[i] :]
+        if e < ends[j + 1]:
+            pieces[-1] = pieces[-1][: e - ends[j]]
+        return self.kind.join(pieces)
+
+    def _trim(self) -> None:
+        """Forget the frames no open window needs; set the next threshold."""
+        keep = self.starts[0][0] if self.starts else min(self.next_start, self.ends[-1])
+        k = bisect_right(self.ends, keep) - 1  # segs[:k] end at or before keep
+        if k > 0:
+            del self.segs[:k]
+            del self.ends[:k]
+        due = self.starts[0][0] + self.size if self.starts else NEVER
+        self.hot.threshold = min(self.next_start + 1, due, NEVER)
+
+    def _pause(self, now: float, leftover: int) -> None:
+        """Start a sampler pause after an emit; the rest of the stream so far is skipped."""
+        delay = self.sampler() if self.sampler else 0.0
+        self.skipped_leftover += leftover
+        self.skipped += leftover
+        self.reset(self.end)
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+            raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
+        self.next_start = self.hot.threshold = NEVER
+        self.pause_until = now + delay
+        self.paused = True
+        self.hot.fast_type = None
+
+    def flush(self) -> int:
+        """Emit the open windows now, even if shorter than ``size`` (marked ``partial``); returns how many."""
+        count = 0
+        if not self.starts and self.next_start < self.end:
+            self.starts.append((self.next_start, time.time()))
+        for s, t in list(self.starts):
+            if s < self.end:
+                self._emit(s, self.end, t, True)
+                count += 1
+        self.reset(self.end)
+        return count
