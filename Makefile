@@ -18,7 +18,7 @@ test: deps lint
 	$(PY) -m pytest -q
 
 demo:
-	$(PY) -m pip install -q -e '.[celery,audio]'
+	$(PY) -m pip install -q -e '.[celery,audio,model]'
 	ocycle-dist demo
 
 bench:
