@@ -35,11 +35,11 @@ Sections (run in this order; the summary at the end lists the goals in order):
    once against N ``apply_async`` then ``.get()`` of each in order (goal "far better under load", read here
    as ratio <= 0.5 at p50 and p99). One worker process each (queue ``celery``), prefetch 4 on both sides.
 5. Goal 5, throughput with 1, 2 and 4 worker processes (concurrency 1 each) on ``workers.tasks.classify``
-   (FFT features of 2 s of 16 kHz float32 audio, 32000 samples a chunk, written as 1024-sample frames through
-   ``NumpyEmit``), first write to last ``on_done``; the same with stock Celery (``bench.refapp.classify``,
-   the same function on the float32 bytes; ``apply_async`` of each chunk, then ``.get()`` of each). Goals
-   (this bench's reading of "scales out"): 2 workers >= 1.5x one worker, and not slower than stock Celery.
-   With 2 cores, 4 workers cannot beat 2.
+   (Silero VAD, or its hand-set fallback, on 2 s of 16 kHz float32 audio, 32000 samples a chunk, written as
+   1024-sample frames through ``NumpyEmit``), first write to last ``on_done``; the same with stock Celery
+   (``bench.refapp.classify``, the same function on the float32 bytes; ``apply_async`` of each chunk, then
+   ``.get()`` of each). Goals (this bench's reading of "scales out"): 2 workers >= 1.5x one worker, and not
+   slower than stock Celery. With 2 cores, 4 workers cannot beat 2.
 3b. Goal 3 while the broker is down: paced writes (2 KiB frames into 2 KiB chunks, and 64 KiB frames into
    1 MiB chunks), redis-server killed after a moment and restarted empty a few seconds later; every write
    timed; ``echo`` tasks on 4 workers, ``Settings(resend_after=5)`` so chunks lost with the old Redis are
@@ -598,18 +598,19 @@ def section_scaling(topo: Topology, ref: Any, cfg: Config, w: list[Proc], rw: li
         f"- this machine has {cpus} CPU{'s' if cpus > 1 else ''}: {cpus} workers at most can run at once (the "
         "producer, redis-server and the workers' main processes share them too), so 4 workers cannot beat 2 here"
     )
-    print(f"- classify itself takes ~{classify_ms():.1f} ms per chunk in this process (numpy FFT of 32000 samples)")
+    took, model = classify_ms()
+    print(f"- classify itself takes ~{took:.1f} ms per chunk in this process ({model}, 32000 samples)")
 
 
-def classify_ms() -> float:
-    from workers import audio
+def classify_ms() -> tuple[float, str]:
+    from workers import vad
 
     x = np.random.default_rng(0).uniform(-0.3, 0.3, 2 * RATE).astype(np.float32)
-    audio.classify(x, rate=RATE)
+    model = vad.classify(x, rate=RATE)["model"]
     t = perf()
     for _ in range(20):
-        audio.classify(x, rate=RATE)
-    return (perf() - t) / 20 * 1e3
+        vad.classify(x, rate=RATE)
+    return (perf() - t) / 20 * 1e3, model
 
 
 # ---- section 3b: write() latency while the broker is down -------------------------------------------------------

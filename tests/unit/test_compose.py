@@ -146,7 +146,7 @@ def test_dockerfile_installs_libsndfile_and_the_repo() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     assert re.search(r"apt-get install[^\n]*\blibsndfile1\b", text)
     assert re.search(r"^COPY \. ", text, re.MULTILINE)
-    assert re.search(r"pip install [\"']?\.\[celery,audio,flower\]", text)
+    assert re.search(r"pip install [\"']?\.\[celery,audio,model,flower\]", text)
 
 
 def test_dockerignore_keeps_secrets_and_git_out() -> None:
