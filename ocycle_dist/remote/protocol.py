@@ -10,7 +10,8 @@ Keys (all under :data:`PREFIX`):
 A task message is what ``app.send_task`` would put on kombu's Redis transport: Celery protocol 2 in kombu's
 JSON envelope, the body msgpack (:mod:`.wire`): ``[[chunk, t0], {}, embed]``. The chunk's metadata rides in
 the header :data:`META_HEADER`, the reply list in ``reply_to``. A reply record is a msgpack map
-``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``.
+``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``,
+plus ``"expired": True`` for a task its worker discarded unstarted because its ``expires`` header had passed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import socket
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import EncodeError
@@ -79,7 +81,9 @@ def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]
         "id": entry.id,
         "shadow": None,
         "eta": None,
-        "expires": None,
+        "expires": None
+        if entry.expires_at is None
+        else datetime.fromtimestamp(entry.expires_at, timezone.utc).isoformat(),
         "group": None,
         "group_index": None,
         "retries": entry.attempts,
@@ -104,7 +108,7 @@ def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]
             "correlation_id": entry.id,
             "reply_to": reply_key(meta.stream),
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": settings.queue},
+            "delivery_info": {"exchange": "", "routing_key": settings.queue},  # the emitter's queue
             "priority": 0,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
@@ -121,3 +125,8 @@ def reply_ok(task_id: str, result: Any) -> dict[str, Any]:
 def reply_error(task_id: str, type_name: str, message: str) -> dict[str, Any]:
     """The reply record of a task that failed with ``type_name: message``."""
     return {"id": task_id, "ok": False, "error": [type_name, message]}
+
+
+def reply_expired(task_id: str) -> dict[str, Any]:
+    """The reply record of a task discarded by its worker because its ``expires`` deadline had passed."""
+    return {**reply_error(task_id, "TaskRevokedError", "expired"), "expired": True}

@@ -16,12 +16,12 @@ from typing import Any
 
 from celery import Celery, Task, states
 from celery.backends.base import DisabledBackend
-from celery.exceptions import NotRegistered, TimeLimitExceeded
+from celery.exceptions import NotRegistered, TaskRevokedError, TimeLimitExceeded
 
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
-from .protocol import META_HEADER, is_reply_key, reply_error, reply_ok
+from .protocol import META_HEADER, is_reply_key, reply_error, reply_expired, reply_ok
 from .redis_client import connect
 from .settings import Settings
 
@@ -85,6 +85,8 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
             return result
         if state == states.SUCCESS:
             record = reply_ok(task_id, result)
+        elif state == states.REVOKED and isinstance(result, TaskRevokedError) and str(result) == "expired":
+            record = reply_expired(task_id)  # not started before its `expires` header: discarded unread
         elif state in (states.FAILURE, states.REVOKED):
             record = reply_error(task_id, type(result).__name__, _describe(result))
         else:  # STARTED, RETRY: not an outcome

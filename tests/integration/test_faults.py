@@ -169,6 +169,7 @@ def test_a_worker_killed_inside_a_task_loses_no_chunk(cluster: Any, emitters: An
         settings={"resend_after": 3.0, "spool_dir": str(tmp_path)},
         stream=stream,
         max_inflight=64,  # a bounded backlog: no chunk waits in the queue near resend_after
+        policy="block",
     )
     admin = connect(c.url)
     killed: dict[str, Any] = {}

@@ -378,10 +378,12 @@ def test_no_reply_is_resent_then_fails_with_delivery_error(make: Any, admin: Any
     assert_accounted(emitter, 1)
 
 
-@pytest.mark.parametrize(("policy", "kept"), [("reject_newest", [0, 1]), ("drop_oldest", [2, 3])])
-def test_spool_budget_drops_by_policy_and_counts(make: Any, admin: Any, policy: str, kept: list[int]) -> None:
+@pytest.mark.parametrize(("policy", "kept"), [("drop_newest", [0, 1]), ("drop_oldest", [2, 3])])
+def test_a_full_spool_budget_drops_by_the_emitters_policy_and_counts(
+    make: Any, admin: Any, policy: str, kept: list[int]
+) -> None:
     per_chunk = len(wire.dumps(b"abcd"))
-    emitter, got = make(settings={"spool_max_bytes": 2 * per_chunk, "spool_policy": policy})
+    emitter, got = make(settings={"spool_max_bytes": 2 * per_chunk}, policy=policy)
     for i in range(4):
         emitter.write(bytes([97 + i]) * 4)
     executor = emitter.executor
