@@ -192,6 +192,6 @@ def wait_all_ready(workers: Sequence[Worker], timeout: float = 60.0) -> float:
         if pending and time.monotonic() - t > timeout:
             tails = "\n".join(f"{w.name}:\n{w.tail(10)}" for w in pending)
             raise TimeoutError(f"workers {[w.name for w in pending]} not ready after {timeout} s:\n{tails}")
-        if pending and not quiet:
-            time.sleep(0.05)  # (a ping waits its timeout already)
+        if pending:
+            time.sleep(0.05)
     return time.monotonic() - t
