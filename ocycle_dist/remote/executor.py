@@ -186,8 +186,8 @@ class CeleryExecutor(ChunkExecutor):
             self.spool.remove(pending)
             self.counts["spool_dropped"] += 1
             evicted.append(self._futures.pop(pending))
-        if self._full:
-            self._full = False
+        if self._full and budget is not None and self.spool.nbytes + nbytes <= budget * 0.75:
+            self._full = False  # a new episode will be logged again
             log.info("the spool budget of %s bytes has room again (queue %r)", budget, self.settings.queue)
         return True
 

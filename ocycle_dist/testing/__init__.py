@@ -3,7 +3,8 @@
 - :mod:`.ports`: ``free_port()``, a loopback port outside the ephemeral range.
 - :mod:`.processes`: ``Proc``, a child process in its own process group, with a log.
 - :mod:`.redis_server`: ``RedisServer``, a real ``redis-server`` child (kill, restart empty on the same port).
-- :mod:`.workers`: ``Worker``, a real ``celery -A <app> worker`` child (queues, concurrency, restart).
+- :mod:`.workers`: ``Worker``, a real ``celery -A <app> worker`` child (queues, concurrency, restart);
+  ``wait_all_ready()`` for workers started together.
 - :mod:`.topology`: ``Topology``, the compose file's services as processes (Redis + worker groups).
 - :mod:`.embedded`: an in-process broker and worker for the demo when no Redis is reachable.
 
@@ -14,6 +15,6 @@ from .ports import free_port
 from .processes import Proc
 from .redis_server import RedisServer
 from .topology import Topology
-from .workers import Worker
+from .workers import Worker, wait_all_ready
 
-__all__ = ["Proc", "RedisServer", "Topology", "Worker", "free_port"]
+__all__ = ["Proc", "RedisServer", "Topology", "Worker", "free_port", "wait_all_ready"]
