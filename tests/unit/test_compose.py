@@ -153,3 +153,18 @@ def test_dockerignore_keeps_secrets_and_git_out() -> None:
     entries = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in entries
     assert ".env" in entries
+
+
+def test_worker_services_consume_the_queue_groups_of_the_process_topology_and_every_demo_queue() -> None:
+    from ocycle_dist.demo import QUEUES
+    from ocycle_dist.testing.topology import COMPOSE_GROUPS
+
+    consumed = {}
+    for name in SERVICES:
+        command = _command(name)
+        if command.startswith("celery -A workers worker"):
+            words = command.split()
+            consumed[name] = words[words.index("-Q") + 1]
+    assert consumed == COMPOSE_GROUPS
+    assert set(QUEUES) <= {q for group in consumed.values() for q in group.split(",")}
+    assert SERVICES["worker-model"]["depends_on"]["redis"]["condition"] == "service_healthy"
