@@ -161,7 +161,7 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     import workers
 
     from .remote.redis_client import reachable
-    from .remote.worker import app_settings
+    from .remote.settings import app_settings
     from .testing.embedded import embedded
 
     rate = workers.settings.sample_rate

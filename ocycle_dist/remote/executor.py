@@ -25,6 +25,7 @@ from ..chunk import Chunk
 from ..errors import ConfigError, DeliveryError, ExpiredError, RemoteTaskError
 from ..executors.base import ChunkExecutor
 from . import listener
+from .lease import LeaseWatch
 from .protocol import claim_key, encode_chunk, is_claimed, reply_key
 from .publisher import publish
 from .redis_client import connect
@@ -129,7 +130,13 @@ class CeleryExecutor(ChunkExecutor):
         self._run_id: str | None = None  # the Redis server's, to tell a restart from a blip
         self._checked_at = 0.0
         self._has_info = True
-        self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered", "expired"), 0)
+        self.counts = dict.fromkeys(
+            ("published", "resent", "recovered", "spool_dropped", "undelivered", "expired"), 0
+        )  # recovered: sent again because the worker holding it died (its lease lapsed)
+        self._leases = LeaseWatch(self._client, s.worker_lease) if s.worker_lease > 0 else None
+        self._lease_check_at = 0.0
+        self._tag_of: dict[str, str] = {}  # task id -> delivery tag of its last message, while unanswered
+        self._task_of: dict[str, str] = {}  # the reverse
         self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
@@ -185,7 +192,8 @@ class CeleryExecutor(ChunkExecutor):
                 return False
             self.spool.remove(pending)
             self.counts["spool_dropped"] += 1
-            evicted.append(self._futures.pop(pending))
+            if (future := self._pop(pending)) is not None:
+                evicted.append(future)
         if self._full and budget is not None and self.spool.nbytes + nbytes <= budget * 0.75:
             self._full = False  # a new episode will be logged again
             log.info("the spool budget of %s bytes has room again (queue %r)", budget, self.settings.queue)
@@ -207,7 +215,7 @@ class CeleryExecutor(ChunkExecutor):
         if not future.cancelled():
             return
         with self._cond:
-            self._futures.pop(entry_id, None)
+            self._pop(entry_id)
             self.spool.remove(entry_id)
             self._cond.notify_all()  # the dispatcher may be done
 
@@ -223,6 +231,11 @@ class CeleryExecutor(ChunkExecutor):
                     wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
                     if wait is not None and wait <= 0:
                         break
+                    if self._leases is not None and self._deadlines:  # something is out: watch the leases
+                        lease_wait = self._lease_check_at - time.monotonic()
+                        if lease_wait <= 0:
+                            break
+                        wait = lease_wait if wait is None else min(wait, lease_wait)
                     self._cond.wait(wait)
                 undelivered = self._expire()
                 finished = self._finished()
@@ -243,6 +256,8 @@ class CeleryExecutor(ChunkExecutor):
             if finished:
                 self._stop()
                 return
+            if self._leases is not None and time.monotonic() >= self._lease_check_at and self.broker_up.is_set():
+                self._check_leases()
             while batch:
                 try:
                     publish(self._client, batch, self.settings)
@@ -264,8 +279,49 @@ class CeleryExecutor(ChunkExecutor):
                     for entry in batch:
                         entry.attempts += 1
                         self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
+                        self._sent(entry)
                     self.counts["published"] += len(batch)
                 break
+
+    def _sent(self, entry: Entry) -> None:
+        """Under the lock: remember the delivery tag of ``entry``'s last message (for the lease watch)."""
+        old = self._tag_of.get(entry.id)
+        if old is not None:
+            self._task_of.pop(old, None)
+        self._tag_of[entry.id] = entry.delivery_tag
+        self._task_of[entry.delivery_tag] = entry.id
+
+    def _pop(self, entry_id: str) -> Future[Any] | None:
+        """Under the lock: stop waiting for ``entry_id`` (answered, dropped, given up); its Future."""
+        tag = self._tag_of.pop(entry_id, None)
+        if tag is not None:
+            self._task_of.pop(tag, None)
+        return self._futures.pop(entry_id, None)
+
+    def _check_leases(self) -> None:
+        """Send again at once the chunks whose worker's lease lapsed (it died holding them)."""
+        assert self._leases is not None
+        self._lease_check_at = time.monotonic() + self.settings.worker_lease / 3
+        if not self._tag_of:
+            return
+        try:
+            lost = self._leases.check(self._tag_of, self._task_of)
+            if not lost:
+                return
+            self._leases.forget_delivery([tag for task_id, _ in lost if (tag := self._tag_of.get(task_id))])
+        except Exception as exc:  # a Redis blip: the next round, or resend_after, catches up
+            log.debug("lease check failed: %s", exc)
+            return
+        with self._cond:
+            found = [(entry, why) for task_id, why in lost if (entry := self.spool.get(task_id)) is not None]
+            for entry, why in sorted(found, key=lambda pair: pair[0].meta.seq):  # in stream order
+                if entry.id not in self._futures:
+                    continue
+                log.warning("chunk %s#%s: %s; sending it again", entry.meta.stream, entry.meta.seq, why)
+                self.counts["resent"] += 1
+                self.counts["recovered"] += 1
+                self._queue.append(entry)
+            self._cond.notify()
 
     def _check_restart(self, after_outage: bool) -> None:
         """On (re)connecting: if Redis is a new server (run_id changed), what was sent may be gone with the
@@ -299,7 +355,7 @@ class CeleryExecutor(ChunkExecutor):
             return batch
         for entry in stale:
             with self._cond:
-                future = self._futures.pop(entry.id, None)
+                future = self._pop(entry.id)
                 if future is None:
                     continue
                 self._resolved[future] = entry
@@ -322,7 +378,8 @@ class CeleryExecutor(ChunkExecutor):
             if entry.attempts >= self.settings.max_attempts:
                 self.counts["undelivered"] += 1
                 self.spool.remove(entry_id)
-                undelivered.append((entry, self._futures.pop(entry_id)))
+                undelivered.append((entry, self._futures[entry_id]))
+                self._pop(entry_id)
             else:
                 self.counts["resent"] += 1
                 self._queue.append(entry)
@@ -352,7 +409,7 @@ class CeleryExecutor(ChunkExecutor):
                 self._queue.append(entry)
                 self._cond.notify()
                 return True
-            future = self._futures.pop(entry_id, None)
+            future = self._pop(entry_id)
         if future is None:
             return False  # another executor's, or a second reply: the listener counts it
         if entry is not None:

@@ -4,8 +4,11 @@ Keys (all under :data:`PREFIX`):
 
 - ``ocycle:reply:<stream>``: a list; workers RPUSH each task's reply record, the producer's listener pops it.
 - ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
-- the Celery queues themselves (``settings.queue``, ``celery`` by default) and Celery's ``unacked`` hash
-  belong to kombu's Redis transport.
+- ``ocycle:lease:<worker hostname>``: a worker's lease (msgpack ``{"worker", "tasks": [ids held]}``, a short
+  time to live), and ``ocycle:workers``, the set of hostnames that keep one (:mod:`.lease`).
+- the Celery queues themselves (``settings.queue``, ``celery`` by default) and kombu's ``unacked`` hash and
+  ``unacked_index`` sorted set (delivered, not yet acknowledged, by delivery tag) belong to kombu's Redis
+  transport; the producer reads the index to find deliveries a dead worker held.
 
 A task message is what ``app.send_task`` would put on kombu's Redis transport: Celery protocol 2 in kombu's
 JSON envelope, the body msgpack (:mod:`.wire`): ``[[chunk, t0], {}, embed]``. The chunk's metadata rides in
@@ -32,6 +35,10 @@ from .spool import Entry
 PREFIX = "ocycle:"
 REPLY_PREFIX = PREFIX + "reply:"
 CHUNK_PREFIX = PREFIX + "chunk:"
+LEASE_PREFIX = PREFIX + "lease:"
+WORKERS_KEY = PREFIX + "workers"
+UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (transport options unacked_key, unacked_index_key)
+UNACKED_INDEX_KEY = "unacked_index"
 META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata (Chunk._asdict())
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
@@ -51,6 +58,11 @@ def is_reply_key(key: Any) -> bool:
 def claim_key(task_id: str) -> str:
     """The Redis key of the claimed chunk of task ``task_id``."""
     return CHUNK_PREFIX + task_id
+
+
+def lease_key(hostname: str) -> str:
+    """The Redis key of worker ``hostname``'s lease."""
+    return LEASE_PREFIX + hostname
 
 
 def is_claimed(entry: Entry, settings: Settings) -> bool:
@@ -111,7 +123,7 @@ def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]
             "delivery_info": {"exchange": "", "routing_key": settings.queue},  # the emitter's queue
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": entry.delivery_tag or str(uuid.uuid4()),
         },
     }
     return json.dumps(envelope).encode("ascii"), claimed

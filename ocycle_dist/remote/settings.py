@@ -48,7 +48,10 @@ class Settings(EnvSettings):
         worker_prefetch: tasks a worker process reserves ahead (Celery's prefetch multiplier). Short chunk
             tasks run much faster with a few; a killed worker's reserved tasks are re-sent by the producer.
         socket_timeout: seconds a Redis command may take before the connection is given up.
-        resend_after: seconds without a result after which the producer sends a chunk's task again.
+        resend_after: seconds without a result after which the producer sends a chunk's task again, when
+            no worker's lease names it (a chunk held by a worker whose lease lapses is sent again at once).
+        worker_lease: seconds a worker's lease lives in Redis (renewed every third of that, also while a
+            long task runs); a worker killed whole is known dead that long after (0: no leases).
         max_attempts: sends of one chunk before it fails with DeliveryError.
         task_time_limit: seconds a chunk's task may run before its worker process is killed (0: no limit).
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
@@ -68,8 +71,15 @@ class Settings(EnvSettings):
     worker_prefetch: int = 4
     socket_timeout: float = 10.0
     resend_after: float = 120.0
+    worker_lease: float = 3.0
     max_attempts: int = 5
     task_time_limit: float = 0.0
     spool_dir: str = ""
     spool_max_bytes: int = 64 * 1024 * 1024
     spool_policy: str = "reject_newest"
+
+
+def app_settings(app: Any) -> Settings:
+    """The settings a Celery app was made with by ``make_app()`` (else read from the environment)."""
+    settings = app.conf.get("ocycle_settings")
+    return settings if isinstance(settings, Settings) else Settings.from_env()

@@ -21,9 +21,10 @@ from celery.exceptions import NotRegistered, TaskRevokedError, TimeLimitExceeded
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
+from .lease import install_lease
 from .protocol import META_HEADER, is_reply_key, reply_error, reply_expired, reply_ok
 from .redis_client import connect
-from .settings import Settings
+from .settings import Settings, app_settings
 
 log = logging.getLogger("ocycle_dist.worker")
 _clients: dict[str, Any] = {}
@@ -132,10 +133,5 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         task_send_sent_event=False,
     )
     app.conf.ocycle_settings = settings
+    install_lease(app)  # the worker's lease: its chunks are sent again within seconds if it dies
     return app
-
-
-def app_settings(app: Any) -> Settings:
-    """The settings an app was made with by :func:`make_app` (else read from the environment)."""
-    settings = app.conf.get("ocycle_settings")
-    return settings if isinstance(settings, Settings) else Settings.from_env()

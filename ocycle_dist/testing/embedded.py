@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ..remote.worker import app_settings
+from ..remote.settings import app_settings
 from .ports import free_port
 
 
