@@ -9,7 +9,7 @@ import sys
 def status(broker: str | None) -> int:
     """Print queue depth per task queue, workers seen, tasks running and results pending on ``broker``."""
     from .remote.protocol import CHUNK_PREFIX, REPLY_PREFIX
-    from .remote.redis_client import connect
+    from .remote.redis_client import connect, redact
     from .remote.settings import Settings
     from .remote.worker import make_app
 
@@ -20,7 +20,7 @@ def status(broker: str | None) -> int:
     queues = {settings.queue}
     for worker_queues in (inspect.active_queues() or {}).values():
         queues.update(q["name"] for q in worker_queues)
-    print(f"broker: {settings.broker_url}")
+    print(f"broker: {redact(settings.broker_url)}")
     for queue in sorted(queues):
         print(f"queue {queue!r}: {client.llen(queue)} tasks waiting")
     print(f"tasks delivered to workers, not yet acknowledged: {client.hlen('unacked')}")

@@ -160,20 +160,22 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
-    from .remote.redis_client import reachable
+    from .remote.redis_client import reachable, redact
     from .remote.settings import app_settings
     from .testing.embedded import embedded
 
     rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
     if reachable(url):
-        print(f"broker: {url} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)")
+        print(
+            f"broker: {redact(url)} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)"
+        )
         run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
         return 2
-    print(f"no broker reachable at {url}: running an embedded broker (fakeredis) and worker in this process")
+    print(f"no broker reachable at {redact(url)}: running an embedded broker (fakeredis) and worker in this process")
     with embedded(workers.app, QUEUES) as local_url:
         run(local_url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, settings=app_settings(workers.app))
     return 0

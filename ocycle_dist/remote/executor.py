@@ -28,7 +28,7 @@ from . import listener
 from .lease import LeaseWatch
 from .protocol import claim_key, encode_chunk, is_claimed, reply_key
 from .publisher import publish
-from .redis_client import connect
+from .redis_client import CONFIG, classify, connect, probe, redact
 from .settings import Settings
 from .spool import SPOOL_POLICIES, Entry, MemorySpool, open_spool
 
@@ -117,6 +117,7 @@ class CeleryExecutor(ChunkExecutor):
         self.settings, self.expires, self.policy = s, expires, policy
         self._full = False  # the budget is full: logged once per episode
         self._resolved: dict[Future[Any], Entry] = {}  # answered, kept in the spool until settled()
+        probe(s.broker_url)  # a wrong password, db or TLS fails here; an outage does not (chunks are spooled)
         self._client = connect(s.broker_url, socket_timeout=s.socket_timeout)
         self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
         self.durable = type(self.spool) is not MemorySpool  # pending chunks outlive this process
@@ -131,8 +132,20 @@ class CeleryExecutor(ChunkExecutor):
         self._checked_at = 0.0
         self._has_info = True
         self.counts = dict.fromkeys(
-            ("published", "resent", "recovered", "spool_dropped", "undelivered", "expired"), 0
-        )  # recovered: sent again because the worker holding it died (its lease lapsed)
+            (
+                "published",
+                "resent",
+                "recovered",  # sent again because the worker holding it died (its lease lapsed)
+                "spool_dropped",
+                "undelivered",
+                "expired",
+                "broker_errors",  # publishes refused or failed (each is retried)
+                "forged",  # replies whose authentication failed: ignored
+                "thread_errors",  # unexpected errors the publisher survived
+            ),
+            0,
+        )
+        self.broker_error: str | None = None  # the last publish error, until a publish succeeds
         self._leases = LeaseWatch(self._client, s.worker_lease) if s.worker_lease > 0 else None
         self._lease_check_at = 0.0
         self._tag_of: dict[str, str] = {}  # task id -> delivery tag of its last message, while unanswered
@@ -222,9 +235,18 @@ class CeleryExecutor(ChunkExecutor):
     # ---- publishing -------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        import redis
+        """The publisher thread: never dies of an error it did not expect; it logs it and goes on."""
+        while True:
+            try:
+                self._dispatch_loop()
+                return
+            except Exception:
+                self.counts["thread_errors"] += 1
+                log.exception("the publisher of queue %r hit an unexpected error; it goes on", self.settings.queue)
+                time.sleep(1.0)
 
-        s, backoff = self.settings, 0.05
+    def _dispatch_loop(self) -> None:
+        backoff = 0.05
         while True:
             with self._cond:
                 while not self._queue and not self._finished():
@@ -250,7 +272,7 @@ class CeleryExecutor(ChunkExecutor):
                     DeliveryError(
                         f"no result for chunk {entry.meta.stream}#{entry.meta.seq} after {entry.attempts} sends"
                         f" {self.settings.resend_after:g} s apart: is a worker consuming queue"
-                        f" {self.settings.queue!r} at {self.settings.broker_url}?"
+                        f" {self.settings.queue!r} at {redact(self.settings.broker_url)}?"
                     )
                 )
             if finished:
@@ -261,10 +283,8 @@ class CeleryExecutor(ChunkExecutor):
             while batch:
                 try:
                     publish(self._client, batch, self.settings)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    if self.broker_up.is_set() or backoff == 0.05:
-                        log.warning("Redis unreachable at %s (%s); chunks wait in the spool", s.broker_url, exc)
-                    self.broker_up.clear()
+                except Exception as exc:
+                    self._broker_failed(exc, first=self.broker_up.is_set() or backoff == 0.05)
                     with self._cond:
                         self._cond.wait(backoff)
                         batch = [entry for entry in batch if entry.id in self._futures]  # minus the dropped
@@ -273,6 +293,7 @@ class CeleryExecutor(ChunkExecutor):
                 if not self.broker_up.is_set() or time.monotonic() - self._checked_at > 1.0:
                     self._check_restart(after_outage=backoff > 0.05)
                 self.broker_up.set()
+                self.broker_error = None
                 backoff = 0.05
                 now = time.monotonic()
                 with self._cond:
@@ -282,6 +303,28 @@ class CeleryExecutor(ChunkExecutor):
                         self._sent(entry)
                     self.counts["published"] += len(batch)
                 break
+
+    def _broker_failed(self, exc: Exception, *, first: bool) -> None:
+        """A publish failed: count it, say why once per episode; the chunks wait in the spool meanwhile."""
+        kind = classify(exc)
+        why = str(exc)[:300]
+        self.counts["broker_errors"] += 1
+        if first or why != self.broker_error:
+            if kind == CONFIG:
+                log.error(
+                    "Redis at %s refuses the producer (%s): check the password, ACL, db number or TLS in the URL;"
+                    " chunks wait in the spool, counted in stats()",
+                    redact(self.settings.broker_url),
+                    why,
+                )
+            else:
+                log.warning(
+                    "Redis unreachable at %s or cannot take chunks now (%s); they wait in the spool",
+                    redact(self.settings.broker_url),
+                    why,
+                )
+        self.broker_error = why
+        self.broker_up.clear()
 
     def _sent(self, entry: Entry) -> None:
         """Under the lock: remember the delivery tag of ``entry``'s last message (for the lease watch)."""
@@ -339,7 +382,7 @@ class CeleryExecutor(ChunkExecutor):
         if after_outage:
             log.warning(
                 "Redis reachable again at %s%s: sending the spooled chunks",
-                self.settings.broker_url,
+                redact(self.settings.broker_url),
                 " (a new server: sending again what it may have lost)" if restarted else "",
             )
         if restarted:

@@ -14,7 +14,9 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> Any:
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError("mode='celery' needs redis-py: pip install 'ocycle-dist[celery]'") from None
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("broker", url, "a redis://, rediss:// or unix:// URL")
+        raise ConfigError(
+            "broker", redact(url) if isinstance(url, str) else url, "a redis://, rediss:// or unix:// URL"
+        )
     try:
         return redis.Redis.from_url(
             url,
@@ -23,7 +25,65 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> Any:
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise ConfigError("broker", url, f"a valid Redis URL ({exc})") from None
+        raise ConfigError("broker", redact(url), f"a valid Redis URL ({exc})") from None
+
+
+TRANSIENT, CONFIG, WRONGTYPE = "transient", "config", "wrongtype"
+_TRANSIENT_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS")
+_CONFIG_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR DB index", "ERR invalid DB index", "ERR AUTH")
+
+
+def classify(exc: BaseException) -> str:
+    """What a Redis error means for a client that must go on.
+
+    Returns:
+        ``CONFIG``: the broker refuses us (password, ACL, db number, TLS mismatch): retrying will not help
+        until the configuration changes. ``WRONGTYPE``: a key holds another type than ours. ``TRANSIENT``:
+        anything else (unreachable, time-out, out of memory, cannot persist, read-only replica, loading):
+        retry with back-off.
+    """
+    import redis
+
+    message = str(exc)
+    if isinstance(exc, redis.AuthenticationError) or type(exc).__name__ in ("AuthorizationError", "NoPermissionError"):
+        return CONFIG
+    if isinstance(exc, redis.ResponseError):
+        if message.startswith("WRONGTYPE"):
+            return WRONGTYPE
+        if message.startswith(_CONFIG_REPLIES):
+            return CONFIG
+        return TRANSIENT
+    if isinstance(exc, redis.ConnectionError) and ("SSL" in message or "ssl" in message):
+        return CONFIG  # rediss:// to a plain server, or the certificate refused
+    return TRANSIENT
+
+
+def probe(url: str, timeout: float = 2.0) -> None:
+    """Check the broker at ``url`` once: raise ConfigError if it refuses us; an outage is fine (later)."""
+    client = connect(url, socket_timeout=timeout)
+    try:
+        client.ping()
+    except Exception as exc:
+        if classify(exc) == CONFIG:
+            raise ConfigError("broker", redact(url), f"a broker that accepts this client ({exc})") from None
+    finally:
+        client.close()
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``: how a URL is shown in logs, errors and the CLI."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<an unparsable URL>"
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def reachable(url: str, timeout: float = 0.5) -> bool:
