@@ -283,7 +283,9 @@ def test_a_slow_on_done_of_one_emitter_does_not_delay_another_emitters_results(r
         fast_e.write(b"fast")
     wait_for(lambda: len(done_at) == 20, 30, "the fast emitter's results")
     lags = sorted(done_at[i] - emitted_at[i] for i in range(20))
-    assert lags[10] < 0.2, f"fast emitter's p50 {lags[10]:.3f} s behind a slow on_done elsewhere"
+    # behind the slow emitter's callbacks it would wait 0.5 s per earlier chunk: ~5 s at p50, ~10 s at the end
+    assert lags[10] < 0.5, f"fast emitter's p50 {lags[10]:.3f} s: it waited behind a slow on_done elsewhere"
+    assert lags[-1] < 2.0, f"fast emitter's max {lags[-1]:.3f} s"
     assert slow_e.stats().callback_backlog > 0  # visible: the slow one is behind on its callbacks
     assert fast_e.close(timeout=10) == 0
     assert slow_e.close(timeout=30) == 0
