@@ -20,8 +20,8 @@ plus ``"expired": True`` for a task its worker discarded unstarted because its `
 It travels sealed (:func:`seal`): ``{"id", "mac", "body"}``, ``body`` the record's msgpack and ``mac`` an
 HMAC-SHA256 of it keyed by the deployment's ``reply_secret`` and the producer's token (the last part of the
 reply list's name, :func:`token_of`). A reply forged by someone who can write to Redis but does not know
-the secret fails the check and is ignored (counted); without a secret, the token alone keys it (it travels in the message:
-proof against writers who cannot read the queue, not against readers).
+the secret fails the check and is ignored (counted); without a secret, the token alone keys it (it travels
+in the message: proof against writers who cannot read the queue, not against readers).
 """
 
 from __future__ import annotations
