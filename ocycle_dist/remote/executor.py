@@ -29,7 +29,7 @@ from . import listener
 from .lease import LeaseWatch
 from .protocol import claim_key, encode_chunk, is_claimed, mac_key, reply_key, unseal
 from .publisher import publish
-from .redis_client import CONFIG, classify, connect, probe, redact
+from .redis_client import CONFIG, classify, connect, probe, reason, redact
 from .settings import Settings
 from .spool import SPOOL_POLICIES, Entry, MemorySpool, open_spool
 
@@ -333,7 +333,7 @@ class CeleryExecutor(ChunkExecutor):
     def _broker_failed(self, exc: Exception, *, first: bool) -> None:
         """A publish failed: count it, say why once per episode; the chunks wait in the spool meanwhile."""
         kind = classify(exc)
-        why = str(exc)[:300]
+        why = f"{type(exc).__name__}: {reason(exc)}"
         self.counts["broker_errors"] += 1
         if first or why != self.broker_error:
             if kind == CONFIG:

@@ -94,7 +94,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
         reply = getattr(request, "reply_to", None)
-        if not is_reply_key(reply):
+        if not isinstance(reply, str) or not is_reply_key(reply):
             return result
         if state == states.SUCCESS:
             record = reply_ok(task_id, result)
