@@ -112,8 +112,8 @@ def test_with_no_worker_writes_stay_fast_every_chunk_waits_in_redis_and_drains_o
     assert sorted(seen.calls) == list(range(n)) and set(seen.calls.values()) == {1}
     s = emitter.stats()
     assert (s.done, s.failed, s.dropped, s.expired) == (n, 0, 0, 0)
-    print(f"\n[live a] no worker: {n} chunks of 2 KiB, write() p99 {p99(took) * 1e6:.0f} us max {max(took) * 1e3:.2f} ms;"
-          f" all {n} in Redis; drained once a worker came, on_done once each")  # fmt: skip
+    print(f"\n[live a] no worker: {n} chunks of 2 KiB, write() p99 {p99(took) * 1e6:.0f} us"
+          f" max {max(took) * 1e3:.2f} ms; all {n} in Redis; drained by a worker, on_done once each")  # fmt: skip
 
 
 # ---- (b) one slow consumer does not hold up the others ----------------------------------------------------------
