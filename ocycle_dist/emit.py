@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import pickle
 import socket
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -31,9 +32,14 @@ log = logging.getLogger("ocycle_dist")
 _HOST = socket.gethostname()
 
 
-def _positive_int(name: str, value: Any) -> int:
+MAX_ELEMENTS = 2**40  # the largest size and hop: about 10**12 elements, a TiB of bytes per chunk
+
+
+def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__") or value.__index__() <= 0:
-        raise ConfigError(name, value, "a positive integer")
+        raise ConfigError(name, value, "a positive integer" + (f" up to {maximum}" if maximum else ""))
+    if maximum is not None and value.__index__() > maximum:
+        raise ConfigError(name, value, f"a positive integer up to {maximum} (2**{maximum.bit_length() - 1})")
     return int(value.__index__())
 
 
@@ -48,6 +54,21 @@ def _optional_callable(name: str, fn: Any) -> Any:
     if fn is not None and not callable(fn):
         raise ConfigError(name, fn, "a callable or None")
     return fn
+
+
+def _check_picklable(mode: Any, callback: Any) -> None:
+    """A process pool pickles the callback for every chunk: refuse one that cannot be, now."""
+    if not (mode == "process" or isinstance(mode, ProcessPoolExecutor)):
+        return
+    try:
+        pickle.dumps(callback)
+    except Exception as exc:
+        raise ConfigError(
+            "callback",
+            callback,
+            f"a picklable callable for mode='process', e.g. a module-level function, not a lambda or a local"
+            f" function ({type(exc).__name__}: {exc})",
+        ) from None
 
 
 def _sampler(value: Any) -> Callable[[], float] | None:
@@ -74,7 +95,7 @@ class BufferEmit:
     Args:
         callback: called as ``callback(value, t0)``, plus ``meta=Chunk(...)`` when it has a ``meta``
             parameter. For ``mode='celery'``, a Celery task or a task name.
-        size: elements per chunk (bytes, characters, list items or numpy rows).
+        size: elements per chunk (bytes, characters, list items or numpy rows), at most 2**40.
         asbuffer: hand the callback a file-like buffer (``io.BytesIO``...) instead of the value; it is
             recycled once the callback has finished.
         clip: chunks of exactly ``size``; the remainder starts the next chunk. Without it a chunk holds
@@ -87,6 +108,7 @@ class BufferEmit:
         new: a buffer factory deciding the stream's kind: ``io.BytesIO`` (default), ``io.StringIO``,
             ``ListIO``, ``NumpyIO`` or any class with ``write``/``getvalue``.
         hop: open a window every ``hop`` elements (overlapping windows when ``hop < size``); implies clip.
+            From 1 to ``size``.
         rate: elements per second; a chunk's t0 is then ``t0 of the write it starts in + offset / rate``.
         on_error: ``on_error(exc)`` when a callback raises (``meta=`` if it asks); logged when None.
         max_inflight: chunks in flight (handed to the executor, not finished) at most.
@@ -95,8 +117,12 @@ class BufferEmit:
         stream: the stream id carried by each chunk's metadata; results of the celery mode are routed by it.
             Default: ``<callback>-<size>@<host>-<pid>``; give your own to take over a spool after a restart.
         dtype: numpy streams: the dtype (else taken from the first frame).
-        shape: numpy streams: the shape of one element (else taken from the first frame).
+        shape: numpy streams: the shape of one element, a tuple (else taken from the first frame).
         **executor_options: passed to the executor (``broker=``, ``app=``, ``settings=`` for celery).
+
+    Raises:
+        ConfigError: an argument is invalid; the message names it and its value. In ``mode='process'`` the
+            callback must be picklable (a module-level function): checked here, not at the first chunk.
     """
 
     new: Callable[[], Any] | None = None
@@ -125,8 +151,8 @@ class BufferEmit:
     ) -> None:
         self._config = {k: v for k, v in locals().items() if k not in ("self", "executor_options", "__class__")}
         self._config.update(executor_options)
-        self.size = _positive_int("size", size)
-        self.hop = self.size if hop is None else _positive_int("hop", hop)
+        self.size = _positive_int("size", size, MAX_ELEMENTS)
+        self.hop = self.size if hop is None else _positive_int("hop", hop, MAX_ELEMENTS)
         if self.hop > self.size:
             raise ConfigError("hop", hop, f"an integer from 1 to size={self.size}")
         self.clip = bool(clip) or hop is not None
@@ -144,6 +170,7 @@ class BufferEmit:
         remote = mode in REMOTE_MODES
         if not (callable(callback) or (remote and isinstance(callback, str))):
             raise ConfigError("callback", callback, "a callable (or, for mode='celery', a task or task name)")
+        _check_picklable(mode, callback)
         self.callback = callback
         self.on_done = _optional_callable("on_done", on_done)
         self.on_error = _optional_callable("on_error", on_error)
@@ -327,6 +354,7 @@ class BufferEmit:
             self.close()
         if mode is not None and mode != self.mode:
             check_mode(mode)
+            _check_picklable(mode, self.callback)
             self.close()
             self.mode = mode
         if npool is not None:

@@ -13,7 +13,7 @@ from itertools import chain
 from typing import Any
 
 from .bufferio import ListIO, NumpyIO
-from .errors import FrameError
+from .errors import ConfigError, FrameError
 
 
 class Kind:
@@ -103,8 +103,8 @@ class NumpyKind(Kind):
         import numpy as np
 
         self._np = np
-        self.dtype = np.dtype(dtype) if dtype is not None else None
-        self.shape = tuple(shape) if shape is not None else None
+        self.dtype = _dtype(np, dtype) if dtype is not None else None
+        self.shape = _shape(shape) if shape is not None else None
 
     def accept(self, data: Any) -> tuple[Any, int]:
         np = self._np
@@ -132,8 +132,42 @@ class NumpyKind(Kind):
         return other.dtype is None or self.dtype is None or (self.dtype, self.shape) == (other.dtype, other.shape)
 
 
+def _dtype(np: Any, dtype: Any) -> Any:
+    """``dtype`` as a numpy dtype; ConfigError naming ``dtype`` when numpy does not know it."""
+    try:
+        result = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise ConfigError("dtype", dtype, "a numpy dtype such as 'float32' or numpy.int16") from None
+    if result.hasobject:
+        raise ConfigError("dtype", dtype, "a dtype without Python objects (object arrays cannot be streamed)")
+    return result
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` (of one element) as a tuple; ConfigError naming ``shape`` unless it is a sequence of sizes."""
+    expected = "a tuple of sizes >= 0, the shape of one element: () for one value per row, (2,) for stereo"
+    if not isinstance(shape, (tuple, list)):
+        raise ConfigError("shape", shape, expected)
+    if any(isinstance(d, bool) or not hasattr(d, "__index__") or d.__index__() < 0 for d in shape):
+        raise ConfigError("shape", shape, expected)
+    return tuple(d.__index__() for d in shape)
+
+
 def kind_for(new: Callable[[], Any] | None, *, dtype: Any = None, shape: Any = None) -> Kind:
-    """The kind of stream a buffer factory ``new`` makes (bytes when None)."""
+    """The kind of stream a buffer factory ``new`` makes (bytes when None).
+
+    Raises:
+        ConfigError: ``dtype`` or ``shape`` is invalid, or given for a stream that is not of numpy arrays.
+    """
+    kind = _kind_for(new, dtype, shape)
+    if not isinstance(kind, NumpyKind):
+        for name, value in (("dtype", dtype), ("shape", shape)):
+            if value is not None:
+                raise ConfigError(name, value, f"None for a {kind.name} stream ({name} is for numpy streams)")
+    return kind
+
+
+def _kind_for(new: Callable[[], Any] | None, dtype: Any, shape: Any) -> Kind:
     if new is None or new is io.BytesIO:
         return BytesKind()
     if new is io.StringIO:

@@ -314,3 +314,83 @@ def test_an_exception_in_on_error_is_logged_not_raised(caplog):
     assert done.is_set()
     assert any("on_error raised" in r.getMessage() for r in caplog.records)
     assert b.stats().failed == 1
+
+
+# ---- construction: every argument error is a ConfigError naming it (issue 10) ------------------------------
+
+
+@pytest.mark.parametrize(("param", "value"), [("size", 2**63), ("size", 2**40 + 1), ("hop", 2**41)])
+def test_size_and_hop_have_a_maximum(param, value):
+    kwargs = {"size": 2**40, param: value} if param == "hop" else {"size": value}
+    with pytest.raises(ConfigError, match=r"up to 1099511627776 \(2\*\*40\)") as excinfo:
+        ocycle.BufferEmit(noop, **kwargs)
+    assert_config_error(excinfo, param, value)
+
+
+def test_size_of_2_to_the_40_is_accepted():
+    assert ocycle.BufferEmit(noop, 2**40, hop=2**40).size == 2**40
+
+
+@pytest.mark.parametrize("dtype", ["float99", "no such type", 3.5, object, "O"])
+def test_bad_dtype(dtype):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.NumpyEmit(noop, 4, dtype=dtype)
+    assert_config_error(excinfo, "dtype", dtype)
+
+
+@pytest.mark.parametrize("shape", [5, "2", (2, -1), (2.0,), (True,), {2: 1}])
+def test_bad_shape(shape):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.NumpyEmit(noop, 4, shape=shape)
+    assert_config_error(excinfo, "shape", shape)
+
+
+def test_shape_accepts_lists_and_numpy_integers():
+    assert ocycle.NumpyEmit(noop, 4, shape=[np.int64(2)]).kind.shape == (2,)
+    assert ocycle.NumpyEmit(noop, 4, dtype=np.int16, shape=()).kind.shape == ()
+
+
+@pytest.mark.parametrize(("param", "value"), [("dtype", "float32"), ("shape", (2,))])
+@pytest.mark.parametrize("cls", [ocycle.BufferEmit, ocycle.ListEmit])
+def test_dtype_and_shape_are_for_numpy_streams_only(cls, param, value):
+    with pytest.raises(ConfigError, match="is for numpy streams") as excinfo:
+        cls(noop, 4, **{param: value})
+    assert_config_error(excinfo, param, value)
+
+
+def test_unknown_celery_option_is_named():
+    with pytest.raises(ConfigError, match="an option of mode='celery': one of app, broker") as excinfo:
+        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", broker="redis://127.0.0.1:9/0", bogus=1)
+    assert_config_error(excinfo, "bogus", 1)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"), [("settings", {"broker_url": "redis://x"}), ("app", "workers"), ("spool", 3), ("batch", 0)]
+)
+def test_bad_celery_option_values_are_named(param, value):
+    with pytest.raises(ConfigError) as excinfo:
+        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", **{param: value})
+    assert_config_error(excinfo, param, value)
+
+
+def module_level(value, t0):
+    return value
+
+
+def test_process_mode_refuses_an_unpicklable_callback_at_construction():
+    with pytest.raises(ConfigError, match="picklable callable for mode='process'") as excinfo:
+        ocycle.BufferEmit(lambda value, t0: value, 4, mode="process")
+    assert excinfo.value.param == "callback"
+
+    def local(value, t0):
+        return value
+
+    with pytest.raises(ConfigError, match="picklable"):
+        ocycle.BufferEmit(local, 4, mode="process")
+    b = ocycle.BufferEmit(local, 4, mode="thread")
+    with pytest.raises(ConfigError, match="picklable"):
+        b.open(mode="process")  # switching an open emitter to the process pool is checked too
+    assert b.mode == "thread"
+    b.close()
+    ok = ocycle.BufferEmit(module_level, 4, mode="process")
+    ok.close()
