@@ -222,14 +222,18 @@ class BufferEmit:
         if self._closed:
             raise ClosedError(f"write() on a closed {type(self).__name__} (stream {self.stream!r}); call open() first")
 
-    def feed(self, frozen: Any, n: int, t0: float) -> None:
+    def feed(self, frozen: Any, n: int, t0: float, *, compare: bool = True) -> None:
         """Write a frame already checked and frozen by ``self.kind.accept`` (how a ``Tap`` shares one frame).
+
+        With ``compare=False`` the ``t0`` stands for "now" (``write(t0=None)``) and is not compared with
+        the previous write's.
 
         Raises:
             ClosedError: the emitter is closed.
+            FrameError: ``t0`` is invalid; nothing was written.
         """
         self._check_open()
-        self.windows.push(frozen, n, t0)
+        self.windows.push(frozen, n, t0, compare=compare)
 
     @property
     def kind(self) -> Kind:
@@ -400,6 +404,7 @@ class BufferEmit:
                 spooled_bytes=executor.spooled_bytes if executor is not None else 0,
                 latency_p50=p50,
                 latency_p99=p99,
+                t0_overlaps=windows.t0_overlaps,
                 **inflight.counts,
             )
 

@@ -24,6 +24,9 @@ class Stats:
         spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode).
         latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
         latency_p99: the same, 99th percentile.
+        t0_overlaps: writes (with ``rate``) whose t0 fell before the end of the previous write (its t0 + its
+            length / rate) but not before its t0: accepted as clock jitter, counted. A t0 earlier than the
+            previous write's is refused (FrameError).
     """
 
     written: int = 0
@@ -37,6 +40,7 @@ class Stats:
     spooled_bytes: int = 0
     latency_p50: float = 0.0
     latency_p99: float = 0.0
+    t0_overlaps: int = 0
 
     def as_dict(self) -> dict[str, float]:
         """The counters as a dict."""

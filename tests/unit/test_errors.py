@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 import numpy as np
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist import ClosedError, ConfigError, FrameError, OcycleError
+from ocycle_dist import ClosedError, ConfigError, FrameError, OcycleError, hotpath, windows
 
 
 def noop(value, t0):
@@ -394,3 +395,132 @@ def test_process_mode_refuses_an_unpicklable_callback_at_construction():
     b.close()
     ok = ocycle.BufferEmit(module_level, 4, mode="process")
     ok.close()
+
+
+# ---- t0: a finite number of seconds >= 0 that never goes backwards (issue 10) -------------------------------
+
+APPENDERS = pytest.mark.parametrize("appender", [hotpath.Appender, hotpath.appender_class()], ids=["python", "default"])
+
+
+@pytest.fixture
+def use(monkeypatch):
+    def use(appender):
+        monkeypatch.setattr(windows, "appender_class", lambda: appender)
+
+    return use
+
+
+class Timed(Recorder):
+    def __call__(self, value, t0):
+        self.values.append((value, t0))
+
+
+BAD_T0 = [math.nan, math.inf, -math.inf, -1.0, -1, 10**400, "noon", True, None.__class__, 1 + 2j]
+
+
+@APPENDERS
+@pytest.mark.parametrize("rate", [None, 10.0])
+@pytest.mark.parametrize("bad", BAD_T0, ids=repr)
+def test_a_bad_t0_is_refused_and_its_frame_not_kept(use, appender, rate, bad):
+    use(appender)
+    rec = Timed()
+    b = ocycle.BufferEmit(rec, 4, clip=True, rate=rate)
+    b.write(b"ab", t0=1.0)  # opens the window: the next write completes it
+    with pytest.raises(FrameError, match=r"^t0=.* is invalid: expected") as excinfo:
+        b.write(b"cd", t0=bad)  # would complete the chunk (the C path calls back here)
+    assert isinstance(excinfo.value, TypeError) and len(str(excinfo.value)) < 200
+    with pytest.raises(FrameError):
+        b.write(b"cd", t0=bad)  # the same again: still nothing kept
+    assert rec.values == [] and b.stats().written == 2 and b.stats().buffered == 2
+    b.write(b"efgh", t0=2.0)
+    assert rec.values == [(b"abef", 1.0)]
+    assert b.stats().written == 6 and b.stats().t0_overlaps == 0
+
+
+@APPENDERS
+def test_a_t0_that_overflows_with_rate_is_a_frame_error_not_an_overflow(use, appender):
+    use(appender)
+    rec = Timed()
+    b = ocycle.BufferEmit(rec, 4, clip=True, rate=16000)
+    with pytest.raises(FrameError, match=r"t0=10{36}\.\.\. is invalid: expected a finite number"):
+        b.write(b"ab", t0=10**400)  # opens a window: t0 + offset / rate would overflow
+    b.write(b"cdef", t0=5.0)
+    assert rec.values == [(b"cdef", 5.0)]  # not b"abcd" at t0=0.0
+
+
+@APPENDERS
+@pytest.mark.parametrize("rate", [None, 2.0])
+def test_a_t0_earlier_than_the_previous_writes_is_refused(use, appender, rate):
+    use(appender)
+    rec = Timed()
+    b = ocycle.BufferEmit(rec, 2, clip=True, rate=rate)
+    b.write(b"ab", t0=10.0)
+    with pytest.raises(FrameError, match=r"t0=9\.5 is earlier than the previous write's t0=10\.0: time cannot go"):
+        b.write(b"cd", t0=9.5)
+    b.write(b"cd", t0=10.0 if rate is None else 11.0)  # the same t0 again is fine; so is the end with rate
+    b.write(b"ef")  # a write without t0 is not compared
+    b.write(b"gh", t0=12.0)
+    assert [v for v, _ in rec.values] == [b"ab", b"cd", b"ef", b"gh"]
+    assert b.stats().t0_overlaps == 0
+
+
+@APPENDERS
+def test_with_rate_a_t0_inside_the_previous_write_is_accepted_and_counted(use, appender):
+    use(appender)
+    rec = Timed()
+    b = ocycle.BufferEmit(rec, 4, clip=True, rate=2.0)  # an element every 0.5 s
+    b.write(b"ab", t0=10.0)  # spans 10.0 to 11.0
+    b.write(b"cd", t0=10.9)  # 0.1 s early: clock jitter, accepted, counted
+    b.write(b"efgh", t0=11.9)  # 0.1 s after the previous end: fine; spans 11.9 to 13.9
+    b.write(b"ij", t0=13.9)
+    b.write(b"kl", t0=14.9)
+    assert rec.values == [(b"abcd", 10.0), (b"efgh", 11.9), (b"ijkl", 13.9)]
+    assert b.stats().t0_overlaps == 1
+    b.write(b"mn", t0=15.0)  # inside kl's span (14.9 to 15.9)
+    assert b.stats().t0_overlaps == 2
+
+
+def test_without_rate_equal_t0s_are_no_overlap():
+    b = ocycle.BufferEmit(noop, 4)
+    for _ in range(5):
+        b.write(b"ab", t0=3.0)
+    assert b.stats().t0_overlaps == 0
+
+
+def test_numpy_and_integer_like_t0s_are_accepted():
+    rec = Timed()
+    b = ocycle.NumpyEmit(rec, 2, clip=True)
+    b.write(np.zeros(2), t0=np.float32(1.5))
+    b.write(np.zeros(2), t0=np.int64(2))
+    b.write(np.zeros(2), t0=3)
+    assert [t for _, t in rec.values] == [1.5, 2.0, 3]
+
+
+@APPENDERS
+def test_a_bad_t0_during_a_sampler_pause_is_refused_too(use, appender):
+    use(appender)
+    b = ocycle.BufferEmit(noop, 2, clip=True, sampler=5.0)
+    b.write(b"ab", t0=1.0)  # emits, pauses until 6.0
+    with pytest.raises(FrameError):
+        b.write(b"cd", t0=math.nan)
+    with pytest.raises(FrameError):
+        b.write(b"cd", t0=0.5)
+    b.write(b"cd", t0=2.0)  # skipped by the pause
+    assert b.stats().skipped == 2 and b.stats().written == 4
+
+
+def test_a_tap_checks_t0_for_every_emitter_before_any_gets_the_frame():
+    first, second = Timed(), Timed()
+    a = ocycle.BufferEmit(first, 2, clip=True)
+    b = ocycle.BufferEmit(second, 2, clip=True)
+    b.write(b"xy", t0=5.0)  # b has seen t0=5.0, a has not
+    tap = ocycle.Tap(a, b)
+    with pytest.raises(FrameError, match=r"earlier than the previous write's t0=5\.0"):
+        tap.write(b"ab", t0=4.0)
+    assert a.stats().written == 0 and b.stats().written == 2
+    with pytest.raises(FrameError, match="finite"):
+        tap.write(b"ab", t0=math.inf)
+    tap.write(b"ab", t0=6.0)
+    tap.write(b"cd")  # no t0: now, for both, not compared
+    assert first.values[0] == (b"ab", 6.0) and second.values[1] == (b"ab", 6.0)
+    assert len(first.values) == 2 and len(second.values) == 3
