@@ -102,6 +102,7 @@ class BufferEmit:
             everything up to the end of the write that filled it.
         sampler: seconds, or a callable returning seconds: after each emit, writes are ignored until the
             emitting write's t0 plus that long; the clipped leftover is skipped too. Counted in ``skipped``.
+            The callable is asked before the chunk is sent: if it raises, the write raises and keeps nothing.
         mode: ``'serial'``, ``'thread'``, ``'process'``, ``'celery'``, or an executor object.
         npool: workers of the thread or process pool (other modes do not use it).
         on_done: ``on_done(result)`` after each chunk's callback returned (``meta=`` if it asks).

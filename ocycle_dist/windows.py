@@ -141,22 +141,37 @@ class Windows:
             FrameError: ``t0`` is invalid (see :meth:`check_t0`); nothing was kept.
         """
         t0, overlaps = self.check_t0(t0) if compare else (t0, False)
-        when = t0
+        when, resumed = t0, self.paused
         if self.paused:
             when = time.time() if t0 is None else t0
             if when < self.pause_until:
                 self.skipped += n
                 self._written(t0 if compare else None, n, overlaps)
                 return
-            self.paused = False
-            self.hot.fast_type = self.kind.fast_type
-            self.next_start = self.end
-            self.hot.threshold = self.end + 1
+            self._resume()
+        before = self.end
         self.segs.append(frozen)
-        self.ends.append(self.ends[-1] + n)
+        self.ends.append(before + n)
         if self.ends[-1] >= self.hot.threshold:
-            self._advance(n, when)
+            try:
+                self._advance(n, when)
+            except BaseException:
+                if resumed and self.end == before:  # refused whole by the sampler: still paused, as before
+                    self._stay_paused()
+                raise
         self._written(t0 if compare else None, n, overlaps)
+
+    def _resume(self) -> None:
+        """End a sampler pause: collecting starts again at the stream's end."""
+        self.paused = False
+        self.hot.fast_type = self.kind.fast_type
+        self.next_start = self.end
+        self.hot.threshold = self.end + 1
+
+    def _stay_paused(self) -> None:
+        self.next_start = self.hot.threshold = NEVER
+        self.paused = True
+        self.hot.fast_type = None
 
     def _written(self, t0: float | None, n: int, overlaps: bool) -> None:
         """Remember an accepted write's t0 and end time, as the hot path does for its own."""
@@ -172,6 +187,14 @@ class Windows:
         if t0 is None:  # else checked: by the hot path, or by push()
             t0 = time.time()
         size, starts, rate, clip = self.size, self.starts, self.rate, self.clip
+        delay = 0.0
+        if self.sampler is not None and (starts[0][0] if starts else self.next_start) + size <= end:
+            try:  # this write completes a chunk: ask for the pause first, so a failing sampler changes nothing
+                delay = self._delay()
+            except BaseException:
+                self.segs.pop()  # the write is refused whole; retrying it cannot send the chunk twice
+                self.ends.pop()
+                raise
         s = self.next_start
         if s < end:  # windows open in this write: their t0 counts from the write's first element
             w0 = end - n
@@ -189,7 +212,7 @@ class Windows:
                 self.next_start = e
             self._emit(s, e, t, False)
             if self.sampler is not None:
-                self._pause(t0, end - e)
+                self._pause(t0, end - e, delay)
                 return
         self._trim()
 
@@ -222,18 +245,24 @@ class Windows:
         due = self.starts[0][0] + self.size if self.starts else NEVER
         self.hot.threshold = min(self.next_start + 1, due, NEVER)
 
-    def _pause(self, now: float, leftover: int) -> None:
-        """Start a sampler pause after an emit; the rest of the stream so far is skipped."""
+    def _delay(self) -> float:
+        """The sampler's pause, in seconds.
+
+        Raises:
+            ConfigError: it returned something else than seconds >= 0 (or whatever it raised itself).
+        """
         delay = self.sampler() if self.sampler else 0.0
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+            raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
+        return float(delay)
+
+    def _pause(self, now: float, leftover: int, delay: float) -> None:
+        """Start a sampler pause of ``delay`` s after an emit; the rest of the stream so far is skipped."""
         self.skipped_leftover += leftover
         self.skipped += leftover
         self.reset(self.end)
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
-            raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
-        self.next_start = self.hot.threshold = NEVER
         self.pause_until = now + delay
-        self.paused = True
-        self.hot.fast_type = None
+        self._stay_paused()
 
     def flush(self) -> int:
         """Emit the open windows now, even if shorter than ``size`` (marked ``partial``); returns how many."""

@@ -202,19 +202,61 @@ def test_invalid_t0_is_rejected_and_the_frame_not_kept():
 
 
 @pytest.mark.parametrize("bad", [-1, "x", None])
-def test_sampler_returning_a_bad_delay(bad):
+def test_sampler_returning_a_bad_delay_refuses_the_write_whole(bad):
     rec = Recorder()
     b = ocycle.BufferEmit(rec, 4, clip=True, sampler=lambda: bad)
     b.write(b"ab", t0=1.0)
     with pytest.raises(ConfigError) as excinfo:
-        b.write(b"cdef", t0=2.0)  # the write that emits abcd
+        b.write(b"cdef", t0=2.0)  # would emit abcd: the sampler is asked first
     assert excinfo.value.param == "sampler"
     assert f"returned {bad!r}" in str(excinfo.value)
-    assert rec.values == [b"abcd"]  # the chunk was delivered before the error
-    assert b.stats().skipped == 2  # ef, the clipped leftover
+    assert rec.values == []  # nothing sent: a retry cannot send it twice
+    stats = b.stats()
+    assert (stats.written, stats.skipped, stats.buffered, stats.emitted) == (2, 0, 2, 0)
     with pytest.raises(ConfigError, match="sampler="):
-        b.write(b"ghij", t0=3.0)  # not paused: the stream went on, and the sampler fails again
-    assert rec.values == [b"abcd", b"ghij"]
+        b.write(b"cdef", t0=3.0)  # the stream is as before: the sampler fails again
+    assert rec.values == []
+
+
+class FailsOnce:
+    """A sampler that raises at its ``fail_at``-th call and returns 1.0 otherwise."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError("the sampler's source is gone")
+        return 1.0
+
+
+@pytest.mark.parametrize("frame_type", [bytes, bytearray], ids=["hot-path", "checked-path"])
+def test_a_sampler_that_raises_leaves_nothing_half_done_and_a_retry_sends_once(frame_type):
+    rec = Recorder()
+    b = ocycle.BufferEmit(rec, 4, clip=True, sampler=FailsOnce(2))
+    b.write(frame_type(b"abcd"), t0=1.0)  # emits abcd; pause until 2.0
+    b.write(frame_type(b"efgh"), t0=1.5)  # skipped
+    with pytest.raises(OSError, match="source is gone"):
+        b.write(frame_type(b"ijkl"), t0=3.0)  # the pause is over; this write would emit: refused whole
+    assert rec.values == [b"abcd"]
+    assert (b.stats().written, b.stats().skipped, b.stats().emitted) == (8, 4, 1)
+    b.write(frame_type(b"ijkl"), t0=3.0)  # the retry
+    b.write(frame_type(b"mnop"), t0=3.5)  # in the new pause
+    b.write(frame_type(b"qrst"), t0=4.5)
+    assert rec.values == [b"abcd", b"ijkl", b"qrst"]
+    assert (b.stats().written, b.stats().skipped, b.stats().emitted) == (20, 8, 3)
+
+
+def test_a_sampler_that_raises_mid_stream_refuses_the_write_that_completes_the_chunk():
+    rec = Recorder()
+    b = ocycle.BufferEmit(rec, 4, clip=True, sampler=FailsOnce(1))
+    b.write(b"ab", t0=1.0)
+    with pytest.raises(OSError):
+        b.write(b"cdef", t0=1.5)
+    assert rec.values == [] and b.stats().buffered == 2
+    b.write(b"cdef", t0=1.5)
+    assert rec.values == [b"abcd"] and b.stats().skipped == 2  # ef: the clipped leftover before the pause
 
 
 # ---- life cycle -----------------------------------------------------------------------------------------
