@@ -181,6 +181,8 @@ class BufferEmit:
             raise ConfigError("asbuffer", asbuffer, "False with mode='celery' (a remote task gets the value)")
         new = new if new is not None else type(self).new
         self._kind: Kind = kind_for(new, dtype=dtype, shape=shape)
+        if remote:
+            self._kind.for_wire()  # numpy: refuse the dtypes the wire cannot carry faithfully, at the first frame
         self._new_buffer = new if new is not None else self._kind.buffer_factory
         if stream is None:  # unique per process: results are routed by stream id
             stream = f"{getattr(callback, '__name__', callback)}-{self.size}@{_HOST}-{os.getpid()}"
@@ -360,6 +362,8 @@ class BufferEmit:
         if mode is not None and mode != self.mode:
             check_mode(mode)
             _check_picklable(mode, self.callback)
+            if mode in REMOTE_MODES:
+                self._kind.for_wire()
             self.close()
             self.mode = mode
         if npool is not None:

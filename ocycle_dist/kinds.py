@@ -22,6 +22,7 @@ class Kind:
     name = ""
     fast_type: type | None = None
     buffer_factory: Callable[[], Any] = io.BytesIO
+    wire = False  # frames go to a remote task: see for_wire()
 
     def accept(self, data: Any) -> tuple[Any, int]:
         """Check ``data`` and return it frozen, with its length in elements."""
@@ -34,6 +35,14 @@ class Kind:
     def compatible(self, other: Kind) -> bool:
         """Whether frames accepted by ``other`` fit this kind too (for a shared tap)."""
         return type(self) is type(other)
+
+    def for_wire(self) -> None:
+        """From now on accept only frames the wire carries faithfully (remote modes; see NumpyKind).
+
+        Raises:
+            ConfigError: what the stream already holds (a declared or adopted dtype) cannot be sent.
+        """
+        self.wire = True
 
     def _reject(self, data: Any, what: str) -> FrameError:
         return FrameError(f"data of type {type(data).__name__} cannot be written to a {self.name} stream: {what}")
@@ -94,6 +103,9 @@ class NumpyKind(Kind):
     """Numpy arrays whose first axis is time (``NumpyEmit``).
 
     The dtype and trailing shape are fixed by the ``dtype``/``shape`` given, else by the first frame.
+    Masked arrays are refused (joining frames would drop the mask), and so are object arrays (no pickle).
+    For a remote mode (:meth:`for_wire`) so are the dtypes the wire cannot carry faithfully
+    (:func:`unsendable_dtype`: structured dtypes would lose their field names).
     """
 
     name = "numpy"
@@ -103,8 +115,14 @@ class NumpyKind(Kind):
         import numpy as np
 
         self._np = np
+        self._masked = np.ma.MaskedArray
         self.dtype = _dtype(np, dtype) if dtype is not None else None
         self.shape = _shape(shape) if shape is not None else None
+
+    def for_wire(self) -> None:
+        if self.dtype is not None and (problem := unsendable_dtype(self.dtype)):
+            raise ConfigError("dtype", self.dtype, f"a dtype the wire carries faithfully ({problem})")
+        self.wire = True
 
     def accept(self, data: Any) -> tuple[Any, int]:
         np = self._np
@@ -114,13 +132,22 @@ class NumpyKind(Kind):
             raise FrameError(f"data has dtype {data.dtype}: object arrays cannot be streamed (no pickle)")
         if data.ndim == 0:
             raise FrameError("data is a 0-d array: the first axis must be time")
-        if self.dtype is None:
-            self.dtype, self.shape = data.dtype, data.shape[1:]
-        elif data.dtype != self.dtype or data.shape[1:] != self.shape:
+        if isinstance(data, self._masked):
+            raise FrameError(
+                "data is a numpy masked array: its mask would be lost (chunks are plain arrays); write"
+                " data.filled(value), or the data and the mask as two streams"
+            )
+        dtype = data.dtype if self.dtype is None else self.dtype  # the first frame fixes what was not declared
+        shape = data.shape[1:] if self.shape is None else self.shape
+        if data.dtype != dtype or data.shape[1:] != shape:
             raise FrameError(
                 f"data has dtype {data.dtype} and frame shape {data.shape[1:]}, "
-                f"this stream holds dtype {self.dtype} and frame shape {self.shape}"
+                f"this stream holds dtype {dtype} and frame shape {shape}"
             )
+        if self.dtype is None or self.shape is None:
+            if self.wire and (problem := unsendable_dtype(dtype)):
+                raise FrameError(f"data has dtype {dtype}, which cannot be sent to a remote task: {problem}")
+            self.dtype, self.shape = dtype, shape
         return data.copy(), len(data)
 
     def join(self, pieces: list[Any]) -> Any:
@@ -130,6 +157,21 @@ class NumpyKind(Kind):
         if not isinstance(other, NumpyKind):
             return False
         return other.dtype is None or self.dtype is None or (self.dtype, self.shape) == (other.dtype, other.shape)
+
+
+def unsendable_dtype(dtype: Any) -> str | None:
+    """Why arrays of ``dtype`` cannot go on the wire faithfully (msgpack: dtype string, shape, raw bytes), or None.
+
+    The wire names a dtype by ``dtype.str``: the byte order, kind and size (``'<f4'``, ``'>i2'``, ``'<M8[ns]'``,
+    ``'|S2'``, ``'<U3'``) travel; field names, and metadata, do not.
+    """
+    if dtype.hasobject:
+        return "object arrays hold Python objects (no pickle on the wire)"
+    if dtype.names is not None:
+        return "a structured dtype would lose its field names (send one stream per field)"
+    if dtype.metadata:
+        return "its metadata would be lost"
+    return None
 
 
 def _dtype(np: Any, dtype: Any) -> Any:

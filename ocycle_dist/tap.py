@@ -35,7 +35,8 @@ class Tap:
             if not emitters[0].kind.compatible(e.kind):
                 raise ConfigError("emitters", e, f"emitters of one kind ({emitters[0].kind.name})")
         self.emitters = emitters
-        self._kind = emitters[0].kind
+        # the frames are checked once, by the strictest kind: a remote emitter's refuses what the wire cannot carry
+        self._kind = next((e.kind for e in emitters if e.kind.wire), emitters[0].kind)
         self._closed = False
 
     def write(self, data: Any, t0: float | None = None) -> None:

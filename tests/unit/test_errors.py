@@ -566,3 +566,40 @@ def test_a_tap_checks_t0_for_every_emitter_before_any_gets_the_frame():
     tap.write(b"cd")  # no t0: now, for both, not compared
     assert first.values[0] == (b"ab", 6.0) and second.values[1] == (b"ab", 6.0)
     assert len(first.values) == 2 and len(second.values) == 3
+
+
+# ---- numpy frames that would not survive (issue 10) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["serial", "thread"])
+def test_a_masked_array_is_refused_and_earlier_data_kept(mode):
+    rec = Recorder()
+    b = ocycle.NumpyEmit(rec, 4, clip=True, mode=mode)
+    b.write(np.arange(3.0), t0=1.0)
+    masked = np.ma.masked_array([3.0, 4.0], mask=[False, True])
+    with pytest.raises(FrameError, match="masked array: its mask would be lost"):
+        b.write(masked, t0=2.0)
+    assert b.stats().written == 3
+    b.write(masked.filled(0.0), t0=2.0)  # what the message suggests
+    b.close()
+    assert [v.tolist() for v in rec.values] == [[0.0, 1.0, 2.0, 3.0]]
+
+
+def test_structured_dtypes_are_fine_locally():
+    rec = Recorder()
+    dtype = np.dtype([("left", "<i2"), ("right", "<i2")])
+    b = ocycle.NumpyEmit(rec, 2, clip=True, dtype=dtype)
+    b.write(np.array([(1, 2), (3, 4)], dtype=dtype))
+    assert rec.values[0].dtype.names == ("left", "right") and rec.values[0]["right"].tolist() == [2, 4]
+
+
+def test_a_declared_dtype_alone_or_shape_alone_is_kept_and_the_rest_taken_from_the_first_frame():
+    b = ocycle.NumpyEmit(noop, 4, dtype="int16")
+    b.write(np.zeros(3, np.int16))  # shape () from the frame (this raised: "frame shape None")
+    with pytest.raises(FrameError, match=r"frame shape \(2,\)"):
+        b.write(np.zeros((3, 2), np.int16))
+    c = ocycle.NumpyEmit(noop, 4, shape=(2,))
+    with pytest.raises(FrameError, match=r"this stream holds dtype float32 and frame shape \(2,\)"):
+        c.write(np.zeros((3, 3), np.float32))  # the declared shape is kept (it was overwritten by the frame's)
+    c.write(np.zeros((3, 2), np.float32))
+    assert c.kind.dtype == np.float32 and c.stats().written == 3

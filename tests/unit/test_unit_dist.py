@@ -208,8 +208,23 @@ def test_wire_round_trips_numpy_arrays_exactly(no_pickle: None, array: np.ndarra
         Path("/tmp"),
         1 + 2j,
         2**64,
+        np.zeros(2, dtype=[("left", "<i2"), ("right", "<i2")]),
+        np.ma.masked_array([1.0, 2.0], mask=[False, True]),
+        np.zeros(2, dtype=np.dtype("<f4", metadata={"unit": "Pa"})),
+        [np.zeros(2, dtype=[("x", "<f8")])],  # a list item, as a ListEmit chunk holds
     ],
-    ids=["object-array", "nested-object-array", "object", "path", "complex", "int-too-big"],
+    ids=[
+        "object-array",
+        "nested-object-array",
+        "object",
+        "path",
+        "complex",
+        "int-too-big",
+        "structured",
+        "masked",
+        "dtype-metadata",
+        "structured-item",
+    ],
 )
 def test_wire_refuses_what_it_cannot_encode_without_pickle(no_pickle: None, value: Any) -> None:
     with pytest.raises(EncodeError):
@@ -226,6 +241,48 @@ def test_wire_never_unpickles(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017  (msgpack's own error: the bytes are not msgpack)
         wire.loads(pickle.dumps(Exploit()))
     assert not marker.exists()
+
+
+def test_numpy_dtypes_the_wire_carries_by_their_dtype_string_round_trip() -> None:
+    for dtype in ("<M8[ns]", "<m8[s]", "|V4", ">i4", "<f2", "<c16", "|b1"):
+        array = np.zeros(3, dtype=dtype)
+        back = wire.loads(wire.dumps(array))
+        assert back.dtype == array.dtype and back.dtype.str == dtype, dtype
+
+
+STRUCTURED = np.dtype([("left", "<i2"), ("right", "<i2")])
+
+
+def test_a_structured_dtype_is_refused_at_write_in_celery_mode(make: Any) -> None:
+    emitter, _ = make(new=ocycle.NumpyIO)
+    with pytest.raises(ocycle.FrameError, match="cannot be sent to a remote task: a structured dtype would lose"):
+        emitter.write(np.zeros((4,), dtype=STRUCTURED))
+    stats = emitter.stats()
+    assert (stats.written, stats.emitted) == (0, 0)
+    emitter.write(np.arange(4, dtype=np.int16))  # the stream goes on, with a dtype the wire carries
+    assert emitter.stats().emitted == 1
+
+
+def test_a_declared_structured_dtype_is_a_config_error_in_celery_mode(broker: str) -> None:
+    with pytest.raises(ConfigError, match="a dtype the wire carries faithfully") as excinfo:
+        ocycle.NumpyEmit("workers.tasks.echo", 4, mode="celery", broker=broker, dtype=STRUCTURED)
+    assert excinfo.value.param == "dtype"
+    local = ocycle.NumpyEmit(lambda v, t0: v, 4, dtype=STRUCTURED, mode="thread")
+    with pytest.raises(ConfigError, match="a dtype the wire carries faithfully"):
+        local.open(mode="celery", reopen=True)
+    local.close()
+
+
+def test_a_tap_checks_frames_for_its_remote_emitters(make: Any) -> None:
+    remote, _ = make(new=ocycle.NumpyIO)
+    seen: list[Any] = []
+    local = ocycle.NumpyEmit(lambda v, t0: seen.append(v), 4)
+    tap = ocycle.Tap(local, remote)
+    with pytest.raises(ocycle.FrameError, match="structured dtype"):
+        tap.write(np.zeros((4,), dtype=STRUCTURED))
+    assert local.stats().written == 0 and remote.stats().written == 0
+    with pytest.raises(ocycle.FrameError, match="masked array"):
+        tap.write(np.ma.masked_array(np.zeros(4), mask=[0, 1, 0, 0]))
 
 
 # ---- publisher -------------------------------------------------------------------------------------------
