@@ -111,7 +111,8 @@ class BufferEmit:
         hop: open a window every ``hop`` elements (overlapping windows when ``hop < size``); implies clip.
             From 1 to ``size``.
         rate: elements per second; a chunk's t0 is then ``t0 of the write it starts in + offset / rate``.
-        on_error: ``on_error(exc)`` when a callback raises (``meta=`` if it asks); logged when None.
+        on_error: ``on_error(exc)`` when a callback raises, or its chunk cannot be handed to the executor
+            (``EncodeError``: over ``max_chunk_bytes``, or not encodable), ``meta=`` if it asks; logged when None.
         max_inflight: chunks in flight (handed to the executor, not finished) at most.
         policy: when ``max_inflight`` is reached: ``'block'`` the writer, ``'drop_oldest'`` queued
             chunk or ``'drop_newest'``. Drops are counted in ``stats().dropped``.
@@ -289,6 +290,9 @@ class BufferEmit:
         kwargs = {"meta": meta} if self._meta_cb or executor.wants_meta else {}
         try:
             future = executor.submit(self.callback, value, meta.t0, **kwargs)
+        except Exception as exc:  # the chunk's outcome, counted and reported; the stream goes on
+            self._settle(meta, buffer, "failed", exc)
+            return
         except BaseException:
             self._inflight.unemit(meta.seq)
             self._release(buffer)

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from ..chunk import Chunk
-from ..errors import ConfigError, DeliveryError, RemoteTaskError
+from ..errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
 from ..executors.base import ChunkExecutor
 from . import listener
 from .protocol import claim_key, encode_chunk, is_claimed, reply_key
@@ -105,12 +105,20 @@ class CeleryExecutor(ChunkExecutor):
     # ---- the producer's side --------------------------------------------------------------------------
 
     def submit(self, task: Any, value: Any, t0: float, *, meta: Chunk) -> Future[Any]:
-        """Keep the chunk (on disk with a spool) and queue its task; the Future resolves with its result."""
+        """Keep the chunk (on disk with a spool) and queue its task; the Future resolves with its result.
+
+        A chunk that cannot be encoded, or is over ``max_chunk_bytes``, gets a Future failed with EncodeError.
+        """
         name = task_name(task)
         if self._closing:
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
-        entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings))
-        return self._track(entry, new=True)
+        try:
+            chunk = encode_chunk(value, self.settings)
+        except EncodeError as exc:  # this chunk's outcome (on_error, counted as failed), not the stream's
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            return failed
+        return self._track(Entry(str(uuid.uuid4()), name, meta, chunk), new=True)
 
     def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any]]]:
         """Take over the chunks of ``stream`` an earlier producer left in the spool; they are sent again."""

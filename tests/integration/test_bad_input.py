@@ -6,6 +6,7 @@ Each error names what is wrong, is raised at the call that caused it, and loses 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -48,17 +49,20 @@ def test_a_task_that_is_not_a_name_or_a_task_fails_at_construction(task: Any) ->
         ocycle.BufferEmit(task, 4, mode="celery", broker="redis://127.0.0.1:9/0")
 
 
-def test_a_chunk_over_the_producers_limit_fails_its_write_and_keeps_earlier_chunks(topology: Any) -> None:
+def test_a_chunk_over_the_producers_limit_is_a_failed_chunk_and_the_others_are_processed(topology: Any) -> None:
     done, errors, kw = collect({})
     settings = Settings(broker_url=topology.url, max_chunk_bytes=100)
     b = ocycle.BufferEmit("workers.tasks.echo", 50, mode="celery", settings=settings, **kw)
     b.write(b"x" * 50, t0=1.0)  # 50 bytes: fits
-    with pytest.raises(ocycle.EncodeError, match=r"chunk of \d+ bytes exceeds max_chunk_bytes=100"):
-        b.write(b"y" * 120, t0=2.0)  # 120 bytes in one chunk (no clip): over
-    b.write(b"z" * 60, t0=3.0)  # the stream goes on
+    b.write(b"w" * 30, t0=2.0)  # opens the next window
+    b.write(b"y" * 90, t0=3.0)  # 120 bytes in one chunk (no clip): over; write() returns, on_error gets it
+    b.write(b"z" * 60, t0=4.0)  # the stream goes on
     b.close()
     assert sorted(r[0] for r in done) == [b"x" * 50, b"z" * 60]  # workers answer in any order
-    assert errors == []
+    assert len(errors) == 1 and isinstance(errors[0], ocycle.EncodeError)
+    assert re.fullmatch(r"chunk of 12\d bytes exceeds max_chunk_bytes=100", str(errors[0]))
+    stats = b.stats()
+    assert (stats.emitted, stats.done, stats.failed, stats.dropped, stats.in_flight) == (3, 2, 1, 0, 0)
 
 
 def test_a_chunk_over_the_workers_limit_is_refused_there(strict_worker: Settings) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import sqlite3
 import threading
 import time
@@ -116,13 +117,18 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
     executors: list[Any] = []
 
     def build(
-        *, stream: str | None = None, settings: dict[str, Any] | None = None, **options: Any
+        *,
+        stream: str | None = None,
+        settings: dict[str, Any] | None = None,
+        size: int = 4,
+        clip: bool = True,
+        **options: Any,
     ) -> tuple[ocycle.BufferEmit, Collector]:
         collector = Collector()
         emitter = ocycle.BufferEmit(
             "workers.tasks.echo",
-            4,
-            clip=True,
+            size,
+            clip=clip,
             mode="celery",
             settings=Settings(broker_url=broker, **(settings or {})),
             stream=stream or f"unit-{uuid.uuid4().hex[:8]}",
@@ -468,6 +474,81 @@ def test_a_cancelled_chunk_leaves_the_spool(make: Any, admin: Any, tmp_path: Pat
     assert got.done_seqs == [1, 2]
     wait_for(lambda: spool_rows(tmp_path, emitter.stream) == [], what="the spool emptied")
     assert_accounted(emitter, 3)
+
+
+def test_a_chunk_over_max_chunk_bytes_is_a_failed_chunk_and_loses_nothing_else(make: Any, admin: Any) -> None:
+    emitter, got = make(settings={"max_chunk_bytes": 2000}, size=1000, clip=False)  # a chunk ends with its write
+    emitter.write(b"a" * 1000, t0=1.0)  # a chunk of 1000 bytes: fits
+    emitter.write(b"b" * 500, t0=2.0)  # opens the next window
+    emitter.write(b"c" * 2000, t0=3.0)  # completes it: 2500 elements, over the limit once encoded
+    emitter.write(b"d" * 1000, t0=4.0)  # the stream goes on
+    ((seq, exc),) = got.errors
+    assert seq == 1 and isinstance(exc, EncodeError)
+    assert re.fullmatch(r"chunk of 250\d bytes exceeds max_chunk_bytes=2000", str(exc))
+    stats = emitter.stats()
+    assert (stats.written, stats.emitted, stats.failed, stats.in_flight, stats.buffered) == (4500, 3, 1, 2, 0)
+    messages = wait_for(lambda: len(q := queued(admin)) == 2 and q, what="the two good chunks sent")
+    assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 2]
+    for message in messages:
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    assert got.done_seqs == [0, 2]
+    assert_accounted(emitter, 3)
+
+
+def test_a_list_item_that_cannot_be_encoded_fails_its_chunk_only(broker: str, admin: Any) -> None:
+    got = Collector()
+    emitter = ocycle.ListEmit(
+        "workers.tasks.echo",
+        2,
+        clip=True,
+        mode="celery",
+        settings=Settings(broker_url=broker),
+        on_done=got.on_done,
+        on_error=got.on_error,
+    )
+    try:
+        emitter.write([1, object(), 3, 4], t0=1.0)  # the first chunk holds an object
+        ((seq, exc),) = got.errors
+        assert seq == 0 and isinstance(exc, EncodeError) and "builtins.object cannot be encoded" in str(exc)
+        (message,) = wait_for(lambda: queued(admin), what="the second chunk sent")
+        assert message["headers"]["ocycle"]["seq"] == 1
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+        assert emitter.wait(10)
+        assert got.done_seqs == [1]
+        assert_accounted(emitter, 2)
+    finally:
+        executor = emitter.executor
+        emitter.close(wait=False)
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+class RaisingExecutor(ocycle.executors.ChunkExecutor):
+    """An executor whose submit() raises for odd chunks."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures import Future
+
+        if kwargs["meta"].seq % 2:
+            raise EncodeError("odd chunks cannot be encoded")
+        future: Future[Any] = Future()
+        future.set_result(args[0])
+        return future
+
+    wants_meta = True
+
+
+def test_any_executor_whose_submit_raises_fails_that_chunk_and_the_stream_goes_on() -> None:
+    got = Collector()
+    b = ocycle.BufferEmit(
+        lambda v, t0: v, 2, clip=True, mode=RaisingExecutor(), on_done=got.on_done, on_error=got.on_error
+    )
+    b.write(b"abcdefgh", t0=1.0)
+    assert got.done_seqs == [0, 2] and [(seq, str(exc)) for seq, exc in got.errors] == [
+        (1, "odd chunks cannot be encoded"),
+        (3, "odd chunks cannot be encoded"),
+    ]
+    assert_accounted(b, 4)
 
 
 def die(executor: Any) -> None:
