@@ -38,7 +38,9 @@ class Settings(EnvSettings):
     """How the distributed path is wired. Seconds are floats, sizes are bytes.
 
     Attributes:
-        broker_url: the Redis URL (``redis://:password@host:port/db``, ``rediss://`` for TLS).
+        broker_url: the Redis URL (``redis://:password@host:port/db``, ``rediss://`` for TLS,
+            ``unix://:password@/path/redis.sock?db=0`` for a Unix socket: the workers' Celery app gets it as
+            kombu spells it, ``redis+socket://``).
         queue: the Celery queue the chunks' tasks go to.
         claim_threshold: an encoded chunk larger than this is stored in Redis under its own key and the
             task carries only the key (a claim check), so big chunks skip the envelope's base64.

@@ -16,7 +16,9 @@ def ping(broker: str, names: list[str], timeout: float = 1.0) -> set[str]:
     """The node names among ``names`` (``name@host``; or plain ``name``) answering a Celery ping on ``broker``."""
     from celery import Celery
 
-    app = Celery("ocycle-ping", broker=broker, set_as_current=False)
+    from ..remote.redis_client import kombu_url
+
+    app = Celery("ocycle-ping", broker=kombu_url(broker), set_as_current=False)
     app.conf.broker_connection_retry_on_startup = False
     try:
         with app.connection_for_write() as conn:

@@ -16,7 +16,7 @@ import pytest
 
 import ocycle_dist as ocycle
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.testing import Worker
+from ocycle_dist.testing import RedisServer, Worker
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,20 @@ def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() ->
         b.executor.shutdown(wait=False, cancel_futures=True)
         b.close(wait=False)
     assert b.stats().dropped == 200  # given up on purpose: counted
+
+
+def test_a_unix_socket_url_serves_the_producer_and_the_workers(redis_server_required: None) -> None:
+    with RedisServer(password="sock-pw", unixsocket=True) as server:
+        url = server.unix_url  # unix://:sock-pw@/tmp/.../redis.sock?db=0, redis-py's spelling
+        worker = Worker(url, name="unixsock", env={"OCYCLE_QUEUE": "unixq"}).start()  # was: "No such transport"
+        try:
+            done, errors, kw = collect({})
+            settings = Settings(broker_url=url, queue="unixq")
+            with ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", settings=settings, **kw) as b:
+                b.write(b"abcdefgh", t0=1.0)
+            assert sorted(r[0] for r in done) == [b"abcd", b"efgh"] and errors == []
+            log = worker.log.read_text()
+            assert "Connected to redis+socket://" in log and "No such transport" not in log
+        finally:
+            worker.stop()
+            worker.log.unlink(missing_ok=True)

@@ -620,6 +620,33 @@ def test_a_spool_dir_that_is_not_writable_is_a_config_error_naming_spool(broker:
 
 
 @pytest.mark.parametrize(
+    ("unix", "kombu", "path", "db"),
+    [
+        ("unix:///run/redis.sock", "redis+socket:///run/redis.sock", "/run/redis.sock", 0),
+        ("unix://:pw@/run/redis.sock?db=3", "redis+socket://:pw@/run/redis.sock?virtual_host=3", "/run/redis.sock", 3),
+        (
+            "unix://u:p%40ss@/tmp/r.sock?db=1&health_check_interval=5",
+            "redis+socket://u:p%40ss@/tmp/r.sock?virtual_host=1&health_check_interval=5",
+            "/tmp/r.sock",
+            1,
+        ),
+    ],
+)
+def test_a_unix_socket_url_is_spelled_for_kombu_and_back(unix: str, kombu: str, path: str, db: int) -> None:
+    from ocycle_dist.remote.redis_client import kombu_url, redis_py_url
+    from ocycle_dist.remote.worker import make_app
+
+    assert kombu_url(unix) == kombu and redis_py_url(kombu) == unix
+    assert kombu_url("redis://h:1/0") == "redis://h:1/0" == redis_py_url("redis://h:1/0")
+    assert make_app(Settings(broker_url=unix)).conf.broker_url == kombu  # the workers' transport knows it
+    for url in (unix, kombu):  # the producer takes either spelling
+        client = connect(url)
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["path"], int(kwargs.get("db", 0))) == (path, db)
+        client.close()
+
+
+@pytest.mark.parametrize(
     "options",
     [
         {"broker": "redis//x"},
