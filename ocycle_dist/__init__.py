@@ -14,6 +14,7 @@ from .errors import (
     FrameError,
     OcycleError,
     RemoteTaskError,
+    SpoolError,
 )
 from .executors import EXECUTORS, SerialExecutor
 from .stats import Stats
@@ -44,6 +45,7 @@ __all__ = [
     "OcycleError",
     "RemoteTaskError",
     "SerialExecutor",
+    "SpoolError",
     "Stats",
     "Tap",
     "__version__",

@@ -18,10 +18,11 @@ class Stats:
         emitted: chunks formed.
         in_flight: chunks handed to the executor, or waiting for it, not finished.
         done: chunks whose callback returned.
-        failed: chunks whose callback raised.
+        failed: chunks whose callback raised, or that could not be handed over (EncodeError, SpoolError).
         dropped: chunks dropped by a policy: the overload policy (``drop_oldest``/``drop_newest``) or a
             full spool's (``reject_newest``/``drop_oldest``).
-        spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode).
+        spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode); with a
+            durable spool, the bytes they take on disk (its database pages in use).
         latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
         latency_p99: the same, 99th percentile.
         t0_overlaps: writes (with ``rate``) whose t0 fell before the end of the previous write (its t0 + its

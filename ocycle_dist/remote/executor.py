@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from ..chunk import Chunk
-from ..errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
+from ..errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError, SpoolError
 from ..executors.base import ChunkExecutor
 from . import listener
 from .protocol import claim_key, encode_chunk, is_claimed, reply_key
@@ -107,18 +107,18 @@ class CeleryExecutor(ChunkExecutor):
     def submit(self, task: Any, value: Any, t0: float, *, meta: Chunk) -> Future[Any]:
         """Keep the chunk (on disk with a spool) and queue its task; the Future resolves with its result.
 
-        A chunk that cannot be encoded, or is over ``max_chunk_bytes``, gets a Future failed with EncodeError.
+        A chunk that cannot be encoded, or is over ``max_chunk_bytes``, gets a Future failed with EncodeError;
+        one the durable spool cannot keep (disk full), a Future failed with SpoolError.
         """
         name = task_name(task)
         if self._closing:
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
         try:
-            chunk = encode_chunk(value, self.settings)
-        except EncodeError as exc:  # this chunk's outcome (on_error, counted as failed), not the stream's
+            return self._track(Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings)), new=True)
+        except (EncodeError, SpoolError) as exc:  # this chunk's outcome (on_error, counted as failed), not the stream's
             failed: Future[Any] = Future()
             failed.set_exception(exc)
             return failed
-        return self._track(Entry(str(uuid.uuid4()), name, meta, chunk), new=True)
 
     def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any]]]:
         """Take over the chunks of ``stream`` an earlier producer left in the spool; they are sent again."""
@@ -127,18 +127,20 @@ class CeleryExecutor(ChunkExecutor):
     def _track(self, entry: Entry, *, new: bool) -> Future[Any]:
         future: Future[Any] = Future()
         evicted: list[Future[Any]] = []
-        with self._cond:
-            if new and not self._make_room(len(entry.chunk), evicted):
-                self.counts["spool_dropped"] += 1
-                future.cancel()  # the emitter counts it as dropped
-            else:
-                if new:
-                    self.spool.add(entry)
-                self._futures[entry.id] = future
-                self._queue.append(entry)
-                self._cond.notify()
-        for old in evicted:
-            old.cancel()
+        try:
+            with self._cond:
+                if new and not self._make_room(len(entry.chunk), evicted):
+                    self.counts["spool_dropped"] += 1
+                    future.cancel()  # the emitter counts it as dropped
+                else:
+                    if new:
+                        self.spool.add(entry)
+                    self._futures[entry.id] = future
+                    self._queue.append(entry)
+                    self._cond.notify()
+        finally:  # chunks evicted to make room are dropped even if the new one could not be kept
+            for old in evicted:
+                old.cancel()
         if not future.cancelled():
             future.add_done_callback(partial(self._discard, entry.id))
             self._listener.listen(reply_key(entry.meta.stream))

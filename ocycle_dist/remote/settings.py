@@ -54,7 +54,8 @@ class Settings(EnvSettings):
         max_attempts: sends of one chunk before it fails with DeliveryError.
         task_time_limit: seconds a chunk's task may run before its worker process is killed (0: no limit).
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
-        spool_max_bytes: the spool's budget of chunk bytes (0: no limit).
+        spool_max_bytes: the spool's budget (0: no limit): of chunk bytes in memory; on disk, of the bytes the
+            chunks take there, the files staying under it + 1/16 of it + twice the largest chunk + 96 KiB.
         spool_policy: when the budget is full: ``reject_newest`` or ``drop_oldest`` (counted).
     """
 

@@ -14,7 +14,9 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +29,7 @@ import pytest
 
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
-from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
+from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError, SpoolError
 from ocycle_dist.remote import listener, wire
 from ocycle_dist.remote.protocol import claim_key, reply_key
 from ocycle_dist.remote.publisher import publish
@@ -726,3 +728,122 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
         executor.shutdown(wait=False, cancel_futures=True)
         executor._dispatcher.join(10)
     assert not executor._dispatcher.is_alive()
+
+
+# ---- the durable spool: its directory deleted, the disk full, its footprint (issue 10) ------------------------
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+def test_a_spool_directory_deleted_mid_run_is_written_again_and_a_restart_adopts_every_chunk(
+    make: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    settings = {"spool_dir": str(directory), "resend_after": 60.0}  # no reply comes: all 300 stay pending
+    first, got1 = make(stream="vanish", settings=settings, max_inflight=1000)
+    for i in range(150):
+        first.write(b"%04d" % i)
+    shutil.rmtree(directory)  # e.g. a tmp cleaner
+    for i in range(150, 300):
+        first.write(b"%04d" % i)  # nothing raises
+    assert len(warnings_of(caplog, "vanished")) == 1
+    assert "writing it again with the 150 chunks pending" in warnings_of(caplog, "vanished")[0]
+    assert spool_rows(directory, "vanish") == list(range(300))
+    assert got1.errors == [] and first.stats().in_flight == 300
+    old = first.executor
+    first.close(wait=False)
+    die(old)  # the producer stops; a new one starts on the same directory and stream
+    second, _ = make(stream="vanish", settings=settings, max_inflight=1000)
+    assert second.stats().emitted == 300 and second.stats().in_flight == 300  # was 0
+
+
+def test_a_spool_directory_that_cannot_be_written_again_fails_the_chunk_with_a_spool_error(
+    make: Any, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    emitter, got = make(settings={"spool_dir": str(directory), "resend_after": 60.0})
+    emitter.write(b"aaaa")
+    shutil.rmtree(directory)
+    directory.write_text("a file where the directory was")
+    emitter.write(b"bbbb")  # returns: the chunk fails
+    ((seq, exc),) = got.errors
+    assert seq == 1 and isinstance(exc, SpoolError) and isinstance(exc, OSError)
+    assert "vanished and cannot be written again" in str(exc)
+    directory.unlink()
+    emitter.write(b"cccc")  # the directory can be made again: written with every chunk pending
+    assert spool_rows(directory, emitter.stream) == [0, 2]
+    stats = emitter.stats()
+    assert (stats.emitted, stats.in_flight, stats.failed, stats.dropped) == (3, 2, 1, 0)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on a 4 MiB filesystem: a tmpfs mounted there (as root); where mounting is not allowed, the
+    spool is told its disk has 4 MiB minus what its files take (SQLite then fails the same way)."""
+    from ocycle_dist.remote import spool
+
+    directory = tmp_path / "small"
+    directory.mkdir()
+    mounted = False
+    if os.geteuid() == 0 and shutil.which("mount"):
+        mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(directory)]
+        mounted = subprocess.run(mount, capture_output=True).returncode == 0
+    if not mounted:
+        monkeypatch.setattr(spool, "_free_bytes", lambda d: max(0, (4 << 20) - footprint(d)))
+    try:
+        yield directory
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recovers(
+    make: Any, admin: Any, small_disk: Path
+) -> None:
+    emitter, got = make(settings={"spool_dir": str(small_disk), "resend_after": 60.0}, size=16384, max_inflight=1000)
+    for i in range(400):  # 400 chunks of 16 KiB: more than the disk holds
+        emitter.write(bytes([i % 256]) * 16384)  # never raises
+    stats = emitter.stats()
+    assert stats.emitted == 400 and stats.dropped == 0
+    assert 0 < stats.failed < 400 and stats.in_flight == 400 - stats.failed  # every chunk counted
+    assert all(type(exc) is SpoolError and "the disk is full" in str(exc) for _, exc in got.errors), got.errors[:1]
+    assert len(spool_rows(small_disk, emitter.stream)) == stats.in_flight  # what was kept is on disk
+    messages = wait_for(lambda: len(q := queued(admin)) == stats.in_flight and q, what="the kept chunks sent")
+    for message in messages:  # their results come back: the spool empties
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    wait_for(lambda: spool_rows(small_disk, emitter.stream) == [], what="the spool emptied on disk")
+    failed = emitter.stats().failed
+    for i in range(400, 410):
+        emitter.write(bytes([i % 256]) * 16384)  # and keeps new chunks again
+    assert emitter.stats().failed == failed and emitter.stats().in_flight == 10
+    assert spool_rows(small_disk, emitter.stream) == list(range(400, 410))
+
+
+def footprint(directory: Path) -> int:
+    """Bytes of every file in the spool's directory (database, WAL, shared-memory index)."""
+    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+
+
+@pytest.mark.parametrize("policy", ["reject_newest", "drop_oldest"])
+@pytest.mark.parametrize(
+    ("budget", "size", "writes"), [(20000, 16, 600), (20000, 400, 300), (20000, 5000, 40), (1_000_000, 400, 3000)]
+)
+def test_spool_max_bytes_bounds_the_files_on_disk(
+    make: Any, tmp_path: Path, policy: str, budget: int, size: int, writes: int
+) -> None:
+    settings = {"spool_dir": str(tmp_path), "spool_max_bytes": budget, "spool_policy": policy, "resend_after": 60.0}
+    emitter, got = make(settings=settings, size=size, max_inflight=writes)
+    chunk = len(wire.dumps(b"x" * size))
+    bound = budget + min(budget // 16, 4 << 20) + 2 * chunk + 96 * 1024  # the README's
+    peak = 0
+    for i in range(writes):  # no reply comes: the budget fills up, then the policy drops
+        emitter.write(bytes([i % 256]) * size)
+        peak = max(peak, footprint(tmp_path))
+    stats = emitter.stats()
+    assert stats.dropped > 0 and stats.failed == 0 and got.errors == []
+    assert stats.emitted == writes == stats.in_flight + stats.dropped
+    assert stats.spooled_bytes <= budget + chunk + 4096
+    assert peak <= bound, f"{peak} bytes on disk, over {bound} (budget {budget})"  # was 222 KB to 4.1 MB
