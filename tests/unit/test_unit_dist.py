@@ -16,7 +16,6 @@ import pickle
 import re
 import shutil
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.spool import Entry
 from ocycle_dist.testing import free_port
 from ocycle_dist.testing.embedded import embedded_broker
-from tests.helpers import wait_for
+from tests.helpers import footprint, wait_for
 
 # ---- helpers ---------------------------------------------------------------------------------------------
 
@@ -778,27 +777,6 @@ def test_a_spool_directory_that_cannot_be_written_again_fails_the_chunk_with_a_s
     assert (stats.emitted, stats.in_flight, stats.failed, stats.dropped) == (3, 2, 1, 0)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory on a 4 MiB filesystem: a tmpfs mounted there (as root); where mounting is not allowed, the
-    spool is told its disk has 4 MiB minus what its files take (SQLite then fails the same way)."""
-    from ocycle_dist.remote import spool
-
-    directory = tmp_path / "small"
-    directory.mkdir()
-    mounted = False
-    if os.geteuid() == 0 and shutil.which("mount"):
-        mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(directory)]
-        mounted = subprocess.run(mount, capture_output=True).returncode == 0
-    if not mounted:
-        monkeypatch.setattr(spool, "_free_bytes", lambda d: max(0, (4 << 20) - footprint(d)))
-    try:
-        yield directory
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(directory)], check=True)
-
-
 def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recovers(
     make: Any, admin: Any, small_disk: Path
 ) -> None:
@@ -820,11 +798,6 @@ def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recove
         emitter.write(bytes([i % 256]) * 16384)  # and keeps new chunks again
     assert emitter.stats().failed == failed and emitter.stats().in_flight == 10
     assert spool_rows(small_disk, emitter.stream) == list(range(400, 410))
-
-
-def footprint(directory: Path) -> int:
-    """Bytes of every file in the spool's directory (database, WAL, shared-memory index)."""
-    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
 
 
 @pytest.mark.parametrize("policy", ["reject_newest", "drop_oldest"])
