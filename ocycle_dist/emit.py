@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import pickle
 import socket
@@ -76,8 +77,8 @@ def _sampler(value: Any) -> Callable[[], float] | None:
         return None
     if callable(value):
         return value  # type: ignore[no-any-return]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError("sampler", value, "seconds >= 0 or a callable returning them")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError("sampler", value, "seconds >= 0 (finite) or a callable returning them")
     return lambda: value  # type: ignore[no-any-return]
 
 
@@ -158,8 +159,10 @@ class BufferEmit:
         if self.hop > self.size:
             raise ConfigError("hop", hop, f"an integer from 1 to size={self.size}")
         self.clip = bool(clip) or hop is not None
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
-            raise ConfigError("rate", rate, "a positive number of elements per second, or None")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+        ):
+            raise ConfigError("rate", rate, "a positive, finite number of elements per second, or None")
         self.rate = rate
         check_mode(mode)
         if policy not in POLICIES:

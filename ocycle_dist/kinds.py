@@ -218,7 +218,18 @@ def _kind_for(new: Callable[[], Any] | None, dtype: Any, shape: Any) -> Kind:
         return ListKind()
     if new is NumpyIO:
         return NumpyKind(dtype, shape)
-    sample = new().getvalue()  # a custom factory: judge by what its buffers hold
+    try:  # a custom factory: judge by what its buffers hold
+        buffer = new()
+        sample = buffer.getvalue()
+        if not callable(getattr(buffer, "write", None)):
+            raise TypeError("its buffers have no write()")
+    except Exception as exc:
+        raise ConfigError(
+            "new",
+            new,
+            "a buffer factory whose buffers have write() and getvalue(), such as io.BytesIO, io.StringIO, ListIO"
+            f" or NumpyIO ({type(exc).__name__}: {exc})",
+        ) from None
     for kind in (BytesKind(), TextKind(), ListKind()):
         if isinstance(sample, kind.fast_type or list):
             return kind

@@ -252,7 +252,7 @@ class Windows:
             ConfigError: it returned something else than seconds >= 0 (or whatever it raised itself).
         """
         delay = self.sampler() if self.sampler else 0.0
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
             raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
         return float(delay)
 

@@ -88,7 +88,7 @@ def test_unknown_policy_lists_the_valid_policies():
         assert repr(name) in str(excinfo.value)
 
 
-@pytest.mark.parametrize("rate", [0, -1.0, 0.0, "fast", True])
+@pytest.mark.parametrize("rate", [0, -1.0, 0.0, "fast", True, math.inf, math.nan])
 def test_bad_rate(rate):
     with pytest.raises(ConfigError) as excinfo:
         ocycle.BufferEmit(noop, 4, rate=rate)
@@ -102,7 +102,7 @@ def test_bad_pool_limits(param, value):
     assert_config_error(excinfo, param, value)
 
 
-@pytest.mark.parametrize("sampler", [-1, -0.5, "x", True])
+@pytest.mark.parametrize("sampler", [-1, -0.5, "x", True, math.inf, math.nan])
 def test_bad_sampler_at_construction(sampler):
     with pytest.raises(ConfigError) as excinfo:
         ocycle.BufferEmit(noop, 4, sampler=sampler)
@@ -201,7 +201,7 @@ def test_invalid_t0_is_rejected_and_the_frame_not_kept():
 # ---- sampler ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [-1, "x", None])
+@pytest.mark.parametrize("bad", [-1, "x", None, math.inf])
 def test_sampler_returning_a_bad_delay_refuses_the_write_whole(bad):
     rec = Recorder()
     b = ocycle.BufferEmit(rec, 4, clip=True, sampler=lambda: bad)
@@ -603,3 +603,15 @@ def test_a_declared_dtype_alone_or_shape_alone_is_kept_and_the_rest_taken_from_t
         c.write(np.zeros((3, 3), np.float32))  # the declared shape is kept (it was overwritten by the frame's)
     c.write(np.zeros((3, 2), np.float32))
     assert c.kind.dtype == np.float32 and c.stats().written == 3
+
+
+class NoWrite:
+    def getvalue(self):
+        return b""
+
+
+@pytest.mark.parametrize("new", [42, lambda: 5, dict, NoWrite], ids=["int", "lambda", "dict", "no-write"])
+def test_a_new_that_is_no_buffer_factory(new):
+    with pytest.raises(ConfigError, match="a buffer factory whose buffers have write") as excinfo:
+        ocycle.BufferEmit(noop, 4, new=new)
+    assert excinfo.value.param == "new"
