@@ -536,7 +536,8 @@ def test_a_full_spool_disk_fails_chunks_counted_and_recovers_as_results_come_bac
 
     c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
     assert emitter.wait(60), emitter.stats()
-    assert len(got.done) == kept and spool_count(small_disk) == 0  # the spool deleted them on its full disk
+    assert len(got.done) == kept
+    wait_for(lambda: spool_count(small_disk) == 0, 10, "the spool emptied on its full disk")  # right after on_done
     for i in range(400, 450):  # and keeps new chunks again
         emitter.write(bytes([i % 256]) * 16384)
     assert emitter.wait(60), emitter.stats()
