@@ -802,7 +802,7 @@ def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recove
 
 @pytest.mark.parametrize("policy", ["reject_newest", "drop_oldest"])
 @pytest.mark.parametrize(
-    ("budget", "size", "writes"), [(20000, 16, 600), (20000, 400, 300), (20000, 5000, 40), (1_000_000, 400, 3000)]
+    ("budget", "size", "writes"), [(20000, 16, 400), (20000, 400, 300), (20000, 5000, 40), (1_000_000, 400, 3000)]
 )
 def test_spool_max_bytes_bounds_the_files_on_disk(
     make: Any, tmp_path: Path, policy: str, budget: int, size: int, writes: int
