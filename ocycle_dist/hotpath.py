@@ -73,12 +73,15 @@ class Appender:
 
 
 def appender_class() -> type:
-    """The C Appender when built and not disabled by ``OCYCLE_PURE_PYTHON=1``, else the Python one."""
+    """The C Appender when built and not disabled by ``OCYCLE_PURE_PYTHON=1``, else the Python one.
+
+    A C module built from an older ``_speedups.c`` (without the t0 checks: no ``last_end``) is not used.
+    """
     if os.environ.get("OCYCLE_PURE_PYTHON") != "1":
         try:
             from ._speedups import Appender as CAppender
-
-            return CAppender  # type: ignore[no-any-return]
         except ImportError:
-            pass
+            return Appender
+        if all(hasattr(CAppender, name) for name in ("last_t0", "last_end", "inv_rate")):
+            return CAppender  # type: ignore[no-any-return]
     return Appender

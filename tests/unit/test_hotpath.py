@@ -70,6 +70,17 @@ def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert hotpath.appender_class() is hotpath.Appender
 
 
+def test_a_c_module_built_from_an_older_source_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    class OldAppender:  # what _speedups.c built before the t0 checks has: no last_t0, last_end, inv_rate
+        __slots__ = ("due", "ends", "fast_type", "other", "segs", "threshold")
+
+    monkeypatch.setitem(sys.modules, "ocycle_dist._speedups", types.SimpleNamespace(Appender=OldAppender))
+    assert hotpath.appender_class() is hotpath.Appender
+
+
 T0S = st.one_of(
     st.none(),
     st.floats(min_value=0.0, max_value=50.0),
