@@ -15,6 +15,7 @@ from .errors import (
     FrameError,
     OcycleError,
     RemoteTaskError,
+    SpoolError,
 )
 from .executors import EXECUTORS, SerialExecutor
 from .stats import Stats
@@ -46,6 +47,7 @@ __all__ = [
     "OcycleError",
     "RemoteTaskError",
     "SerialExecutor",
+    "SpoolError",
     "Stats",
     "Tap",
     "__version__",

@@ -1,10 +1,12 @@
 /* The write() hot path of BufferEmit in C: the same logic as ocycle_dist/hotpath.py (the reference,
- * used when this module is not built). A frame of the stream's exact type is appended to `segs`, its end
- * position to `ends`; `due(n, t0)` is called when the end reaches `threshold`; any other frame goes to
- * `other(data, t0)`, which checks and converts it in Python. */
+ * used when this module is not built). A frame of the stream's exact type whose t0 is None, or an exact
+ * float/int that is finite and not before `last_end`, is appended to `segs`, its end position to `ends`;
+ * `due(n, t0)` is called when the end reaches `threshold`; any other frame or t0 goes to
+ * `other(data, t0)`, which checks and converts it in Python (and rejects a bad t0 before keeping anything). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <float.h>
 
 typedef struct {
     PyObject_HEAD
@@ -14,6 +16,9 @@ typedef struct {
     Py_ssize_t threshold;
     PyObject *due;
     PyObject *other;
+    double last_t0;
+    double last_end;
+    double inv_rate;
 } Appender;
 
 static int
@@ -85,7 +90,24 @@ Appender_write(Appender *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         PyErr_SetString(PyExc_TypeError, "write() takes data and an optional t0");
         return NULL;
     }
-    if ((PyObject *)Py_TYPE(data) == self->fast_type) {
+    double t = 0.0;
+    int fast = (PyObject *)Py_TYPE(data) == self->fast_type;
+    if (fast && t0 != Py_None) {
+        if (PyFloat_CheckExact(t0)) {
+            t = PyFloat_AS_DOUBLE(t0);
+        } else if (PyLong_CheckExact(t0)) {
+            t = PyLong_AsDouble(t0);
+            if (t == -1.0 && PyErr_Occurred()) {
+                PyErr_Clear(); /* too large for a double: `other` says so */
+                fast = 0;
+            }
+        } else {
+            fast = 0;
+        }
+        if (fast && !(t >= self->last_end && t <= DBL_MAX)) /* NaN fails both */
+            fast = 0;
+    }
+    if (fast) {
         Py_ssize_t n = PyObject_Length(data);
         if (n < 0)
             return NULL;
@@ -118,7 +140,13 @@ Appender_write(Appender *self, PyObject *const *args, Py_ssize_t nargs, PyObject
             PyObject *call[2] = {n_obj, t0};
             PyObject *result = PyObject_Vectorcall(self->due, call, 2, NULL);
             Py_DECREF(n_obj);
-            return result;
+            if (result == NULL)
+                return NULL; /* last_t0, last_end as they were */
+            Py_DECREF(result);
+        }
+        if (t0 != Py_None) {
+            self->last_t0 = t;
+            self->last_end = t + (double)n * self->inv_rate;
         }
         Py_RETURN_NONE;
     }
@@ -139,6 +167,9 @@ static PyMemberDef Appender_members[] = {
     {"threshold", T_PYSSIZET, offsetof(Appender, threshold), 0, "due(n, t0) is called when the end reaches it"},
     {"due", T_OBJECT_EX, offsetof(Appender, due), 0, "called as due(n, t0)"},
     {"other", T_OBJECT_EX, offsetof(Appender, other), 0, "called as other(data, t0) for other frames"},
+    {"last_t0", T_DOUBLE, offsetof(Appender, last_t0), 0, "the t0 of the last write that gave one"},
+    {"last_end", T_DOUBLE, offsetof(Appender, last_end), 0, "when that write ended: a fast t0 is at least this"},
+    {"inv_rate", T_DOUBLE, offsetof(Appender, inv_rate), 0, "1 / rate, or 0.0 without a rate"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
+import pickle
 import socket
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -33,9 +35,14 @@ _HOST = socket.gethostname()
 LOCAL_MAX_INFLIGHT = 256  # max_inflight's default for executors that do not bound their own backlog
 
 
-def _positive_int(name: str, value: Any) -> int:
+MAX_ELEMENTS = 2**40  # the largest size and hop: about 10**12 elements, a TiB of bytes per chunk
+
+
+def _positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__") or value.__index__() <= 0:
-        raise ConfigError(name, value, "a positive integer")
+        raise ConfigError(name, value, "a positive integer" + (f" up to {maximum}" if maximum else ""))
+    if maximum is not None and value.__index__() > maximum:
+        raise ConfigError(name, value, f"a positive integer up to {maximum} (2**{maximum.bit_length() - 1})")
     return int(value.__index__())
 
 
@@ -52,13 +59,28 @@ def _optional_callable(name: str, fn: Any) -> Any:
     return fn
 
 
+def _check_picklable(mode: Any, callback: Any) -> None:
+    """A process pool pickles the callback for every chunk: refuse one that cannot be, now."""
+    if not (mode == "process" or isinstance(mode, ProcessPoolExecutor)):
+        return
+    try:
+        pickle.dumps(callback)
+    except Exception as exc:
+        raise ConfigError(
+            "callback",
+            callback,
+            f"a picklable callable for mode='process', e.g. a module-level function, not a lambda or a local"
+            f" function ({type(exc).__name__}: {exc})",
+        ) from None
+
+
 def _sampler(value: Any) -> Callable[[], float] | None:
     if value is None or value is False or value == 0:
         return None
     if callable(value):
         return value  # type: ignore[no-any-return]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError("sampler", value, "seconds >= 0 or a callable returning them")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError("sampler", value, "seconds >= 0 (finite) or a callable returning them")
     return lambda: value  # type: ignore[no-any-return]
 
 
@@ -76,21 +98,24 @@ class BufferEmit:
     Args:
         callback: called as ``callback(value, t0)``, plus ``meta=Chunk(...)`` when it has a ``meta``
             parameter. For ``mode='celery'``, a Celery task or a task name.
-        size: elements per chunk (bytes, characters, list items or numpy rows).
+        size: elements per chunk (bytes, characters, list items or numpy rows), at most 2**40.
         asbuffer: hand the callback a file-like buffer (``io.BytesIO``...) instead of the value; it is
             recycled once the callback has finished.
         clip: chunks of exactly ``size``; the remainder starts the next chunk. Without it a chunk holds
             everything up to the end of the write that filled it.
         sampler: seconds, or a callable returning seconds: after each emit, writes are ignored until the
             emitting write's t0 plus that long; the clipped leftover is skipped too. Counted in ``skipped``.
+            The callable is asked before the chunk is sent: if it raises, the write raises and keeps nothing.
         mode: ``'serial'``, ``'thread'``, ``'process'``, ``'celery'``, or an executor object.
         npool: workers of the thread or process pool (other modes do not use it).
         on_done: ``on_done(result)`` after each chunk's callback returned (``meta=`` if it asks).
         new: a buffer factory deciding the stream's kind: ``io.BytesIO`` (default), ``io.StringIO``,
             ``ListIO``, ``NumpyIO`` or any class with ``write``/``getvalue``.
         hop: open a window every ``hop`` elements (overlapping windows when ``hop < size``); implies clip.
+            From 1 to ``size``.
         rate: elements per second; a chunk's t0 is then ``t0 of the write it starts in + offset / rate``.
-        on_error: ``on_error(exc)`` when a callback raises (``meta=`` if it asks); logged when None.
+        on_error: ``on_error(exc)`` when a callback raises, or its chunk cannot be handed to the executor
+            (``EncodeError``: over ``max_chunk_bytes``, or not encodable), ``meta=`` if it asks; logged when None.
         max_inflight: chunks in flight (handed to the executor, their outcome not yet handled) at most.
             Default: 256 for the local modes; for ``mode='celery'`` no count bound (the broker holds the
             backlog; the producer's spool bounds the chunks waiting for results by bytes instead).
@@ -103,10 +128,14 @@ class BufferEmit:
         stream: the stream id carried by each chunk's metadata; results of the celery mode are routed by it.
             Default: ``<callback>-<size>@<host>-<pid>``; give your own to take over a spool after a restart.
         dtype: numpy streams: the dtype (else taken from the first frame).
-        shape: numpy streams: the shape of one element (else taken from the first frame).
+        shape: numpy streams: the shape of one element, a tuple (else taken from the first frame).
         **executor_options: passed to the executor; for celery: ``broker=``, ``app=``, ``settings=``,
             ``queue=`` (this emitter's Celery queue), ``expires=`` (seconds after emit a chunk may still start),
             ``spool=``.
+
+    Raises:
+        ConfigError: an argument is invalid; the message names it and its value. In ``mode='process'`` the
+            callback must be picklable (a module-level function): checked here, not at the first chunk.
     """
 
     new: Callable[[], Any] | None = None
@@ -135,13 +164,15 @@ class BufferEmit:
     ) -> None:
         self._config = {k: v for k, v in locals().items() if k not in ("self", "executor_options", "__class__")}
         self._config.update(executor_options)
-        self.size = _positive_int("size", size)
-        self.hop = self.size if hop is None else _positive_int("hop", hop)
+        self.size = _positive_int("size", size, MAX_ELEMENTS)
+        self.hop = self.size if hop is None else _positive_int("hop", hop, MAX_ELEMENTS)
         if self.hop > self.size:
             raise ConfigError("hop", hop, f"an integer from 1 to size={self.size}")
         self.clip = bool(clip) or hop is not None
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
-            raise ConfigError("rate", rate, "a positive number of elements per second, or None")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+        ):
+            raise ConfigError("rate", rate, "a positive, finite number of elements per second, or None")
         self.rate = rate
         check_mode(mode)
         if policy is None:
@@ -157,6 +188,7 @@ class BufferEmit:
         remote = mode in REMOTE_MODES
         if not (callable(callback) or (remote and isinstance(callback, str))):
             raise ConfigError("callback", callback, "a callable (or, for mode='celery', a task or task name)")
+        _check_picklable(mode, callback)
         self.callback = callback
         self.on_done = _optional_callable("on_done", on_done)
         self.on_error = _optional_callable("on_error", on_error)
@@ -166,6 +198,8 @@ class BufferEmit:
             raise ConfigError("asbuffer", asbuffer, "False with mode='celery' (a remote task gets the value)")
         new = new if new is not None else type(self).new
         self._kind: Kind = kind_for(new, dtype=dtype, shape=shape)
+        if remote:
+            self._kind.for_wire()  # numpy: refuse the dtypes the wire cannot carry faithfully, at the first frame
         self._new_buffer = new if new is not None else self._kind.buffer_factory
         if stream is None:  # unique per process: results are routed by stream id
             stream = f"{getattr(callback, '__name__', callback)}-{self.size}@{_HOST}-{os.getpid()}"
@@ -210,14 +244,18 @@ class BufferEmit:
         if self._closed:
             raise ClosedError(f"write() on a closed {type(self).__name__} (stream {self.stream!r}); call open() first")
 
-    def feed(self, frozen: Any, n: int, t0: float) -> None:
+    def feed(self, frozen: Any, n: int, t0: float, *, compare: bool = True) -> None:
         """Write a frame already checked and frozen by ``self.kind.accept`` (how a ``Tap`` shares one frame).
+
+        With ``compare=False`` the ``t0`` stands for "now" (``write(t0=None)``) and is not compared with
+        the previous write's.
 
         Raises:
             ClosedError: the emitter is closed.
+            FrameError: ``t0`` is invalid; nothing was written.
         """
         self._check_open()
-        self.windows.push(frozen, n, t0)
+        self.windows.push(frozen, n, t0, compare=compare)
 
     @property
     def kind(self) -> Kind:
@@ -273,6 +311,9 @@ class BufferEmit:
         kwargs = {"meta": meta} if self._meta_cb or executor.wants_meta else {}
         try:
             future = executor.submit(self.callback, value, meta.t0, **kwargs)
+        except Exception as exc:  # the chunk's outcome, counted and reported in order; the stream goes on
+            future = Future()
+            future.set_exception(exc)
         except BaseException:
             self._inflight.unemit(meta.seq)
             self._release(buffer)
@@ -380,6 +421,9 @@ class BufferEmit:
             self.close()
         if mode is not None and mode != self.mode:
             check_mode(mode)
+            _check_picklable(mode, self.callback)
+            if mode in REMOTE_MODES:
+                self._kind.for_wire()
             self.close()
             self.mode = mode
         if npool is not None:
@@ -454,6 +498,7 @@ class BufferEmit:
                 latency_p99=p99,
                 callback_backlog=self._callbacks.backlog,
                 callback_p99=callback_p99,
+                t0_overlaps=windows.t0_overlaps,
                 **inflight.counts,
             )
 

@@ -7,6 +7,7 @@ The tree::
     ├── FrameError (TypeError)        a frame given to write() does not fit the stream (type, dtype, shape)
     ├── ClosedError (RuntimeError)    write() after close()
     ├── EncodeError (ValueError)      a chunk or a result cannot be put on the wire (no pickle is ever used)
+    ├── SpoolError (OSError)          the durable spool cannot keep a chunk (disk full, its file gone for good)
     ├── RemoteTaskError               a remote task failed: carries the remote type name and message
     ├── DeliveryError                 no result came back for a chunk after every attempt
     └── ExpiredError                  a chunk was not started before its ``expires`` deadline (counted, not failed)
@@ -42,6 +43,13 @@ class ClosedError(OcycleError, RuntimeError):
 
 class EncodeError(OcycleError, ValueError):
     """A value cannot be encoded for the wire."""
+
+
+class SpoolError(OcycleError, OSError):
+    """The durable spool cannot keep a chunk: the disk is full, or its file is gone and cannot be written again.
+
+    The chunk fails with it (``on_error``, ``stats().failed``); the stream goes on.
+    """
 
 
 class RemoteTaskError(OcycleError):

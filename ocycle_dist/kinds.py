@@ -13,7 +13,7 @@ from itertools import chain
 from typing import Any
 
 from .bufferio import ListIO, NumpyIO
-from .errors import FrameError
+from .errors import ConfigError, FrameError
 
 
 class Kind:
@@ -22,6 +22,7 @@ class Kind:
     name = ""
     fast_type: type | None = None
     buffer_factory: Callable[[], Any] = io.BytesIO
+    wire = False  # frames go to a remote task: see for_wire()
 
     def accept(self, data: Any) -> tuple[Any, int]:
         """Check ``data`` and return it frozen, with its length in elements."""
@@ -34,6 +35,14 @@ class Kind:
     def compatible(self, other: Kind) -> bool:
         """Whether frames accepted by ``other`` fit this kind too (for a shared tap)."""
         return type(self) is type(other)
+
+    def for_wire(self) -> None:
+        """From now on accept only frames the wire carries faithfully (remote modes; see NumpyKind).
+
+        Raises:
+            ConfigError: what the stream already holds (a declared or adopted dtype) cannot be sent.
+        """
+        self.wire = True
 
     def _reject(self, data: Any, what: str) -> FrameError:
         return FrameError(f"data of type {type(data).__name__} cannot be written to a {self.name} stream: {what}")
@@ -94,6 +103,9 @@ class NumpyKind(Kind):
     """Numpy arrays whose first axis is time (``NumpyEmit``).
 
     The dtype and trailing shape are fixed by the ``dtype``/``shape`` given, else by the first frame.
+    Masked arrays are refused (joining frames would drop the mask), and so are object arrays (no pickle).
+    For a remote mode (:meth:`for_wire`) so are the dtypes the wire cannot carry faithfully
+    (:func:`unsendable_dtype`: structured dtypes would lose their field names).
     """
 
     name = "numpy"
@@ -103,8 +115,14 @@ class NumpyKind(Kind):
         import numpy as np
 
         self._np = np
-        self.dtype = np.dtype(dtype) if dtype is not None else None
-        self.shape = tuple(shape) if shape is not None else None
+        self._masked = np.ma.MaskedArray
+        self.dtype = _dtype(np, dtype) if dtype is not None else None
+        self.shape = _shape(shape) if shape is not None else None
+
+    def for_wire(self) -> None:
+        if self.dtype is not None and (problem := unsendable_dtype(self.dtype)):
+            raise ConfigError("dtype", self.dtype, f"a dtype the wire carries faithfully ({problem})")
+        self.wire = True
 
     def accept(self, data: Any) -> tuple[Any, int]:
         np = self._np
@@ -114,13 +132,22 @@ class NumpyKind(Kind):
             raise FrameError(f"data has dtype {data.dtype}: object arrays cannot be streamed (no pickle)")
         if data.ndim == 0:
             raise FrameError("data is a 0-d array: the first axis must be time")
-        if self.dtype is None:
-            self.dtype, self.shape = data.dtype, data.shape[1:]
-        elif data.dtype != self.dtype or data.shape[1:] != self.shape:
+        if isinstance(data, self._masked):
+            raise FrameError(
+                "data is a numpy masked array: its mask would be lost (chunks are plain arrays); write"
+                " data.filled(value), or the data and the mask as two streams"
+            )
+        dtype = data.dtype if self.dtype is None else self.dtype  # the first frame fixes what was not declared
+        shape = data.shape[1:] if self.shape is None else self.shape
+        if data.dtype != dtype or data.shape[1:] != shape:
             raise FrameError(
                 f"data has dtype {data.dtype} and frame shape {data.shape[1:]}, "
-                f"this stream holds dtype {self.dtype} and frame shape {self.shape}"
+                f"this stream holds dtype {dtype} and frame shape {shape}"
             )
+        if self.dtype is None or self.shape is None:
+            if self.wire and (problem := unsendable_dtype(dtype)):
+                raise FrameError(f"data has dtype {dtype}, which cannot be sent to a remote task: {problem}")
+            self.dtype, self.shape = dtype, shape
         return data.copy(), len(data)
 
     def join(self, pieces: list[Any]) -> Any:
@@ -132,8 +159,57 @@ class NumpyKind(Kind):
         return other.dtype is None or self.dtype is None or (self.dtype, self.shape) == (other.dtype, other.shape)
 
 
+def unsendable_dtype(dtype: Any) -> str | None:
+    """Why arrays of ``dtype`` cannot go on the wire faithfully (msgpack: dtype string, shape, raw bytes), or None.
+
+    The wire names a dtype by ``dtype.str``: the byte order, kind and size (``'<f4'``, ``'>i2'``, ``'<M8[ns]'``,
+    ``'|S2'``, ``'<U3'``) travel; field names, and metadata, do not.
+    """
+    if dtype.hasobject:
+        return "object arrays hold Python objects (no pickle on the wire)"
+    if dtype.names is not None:
+        return "a structured dtype would lose its field names (send one stream per field)"
+    if dtype.metadata:
+        return "its metadata would be lost"
+    return None
+
+
+def _dtype(np: Any, dtype: Any) -> Any:
+    """``dtype`` as a numpy dtype; ConfigError naming ``dtype`` when numpy does not know it."""
+    try:
+        result = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise ConfigError("dtype", dtype, "a numpy dtype such as 'float32' or numpy.int16") from None
+    if result.hasobject:
+        raise ConfigError("dtype", dtype, "a dtype without Python objects (object arrays cannot be streamed)")
+    return result
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` (of one element) as a tuple; ConfigError naming ``shape`` unless it is a sequence of sizes."""
+    expected = "a tuple of sizes >= 0, the shape of one element: () for one value per row, (2,) for stereo"
+    if not isinstance(shape, (tuple, list)):
+        raise ConfigError("shape", shape, expected)
+    if any(isinstance(d, bool) or not hasattr(d, "__index__") or d.__index__() < 0 for d in shape):
+        raise ConfigError("shape", shape, expected)
+    return tuple(d.__index__() for d in shape)
+
+
 def kind_for(new: Callable[[], Any] | None, *, dtype: Any = None, shape: Any = None) -> Kind:
-    """The kind of stream a buffer factory ``new`` makes (bytes when None)."""
+    """The kind of stream a buffer factory ``new`` makes (bytes when None).
+
+    Raises:
+        ConfigError: ``dtype`` or ``shape`` is invalid, or given for a stream that is not of numpy arrays.
+    """
+    kind = _kind_for(new, dtype, shape)
+    if not isinstance(kind, NumpyKind):
+        for name, value in (("dtype", dtype), ("shape", shape)):
+            if value is not None:
+                raise ConfigError(name, value, f"None for a {kind.name} stream ({name} is for numpy streams)")
+    return kind
+
+
+def _kind_for(new: Callable[[], Any] | None, dtype: Any, shape: Any) -> Kind:
     if new is None or new is io.BytesIO:
         return BytesKind()
     if new is io.StringIO:
@@ -142,7 +218,18 @@ def kind_for(new: Callable[[], Any] | None, *, dtype: Any = None, shape: Any = N
         return ListKind()
     if new is NumpyIO:
         return NumpyKind(dtype, shape)
-    sample = new().getvalue()  # a custom factory: judge by what its buffers hold
+    try:  # a custom factory: judge by what its buffers hold
+        buffer = new()
+        sample = buffer.getvalue()
+        if not callable(getattr(buffer, "write", None)):
+            raise TypeError("its buffers have no write()")
+    except Exception as exc:
+        raise ConfigError(
+            "new",
+            new,
+            "a buffer factory whose buffers have write() and getvalue(), such as io.BytesIO, io.StringIO, ListIO"
+            f" or NumpyIO ({type(exc).__name__}: {exc})",
+        ) from None
     for kind in (BytesKind(), TextKind(), ListKind()):
         if isinstance(sample, kind.fast_type or list):
             return kind

@@ -18,15 +18,19 @@ class Stats:
         emitted: chunks formed.
         in_flight: chunks handed to the executor, or waiting for it, not finished.
         done: chunks whose callback returned.
-        failed: chunks whose callback raised.
+        failed: chunks whose callback raised, or that could not be handed over (EncodeError, SpoolError).
         dropped: chunks dropped by a policy: the overload policy (``drop_oldest``/``drop_newest``) or a
             full spool's (``reject_newest``/``drop_oldest``).
         expired: chunks no worker started before their ``expires`` deadline (celery mode), discarded.
-        spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode).
+        spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode); with a
+            durable spool, the bytes they take on disk (its database pages in use).
         callback_backlog: outcomes waiting for their ``on_done``/``on_error`` to run (a slow callback shows here).
         callback_p99: seconds ``on_done``/``on_error`` took, 99th percentile of the last 1000 calls.
         latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
         latency_p99: the same, 99th percentile.
+        t0_overlaps: writes (with ``rate``) whose t0 fell before the end of the previous write (its t0 + its
+            length / rate) but not before its t0: accepted as clock jitter, counted. A t0 earlier than the
+            previous write's is refused (FrameError).
     """
 
     written: int = 0
@@ -43,6 +47,7 @@ class Stats:
     callback_p99: float = 0.0
     latency_p50: float = 0.0
     latency_p99: float = 0.0
+    t0_overlaps: int = 0
 
     def as_dict(self) -> dict[str, float]:
         """The counters as a dict."""

@@ -35,16 +35,26 @@ class Tap:
             if not emitters[0].kind.compatible(e.kind):
                 raise ConfigError("emitters", e, f"emitters of one kind ({emitters[0].kind.name})")
         self.emitters = emitters
-        self._kind = emitters[0].kind
+        # the frames are checked once, by the strictest kind: a remote emitter's refuses what the wire cannot carry
+        self._kind = next((e.kind for e in emitters if e.kind.wire), emitters[0].kind)
         self._closed = False
 
     def write(self, data: Any, t0: float | None = None) -> None:
-        """Write one frame to every emitter; ``t0`` is ``time.time()`` when None, the same for all."""
+        """Write one frame to every emitter; ``t0`` is ``time.time()`` when None, the same for all.
+
+        Raises:
+            FrameError: ``data`` or ``t0`` does not fit (checked for every emitter first: none gets it).
+        """
         if self._closed:
             raise ClosedError("write() on a closed Tap")
         frozen, n = self._kind.accept(data)
-        if t0 is None:
-            t0 = time.time()
+        if t0 is None:  # now, for all; like BufferEmit.write(t0=None), not compared with the previous write's
+            now = time.time()
+            for e in self.emitters:
+                e.feed(frozen, n, now, compare=False)
+            return
+        for e in self.emitters:
+            e.windows.check_t0(t0)
         for e in self.emitters:
             e.feed(frozen, n, t0)
 

@@ -9,10 +9,18 @@ after each chunk: writes are skipped (and counted) until its delay has passed.
 The frames are kept as they were written (``segs``, with their end positions in ``ends``) and copied once,
 when a chunk is taken. ``write()`` is the hot path (:mod:`ocycle_dist.hotpath`): it appends and only calls
 back into Python when a window may be complete. Knows nothing of executors: complete chunks go to ``emit``.
+
+A write's ``t0`` is None (now: ``time.time()``) or seconds: a real number, finite and >= 0 (``time.time()``,
+``time.monotonic()`` or the time since the stream's start), not earlier than the previous write's t0 (time
+does not go backwards; a write without t0 is not compared). With ``rate``, a t0 earlier than the previous
+write's end (its t0 + its length / rate) but not than its t0 is accepted as clock jitter and counted in
+``t0_overlaps``. A rejected t0 raises FrameError before the frame is kept: the stream is exactly as before.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -25,6 +33,12 @@ from .hotpath import NEVER, appender_class
 from .kinds import Kind
 
 Emit = Callable[[Any, Chunk], None]
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut short (a t0 of 10**400 has 401 digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Windows:
@@ -65,7 +79,9 @@ class Windows:
         self.next_start = 0  # where the next window opens
         self.paused = False
         self.pause_until = 0.0
+        self.t0_overlaps = 0  # writes whose t0 fell inside the previous write's span (rate set)
         self.hot = appender_class()(self.segs, self.ends, kind.fast_type, 1, self._advance, other)
+        self.hot.inv_rate = 1.0 / rate if rate else 0.0
 
     @property
     def end(self) -> int:
@@ -89,33 +105,96 @@ class Windows:
         self.starts.clear()
         self.hot.threshold = end + 1  # _advance() is due when the stream's end reaches this
 
-    def push(self, frozen: Any, n: int, t0: float | None) -> None:
-        """Append a checked, frozen frame of ``n`` elements (the slow path of ``write``)."""
+    def check_t0(self, t0: Any) -> tuple[float | None, bool]:
+        """``t0`` as a float (None stays None), and whether it overlaps the previous write (rate set).
+
+        Raises:
+            FrameError: ``t0`` is not a finite number >= 0, or is earlier than the previous write's t0.
+        """
+        if t0 is None:
+            return None, False
+        if type(t0) is not float:
+            if isinstance(t0, bool) or not isinstance(t0, numbers.Real):
+                raise FrameError(f"t0={_show(t0)} is invalid: expected a number of seconds or None")
+            try:
+                t0 = float(t0)
+            except (OverflowError, ValueError, TypeError):
+                raise FrameError(f"t0={_show(t0)} is invalid: expected a finite number of seconds") from None
+        if not math.isfinite(t0):
+            raise FrameError(f"t0={t0!r} is invalid: expected a finite number of seconds")
+        if t0 < 0.0:
+            raise FrameError(f"t0={t0!r} is invalid: expected seconds >= 0 (time.time(), or since the stream began)")
+        hot = self.hot
+        if t0 < hot.last_t0:
+            raise FrameError(
+                f"t0={t0!r} is earlier than the previous write's t0={hot.last_t0!r}: time cannot go backwards"
+            )
+        return t0, t0 < hot.last_end
+
+    def push(self, frozen: Any, n: int, t0: Any, *, compare: bool = True) -> None:
+        """Append a checked, frozen frame of ``n`` elements (the slow path of ``write``).
+
+        ``compare=False``: ``t0`` is "now" for a write that gave none (a Tap's), used but neither checked
+        against nor remembered as the previous write's.
+
+        Raises:
+            FrameError: ``t0`` is invalid (see :meth:`check_t0`); nothing was kept.
+        """
+        t0, overlaps = self.check_t0(t0) if compare else (t0, False)
+        when, resumed = t0, self.paused
         if self.paused:
-            now = time.time() if t0 is None else t0
-            if now < self.pause_until:
+            when = time.time() if t0 is None else t0
+            if when < self.pause_until:
                 self.skipped += n
+                self._written(t0 if compare else None, n, overlaps)
                 return
-            self.paused = False
-            self.hot.fast_type = self.kind.fast_type
-            self.next_start = self.end
-            self.hot.threshold = self.end + 1
-            t0 = now
+            self._resume()
+        before = self.end
         self.segs.append(frozen)
-        self.ends.append(self.ends[-1] + n)
+        self.ends.append(before + n)
         if self.ends[-1] >= self.hot.threshold:
-            self._advance(n, t0)
+            try:
+                self._advance(n, when)
+            except BaseException:
+                if resumed and self.end == before:  # refused whole by the sampler: still paused, as before
+                    self._stay_paused()
+                raise
+        self._written(t0 if compare else None, n, overlaps)
+
+    def _resume(self) -> None:
+        """End a sampler pause: collecting starts again at the stream's end."""
+        self.paused = False
+        self.hot.fast_type = self.kind.fast_type
+        self.next_start = self.end
+        self.hot.threshold = self.end + 1
+
+    def _stay_paused(self) -> None:
+        self.next_start = self.hot.threshold = NEVER
+        self.paused = True
+        self.hot.fast_type = None
+
+    def _written(self, t0: float | None, n: int, overlaps: bool) -> None:
+        """Remember an accepted write's t0 and end time, as the hot path does for its own."""
+        if t0 is not None:
+            hot = self.hot
+            hot.last_t0 = t0
+            hot.last_end = t0 + n * hot.inv_rate
+            self.t0_overlaps += overlaps
 
     def _advance(self, n: int, t0: float | None) -> None:
         """Open the windows the last write reached and emit those it completed."""
         end = self.ends[-1]
-        if t0 is None:
+        if t0 is None:  # else checked: by the hot path, or by push()
             t0 = time.time()
-        elif isinstance(t0, bool) or not isinstance(t0, (int, float)):
-            self.ends.pop()
-            self.segs.pop()
-            raise FrameError(f"t0={t0!r} is invalid: expected a number of seconds or None")
         size, starts, rate, clip = self.size, self.starts, self.rate, self.clip
+        delay = 0.0
+        if self.sampler is not None and (starts[0][0] if starts else self.next_start) + size <= end:
+            try:  # this write completes a chunk: ask for the pause first, so a failing sampler changes nothing
+                delay = self._delay()
+            except BaseException:
+                self.segs.pop()  # the write is refused whole; retrying it cannot send the chunk twice
+                self.ends.pop()
+                raise
         s = self.next_start
         if s < end:  # windows open in this write: their t0 counts from the write's first element
             w0 = end - n
@@ -133,7 +212,7 @@ class Windows:
                 self.next_start = e
             self._emit(s, e, t, False)
             if self.sampler is not None:
-                self._pause(t0, end - e)
+                self._pause(t0, end - e, delay)
                 return
         self._trim()
 
@@ -166,18 +245,24 @@ class Windows:
         due = self.starts[0][0] + self.size if self.starts else NEVER
         self.hot.threshold = min(self.next_start + 1, due, NEVER)
 
-    def _pause(self, now: float, leftover: int) -> None:
-        """Start a sampler pause after an emit; the rest of the stream so far is skipped."""
+    def _delay(self) -> float:
+        """The sampler's pause, in seconds.
+
+        Raises:
+            ConfigError: it returned something else than seconds >= 0 (or whatever it raised itself).
+        """
         delay = self.sampler() if self.sampler else 0.0
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+            raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
+        return float(delay)
+
+    def _pause(self, now: float, leftover: int, delay: float) -> None:
+        """Start a sampler pause of ``delay`` s after an emit; the rest of the stream so far is skipped."""
         self.skipped_leftover += leftover
         self.skipped += leftover
         self.reset(self.end)
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
-            raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
-        self.next_start = self.hot.threshold = NEVER
         self.pause_until = now + delay
-        self.paused = True
-        self.hot.fast_type = None
+        self._stay_paused()
 
     def flush(self) -> int:
         """Emit the open windows now, even if shorter than ``size`` (marked ``partial``); returns how many."""

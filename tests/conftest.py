@@ -12,6 +12,7 @@ next to it) and every contract test runs on it. ``mode_options`` gives the execu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +109,30 @@ def topology(redis_server_required: None) -> Iterator[Any]:
         topo.archive_dir = archive
         yield topo
     shutil.rmtree(archive, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on a 4 MiB filesystem, to fill a durable spool's disk: a tmpfs mounted there (as root); where
+    mounting is not allowed, the spool is told its disk has 4 MiB less what its files take (SQLite then fails
+    the same way, "database or disk is full")."""
+    import os
+    import shutil
+    import subprocess
+
+    from ocycle_dist.remote import spool
+    from tests.helpers import footprint
+
+    directory = tmp_path / "small"
+    directory.mkdir()
+    mounted = False
+    if os.geteuid() == 0 and shutil.which("mount"):
+        mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(directory)]
+        mounted = subprocess.run(mount, capture_output=True).returncode == 0
+    if not mounted:
+        monkeypatch.setattr(spool, "_free_bytes", lambda d: max(0, (4 << 20) - footprint(d)))
+    try:
+        yield directory
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(directory)], check=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,3 +20,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str | Ca
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what if isinstance(what, str) else what()}")
         time.sleep(0.02)
+
+
+def footprint(directory: Path) -> int:
+    """Bytes of every file in a spool's directory (database, WAL, shared-memory index)."""
+    return sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())

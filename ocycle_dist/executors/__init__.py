@@ -7,6 +7,8 @@ The contract is in :mod:`.base`. ``serial`` runs each chunk in the writer's thre
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -18,8 +20,24 @@ from .serial import SerialExecutor
 
 def _celery(max_workers: int, policy: str, **options: Any) -> ChunkExecutor:
     from ..remote.executor import CeleryExecutor  # imports redis and msgpack: only when asked for
+    from ..remote.settings import Settings
 
     del max_workers  # one publisher thread per executor, whatever npool says
+    known = [name for name in inspect.signature(CeleryExecutor).parameters if name != "self"]
+    for name, value in options.items():
+        if name not in known:
+            raise ConfigError(name, value, f"an option of mode='celery': one of {', '.join(known)}")
+    checks = {
+        "settings": (lambda v: isinstance(v, Settings), "an ocycle_dist.remote.settings.Settings"),
+        "app": (lambda v: hasattr(v, "conf"), "a Celery app"),
+        "broker": (lambda v: isinstance(v, str), "a Redis URL (str)"),
+        "spool": (lambda v: isinstance(v, (str, os.PathLike)), "a directory (str or path)"),
+        "batch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    }
+    for name, (ok, expected) in checks.items():
+        value = options.get(name)
+        if value is not None and not ok(value):
+            raise ConfigError(name, value, f"{expected} or None")
     return CeleryExecutor(policy=policy, **options)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..chunk import Chunk
-from ..errors import ConfigError, DeliveryError, ExpiredError, RemoteTaskError
+from ..errors import ConfigError, DeliveryError, EncodeError, ExpiredError, RemoteTaskError, SpoolError
 from ..executors.base import ChunkExecutor
 from . import listener
 from .lease import LeaseWatch
@@ -183,13 +183,22 @@ class CeleryExecutor(ChunkExecutor):
     # ---- the producer's side --------------------------------------------------------------------------
 
     def submit(self, task: Any, value: Any, t0: float, *, meta: Chunk) -> Future[Any]:
-        """Keep the chunk (on disk with a spool) and queue its task; the Future resolves with its result."""
+        """Keep the chunk (on disk with a spool) and queue its task; the Future resolves with its result.
+
+        A chunk that cannot be encoded, or is over ``max_chunk_bytes``, gets a Future failed with EncodeError;
+        one the durable spool cannot keep (disk full), a Future failed with SpoolError.
+        """
         name = task_name(task)
         if self._closing:
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
         expires_at = None if self.expires is None else time.time() + self.expires
-        entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings), expires_at=expires_at)
-        return self._track(entry, new=True)
+        try:
+            entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings), expires_at=expires_at)
+            return self._track(entry, new=True)
+        except (EncodeError, SpoolError) as exc:  # this chunk's outcome (on_error, counted as failed), not the stream's
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any]]]:
         """Take over the chunks of ``stream`` an earlier producer left in the spool; they are sent again."""
@@ -198,18 +207,20 @@ class CeleryExecutor(ChunkExecutor):
     def _track(self, entry: Entry, *, new: bool) -> Future[Any]:
         future: Future[Any] = Future()
         evicted: list[Future[Any]] = []
-        with self._cond:
-            if new and not self._make_room(len(entry.chunk), evicted):
-                self.counts["spool_dropped"] += 1
-                future.cancel()  # the emitter counts it as dropped
-            else:
-                if new:
-                    self.spool.add(entry)
-                self._futures[entry.id] = future
-                self._queue.append(entry)
-                self._cond.notify()
-        for old in evicted:
-            old.cancel()
+        try:
+            with self._cond:
+                if new and not self._make_room(len(entry.chunk), evicted):
+                    self.counts["spool_dropped"] += 1
+                    future.cancel()  # the emitter counts it as dropped
+                else:
+                    if new:
+                        self.spool.add(entry)
+                    self._futures[entry.id] = future
+                    self._queue.append(entry)
+                    self._cond.notify()
+        finally:  # chunks evicted to make room are dropped even if the new one could not be kept
+            for old in evicted:
+                old.cancel()
         if not future.cancelled():
             future.add_done_callback(partial(self._discard, entry.id))
             self._listener.listen(reply_key(entry.meta.stream, self.token))

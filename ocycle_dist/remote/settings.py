@@ -38,7 +38,9 @@ class Settings(EnvSettings):
     """How the distributed path is wired. Seconds are floats, sizes are bytes.
 
     Attributes:
-        broker_url: the Redis URL (``redis://:password@host:port/db``, ``rediss://`` for TLS).
+        broker_url: the Redis URL (``redis://:password@host:port/db``, ``rediss://`` for TLS,
+            ``unix://:password@/path/redis.sock?db=0`` for a Unix socket: the workers' Celery app gets it as
+            kombu spells it, ``redis+socket://``).
         queue: the Celery queue the chunks' tasks go to.
         claim_threshold: an encoded chunk larger than this is stored in Redis under its own key and the
             task carries only the key (a claim check), so big chunks skip the envelope's base64.
@@ -55,10 +57,12 @@ class Settings(EnvSettings):
         max_attempts: sends of one chunk before it fails with DeliveryError.
         task_time_limit: seconds a chunk's task may run before its worker process is killed (0: no limit).
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
-        spool_max_bytes: the budget of chunk bytes waiting for their result, in memory or in the durable
-            spool (0: no limit). The default, 64 MiB, holds about 5 minutes of the canonical three consumers
-            of a 16 kHz float32 microphone (0.5 s + 2 s + 10 s chunks: 192 kB per second of audio), or 11
-            minutes of int16. When it is full, the emitter's ``policy`` acts (counted in ``stats().dropped``).
+        spool_max_bytes: the budget of chunk bytes waiting for their result (0: no limit): in memory, of
+            the chunks' bytes; in a durable spool, of the bytes they take on disk, the files staying under it
+            + 1/16 of it + twice the largest chunk + 96 KiB. The default, 64 MiB, holds about 5 minutes of
+            the canonical three consumers of a 16 kHz float32 microphone (0.5 s + 2 s + 10 s chunks: 192 kB
+            per second of audio), or 11 minutes of int16. When it is full, the emitter's ``policy`` acts
+            (counted in ``stats().dropped``).
         spool_policy: for a ``CeleryExecutor`` made without an emitter: ``reject_newest`` or ``drop_oldest``.
         reply_secret: a secret shared by the producers and workers of a deployment (never stored in Redis):
             it keys the MAC of every reply, so that whoever can write to Redis cannot forge a result.

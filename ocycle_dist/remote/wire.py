@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 
 from ..errors import EncodeError
+from ..kinds import unsendable_dtype
 
 SERIALIZER = "ocycle"
 CONTENT_TYPE = "application/x-ocycle-msgpack"
@@ -42,12 +43,16 @@ class Claim:
 def _default(obj: Any) -> Any:
     cls = type(obj)
     module = cls.__module__
-    if module == "numpy":
+    if module == "numpy" or module.startswith("numpy."):  # numpy.ma's masked arrays too
         import numpy as np
 
         if isinstance(obj, np.ndarray):
             if obj.dtype.hasobject:
                 raise EncodeError("numpy arrays of dtype object cannot be sent (no pickle on the wire)")
+            if problem := unsendable_dtype(obj.dtype):
+                raise EncodeError(f"a numpy array of dtype {obj.dtype} cannot be sent faithfully: {problem}")
+            if isinstance(obj, np.ma.MaskedArray):
+                raise EncodeError("a numpy masked array cannot be sent: its mask would be lost")
             arr = np.ascontiguousarray(obj)
             meta = [arr.dtype.str, list(obj.shape)]  # ascontiguousarray makes a 0-d array 1-d
             return msgpack.ExtType(_NDARRAY, msgpack.packb(meta) + arr.tobytes())

@@ -33,7 +33,7 @@ from .protocol import (
     seal,
     token_of,
 )
-from .redis_client import connect
+from .redis_client import connect, kombu_url
 from .settings import Settings, app_settings
 
 log = logging.getLogger("ocycle_dist.worker")
@@ -128,7 +128,8 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
     """A Celery app for ocycle_dist: msgpack only, results to the producers' reply lists, late acks."""
     settings = settings or Settings.from_env()
     wire.register()
-    app = Celery(name, broker=settings.broker_url, include=list(include), task_cls=ChunkTask)
+    # kombu's Redis transport spells a Unix socket redis+socket://: the same unix:// URL serves both sides
+    app = Celery(name, broker=kombu_url(settings.broker_url), include=list(include), task_cls=ChunkTask)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": settings.socket_timeout,

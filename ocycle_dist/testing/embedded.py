@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
+from ..remote.redis_client import kombu_url
 from ..remote.settings import app_settings
 from .ports import free_port
 
@@ -40,7 +41,7 @@ def embedded_worker(app: Any, url: str, queues: tuple[str, ...] = ()) -> Iterato
     """Run a Celery worker of ``app`` against ``url`` in a thread of this process (consuming ``queues`` too)."""
     from celery.contrib.testing.worker import start_worker
 
-    app.conf.broker_url = url
+    app.conf.broker_url = kombu_url(url)
     for name in ("celery", "kombu"):  # fakeredis's server drops a connection at start and at stop: benign here
         logging.getLogger(name).setLevel(logging.CRITICAL)
     app.conf.ocycle_settings = replace(app_settings(app), broker_url=url)

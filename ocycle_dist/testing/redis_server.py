@@ -22,6 +22,7 @@ class RedisServer:
         port: a fixed port (default: a free one).
         args: more ``redis-server`` arguments, e.g. ``["--maxmemory", "10mb"]``.
         log: its log file, appended to by every start (default: ``redis.log`` in its temporary directory).
+        unixsocket: also listen on a Unix socket in its directory (:attr:`unix_url`).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class RedisServer:
         port: int | None = None,
         args: list[str] | None = None,
         log: Path | None = None,
+        unixsocket: bool = False,
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -43,6 +45,7 @@ class RedisServer:
         self.args = list(args or ())
         self.dir = Path(tempfile.mkdtemp(prefix="ocycle-redis-"))
         self.log = log or self.dir / "redis.log"
+        self.socket_path = self.dir / "redis.sock" if unixsocket else None
         self.starts = 0
         self.proc: Proc | None = None
 
@@ -55,6 +58,14 @@ class RedisServer:
         """The URL of db 0, with the password."""
         return self.url_for(0)
 
+    @property
+    def unix_url(self) -> str:
+        """The ``unix://`` URL of db 0, with the password (``unixsocket=True`` only)."""
+        if self.socket_path is None:
+            raise ValueError("this RedisServer has no Unix socket: RedisServer(unixsocket=True)")
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket_path}?db=0"
+
     def start(self, timeout: float = 20.0) -> RedisServer:
         """Start it and wait until it answers PING (retrying while the port is still held by an old server)."""
         deadline = time.monotonic() + timeout
@@ -64,6 +75,8 @@ class RedisServer:
             argv += ["--appendonly", "yes" if self.appendonly else "no", "--loglevel", "warning", *self.args]
             if self.password:
                 argv += ["--requirepass", self.password]
+            if self.socket_path is not None:
+                argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
             self.proc = Proc(f"redis-server-{self.starts}", argv, self.log).start()
             try:
                 self.proc.wait_until(lambda: reachable(self.url), max(1.0, deadline - time.monotonic()), "redis-server")

@@ -22,7 +22,9 @@ def ping(broker: str, names: list[str], timeout: float = 1.0, *, serializer: str
     """
     from celery import Celery
 
-    app = Celery("ocycle-ping", broker=broker, set_as_current=False)
+    from ..remote.redis_client import kombu_url
+
+    app = Celery("ocycle-ping", broker=kombu_url(broker), set_as_current=False)
     if serializer == wire.SERIALIZER:
         wire.register()
     app.conf.update(

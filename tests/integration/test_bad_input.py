@@ -6,6 +6,7 @@ Each error names what is wrong, is raised at the call that caused it, and loses 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 import ocycle_dist as ocycle
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.testing import Worker
+from ocycle_dist.testing import RedisServer, Worker
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +49,20 @@ def test_a_task_that_is_not_a_name_or_a_task_fails_at_construction(task: Any) ->
         ocycle.BufferEmit(task, 4, mode="celery", broker="redis://127.0.0.1:9/0")
 
 
-def test_a_chunk_over_the_producers_limit_fails_its_write_and_keeps_earlier_chunks(topology: Any) -> None:
+def test_a_chunk_over_the_producers_limit_is_a_failed_chunk_and_the_others_are_processed(topology: Any) -> None:
     done, errors, kw = collect({})
     settings = Settings(broker_url=topology.url, max_chunk_bytes=100)
     b = ocycle.BufferEmit("workers.tasks.echo", 50, mode="celery", settings=settings, **kw)
     b.write(b"x" * 50, t0=1.0)  # 50 bytes: fits
-    with pytest.raises(ocycle.EncodeError, match=r"chunk of \d+ bytes exceeds max_chunk_bytes=100"):
-        b.write(b"y" * 120, t0=2.0)  # 120 bytes in one chunk (no clip): over
-    b.write(b"z" * 60, t0=3.0)  # the stream goes on
+    b.write(b"w" * 30, t0=2.0)  # opens the next window
+    b.write(b"y" * 90, t0=3.0)  # 120 bytes in one chunk (no clip): over; write() returns, on_error gets it
+    b.write(b"z" * 60, t0=4.0)  # the stream goes on
     b.close()
     assert sorted(r[0] for r in done) == [b"x" * 50, b"z" * 60]  # workers answer in any order
-    assert errors == []
+    assert len(errors) == 1 and isinstance(errors[0], ocycle.EncodeError)
+    assert re.fullmatch(r"chunk of 12\d bytes exceeds max_chunk_bytes=100", str(errors[0]))
+    stats = b.stats()
+    assert (stats.emitted, stats.done, stats.failed, stats.dropped, stats.in_flight) == (3, 2, 1, 0, 0)
 
 
 def test_a_chunk_over_the_workers_limit_is_refused_there(strict_worker: Settings) -> None:
@@ -129,3 +133,20 @@ def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() ->
         b.executor.shutdown(wait=False, cancel_futures=True)
         b.close(wait=False)
     assert b.stats().dropped == 200  # given up on purpose: counted
+
+
+def test_a_unix_socket_url_serves_the_producer_and_the_workers(redis_server_required: None) -> None:
+    with RedisServer(password="sock-pw", unixsocket=True) as server:
+        url = server.unix_url  # unix://:sock-pw@/tmp/.../redis.sock?db=0, redis-py's spelling
+        worker = Worker(url, name="unixsock", env={"OCYCLE_QUEUE": "unixq"}).start()  # was: "No such transport"
+        try:
+            done, errors, kw = collect({})
+            settings = Settings(broker_url=url, queue="unixq")
+            with ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", settings=settings, **kw) as b:
+                b.write(b"abcdefgh", t0=1.0)
+            assert sorted(r[0] for r in done) == [b"abcd", b"efgh"] and errors == []
+            log = worker.log.read_text()
+            assert "Connected to redis+socket://" in log and "No such transport" not in log
+        finally:
+            worker.stop()
+            worker.log.unlink(missing_ok=True)

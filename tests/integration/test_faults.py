@@ -1,5 +1,6 @@
 """Fault injection against real processes: a worker killed inside a task, Redis down and restarted empty, the
-producer killed and restarted on its spool, tasks that raise, run past their time limit or are unknown.
+producer killed and restarted on its spool, tasks that raise, run past their time limit or are unknown, the
+spool's directory deleted under a producer, the spool's disk full.
 
 Each test starts its own redis-server and ``celery -A workers worker`` processes (never the session
 ``topology``), waits on conditions with deadlines, and ends with the accounting: every chunk written is
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -463,3 +465,82 @@ def test_failed_timed_out_and_unknown_tasks_reach_on_error_and_the_stream_goes_o
             for rec in (raising_got, slow_got, unknown_got)
         )
     )
+
+
+# ---- 5. the durable spool's directory deleted, its disk full --------------------------------------------------
+
+
+def spool_count(spool: Path) -> int:
+    db = sqlite3.connect(spool / "spool.sqlite")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_spool_directory_deleted_under_a_producer_then_killed_loses_no_chunk(cluster: Any, tmp_path: Path) -> None:
+    c = cluster(0)  # no worker yet: every chunk stays pending
+    n = 300
+    stream = f"vanish-{uuid.uuid4().hex[:6]}"
+    spool = tmp_path / "spool"
+    files = {name: tmp_path / name for name in ("results1", "progress1", "results2", "progress2", "stderr")}
+    common = ["--broker", c.url, "--spool", str(spool), "--stream", stream, "--count", str(n), "--resend-after", "60"]
+
+    first = run_producer(
+        [*common, "--results", str(files["results1"]), "--progress", str(files["progress1"]), "--interval", "0.002"],
+        files["stderr"],
+    )
+    try:
+        wait_for(lambda: len(lines(files["progress1"])) >= n // 2, 30, "the first producer mid-stream")
+        shutil.rmtree(spool)  # its directory deleted under it
+        wait_for(lambda: len(lines(files["progress1"])) == n, 30, "every chunk written")  # write() never raised
+        assert spool_count(spool) == n  # the spool noticed and wrote the file again, with every chunk
+    finally:
+        first.kill()
+    first.wait(10)
+    first.stdout.close()
+    assert "vanished" in files["stderr"].read_text()
+
+    c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
+    second = run_producer(
+        [*common, "--results", str(files["results2"]), "--progress", str(files["progress2"]), "--first", str(n)],
+        files["stderr"],
+    )
+    try:
+        out, _ = second.communicate(timeout=90)
+    finally:
+        second.kill()
+    assert second.returncode == 0, files["stderr"].read_text()[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["adopted"] == n  # was 0 of 300
+    assert report["stats"]["done"] == n and report["stats"]["failed"] == 0
+    assert {num for _, num in results_of(files["results2"])} == set(range(n))
+    assert spool_count(spool) == 0
+    print(f"\n[spool deleted] restart adopted {report['adopted']} of {n}; stats={report['stats']}")
+
+
+def test_a_full_spool_disk_fails_chunks_counted_and_recovers_as_results_come_back(
+    cluster: Any, emitters: Any, small_disk: Path
+) -> None:
+    c = cluster(0)  # no worker yet: the spool fills its disk
+    settings = {"spool_dir": str(small_disk), "resend_after": 60.0}
+    emitter, got = emitters("contract.echo_t0", c.url, size=16384, settings=settings, max_inflight=1000)
+    for i in range(400):  # 6.4 MB of chunks, a 4 MiB disk
+        emitter.write(bytes([i % 256]) * 16384)  # never raises
+    wait_for(lambda: emitter.stats().callback_backlog == 0, 10, "the failed chunks' on_error run")
+    stats = emitter.stats()
+    kept = stats.in_flight
+    assert 0 < stats.failed < 400 and kept + stats.failed == 400 and stats.dropped == 0
+    assert all(isinstance(exc, ocycle.SpoolError) and "the disk is full" in str(exc) for _, exc, _ in got.errors)
+    assert spool_count(small_disk) == kept
+
+    c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
+    assert emitter.wait(60), emitter.stats()
+    assert len(got.done) == kept
+    wait_for(lambda: spool_count(small_disk) == 0, 10, "the spool emptied on its full disk")  # right after on_done
+    for i in range(400, 450):  # and keeps new chunks again
+        emitter.write(bytes([i % 256]) * 16384)
+    assert emitter.wait(60), emitter.stats()
+    stats = emitter.stats()
+    assert (stats.emitted, stats.done, stats.failed, stats.in_flight) == (450, kept + 50, 400 - kept, 0)
+    print(f"\n[spool disk full] {400 - kept} of 400 chunks failed with SpoolError, {kept} kept and done; then 50 more")

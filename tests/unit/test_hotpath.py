@@ -68,3 +68,57 @@ def test_write_takes_data_and_t0_by_position_or_keyword(appender: type, monkeypa
 def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OCYCLE_PURE_PYTHON", "1")
     assert hotpath.appender_class() is hotpath.Appender
+
+
+def test_a_c_module_built_from_an_older_source_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    class OldAppender:  # what _speedups.c built before the t0 checks has: no last_t0, last_end, inv_rate
+        __slots__ = ("due", "ends", "fast_type", "other", "segs", "threshold")
+
+    monkeypatch.setitem(sys.modules, "ocycle_dist._speedups", types.SimpleNamespace(Appender=OldAppender))
+    assert hotpath.appender_class() is hotpath.Appender
+
+
+T0S = st.one_of(
+    st.none(),
+    st.floats(min_value=0.0, max_value=50.0),
+    st.integers(min_value=-3, max_value=50),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), -0.5, 10**400, True, "t"]),
+)
+
+
+def run_with_t0s(appender: type, frames: list[tuple[bytes, Any]], **kwargs: Any) -> tuple[list[Any], list[Any]]:
+    """Chunks and per-write outcomes (None, or the error's type and message) of ``frames`` with their t0s."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(windows, "appender_class", lambda: appender)
+        got: list[Any] = []
+        outcomes: list[Any] = []
+        b = ocycle.BufferEmit(lambda value, t0, meta: got.append((value, t0, meta)), **kwargs)
+        for frame, t0 in frames:
+            try:
+                b.write(frame, t0=t0)
+                outcomes.append(None)
+            except ocycle.FrameError as exc:
+                outcomes.append(str(exc))
+        stats = b.stats()
+        outcomes.append((stats.written, stats.buffered, stats.t0_overlaps))
+        b.close(flush=True)
+    now = [isinstance(t, float) and t > 1e6 for _, t, _ in got]  # time.time(): from a write without t0
+    return [(v, None, m._replace(t0=None)) if n else (v, t, m) for (v, t, m), n in zip(got, now, strict=True)], outcomes
+
+
+@pytest.mark.skipif(not C_BUILT, reason="the C extension is not built here")
+@settings(max_examples=80, deadline=None)
+@given(
+    frames=st.lists(st.tuples(st.binary(max_size=9), T0S), max_size=25),
+    size=st.integers(1, 8),
+    clip=st.booleans(),
+    rate=st.none() | st.sampled_from([1.0, 4.0]),
+)
+def test_c_and_python_check_t0_the_same(frames, size, clip, rate) -> None:
+    kwargs = {"size": size, "clip": clip, "rate": rate, "stream": "s"}
+    in_c = run_with_t0s(hotpath.appender_class(), frames, **kwargs)
+    in_python = run_with_t0s(hotpath.Appender, frames, **kwargs)
+    assert in_c == in_python

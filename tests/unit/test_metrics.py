@@ -26,6 +26,7 @@ def test_prometheus_exposes_each_streams_counters() -> None:
     assert 'ocycle_written_elements_total{stream="spl"} 10.0' in text
     assert 'ocycle_buffered{stream="spl"} 2.0' in text
     assert 'ocycle_in_flight{stream="model"} 0.0' in text
+    assert 'ocycle_t0_overlaps_writes_total{stream="spl"} 0.0' in text
 
 
 def test_latency_from_emit_to_result_is_measured() -> None:

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import pickle
+import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -26,7 +28,7 @@ import pytest
 
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
-from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
+from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError, SpoolError
 from ocycle_dist.remote import listener, wire
 from ocycle_dist.remote.protocol import claim_key, mac_key, reply_key, seal, token_of
 from ocycle_dist.remote.publisher import publish
@@ -35,7 +37,7 @@ from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.spool import Entry
 from ocycle_dist.testing import free_port
 from ocycle_dist.testing.embedded import embedded_broker
-from tests.helpers import wait_for
+from tests.helpers import footprint, wait_for
 
 # ---- helpers ---------------------------------------------------------------------------------------------
 
@@ -63,6 +65,11 @@ def reply(
     token = token_of(message["properties"]["reply_to"])
     assert message["properties"]["reply_to"] == reply_key(stream, token)
     admin.rpush(reply_key(stream, token), seal(record, mac_key(secret, token)))
+
+
+def settled(emitter: ocycle.BufferEmit) -> None:
+    """Wait until the emitter's callback thread has run every on_done/on_error so far (outcomes counted)."""
+    wait_for(lambda: emitter.stats().callback_backlog == 0, what="the emitter's callbacks run")
 
 
 def spool_rows(directory: Path, stream: str) -> list[int]:
@@ -122,13 +129,18 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
     executors: list[Any] = []
 
     def build(
-        *, stream: str | None = None, settings: dict[str, Any] | None = None, **options: Any
+        *,
+        stream: str | None = None,
+        settings: dict[str, Any] | None = None,
+        size: int = 4,
+        clip: bool = True,
+        **options: Any,
     ) -> tuple[ocycle.BufferEmit, Collector]:
         collector = Collector()
         emitter = ocycle.BufferEmit(
             "workers.tasks.echo",
-            4,
-            clip=True,
+            size,
+            clip=clip,
             mode="celery",
             settings=Settings(broker_url=broker, **(settings or {})),
             stream=stream or f"unit-{uuid.uuid4().hex[:8]}",
@@ -214,8 +226,23 @@ def test_wire_round_trips_numpy_arrays_exactly(no_pickle: None, array: np.ndarra
         Path("/tmp"),
         1 + 2j,
         2**64,
+        np.zeros(2, dtype=[("left", "<i2"), ("right", "<i2")]),
+        np.ma.masked_array([1.0, 2.0], mask=[False, True]),
+        np.zeros(2, dtype=np.dtype("<f4", metadata={"unit": "Pa"})),
+        [np.zeros(2, dtype=[("x", "<f8")])],  # a list item, as a ListEmit chunk holds
     ],
-    ids=["object-array", "nested-object-array", "object", "path", "complex", "int-too-big"],
+    ids=[
+        "object-array",
+        "nested-object-array",
+        "object",
+        "path",
+        "complex",
+        "int-too-big",
+        "structured",
+        "masked",
+        "dtype-metadata",
+        "structured-item",
+    ],
 )
 def test_wire_refuses_what_it_cannot_encode_without_pickle(no_pickle: None, value: Any) -> None:
     with pytest.raises(EncodeError):
@@ -232,6 +259,48 @@ def test_wire_never_unpickles(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017  (msgpack's own error: the bytes are not msgpack)
         wire.loads(pickle.dumps(Exploit()))
     assert not marker.exists()
+
+
+def test_numpy_dtypes_the_wire_carries_by_their_dtype_string_round_trip() -> None:
+    for dtype in ("<M8[ns]", "<m8[s]", "|V4", ">i4", "<f2", "<c16", "|b1"):
+        array = np.zeros(3, dtype=dtype)
+        back = wire.loads(wire.dumps(array))
+        assert back.dtype == array.dtype and back.dtype.str == dtype, dtype
+
+
+STRUCTURED = np.dtype([("left", "<i2"), ("right", "<i2")])
+
+
+def test_a_structured_dtype_is_refused_at_write_in_celery_mode(make: Any) -> None:
+    emitter, _ = make(new=ocycle.NumpyIO)
+    with pytest.raises(ocycle.FrameError, match="cannot be sent to a remote task: a structured dtype would lose"):
+        emitter.write(np.zeros((4,), dtype=STRUCTURED))
+    stats = emitter.stats()
+    assert (stats.written, stats.emitted) == (0, 0)
+    emitter.write(np.arange(4, dtype=np.int16))  # the stream goes on, with a dtype the wire carries
+    assert emitter.stats().emitted == 1
+
+
+def test_a_declared_structured_dtype_is_a_config_error_in_celery_mode(broker: str) -> None:
+    with pytest.raises(ConfigError, match="a dtype the wire carries faithfully") as excinfo:
+        ocycle.NumpyEmit("workers.tasks.echo", 4, mode="celery", broker=broker, dtype=STRUCTURED)
+    assert excinfo.value.param == "dtype"
+    local = ocycle.NumpyEmit(lambda v, t0: v, 4, dtype=STRUCTURED, mode="thread")
+    with pytest.raises(ConfigError, match="a dtype the wire carries faithfully"):
+        local.open(mode="celery", reopen=True)
+    local.close()
+
+
+def test_a_tap_checks_frames_for_its_remote_emitters(make: Any) -> None:
+    remote, _ = make(new=ocycle.NumpyIO)
+    seen: list[Any] = []
+    local = ocycle.NumpyEmit(lambda v, t0: seen.append(v), 4)
+    tap = ocycle.Tap(local, remote)
+    with pytest.raises(ocycle.FrameError, match="structured dtype"):
+        tap.write(np.zeros((4,), dtype=STRUCTURED))
+    assert local.stats().written == 0 and remote.stats().written == 0
+    with pytest.raises(ocycle.FrameError, match="masked array"):
+        tap.write(np.ma.masked_array(np.zeros(4), mask=[0, 1, 0, 0]))
 
 
 # ---- publisher -------------------------------------------------------------------------------------------
@@ -422,6 +491,83 @@ def test_a_cancelled_chunk_leaves_the_spool(make: Any, admin: Any, tmp_path: Pat
     assert_accounted(emitter, 3)
 
 
+def test_a_chunk_over_max_chunk_bytes_is_a_failed_chunk_and_loses_nothing_else(make: Any, admin: Any) -> None:
+    emitter, got = make(settings={"max_chunk_bytes": 2000}, size=1000, clip=False)  # a chunk ends with its write
+    emitter.write(b"a" * 1000, t0=1.0)  # a chunk of 1000 bytes: fits
+    emitter.write(b"b" * 500, t0=2.0)  # opens the next window
+    emitter.write(b"c" * 2000, t0=3.0)  # completes it: 2500 elements, over the limit once encoded
+    emitter.write(b"d" * 1000, t0=4.0)  # the stream goes on
+    settled(emitter)
+    ((seq, exc),) = got.errors
+    assert seq == 1 and isinstance(exc, EncodeError)
+    assert re.fullmatch(r"chunk of 250\d bytes exceeds max_chunk_bytes=2000", str(exc))
+    stats = emitter.stats()
+    assert (stats.written, stats.emitted, stats.failed, stats.in_flight, stats.buffered) == (4500, 3, 1, 2, 0)
+    messages = wait_for(lambda: len(q := queued(admin)) == 2 and q, what="the two good chunks sent")
+    assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 2]
+    for message in messages:
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    assert got.done_seqs == [0, 2]
+    assert_accounted(emitter, 3)
+
+
+def test_a_list_item_that_cannot_be_encoded_fails_its_chunk_only(broker: str, admin: Any) -> None:
+    got = Collector()
+    emitter = ocycle.ListEmit(
+        "workers.tasks.echo",
+        2,
+        clip=True,
+        mode="celery",
+        settings=Settings(broker_url=broker),
+        on_done=got.on_done,
+        on_error=got.on_error,
+    )
+    try:
+        emitter.write([1, object(), 3, 4], t0=1.0)  # the first chunk holds an object
+        ((seq, exc),) = got.errors
+        assert seq == 0 and isinstance(exc, EncodeError) and "builtins.object cannot be encoded" in str(exc)
+        (message,) = wait_for(lambda: queued(admin), what="the second chunk sent")
+        assert message["headers"]["ocycle"]["seq"] == 1
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+        assert emitter.wait(10)
+        assert got.done_seqs == [1]
+        assert_accounted(emitter, 2)
+    finally:
+        executor = emitter.executor
+        emitter.close(wait=False)
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+class RaisingExecutor(ocycle.executors.ChunkExecutor):
+    """An executor whose submit() raises for odd chunks."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures import Future
+
+        if kwargs["meta"].seq % 2:
+            raise EncodeError("odd chunks cannot be encoded")
+        future: Future[Any] = Future()
+        future.set_result(args[0])
+        return future
+
+    wants_meta = True
+
+
+def test_any_executor_whose_submit_raises_fails_that_chunk_and_the_stream_goes_on() -> None:
+    got = Collector()
+    b = ocycle.BufferEmit(
+        lambda v, t0: v, 2, clip=True, mode=RaisingExecutor(), on_done=got.on_done, on_error=got.on_error
+    )
+    b.write(b"abcdefgh", t0=1.0)
+    settled(b)
+    assert got.done_seqs == [0, 2] and [(seq, str(exc)) for seq, exc in got.errors] == [
+        (1, "odd chunks cannot be encoded"),
+        (3, "odd chunks cannot be encoded"),
+    ]
+    assert_accounted(b, 4)
+
+
 def die(executor: Any) -> None:
     """What a producer's exit does to an executor after shutdown(wait=False): its threads stop, the disk stays.
 
@@ -488,6 +634,33 @@ def test_a_spool_dir_that_is_not_writable_is_a_config_error_naming_spool(broker:
         with pytest.raises(ConfigError) as excinfo:
             ocycle.BufferEmit("t", 4, mode="celery", broker=broker, spool=str(locked))
         assert excinfo.value.param == "spool"
+
+
+@pytest.mark.parametrize(
+    ("unix", "kombu", "path", "db"),
+    [
+        ("unix:///run/redis.sock", "redis+socket:///run/redis.sock", "/run/redis.sock", 0),
+        ("unix://:pw@/run/redis.sock?db=3", "redis+socket://:pw@/run/redis.sock?virtual_host=3", "/run/redis.sock", 3),
+        (
+            "unix://u:p%40ss@/tmp/r.sock?db=1&health_check_interval=5",
+            "redis+socket://u:p%40ss@/tmp/r.sock?virtual_host=1&health_check_interval=5",
+            "/tmp/r.sock",
+            1,
+        ),
+    ],
+)
+def test_a_unix_socket_url_is_spelled_for_kombu_and_back(unix: str, kombu: str, path: str, db: int) -> None:
+    from ocycle_dist.remote.redis_client import kombu_url, redis_py_url
+    from ocycle_dist.remote.worker import make_app
+
+    assert kombu_url(unix) == kombu and redis_py_url(kombu) == unix
+    assert kombu_url("redis://h:1/0") == "redis://h:1/0" == redis_py_url("redis://h:1/0")
+    assert make_app(Settings(broker_url=unix)).conf.broker_url == kombu  # the workers' transport knows it
+    for url in (unix, kombu):  # the producer takes either spelling
+        client = connect(url)
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["path"], int(kwargs.get("db", 0))) == (path, db)
+        client.close()
 
 
 @pytest.mark.parametrize(
@@ -570,3 +743,99 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
         executor.shutdown(wait=False, cancel_futures=True)
         executor._dispatcher.join(10)
     assert not executor._dispatcher.is_alive()
+
+
+# ---- the durable spool: its directory deleted, the disk full, its footprint (issue 10) ------------------------
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+def test_a_spool_directory_deleted_mid_run_is_written_again_and_a_restart_adopts_every_chunk(
+    make: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    settings = {"spool_dir": str(directory), "resend_after": 60.0}  # no reply comes: all 300 stay pending
+    first, got1 = make(stream="vanish", settings=settings, max_inflight=1000)
+    for i in range(150):
+        first.write(b"%04d" % i)
+    shutil.rmtree(directory)  # e.g. a tmp cleaner
+    for i in range(150, 300):
+        first.write(b"%04d" % i)  # nothing raises
+    assert len(warnings_of(caplog, "vanished")) == 1
+    assert "writing it again with the 150 chunks pending" in warnings_of(caplog, "vanished")[0]
+    assert spool_rows(directory, "vanish") == list(range(300))
+    assert got1.errors == [] and first.stats().in_flight == 300
+    old = first.executor
+    first.close(wait=False)
+    die(old)  # the producer stops; a new one starts on the same directory and stream
+    second, _ = make(stream="vanish", settings=settings, max_inflight=1000)
+    assert second.stats().emitted == 300 and second.stats().in_flight == 300  # was 0
+
+
+def test_a_spool_directory_that_cannot_be_written_again_fails_the_chunk_with_a_spool_error(
+    make: Any, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    emitter, got = make(settings={"spool_dir": str(directory), "resend_after": 60.0})
+    emitter.write(b"aaaa")
+    shutil.rmtree(directory)
+    directory.write_text("a file where the directory was")
+    emitter.write(b"bbbb")  # returns: the chunk fails
+    settled(emitter)
+    ((seq, exc),) = got.errors
+    assert seq == 1 and isinstance(exc, SpoolError) and isinstance(exc, OSError)
+    assert "vanished and cannot be written again" in str(exc)
+    directory.unlink()
+    emitter.write(b"cccc")  # the directory can be made again: written with every chunk pending
+    assert spool_rows(directory, emitter.stream) == [0, 2]
+    stats = emitter.stats()
+    assert (stats.emitted, stats.in_flight, stats.failed, stats.dropped) == (3, 2, 1, 0)
+
+
+def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recovers(
+    make: Any, admin: Any, small_disk: Path
+) -> None:
+    emitter, got = make(settings={"spool_dir": str(small_disk), "resend_after": 60.0}, size=16384, max_inflight=1000)
+    for i in range(400):  # 400 chunks of 16 KiB: more than the disk holds
+        emitter.write(bytes([i % 256]) * 16384)  # never raises
+    settled(emitter)
+    stats = emitter.stats()
+    assert stats.emitted == 400 and stats.dropped == 0
+    assert 0 < stats.failed < 400 and stats.in_flight == 400 - stats.failed  # every chunk counted
+    assert all(type(exc) is SpoolError and "the disk is full" in str(exc) for _, exc in got.errors), got.errors[:1]
+    assert len(spool_rows(small_disk, emitter.stream)) == stats.in_flight  # what was kept is on disk
+    messages = wait_for(lambda: len(q := queued(admin)) == stats.in_flight and q, what="the kept chunks sent")
+    for message in messages:  # their results come back: the spool empties
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    wait_for(lambda: spool_rows(small_disk, emitter.stream) == [], what="the spool emptied on disk")
+    failed = emitter.stats().failed
+    for i in range(400, 410):
+        emitter.write(bytes([i % 256]) * 16384)  # and keeps new chunks again
+    settled(emitter)
+    assert emitter.stats().failed == failed and emitter.stats().in_flight == 10
+    assert spool_rows(small_disk, emitter.stream) == list(range(400, 410))
+
+
+@pytest.mark.parametrize("policy", ["reject_newest", "drop_oldest"])
+@pytest.mark.parametrize(
+    ("budget", "size", "writes"), [(20000, 16, 400), (20000, 400, 300), (20000, 5000, 40), (1_000_000, 400, 3000)]
+)
+def test_spool_max_bytes_bounds_the_files_on_disk(
+    make: Any, tmp_path: Path, policy: str, budget: int, size: int, writes: int
+) -> None:
+    settings = {"spool_dir": str(tmp_path), "spool_max_bytes": budget, "spool_policy": policy, "resend_after": 60.0}
+    emitter, got = make(settings=settings, size=size, max_inflight=writes)
+    chunk = len(wire.dumps(b"x" * size))
+    bound = budget + min(budget // 16, 4 << 20) + 2 * chunk + 96 * 1024  # the README's
+    peak = 0
+    for i in range(writes):  # no reply comes: the budget fills up, then the policy drops
+        emitter.write(bytes([i % 256]) * size)
+        peak = max(peak, footprint(tmp_path))
+    stats = emitter.stats()
+    assert stats.dropped > 0 and stats.failed == 0 and got.errors == []
+    assert stats.emitted == writes == stats.in_flight + stats.dropped
+    assert stats.spooled_bytes <= budget + chunk + 4096
+    assert peak <= bound, f"{peak} bytes on disk, over {bound} (budget {budget})"  # was 222 KB to 4.1 MB
