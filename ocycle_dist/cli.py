@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocycle-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="stream audio through three consumers (SPL 0.5 s, model 2 s, FLAC 10 s)")
-    demo.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL, else an embedded broker and worker")
+    demo.add_argument(
+        "--broker", help="Redis URL; default OCYCLE_BROKER_URL, else an embedded server and worker (child processes)"
+    )
     demo.add_argument("--seconds", type=float, default=12.0, help="seconds of synthetic audio (default 12)")
     demo.add_argument("--wav", help="stream this WAV/FLAC file instead of a synthetic signal")
     demo.add_argument("--realtime", action="store_true", help="pace the source at real time")

