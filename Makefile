@@ -3,10 +3,11 @@ PY ?= python3
 
 .PHONY: test test-unit test-integration deps lint demo bench
 
-deps:  ## redis-server and espeak-ng (Debian) and the Python packages the tests need
-	@{ command -v redis-server && command -v espeak-ng; } >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server libsndfile1 espeak-ng; \
-	  else echo "redis-server or espeak-ng is missing: sudo apt-get install redis-server espeak-ng" >&2; fi; }
+deps:  ## redis-server, espeak-ng, PortAudio and JACK (Debian) and the Python packages the tests need
+	@{ command -v redis-server && command -v espeak-ng && command -v jackd && ldconfig -p | grep -q libportaudio; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    redis-server libsndfile1 espeak-ng libportaudio2 jackd2; \
+	  else echo "missing: sudo apt-get install redis-server espeak-ng libportaudio2 jackd2" >&2; fi; }
 	$(PY) -m pip install -q -e '.[test]'
 
 lint:
