@@ -225,7 +225,9 @@ def run(
     def report() -> None:
         while not done.wait(progress):
             parts = "; ".join(f"{c.name} {_counts(e.stats())}" for c, e in zip(consumers, emitters, strict=True))
-            lost = f"; source: {source.dropped} blocks dropped, {source.overflows} overflows" if source.dropped else ""
+            lost = ""
+            if source.dropped or source.overflows:
+                lost = f"; source: {source.dropped} blocks dropped, {source.overflows} overflows"
             say(f"progress {source.seconds:7.1f} s of audio: {parts}{lost}", err)
 
     reporter = threading.Thread(target=report, name="ocycle-progress", daemon=True)
@@ -241,11 +243,14 @@ def run(
     except KeyboardInterrupt:
         source.stop()
         reason = "stopped at once by a second signal, without draining"
+        say(f"{reason} after {source.seconds:.1f} s of audio", err)
         for e in emitters:
             e.close(wait=False)
         code = EXIT_INTERRUPTED
     finally:
         done.set()
+        if reporter.is_alive():
+            reporter.join()
     stats = {c.name: e.stats() for c, e in zip(consumers, emitters, strict=True)}
     left = {name: s.in_flight for name, s in stats.items()}
     for c in consumers:

@@ -10,8 +10,12 @@ import pytest
 import soundfile as sf
 
 from ocycle_dist.cli import main
-from ocycle_dist.stream import EXIT_CODES, EXIT_USAGE, Stopper, redact
+from ocycle_dist.consumers import Consumer
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.sources import Source
+from ocycle_dist.stream import EXIT_CODES, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Stopper, redact, run
 from ocycle_dist.testing import free_port
+from ocycle_dist.testing.embedded import embedded_broker
 
 
 @pytest.fixture
@@ -112,3 +116,56 @@ def test_a_signal_while_draining_stops_at_once() -> None:
 )
 def test_messages_never_show_the_brokers_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+# ---- run(): the exit code from the outcome, in-process on fakeredis's server with no worker -----------------
+
+
+class Frames(Source):
+    """``n`` frames of silence, then the end, or an error."""
+
+    description = "test frames"
+
+    def __init__(self, n: int, error: BaseException | None = None) -> None:
+        super().__init__(16000, 1)
+        self.n, self.fail_with = n, error
+
+    def start(self) -> Frames:
+        def read() -> None:
+            for k in range(self.n):
+                self._put(np.zeros(1000, np.float32), 100.0 + k / 16)
+            if self.fail_with is not None:
+                raise self.fail_with
+
+        self._thread(read, "test-frames")
+        return self
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (None, EXIT_INCOMPLETE, "end of input"),
+        (OSError("the recorder died"), EXIT_FAILED, "the source failed (OSError('the recorder died'))"),
+    ],
+)
+def test_the_exit_code_says_how_it_ended(error: BaseException | None, code: int, reason: str) -> None:
+    lines: list[str] = []
+    consumer = Consumer("spl", "workers.tasks.spl", 0.5, "nobody")
+    with embedded_broker() as url:  # no worker: every chunk is left after the drain
+        outcome = run(Frames(12, error), [consumer], Settings(broker_url=url), drain_timeout=0.2, progress=0,
+                      err=lines.append, out=lines.append)  # fmt: skip
+    assert (outcome.code, outcome.reason, outcome.left) == (code, reason, {"spl": 2})  # 12000 samples: 1 + partial
+    assert f"{reason} after 0.8 s of audio: flushing and draining (up to 0.2 s)" in lines
+    assert "  spl        every 0.5 s, queue 'nobody': 2 chunks: 0 done, 2 left, 0 failed, 0 dropped, 0 expired" in lines
+    assert lines[-1] == f"exit {code}: {' '.join(EXIT_CODES[code].split())}"
+
+
+def test_a_stop_request_ends_the_writer_and_drains() -> None:
+    lines: list[str] = []
+    stopper = Stopper()
+    stopper.request("SIGINT")
+    with embedded_broker() as url:
+        outcome = run(Frames(3), [Consumer("spl", "workers.tasks.spl", 0.5)], Settings(broker_url=url),
+                      drain_timeout=0.1, progress=0, stopper=stopper, err=lines.append)  # fmt: skip
+    assert outcome.reason == "stopped by SIGINT"
+    assert outcome.code == EXIT_OK  # nothing was written: nothing left
