@@ -6,7 +6,24 @@ They are what ``asbuffer=True`` hands a callback of a list or numpy stream (``io
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+
+class BufferFactory:
+    """The ``new`` class attribute of the emitters (as in ocycle 0.1.0): the buffer factory of the stream.
+
+    Read on the class, it is the class's default (``io.BytesIO`` for ``BufferEmit``); read on an emitter, the
+    factory that emitter uses (``BufferEmit(..., new=io.StringIO).new is io.StringIO``).
+    """
+
+    def __init__(self, default: Callable[[], Any]) -> None:
+        self.default = default
+
+    def __get__(self, obj: Any, cls: Any = None) -> Callable[[], Any]:
+        if obj is None:
+            return self.default
+        return obj.__dict__.get("_new_buffer", self.default)  # type: ignore[no-any-return]
 
 
 class _SeqIO:
@@ -70,15 +87,21 @@ class ListIO(_SeqIO):
 class NumpyIO(_SeqIO):
     """A numpy array with the interface of ``io.BytesIO``; the first axis is time.
 
-    The storage grows by doubling, so a sequence of writes costs linear time.
+    The storage grows by doubling, so a sequence of writes costs linear time. ``len_lookback`` and
+    ``padding`` are accepted for ocycle 0.1.0's signature (its storage heuristic); they change nothing here.
+    The first write into an empty buffer sets its dtype and trailing shape (ocycle kept float64).
     """
 
-    def __init__(self, shape: Any = (0,), dtype: Any = None) -> None:
+    def __init__(self, shape: Any = (0,), len_lookback: int = 50, padding: float = 0.5, *, dtype: Any = None) -> None:
         import numpy as np
 
         self._np = np
         self._data = np.zeros(shape, dtype=dtype if dtype is not None else float)
         self._n = len(self._data)
+        self.len_lookback, self.padding = len_lookback, padding
+
+    def readjust(self) -> None:
+        """ocycle 0.1.0 resized its storage here; the storage here grows by doubling on write: nothing to do."""
 
     @property
     def buffer(self) -> Any:

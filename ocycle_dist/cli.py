@@ -1,4 +1,4 @@
-"""The ``ocycle-dist`` command: ``demo`` (the main job) and ``status``."""
+"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer) and ``status``."""
 
 from __future__ import annotations
 
@@ -36,10 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocycle-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="stream audio through three consumers (SPL 0.5 s, model 2 s, FLAC 10 s)")
-    demo.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL, else an embedded broker and worker")
+    demo.add_argument(
+        "--broker", help="Redis URL; default OCYCLE_BROKER_URL, else an embedded server and worker (child processes)"
+    )
     demo.add_argument("--seconds", type=float, default=12.0, help="seconds of synthetic audio (default 12)")
     demo.add_argument("--wav", help="stream this WAV/FLAC file instead of a synthetic signal")
     demo.add_argument("--realtime", action="store_true", help="pace the source at real time")
+    from .stream import EPILOG, add_arguments
+
+    stream = sub.add_parser(
+        "stream",
+        help="stream stdin PCM, a sound file or a microphone through consumers (Celery tasks)",
+        description="Stream audio through consumers, each chunk a Celery task; results on stdout, progress on stderr.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(stream)
     st = sub.add_parser("status", help="queue depth, workers seen, results pending")
     st.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL")
     args = parser.parse_args(argv)
@@ -47,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main_demo
 
         return main_demo(args.broker, args.seconds, args.wav, args.realtime)
+    if args.command == "stream":
+        from .stream import main_stream
+
+        return main_stream(args)
     return status(args.broker)
 
 

@@ -161,7 +161,6 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     import workers
 
     from .remote.redis_client import reachable, redact
-    from .remote.settings import app_settings
     from .testing.embedded import embedded
 
     rate = workers.settings.sample_rate
@@ -175,7 +174,9 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     if broker:
         print(f"broker {broker} is not reachable")
         return 2
-    print(f"no broker reachable at {redact(url)}: running an embedded broker (fakeredis) and worker in this process")
-    with embedded(workers.app, QUEUES) as local_url:
-        run(local_url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, settings=app_settings(workers.app))
+    print(f"no broker reachable at {redact(url)}: starting an embedded broker and worker", flush=True)
+    with embedded(QUEUES) as local:
+        print(f"embedded broker: {local.server} on {local.url}")
+        print(f"embedded workers: {local.workers}", flush=True)
+        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
     return 0

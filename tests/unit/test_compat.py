@@ -347,3 +347,154 @@ def test_a_thread_callbacks_exception_is_reported_not_lost():
     b.close()
     assert [type(e) for e in errors] == [ZeroDivisionError]
     assert b.stats().failed == 1
+
+
+# ---- every public member of the seed's emitters and buffers, side by side ---------------------------------
+
+SEED_DELEGATED = {"getvalue", "tell", "read"}  # the seed's __getattr__ hands these to its current buffer
+
+
+def _public(obj) -> set[str]:
+    return {n for n in dir(obj) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize(("name", "frame"), [("BufferEmit", b"abc"), ("NumpyEmit", np.arange(3.0)), ("ListEmit", [1])])
+def test_every_public_member_of_the_seeds_emitters_exists(name, frame):
+    old, new = getattr(seed, name)(upper, 4), getattr(ocycle, name)(upper, 4)
+    try:
+        old.write(frame, t0=1.0)
+        new.write(frame, t0=1.0)
+        wanted = _public(old) | SEED_DELEGATED | {"__enter__", "__exit__", "__del__", "__getstate__"}
+        assert {"pool", "t0", "pause_until", "clip_value", "current", "items", "truncate", "reuse"} <= wanted
+        assert sorted(n for n in wanted if not hasattr(new, n)) == []
+        for member in wanted:  # callables stay callable, values stay values
+            assert callable(getattr(old, member)) == callable(getattr(new, member)), member
+    finally:
+        old.close()
+        new.close()
+
+
+@pytest.mark.parametrize("name", ["NumpyIO", "ListIO"])
+def test_every_public_member_of_the_seeds_buffers_exists(name):
+    old, new = getattr(seed, name)(), getattr(ocycle, name)()
+    assert sorted(n for n in _public(old) if not hasattr(new, n)) == []
+
+
+@BOTH
+@pytest.mark.parametrize("mode", ["serial", "thread"])
+def test_pool_is_the_pool_and_none_after_close_and_del(lib, mode):
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = lib.BufferEmit(upper, 4, mode=mode)
+    assert b.pool is not None and callable(b.pool.submit) and callable(b.pool.shutdown)
+    assert isinstance(b.pool, ThreadPoolExecutor) == (mode == "thread")
+    b.close()
+    assert b.pool is None
+    b.open()
+    assert b.pool is not None
+    b.__del__()
+    assert b.pool is None
+    b.open(reopen=True)
+    assert b.pool is not None
+    b.close()
+
+
+@BOTH
+def test_attributes_read_like_the_seeds(lib):
+    sampler = lambda: 0.5  # noqa: E731
+    b = lib.BufferEmit(upper, 4, clip=True, asbuffer=False, npool=3, sampler=sampler, on_done=print)
+    assert (b.size, b.clip_value, b.asbuffer, b.npool, b.mode, b.callback, b.on_done) == (
+        4, True, False, 3, "serial", upper, print
+    )  # fmt: skip
+    assert b.sampler() == 0.5
+    assert lib.BufferEmit(upper, 4).sampler in (None, 0)  # falsy: no sampler
+    assert (b.t0, b.pause_until, b.full, b.is_pausing, len(b.items), b.last) == (0, 0, False, False, 0, None)
+    assert b.new is io.BytesIO and lib.BufferEmit.new is io.BytesIO
+    assert lib.BufferEmit(upper, 4, new=io.StringIO).new is io.StringIO
+    assert lib.NumpyEmit.new is lib.NumpyIO and lib.ListEmit.new is lib.ListIO
+    b.close()
+
+
+@BOTH
+def test_the_current_buffer_holds_what_is_collected(lib):
+    got = Sink()
+    b = lib.BufferEmit(got, 4, clip=True)
+    b.write(b"ab", t0=1.0)
+    assert (b.getvalue(), b.tell(), b.current.getvalue(), b.t0) == (b"ab", 2, b"ab", 1.0)
+    assert b.read() == b""  # the cursor is at the end, as after a write
+    b.write(b"cdef", t0=2.0)
+    assert got.got == [(b"abcd", 1.0)]
+    assert (b.getvalue(), b.tell(), b.full) == (b"ef", 2, False)
+    assert b.last.getvalue() == b"ef"  # the seed recycles the emitted buffer as the current one
+
+
+@BOTH
+def test_numpy_and_list_emitters_expose_their_buffer(lib):
+    n = lib.NumpyEmit(upper, 4)
+    n.write(np.arange(3.0), t0=1.0)
+    np.testing.assert_array_equal(n.buffer, [0.0, 1.0, 2.0])
+    assert type(n.current) is lib.NumpyIO
+    items = lib.ListEmit(upper, 4)
+    items.write([1, 2], t0=1.0)
+    assert (items.buffer, items.getvalue(), items.tell()) == ([1, 2], [1, 2], 2)
+
+
+@BOTH
+def test_reset_next_truncate_and_reuse(lib):
+    got = Sink()
+    b = lib.BufferEmit(got, 4, clip=True)
+    b.write(b"abc", t0=1.0)
+    b.reset()
+    assert b.getvalue() == b""
+    b.write(b"wxyz", t0=2.0)
+    assert got.got == [(b"wxyz", 2.0 if lib is ocycle_dist else 1.0)]  # the seed kept the discarded data's t0
+    b.next(b"xy")
+    assert b.getvalue() == b"xy"
+    b = lib.BufferEmit(got, 10)
+    b.write(b"abcdef", t0=3.0)
+    assert b.truncate(4) == b"ef"
+    assert b.getvalue() == b"abcd"
+    assert b.truncate() == b""  # nothing beyond size
+    spare = io.BytesIO(b"old")
+    b.reuse(spare)
+    assert len(b.items) == 1 and spare.getvalue() == b""
+
+
+def test_truncate_keeps_writing_after_the_elements_kept():
+    # the seed left its cursor at 0 after truncate(): the next write overwrote the data kept
+    got = Sink()
+    b = ocycle.BufferEmit(got, 6, clip=True)
+    b.write(b"abcdef"[:5], t0=1.0)
+    assert b.truncate(3) == b"de"
+    assert b.tell() == 3
+    b.write(b"xyz", t0=2.0)
+    assert got.got == [(b"abcxyz", 1.0)]
+    assert b.stats().skipped == 2 and b.stats().written == 8
+    old = seed.BufferEmit(Sink(), 6, clip=True)
+    old.write(b"abcde")
+    old.truncate(3)
+    old.write(b"xyz")
+    assert old.getvalue() == b"xyz"  # "abc" lost
+
+
+@BOTH
+def test_sampler_pause_until_and_is_pausing(lib):
+    got = Sink()
+    b = lib.BufferEmit(got, 2, clip=True, sampler=100.0)
+    now = __import__("time").time()
+    b.write(b"ab", t0=now)
+    assert b.pause_until == now + 100.0
+    assert b.is_pausing
+    b.write(b"cd", t0=now + 1)
+    assert [v for v, _ in got.got] == [b"ab"]
+
+
+@BOTH
+def test_numpy_io_signature_and_members(lib):
+    buf = lib.NumpyIO((0, 2), 10, 0.25)  # shape, len_lookback, padding: the seed's positional order
+    buf.write(np.ones((3, 2)))
+    buf.readjust()
+    assert (buf.size(), buf.tell(), buf.buffer.shape) == (3, 3, (3, 2))
+    np.testing.assert_array_equal(buf.getvalue(), np.ones((3, 2)))
+    buf.seek(1)
+    assert buf.read(1).shape == (1, 2)
