@@ -19,6 +19,8 @@ typedef struct {
     double last_t0;
     double last_end;
     double inv_rate;
+    double max_gap;
+    double max_t0;
 } Appender;
 
 static int
@@ -66,6 +68,8 @@ Appender_init(Appender *self, PyObject *args, PyObject *kwds)
     Py_INCREF(due); Py_XSETREF(self->due, due);
     Py_INCREF(other); Py_XSETREF(self->other, other);
     self->threshold = threshold;
+    self->max_gap = 0.0;
+    self->max_t0 = DBL_MAX;
     return 0;
 }
 
@@ -104,7 +108,7 @@ Appender_write(Appender *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         } else {
             fast = 0;
         }
-        if (fast && !(t >= self->last_end && t <= DBL_MAX)) /* NaN fails both */
+        if (fast && !(t >= self->last_end && t <= self->max_t0)) /* NaN fails both; past max_t0: a gap */
             fast = 0;
     }
     if (fast) {
@@ -147,6 +151,7 @@ Appender_write(Appender *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         if (t0 != Py_None) {
             self->last_t0 = t;
             self->last_end = t + (double)n * self->inv_rate;
+            self->max_t0 = self->max_gap > 0.0 ? self->last_end + self->max_gap : DBL_MAX;
         }
         Py_RETURN_NONE;
     }
@@ -170,6 +175,8 @@ static PyMemberDef Appender_members[] = {
     {"last_t0", T_DOUBLE, offsetof(Appender, last_t0), 0, "the t0 of the last write that gave one"},
     {"last_end", T_DOUBLE, offsetof(Appender, last_end), 0, "when that write ended: a fast t0 is at least this"},
     {"inv_rate", T_DOUBLE, offsetof(Appender, inv_rate), 0, "1 / rate, or 0.0 without a rate"},
+    {"max_gap", T_DOUBLE, offsetof(Appender, max_gap), 0, "seconds after last_end a fast t0 may be (0.0: any)"},
+    {"max_t0", T_DOUBLE, offsetof(Appender, max_t0), 0, "a fast t0 is at most this: later is a gap"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -130,6 +130,10 @@ class BufferEmit:
             Default: ``<callback>-<size>@<host>-<pid>``; give your own to take over a spool after a restart.
         dtype: numpy streams: the dtype (else taken from the first frame).
         shape: numpy streams: the shape of one element, a tuple (else taken from the first frame).
+        max_gap: with ``rate``: seconds a write's t0 may come after the previous write's end (its t0 +
+            its length / rate) before it is a gap in the input (an audio driver's overflow drops blocks):
+            the open windows are then emitted as partial chunks and new ones open at that frame, so that no
+            chunk spans a gap; counted in ``stats().gaps``. 0 turns it off.
         **executor_options: passed to the executor; for celery: ``broker=``, ``app=``, ``settings=``,
             ``queue=`` (this emitter's Celery queue), ``expires=`` (seconds after emit a chunk may still start),
             ``spool=``.
@@ -161,6 +165,7 @@ class BufferEmit:
         stream: str | None = None,
         dtype: Any = None,
         shape: tuple[int, ...] | None = None,
+        max_gap: float = 0.05,
         **executor_options: Any,
     ) -> None:
         self._config = {k: v for k, v in locals().items() if k not in ("self", "executor_options", "__class__")}
@@ -175,6 +180,9 @@ class BufferEmit:
         ):
             raise ConfigError("rate", rate, "a positive, finite number of elements per second, or None")
         self.rate = rate
+        if isinstance(max_gap, bool) or not isinstance(max_gap, (int, float)) or not 0 <= max_gap < math.inf:
+            raise ConfigError("max_gap", max_gap, "seconds >= 0 (0: no gap detection)")
+        self.max_gap = float(max_gap)
         check_mode(mode)
         if policy is None:
             bounded = mode in REMOTE_MODES or (is_executor(mode) and as_chunk_executor(mode).bounds_backlog)
@@ -215,7 +223,16 @@ class BufferEmit:
         self._owns_executor = False
         self._closed = False
         self.windows = Windows(
-            self._kind, self.size, self.hop, self.clip, rate, self.sampler, self.stream, self._emit, self._other
+            self._kind,
+            self.size,
+            self.hop,
+            self.clip,
+            rate,
+            self.sampler,
+            self.stream,
+            self._emit,
+            self._other,
+            max_gap=self.max_gap,
         )
         self.write = self.windows.hot.write  # type: ignore[method-assign]  # the C hot path: no Python frame per write
         self._open_executor()  # like ocycle 0.1.0; a bad broker URL fails here, a durable spool is taken over
@@ -500,6 +517,8 @@ class BufferEmit:
                 callback_backlog=self._callbacks.backlog,
                 callback_p99=callback_p99,
                 t0_overlaps=windows.t0_overlaps,
+                gaps=windows.gaps,
+                gap_seconds=windows.gap_seconds,
                 **inflight.counts,
             )
 

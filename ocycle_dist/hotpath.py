@@ -4,8 +4,9 @@
 (built when a compiler is available at install), used unless ``OCYCLE_PURE_PYTHON=1``. Both are tested.
 
 Only a frame whose ``t0`` is plainly good takes the fast path: None, or an exact ``float``/``int`` that is
-finite and not before ``last_end`` (the end time of the previous write). Anything else (a NaN, inf, a
-negative or backwards t0, a t0 of another type) goes to ``other``, which checks it before anything is kept
+finite, not before ``last_end`` (the end time of the previous write) and not after ``max_t0`` (with a rate,
+``last_end + max_gap``: later is a gap in the input). Anything else (a NaN, inf, a negative or backwards t0,
+a gap, a t0 of another type) goes to ``other``, which checks it before anything is kept
 (:meth:`ocycle_dist.windows.Windows.check_t0`). So a rejected t0 never leaves its frame behind.
 """
 
@@ -35,9 +36,23 @@ class Appender:
         last_t0: the t0 of the last write that gave one (0.0 before any).
         last_end: the time that write ended: ``last_t0 + n * inv_rate``; a fast t0 is at least this.
         inv_rate: ``1 / rate``, or 0.0 without a rate.
+        max_gap: seconds after ``last_end`` a fast t0 may be (0.0: any).
+        max_t0: a fast t0 is at most this: ``last_end + max_gap`` once a write gave a t0 (with ``max_gap``).
     """
 
-    __slots__ = ("due", "ends", "fast_type", "inv_rate", "last_end", "last_t0", "other", "segs", "threshold")
+    __slots__ = (
+        "due",
+        "ends",
+        "fast_type",
+        "inv_rate",
+        "last_end",
+        "last_t0",
+        "max_gap",
+        "max_t0",
+        "other",
+        "segs",
+        "threshold",
+    )
     fast_type: Any
 
     def __init__(
@@ -51,12 +66,13 @@ class Appender:
     ) -> None:
         self.segs, self.ends, self.fast_type = segs, ends, fast_type
         self.threshold, self.due, self.other = threshold, due, other
-        self.last_t0 = self.last_end = self.inv_rate = 0.0
+        self.last_t0 = self.last_end = self.inv_rate = self.max_gap = 0.0
+        self.max_t0 = MAX_T0
 
     def write(self, data: Any, t0: float | None = None) -> None:
         """Append ``data`` if it is of ``fast_type`` and ``t0`` plainly good, else hand both to ``other``."""
         if type(data) is self.fast_type and (
-            t0 is None or ((type(t0) is float or type(t0) is int) and self.last_end <= t0 <= MAX_T0)
+            t0 is None or ((type(t0) is float or type(t0) is int) and self.last_end <= t0 <= self.max_t0)
         ):
             ends = self.ends
             n = len(data)
@@ -68,6 +84,7 @@ class Appender:
             if t0 is not None:  # after due(): a write that raised there leaves them as they were
                 self.last_t0 = float(t0)
                 self.last_end = t0 + n * self.inv_rate
+                self.max_t0 = self.last_end + self.max_gap if self.max_gap > 0.0 else MAX_T0
             return
         self.other(data, t0)
 
@@ -82,6 +99,6 @@ def appender_class() -> type:
             from ._speedups import Appender as CAppender
         except ImportError:
             return Appender
-        if all(hasattr(CAppender, name) for name in ("last_t0", "last_end", "inv_rate")):
+        if all(hasattr(CAppender, name) for name in ("last_t0", "last_end", "inv_rate", "max_t0")):
             return CAppender  # type: ignore[no-any-return]
     return Appender

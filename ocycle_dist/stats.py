@@ -31,6 +31,10 @@ class Stats:
         t0_overlaps: writes (with ``rate``) whose t0 fell before the end of the previous write (its t0 + its
             length / rate) but not before its t0: accepted as clock jitter, counted. A t0 earlier than the
             previous write's is refused (FrameError).
+        gaps: writes (with ``rate``) whose t0 came later than the previous write's end by more than
+            ``max_gap``: the input skipped (an audio driver's overflow). The open windows were emitted there
+            as partial chunks and new ones opened at the frame, so that no chunk spans a gap.
+        gap_seconds: the input those gaps skipped, in seconds.
     """
 
     written: int = 0
@@ -48,6 +52,8 @@ class Stats:
     latency_p50: float = 0.0
     latency_p99: float = 0.0
     t0_overlaps: int = 0
+    gaps: int = 0
+    gap_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """The counters as a dict."""

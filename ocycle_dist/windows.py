@@ -29,7 +29,7 @@ from typing import Any
 
 from .chunk import Chunk
 from .errors import ConfigError, FrameError
-from .hotpath import NEVER, appender_class
+from .hotpath import MAX_T0, NEVER, appender_class
 from .kinds import Kind
 
 Emit = Callable[[Any, Chunk], None]
@@ -67,6 +67,7 @@ class Windows:
         stream: str,
         emit: Emit,
         other: Callable[[Any, Any], None],
+        max_gap: float = 0.0,
     ) -> None:
         self.kind, self.size, self.hop, self.clip, self.rate = kind, size, hop, clip, rate
         self.sampler, self.stream, self.emit = sampler, stream, emit
@@ -80,8 +81,11 @@ class Windows:
         self.paused = False
         self.pause_until = 0.0
         self.t0_overlaps = 0  # writes whose t0 fell inside the previous write's span (rate set)
+        self.gaps = 0  # writes whose t0 came later than the rate predicts by more than max_gap
+        self.gap_seconds = 0.0  # the input those gaps skipped
         self.hot = appender_class()(self.segs, self.ends, kind.fast_type, 1, self._advance, other)
         self.hot.inv_rate = 1.0 / rate if rate else 0.0
+        self.hot.max_gap = max_gap if rate else 0.0  # gaps are seen against the rate's prediction
 
     @property
     def end(self) -> int:
@@ -141,6 +145,8 @@ class Windows:
             FrameError: ``t0`` is invalid (see :meth:`check_t0`); nothing was kept.
         """
         t0, overlaps = self.check_t0(t0) if compare else (t0, False)
+        if compare and t0 is not None and t0 > self.hot.max_t0:  # later than the rate predicts: a gap
+            self._gap(t0 - self.hot.last_end)
         when, resumed = t0, self.paused
         if self.paused:
             when = time.time() if t0 is None else t0
@@ -179,7 +185,15 @@ class Windows:
             hot = self.hot
             hot.last_t0 = t0
             hot.last_end = t0 + n * hot.inv_rate
+            hot.max_t0 = hot.last_end + hot.max_gap if hot.max_gap > 0.0 else MAX_T0
             self.t0_overlaps += overlaps
+
+    def _gap(self, seconds: float) -> None:
+        """The input skipped ``seconds`` (an audio driver's overflow): the open windows end here, as partial
+        chunks, and new ones open at the next frame, so that no chunk spans the gap."""
+        self.gaps += 1
+        self.gap_seconds += seconds
+        self.flush()
 
     def _advance(self, n: int, t0: float | None) -> None:
         """Open the windows the last write reached and emit those it completed."""

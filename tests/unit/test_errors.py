@@ -474,7 +474,7 @@ def test_a_bad_t0_is_refused_and_its_frame_not_kept(use, appender, rate, bad):
     with pytest.raises(FrameError):
         b.write(b"cd", t0=bad)  # the same again: still nothing kept
     assert rec.values == [] and b.stats().written == 2 and b.stats().buffered == 2
-    b.write(b"efgh", t0=2.0)
+    b.write(b"efgh", t0=1.0 + 2 / rate if rate else 2.0)  # with rate: contiguous, no gap
     assert rec.values == [(b"abef", 1.0)]
     assert b.stats().written == 6 and b.stats().t0_overlaps == 0
 

@@ -1,0 +1,71 @@
+"""Gaps in the input (an audio driver's overflow drops blocks): with ``rate``, a write whose t0 comes later
+than the previous write's end by more than ``max_gap`` ends the open windows there (partial chunks) and opens
+new ones at that frame, so that no chunk spans a gap; gaps are counted. Both hot paths, C and Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import ocycle_dist as ocycle
+from ocycle_dist import hotpath, windows
+
+RATE = 1000.0
+
+
+@pytest.fixture(params=["c", "python"])
+def appender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "python":
+        monkeypatch.setattr(windows, "appender_class", lambda: hotpath.Appender)
+    else:
+        assert hotpath.appender_class() is not hotpath.Appender, "the C hot path is not built"
+
+
+def run(writes: list[tuple[bytes, float]], **options: Any) -> tuple[list[tuple[bytes, ocycle.Chunk]], Any]:
+    got: list[tuple[bytes, ocycle.Chunk]] = []
+    e = ocycle.BufferEmit(lambda v, t0, meta: got.append((v, meta)), 100, clip=True, rate=RATE, **options)
+    for frame, t0 in writes:
+        e.write(frame, t0=t0)
+    return got, e.stats()
+
+
+def frames(start: float, count: int, tag: bytes) -> list[tuple[bytes, float]]:
+    """``count`` contiguous 40-element frames from ``start``: 40 ms each at 1000 elements/s."""
+    return [(tag * 40, start + i * 0.040) for i in range(count)]
+
+
+@pytest.mark.usefixtures("appender")
+def test_a_gap_ends_the_open_window_and_the_next_chunk_starts_at_the_frame_after_it() -> None:
+    writes = frames(10.0, 4, b"a") + frames(10.0 + 4 * 0.040 + 0.5, 6, b"b")  # 0.5 s lost after 160 elements
+    got, stats = run(writes)
+    (head, head_meta), (first, first_meta), (second, second_meta) = got[:3]
+    assert head == b"a" * 100 and head_meta.t0 == pytest.approx(10.0) and not head_meta.partial
+    assert first == b"a" * 60 and first_meta.partial and first_meta.t0 == pytest.approx(10.1)  # ends at the gap
+    assert second == b"b" * 100 and second_meta.t0 == pytest.approx(10.66)  # no chunk spans the gap
+    assert (stats.gaps, stats.gap_seconds) == (1, pytest.approx(0.5))
+    assert stats.written == 400 and stats.buffered == 40
+
+
+@pytest.mark.usefixtures("appender")
+def test_jitter_within_max_gap_is_no_gap() -> None:
+    writes = [(b"x" * 40, 10.0 + i * 0.040 + (0.02 if i % 2 else 0.0)) for i in range(10)]  # +20 ms jitter
+    got, stats = run(writes)
+    assert stats.gaps == 0 and [len(v) for v, _ in got] == [100] * 4 and not any(m.partial for _, m in got)
+
+
+@pytest.mark.usefixtures("appender")
+def test_max_gap_zero_turns_it_off_and_a_stream_without_rate_has_no_gaps() -> None:
+    writes = frames(10.0, 4, b"a") + frames(20.0, 6, b"b")
+    got, stats = run(writes, max_gap=0)
+    assert stats.gaps == 0 and [len(v) for v, _ in got] == [100] * 4
+    e = ocycle.BufferEmit(lambda v, t0: None, 100, clip=True)
+    for frame, t0 in writes:
+        e.write(frame, t0=t0)
+    assert e.stats().gaps == 0
+
+
+def test_max_gap_must_be_seconds() -> None:
+    for bad in (-1, float("inf"), "1", True):
+        with pytest.raises(ocycle.ConfigError, match="max_gap"):
+            ocycle.BufferEmit(lambda v, t0: None, 4, rate=RATE, max_gap=bad)
