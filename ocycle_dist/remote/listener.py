@@ -34,6 +34,7 @@ class ReplyListener:
         self._keys: list[str] = []
         self._handlers: list[Handler] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # emitters on several threads may listen() at once
         self._thread = threading.Thread(target=self._run, name="ocycle-listener", daemon=True)
         self.connected = threading.Event()
         self.reconnects = 0
@@ -49,10 +50,13 @@ class ReplyListener:
 
     def listen(self, key: str) -> None:
         """Also pop replies from ``key``; starts the thread on the first key."""
-        if key not in self._keys:
-            self._keys = [*self._keys, key]
-        if not self._thread.is_alive() and not self._stop.is_set():
-            self._thread.start()
+        if key in self._keys and self._thread.is_alive():
+            return
+        with self._lock:
+            if key not in self._keys:
+                self._keys = [*self._keys, key]
+            if not self._thread.is_alive() and not self._stop.is_set() and self._thread.ident is None:
+                self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread (after at most one poll interval)."""

@@ -60,6 +60,16 @@ class Settings(EnvSettings):
             of a 16 kHz float32 microphone (0.5 s + 2 s + 10 s chunks: 192 kB per second of audio), or 11
             minutes of int16. When it is full, the emitter's ``policy`` acts (counted in ``stats().dropped``).
         spool_policy: for a ``CeleryExecutor`` made without an emitter: ``reject_newest`` or ``drop_oldest``.
+        batch_max_chunks: the producer sends up to this many pending chunks of the same task and queue as one
+            Celery message (task ``ocycle.batch``, run by workers made with ``make_app``); each chunk still has
+            its own outcome. A lone pending chunk goes as a plain task message. 0 or 1: never batch.
+        batch_max_bytes: the most encoded chunk bytes in one batch message (a claimed chunk counts as its
+            key: it stays in Redis under its own key).
+        worker_drain: a worker's pool process, having run a short chunk, takes up to this many more waiting
+            messages of the same queue in one Redis round trip and runs them in the same call (a fleet of
+            producers each with one chunk in flight is then served at batch speed); they are recorded in the
+            unacknowledged set and in a lease of the pool process, so a killed worker's are sent again at
+            once. 0: never.
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -77,6 +87,9 @@ class Settings(EnvSettings):
     spool_dir: str = ""
     spool_max_bytes: int = 64 * 1024 * 1024
     spool_policy: str = "reject_newest"
+    batch_max_chunks: int = 64
+    batch_max_bytes: int = 1024 * 1024
+    worker_drain: int = 64
 
 
 def app_settings(app: Any) -> Settings:
