@@ -287,12 +287,10 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             pipe.execute()
             if back or len(messages) < settings.worker_drain:
                 break
-    finally:
+    finally:  # the lease now names nothing and lives on: deleting it would read as this process's death to a
+        # producer whose reply is still on its way (it would send that chunk again)
         try:
-            pipe = client.pipeline(transaction=False)
-            pipe.delete(lease_key(name))
-            pipe.srem(WORKERS_KEY, name)
-            pipe.execute()
+            client.set(lease_key(name), wire.dumps({"worker": name, "tasks": [], "tags": []}), px=int(lease * 1000))
         except Exception:  # it lapses
-            log.debug("could not delete the lease of %s", name)
+            log.debug("could not clear the lease of %s", name)
     return total
