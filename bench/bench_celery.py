@@ -5,7 +5,7 @@ Run from the repository root (needs ``redis-server`` on PATH, e.g. Debian's ``ap
     python bench/bench_celery.py              # everything, 5 interleaved publish rounds (~2.5 min)
     python bench/bench_celery.py --rounds 9
     python bench/bench_celery.py --quick      # smoke run: small counts, 2 rounds (~45 s)
-    python bench/bench_celery.py --sections 1,4   # some sections only (1 3a 4 5 3b 6; 1 covers goals 1 and 2)
+    python bench/bench_celery.py --sections 1,4   # some sections only (1 3a 4 12 5 3b 6; 1 covers goals 1 and 2)
     python bench/bench_celery.py --logs DIR   # keep redis-server's and the workers' logs in DIR
 
 Self-contained: starts its own redis-server and 8 workers (``bench/celery_bench/rig.py``), stopped at the end,
@@ -38,11 +38,12 @@ import redis  # noqa: E402
 
 import ocycle_dist  # noqa: E402
 from bench._report import Verdicts  # noqa: E402
-from bench.celery_bench import latency, memory, outage, publish, scaling, write_latency  # noqa: E402
+from bench.celery_bench import fleet, latency, memory, outage, publish, scaling, write_latency  # noqa: E402
 from bench.celery_bench.common import OCYCLE_DB, BenchError, config  # noqa: E402
 from bench.celery_bench.rig import Rig, interrupts_as_exceptions, scan_logs, worker_log_summary  # noqa: E402
 
-SECTIONS = {"1": publish, "3a": write_latency, "4": latency, "5": scaling, "3b": outage, "6": memory}  # run order
+SECTIONS = {"1": publish, "3a": write_latency, "4": latency, "12": fleet, "5": scaling, "3b": outage,
+            "6": memory}  # run order; 12: issue 12's 12a, 12b, 12e (12c is in 4, 12d in 1 and 3a)
 perf = time.perf_counter
 
 

@@ -35,6 +35,19 @@ def _vad() -> ModuleType:
     return importlib.import_module("bench_ref_workers.vad")
 
 
+@cache
+def _audio() -> ModuleType:
+    """``workers/audio.py``, loaded like :func:`_vad`."""
+    _vad()
+    return importlib.import_module("bench_ref_workers.audio")
+
+
+@app.task(name="bench.refapp.spl")
+def spl(chunk: bytes, t0: float) -> dict[str, Any]:
+    """``workers.tasks.spl`` for plain Celery: the chunk travels as int16 PCM bytes."""
+    return {"t0": t0, **_audio().spl(chunk)}
+
+
 @app.task(name="bench.refapp.echo")
 def echo(chunk: Any, t0: float) -> list[Any]:
     """Return ``[chunk, t0]`` unchanged, like ``workers.tasks.echo``."""

@@ -119,6 +119,8 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
                          "<= 0.5x"])  # fmt: skip
             verdicts.at_most("4", f"under load ({load} at once), p{q} vs {ref_name} each <= 0.5x ('far better')",
                              ms(a), ms(b), b / a, 0.5)  # fmt: skip
+            verdicts.at_most("12c", f"{load} chunks at once on one worker: emit-to-on_done p{q} vs {ref_name} <= 0.5x",
+                             ms(a), ms(b), b / a, 0.5)  # fmt: skip
         a, b = load / span[ref_name], load / span["ocycle_dist"]
         rows.append(["under load: first send to last reply, chunks/s", ref_name, fmt(a), fmt(b), f"{b / a:.2f}x",
                      "(higher is better)"])  # fmt: skip

@@ -145,6 +145,12 @@ def report(cases: list[Publish], keys: list[str], verdicts: Verdicts) -> None:
                          fmt(mbytes / statistics.median(case.seconds[ref_name])),
                          fmt(n / statistics.median(dist)), fmt(mbytes / statistics.median(dist)), ratio_cell(ratios),
                          f">= {target:g}x ({unit})" if goal else ""])  # fmt: skip
+            issue12_goals = {(2 * KIB, "raw LPUSH"): ("12e", 1.0), (MIB, "raw LPUSH"): ("12d", 0.8)}
+            issue12 = issue12_goals.get((case.size, ref_name))
+            if issue12:
+                verdicts.at_least(issue12[0], f"{case.label} {unit} vs {ref_name} >= {issue12[1]:g}x",
+                                  f"{fmt(ref_rate)} {unit}", f"{fmt(dist_rate)} {unit}",
+                                  statistics.median(ratios), issue12[1])  # fmt: skip
             if goal:
                 verdicts.at_least(goal, f"{case.label} {unit} vs {ref_name} >= {target:g}x",
                                   f"{fmt(ref_rate)} {unit}", f"{fmt(dist_rate)} {unit}",

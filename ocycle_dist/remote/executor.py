@@ -168,14 +168,17 @@ class CeleryExecutor(ChunkExecutor):
                 "broker_errors",  # publishes refused or failed (each is retried)
                 "forged",  # replies whose authentication failed: ignored
                 "thread_errors",  # unexpected errors the publisher survived
+                "messages",  # task messages sent (a batch message is one)
+                "batched",  # chunks sent in batch messages
             ),
             0,
         )
         self.broker_error: str | None = None  # the last publish error, until a publish succeeds
         self._leases = LeaseWatch(self._client, s.worker_lease) if s.worker_lease > 0 else None
         self._lease_check_at = 0.0
+        self._batching = True  # off once a worker answered that it has no batch task
         self._tag_of: dict[str, str] = {}  # task id -> delivery tag of its last message, while unanswered
-        self._task_of: dict[str, str] = {}  # the reverse
+        self._task_of: dict[str, list[str]] = {}  # the reverse (a batch message's tag: all its chunks)
         self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
@@ -319,7 +322,7 @@ class CeleryExecutor(ChunkExecutor):
                 self._check_leases()
             while batch:
                 try:
-                    publish(self._client, batch, self.settings, self.token)
+                    sent = publish(self._client, batch, self.settings, self.token, batch=self._batching)
                 except Exception as exc:
                     self._broker_failed(exc, first=self.broker_up.is_set() or backoff == 0.05)
                     with self._cond:
@@ -339,6 +342,8 @@ class CeleryExecutor(ChunkExecutor):
                         self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
                         self._sent(entry)
                     self.counts["published"] += len(batch)
+                    self.counts["messages"] += len(sent)
+                    self.counts["batched"] += sum(len(group) for group in sent if len(group) > 1)
                 break
 
     def _broker_failed(self, exc: Exception, *, first: bool) -> None:
@@ -364,18 +369,27 @@ class CeleryExecutor(ChunkExecutor):
         self.broker_up.clear()
 
     def _sent(self, entry: Entry) -> None:
-        """Under the lock: remember the delivery tag of ``entry``'s last message (for the lease watch)."""
+        """Under the lock: remember the delivery tag of ``entry``'s last message (for the lease watch); a batch
+        message's tag stands for all its chunks."""
         old = self._tag_of.get(entry.id)
         if old is not None:
-            self._task_of.pop(old, None)
+            self._untag(old, entry.id)
         self._tag_of[entry.id] = entry.delivery_tag
-        self._task_of[entry.delivery_tag] = entry.id
+        self._task_of.setdefault(entry.delivery_tag, []).append(entry.id)
+
+    def _untag(self, tag: str, entry_id: str) -> None:
+        ids = self._task_of.get(tag)
+        if ids is not None:
+            if len(ids) <= 1:
+                del self._task_of[tag]
+            elif entry_id in ids:
+                ids.remove(entry_id)
 
     def _pop(self, entry_id: str) -> Future[Any] | None:
         """Under the lock: stop waiting for ``entry_id`` (answered, dropped, given up); its Future."""
         tag = self._tag_of.pop(entry_id, None)
         if tag is not None:
-            self._task_of.pop(tag, None)
+            self._untag(tag, entry_id)
         return self._futures.pop(entry_id, None)
 
     def _check_leases(self) -> None:
@@ -388,7 +402,7 @@ class CeleryExecutor(ChunkExecutor):
             lost = self._leases.check(self._tag_of, self._task_of)
             if not lost:
                 return
-            self._leases.forget_delivery([tag for task_id, _ in lost if (tag := self._tag_of.get(task_id))])
+            self._leases.forget_delivery(sorted({tag for task_id, _ in lost if (tag := self._tag_of.get(task_id))}))
         except Exception as exc:  # a Redis blip: the next round, or resend_after, catches up
             log.debug("lease check failed: %s", exc)
             return
@@ -475,7 +489,9 @@ class CeleryExecutor(ChunkExecutor):
         producer killed in between sends it again when restarted, so ``on_done`` is never skipped.
         """
         entry_id = envelope.get("id")
-        if not isinstance(entry_id, str) or (entry_id not in self._futures and self.spool.get(entry_id) is None):
+        if not isinstance(entry_id, str) or (
+            entry_id not in self._futures and entry_id not in self._task_of and self.spool.get(entry_id) is None
+        ):
             return False
         try:
             record = unseal(envelope, self._mac_key)
@@ -491,6 +507,12 @@ class CeleryExecutor(ChunkExecutor):
                 entry_id,
             )
             return True
+        return self._resolve(entry_id, record)
+
+    def _resolve(self, entry_id: str, record: dict[str, Any]) -> bool:
+        """Resolve chunk ``entry_id`` (or a batch message's chunks) with an authenticated reply record."""
+        if entry_id in self._task_of and self.spool.get(entry_id) is None:
+            return self._on_batch_reply(entry_id, record)
         with self._cond:
             entry = self.spool.get(entry_id)
             if (
@@ -519,6 +541,33 @@ class CeleryExecutor(ChunkExecutor):
             else:
                 type_name, message = [*(record.get("error") or []), "Error", "unknown"][:2]
                 future.set_exception(RemoteTaskError(str(type_name), str(message)))
+        return True
+
+    def _on_batch_reply(self, tag: str, record: dict[str, Any]) -> bool:
+        """A reply for a batch message as a whole: from a worker that does not know the batch task (its chunks
+        go again, one message each, from now on), or a failure of the whole batch (each chunk fails with it)."""
+        error = [*(record.get("error") or []), "Error", "unknown"][:2]
+        with self._cond:
+            ids = [i for i in self._task_of.get(tag, ()) if i in self._futures]
+            if error[0] == "NotRegistered":
+                if self._batching:
+                    log.warning(
+                        "a worker of queue %r has no batch task (%s): sending one message per chunk from now on"
+                        " (workers made with ocycle_dist.remote.worker.make_app() have it; OCYCLE_BATCH_MAX_CHUNKS=0"
+                        " turns batching off)",
+                        self.settings.queue,
+                        error[1],
+                    )
+                self._batching = False
+                for entry_id in ids:
+                    entry = self.spool.get(entry_id)
+                    if entry is not None:
+                        self.counts["resent"] += 1
+                        self._queue.append(entry)
+                self._cond.notify()
+                return True
+        for entry_id in ids:
+            self._resolve(entry_id, {"id": entry_id, "ok": False, "error": error})
         return True
 
     def _expired_error(self, entry: Entry | None, how: str) -> ExpiredError:

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from . import wire
-from .protocol import UNACKED_INDEX_KEY, UNACKED_KEY, WORKERS_KEY, lease_key
+from .protocol import BATCH_HEADER, UNACKED_INDEX_KEY, UNACKED_KEY, WORKERS_KEY, lease_key
 
 log = logging.getLogger("ocycle_dist.lease")
 
@@ -96,7 +96,14 @@ def held_task_ids() -> set[str]:
 
     for _ in range(5):  # the worker's loop may change the set while this thread copies it
         try:
-            return {request.id for request in list(state.reserved_requests)}
+            held: set[str] = set()
+            for request in list(state.reserved_requests):
+                batch = request._request_dict.get(BATCH_HEADER) if hasattr(request, "_request_dict") else None
+                if batch:  # a batch message: name its chunks, which the producers wait on
+                    held.update(str(item[0]) for item in batch)
+                else:
+                    held.add(request.id)
+            return held
         except RuntimeError:
             continue
     return set()
@@ -151,12 +158,12 @@ class LeaseWatch:
         self._holder: dict[str, str] = {}  # task id -> the worker whose lease named it
         self._unnamed_since: dict[str, float] = {}  # task id -> when it was first seen delivered, unnamed
 
-    def check(self, tag_of: dict[str, str], task_of: dict[str, str]) -> list[tuple[str, str]]:
+    def check(self, tag_of: dict[str, str], task_of: dict[str, list[str]]) -> list[tuple[str, str]]:
         """The producer's chunks whose worker is gone, as ``(task id, reason)``.
 
         Args:
             tag_of: task id -> delivery tag of the producer's chunks sent and not answered.
-            task_of: the reverse (delivery tag -> task id).
+            task_of: the reverse (delivery tag -> task ids: several for a batch message).
 
         The cost does not grow with the producer's backlog: it reads the leases and the deliveries (bounded
         by the workers' prefetch windows), then looks each up in these dicts.
@@ -174,7 +181,10 @@ class LeaseWatch:
                 continue
             try:
                 record = wire.loads(value)
-                alive[worker] = {str(t) for t in record.get("tasks", ())}
+                held = {str(t) for t in record.get("tasks", ())}
+                for tag in record.get("tags", ()):  # a pool process's lease names the messages it took
+                    held.update(task_of.get(str(tag), ()))
+                alive[worker] = held
             except Exception:  # a broken lease names nothing
                 continue
         named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
@@ -192,15 +202,14 @@ class LeaseWatch:
         seen: set[str] = set()
         already = {t for t, _ in lost}
         for tag in delivered:
-            found = task_of.get(tag.decode() if isinstance(tag, bytes) else str(tag))
-            if found is None or found in named:
-                continue
-            task_id = found
-            seen.add(task_id)  # delivered to a worker that does not name it: dead before its first renewal?
-            since = self._unnamed_since.setdefault(task_id, now)
-            if now - since > self.lease and task_id not in already:
-                del self._unnamed_since[task_id]
-                lost.append((task_id, "delivered to a worker that died before naming it in its lease"))
+            for task_id in list(task_of.get(tag.decode() if isinstance(tag, bytes) else str(tag), ())):
+                if task_id in named:
+                    continue
+                seen.add(task_id)  # delivered to a worker that does not name it: dead before its first renewal?
+                since = self._unnamed_since.setdefault(task_id, now)
+                if now - since > self.lease and task_id not in already:
+                    del self._unnamed_since[task_id]
+                    lost.append((task_id, "delivered to a worker that died before naming it in its lease"))
         for task_id in list(self._unnamed_since):
             if task_id not in seen:
                 del self._unnamed_since[task_id]

@@ -14,7 +14,16 @@ Keys (all under :data:`PREFIX`):
 
 A task message is what ``app.send_task`` would put on kombu's Redis transport: Celery protocol 2 in kombu's
 JSON envelope, the body msgpack (:mod:`.wire`): ``[[chunk, t0], {}, embed]``. The chunk's metadata rides in
-the header :data:`META_HEADER`, the reply list in ``reply_to``. A reply record is a msgpack map
+the header :data:`META_HEADER`, the reply list in ``reply_to``.
+
+A batch message (:func:`batch_message`) is a task message of :data:`BATCH_TASK` whose one argument is the
+list of its chunks, each ``[task id, task name, chunk, t0, metadata, expires at (epoch seconds or None)]``;
+its header :data:`BATCH_HEADER` names them (``[[task id, stream], ...]``) for the workers' leases; each
+chunk's outcome goes to its own stream's reply list. Its ``reply_to`` (its first chunk's reply list) and its
+task id (its delivery tag) are only for a worker that does not know the batch task: its NotRegistered reply
+for the batch tells the producer to send those chunks again one message each.
+
+A reply record is a msgpack map
 ``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``,
 plus ``"expired": True`` for a task its worker discarded unstarted because its ``expires`` header had passed.
 It travels sealed (:func:`seal`): ``{"id", "mac", "body"}``, ``body`` the record's msgpack and ``mac`` an
@@ -36,6 +45,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import msgpack
+
 from ..errors import EncodeError
 from . import wire
 from .settings import Settings
@@ -49,6 +60,8 @@ WORKERS_KEY = PREFIX + "workers"
 UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (transport options unacked_key, unacked_index_key)
 UNACKED_INDEX_KEY = "unacked_index"
 META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata (Chunk._asdict())
+BATCH_TASK = "ocycle.batch"  # the task of a batch message (registered by make_app)
+BATCH_HEADER = "ocycle_batch"  # a batch message's header: [[task id, stream], ...] of its chunks
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
@@ -92,39 +105,37 @@ def encode_chunk(value: Any, settings: Settings) -> bytes:
     return chunk
 
 
-def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, bytes | None]:
-    """The task message of ``entry`` (replies to the producer with ``token``), and its chunk when it travels
-    by claim check instead of inline."""
-    meta, t0 = entry.meta, wire.dumps(entry.meta.t0)
+def _claim_or_inline(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
+    """The chunk's msgpack as it goes in the message (inline, or a claim), and the claimed bytes (or None)."""
     if is_claimed(entry, settings):
-        claimed: bytes | None = entry.chunk
-        args = wire.dumps(wire.Claim(claim_key(entry.id)))
-    else:
-        claimed, args = None, entry.chunk
-    body = b"".join((b"\x93\x92", args, t0, b"\x80", _EMBED))  # [[chunk, t0], {}, embed] in msgpack
+        return wire.dumps(wire.Claim(claim_key(entry.id))), entry.chunk
+    return entry.chunk, None
+
+
+def _envelope(
+    task_id: str, task: str, body: bytes, headers: dict[str, Any], reply_to: str | None, tag: str, queue: str
+) -> bytes:
+    """Celery protocol 2 headers around ``headers`` (task-specific ones), in kombu's Redis JSON envelope."""
     headers = {
         "lang": "py",
-        "task": entry.task,
-        "id": entry.id,
+        "task": task,
+        "id": task_id,
         "shadow": None,
         "eta": None,
-        "expires": None
-        if entry.expires_at is None
-        else datetime.fromtimestamp(entry.expires_at, timezone.utc).isoformat(),
+        "expires": None,
         "group": None,
         "group_index": None,
-        "retries": entry.attempts,
-        "timelimit": [settings.task_time_limit or None, None],  # Celery's order: [hard, soft]
-        "root_id": entry.id,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
         "parent_id": None,
-        "argsrepr": f"(<chunk {meta.stream}#{meta.seq} len={meta.length}>, {meta.t0!r})",
         "kwargsrepr": "{}",
         "origin": _ORIGIN,
         "ignore_result": False,
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
-        META_HEADER: meta._asdict(),
+        **headers,
     }
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
@@ -132,16 +143,70 @@ def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, b
         "content-type": wire.CONTENT_TYPE,
         "headers": headers,
         "properties": {
-            "correlation_id": entry.id,
-            "reply_to": reply_key(meta.stream, token),
+            "correlation_id": task_id,
+            "reply_to": reply_to,
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": settings.queue},  # the emitter's queue
+            "delivery_info": {"exchange": "", "routing_key": queue},  # the emitter's queue
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": entry.delivery_tag or str(uuid.uuid4()),
+            "delivery_tag": tag,
         },
     }
-    return json.dumps(envelope).encode("ascii"), claimed
+    return json.dumps(envelope).encode("ascii")
+
+
+def _expires_iso(expires_at: float | None) -> str | None:
+    return None if expires_at is None else datetime.fromtimestamp(expires_at, timezone.utc).isoformat()
+
+
+def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, bytes | None]:
+    """The task message of ``entry`` (replies to the producer with ``token``), and its chunk when it travels
+    by claim check instead of inline."""
+    meta = entry.meta
+    args, claimed = _claim_or_inline(entry, settings)
+    body = b"".join((b"\x93\x92", args, wire.dumps(meta.t0), b"\x80", _EMBED))  # [[chunk, t0], {}, embed]
+    headers = {
+        "expires": _expires_iso(entry.expires_at),
+        "retries": entry.attempts,
+        "timelimit": [settings.task_time_limit or None, None],  # Celery's order: [hard, soft]
+        "argsrepr": f"(<chunk {meta.stream}#{meta.seq} len={meta.length}>, {meta.t0!r})",
+        META_HEADER: meta._asdict(),
+    }
+    tag = entry.delivery_tag or str(uuid.uuid4())
+    message = _envelope(entry.id, entry.task, body, headers, reply_key(meta.stream, token), tag, settings.queue)
+    return message, claimed
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
+def batch_message(
+    entries: list[Entry], settings: Settings, batch_id: str, tag: str, token: str
+) -> tuple[bytes, list[Entry]]:
+    """One message of task :data:`BATCH_TASK` carrying ``entries`` (same task, same queue), and those of them
+    whose chunk travels by claim check (their bytes must be SET under :func:`claim_key` first).
+
+    Its hard time limit is ``task_time_limit`` times the number of chunks (the limit is per chunk; a batch
+    killed by it fails its chunks not yet answered). Each chunk's ``expires`` is checked by the worker.
+    """
+    parts = [b"\x93\x91", _PACKER.pack_array_header(len(entries))]  # [[items], {}, embed]
+    claimed = []
+    for entry in entries:
+        chunk, raw = _claim_or_inline(entry, settings)
+        if raw is not None:
+            claimed.append(entry)
+        parts += [b"\x96", wire.dumps(entry.id), wire.dumps(entry.task), chunk, wire.dumps(entry.meta.t0),
+                  wire.dumps(entry.meta._asdict()), wire.dumps(entry.expires_at)]  # fmt: skip
+    parts += [b"\x80", _EMBED]
+    first, last = entries[0].meta, entries[-1].meta
+    limit = settings.task_time_limit * len(entries) if settings.task_time_limit else None
+    headers = {
+        "timelimit": [limit, None],
+        "argsrepr": f"(<batch of {len(entries)} chunks: {first.stream}#{first.seq}..{last.stream}#{last.seq}>,)",
+        BATCH_HEADER: [[entry.id, entry.meta.stream] for entry in entries],
+    }
+    reply_to = reply_key(first.stream, token)  # its chunks' replies go to their streams' lists with this token
+    return _envelope(batch_id, BATCH_TASK, b"".join(parts), headers, reply_to, tag, settings.queue), claimed
 
 
 def reply_ok(task_id: str, result: Any) -> dict[str, Any]:

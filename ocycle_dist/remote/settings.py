@@ -67,6 +67,16 @@ class Settings(EnvSettings):
         reply_secret: a secret shared by the producers and workers of a deployment (never stored in Redis):
             it keys the MAC of every reply, so that whoever can write to Redis cannot forge a result.
             Empty: the producer's token alone keys it (see ``protocol``).
+        batch_max_chunks: the producer sends up to this many pending chunks of the same task and queue as one
+            Celery message (task ``ocycle.batch``, run by workers made with ``make_app``); each chunk still has
+            its own outcome. A lone pending chunk goes as a plain task message. 0 or 1: never batch.
+        batch_max_bytes: the most encoded chunk bytes in one batch message (a claimed chunk counts as its
+            key: it stays in Redis under its own key).
+        worker_drain: a worker's pool process, having run a short chunk, takes up to this many more waiting
+            messages of the same queue in one Redis round trip and runs them in the same call (a fleet of
+            producers each with one chunk in flight is then served at batch speed); they are recorded in the
+            unacknowledged set and in a lease of the pool process, so a killed worker's are sent again at
+            once. 0: never.
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -85,6 +95,9 @@ class Settings(EnvSettings):
     spool_max_bytes: int = 64 * 1024 * 1024
     spool_policy: str = "reject_newest"
     reply_secret: str = ""
+    batch_max_chunks: int = 64
+    batch_max_bytes: int = 1024 * 1024
+    worker_drain: int = 64
 
 
 def app_settings(app: Any) -> Settings:

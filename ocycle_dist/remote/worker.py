@@ -12,25 +12,29 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task, states
 from celery.backends.base import DisabledBackend
-from celery.exceptions import NotRegistered, TaskRevokedError, TimeLimitExceeded
+from celery.exceptions import TaskRevokedError
 
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
+from .batch import describe, drain, encode_record, run_batch
 from .lease import install_lease
 from .protocol import (
+    BATCH_HEADER,
+    BATCH_TASK,
     META_HEADER,
     claim_key,
     is_reply_key,
     mac_key,
     reply_error,
     reply_expired,
+    reply_key,
     reply_ok,
-    seal,
     token_of,
 )
 from .redis_client import connect, kombu_url
@@ -53,9 +57,16 @@ def payload_size(value: Any) -> int:
 
 
 class ChunkTask(Task):  # type: ignore[misc]
-    """Base class of the tasks of an app made by :func:`make_app`."""
+    """Base class of the tasks of an app made by :func:`make_app`.
+
+    After a chunk message has run (and its reply is sent), the pool process takes what else waits on its
+    queue and runs it in the same call (:func:`.batch.drain`).
+    """
+
+    _started = 0.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._started = time.monotonic()
         if args and isinstance(args[0], wire.Claim):
             if args[0].key != claim_key(str(self.request.id)):  # only this task's own chunk, nothing else
                 raise EncodeError(f"claim check {args[0].key[:80]!r} is not this task's chunk: refused")
@@ -72,14 +83,18 @@ class ChunkTask(Task):  # type: ignore[misc]
                 kwargs["meta"] = Chunk(**{f: info[f] for f in Chunk._fields})
         return super().__call__(*args, **kwargs)
 
+    def after_return(self, status: Any, retval: Any, task_id: Any, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Called by Celery's tracer in the pool process once the outcome is stored: drain the queue."""
+        if self.request.get(META_HEADER) is None and self.name != BATCH_TASK:
+            return  # not a chunk message (e.g. called directly)
+        try:
+            settings = app_settings(self.app)
+            drain(self, _client(self.app.conf.broker_url), settings, time.monotonic() - self._started)
+        except Exception:  # the taken messages are recorded as delivered: their producers send them again
+            log.exception("draining the queue after task %s failed", task_id)
 
-def _describe(exc: BaseException) -> str:
-    """A task's exception as a message a producer can act on."""
-    if isinstance(exc, TimeLimitExceeded) and exc.args:
-        return f"the task ran past its hard time limit of {exc.args[0]} s; its worker process was killed"
-    if isinstance(exc, NotRegistered) and exc.args:
-        return f"no worker has a task named {exc.args[0]!r}"
-    return str(exc)
+
+_describe = describe
 
 
 class ReplyBackend(DisabledBackend):  # type: ignore[misc]
@@ -96,6 +111,11 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         reply = getattr(request, "reply_to", None)
         if not isinstance(reply, str) or not is_reply_key(reply):
             return result
+        batch = getattr(request, BATCH_HEADER, None)
+        if batch:  # a batch message: its chunks were answered one by one; a failure of the whole fails the rest
+            if state in (states.FAILURE, states.REVOKED):
+                self._fail_batch(batch, result, token_of(reply))
+            return result
         if state == states.SUCCESS:
             record = reply_ok(task_id, result)
         elif state == states.REVOKED and isinstance(result, TaskRevokedError) and str(result) == "expired":
@@ -105,16 +125,24 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         else:  # STARTED, RETRY: not an outcome
             return result
         settings = app_settings(self.app)
-        key = mac_key(settings.reply_secret, token_of(reply))
-        try:
-            data = seal(record, key)
-        except EncodeError as exc:
-            data = seal(reply_error(task_id, "EncodeError", f"the task's result cannot be sent back: {exc}"), key)
+        data = encode_record(record, mac_key(settings.reply_secret, token_of(reply)))
         pipe = _client(self.app.conf.broker_url).pipeline(transaction=False)
         pipe.rpush(reply, data)
         pipe.expire(reply, max(1, int(settings.result_ttl)))
         pipe.execute()
         return result
+
+    def _fail_batch(self, batch: list[Any], exc: Any, token: str) -> None:
+        """Every chunk of a failed batch message fails with its error (those already answered keep their first
+        outcome: the producer ignores a second reply)."""
+        settings = app_settings(self.app)
+        mac = mac_key(settings.reply_secret, token)
+        pipe = _client(self.app.conf.broker_url).pipeline(transaction=False)
+        for task_id, stream in batch:
+            key = reply_key(str(stream), token)
+            pipe.rpush(key, encode_record(reply_error(str(task_id), type(exc).__name__, _describe(exc)), mac))
+            pipe.expire(key, max(1, int(settings.result_ttl)))
+        pipe.execute()
 
 
 def _only_declared_tasks(sender: Any, **kwargs: Any) -> None:
@@ -156,5 +184,11 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
     app.conf.ocycle_settings = settings
     wire.set_limits(max_bytes=settings.max_chunk_bytes + 64 * 1024)  # decoding refuses more, unread
     app.on_after_finalize.connect(_only_declared_tasks, weak=False)
+
+    @app.task(name=BATCH_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def batch(self: Any, items: list[list[Any]]) -> None:
+        """Run the chunks of a batch message, each with its own outcome (see :mod:`.batch`)."""
+        run_batch(self, items, _client(self.app.conf.broker_url), app_settings(self.app))
+
     install_lease(app)  # the worker's lease: its chunks are sent again within seconds if it dies
     return app

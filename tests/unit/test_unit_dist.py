@@ -142,7 +142,7 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
             size,
             clip=clip,
             mode="celery",
-            settings=Settings(broker_url=broker, **(settings or {})),
+            settings=Settings(broker_url=broker, **{"batch_max_chunks": 0, **(settings or {})}),  # a message each
             stream=stream or f"unit-{uuid.uuid4().hex[:8]}",
             on_done=collector.on_done,
             on_error=collector.on_error,
@@ -311,7 +311,7 @@ def make_entry(value: Any, *, stream: str = "pub", seq: int = 7, t0: float = 12.
 
 
 def test_published_message_is_a_celery_task_with_our_content_type_and_reply_list(broker: str, admin: Any) -> None:
-    settings = Settings(broker_url=broker, queue="q-unit", task_time_limit=1.5)
+    settings = Settings(broker_url=broker, queue="q-unit", task_time_limit=1.5, batch_max_chunks=0)
     entries = [make_entry(b"abcd", seq=i, t0=10.0 + i) for i in range(3)]
     client = connect(broker)
     try:
@@ -340,7 +340,7 @@ def test_published_message_is_a_celery_task_with_our_content_type_and_reply_list
 
 
 def test_a_chunk_above_claim_threshold_travels_by_claim_check(broker: str, admin: Any) -> None:
-    settings = Settings(broker_url=broker, claim_threshold=100, result_ttl=60)
+    settings = Settings(broker_url=broker, claim_threshold=100, result_ttl=60, batch_max_chunks=0)
     big, small = make_entry(bytes(range(256)) * 4), make_entry(b"x" * 50)
     client = connect(broker)
     try:
@@ -687,9 +687,9 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
 
     attempts = []
 
-    def counting_publish(*args: Any, **kwargs: Any) -> None:
+    def counting_publish(*args: Any, **kwargs: Any) -> Any:
         attempts.append(time.monotonic())
-        celery_executor_publish(*args, **kwargs)
+        return celery_executor_publish(*args, **kwargs)
 
     celery_executor_publish = celery_executor.publish
     monkeypatch.setattr(celery_executor, "publish", counting_publish)
@@ -702,7 +702,7 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
         4,
         clip=True,
         mode="celery",
-        settings=Settings(broker_url=url, spool_dir=str(tmp_path), resend_after=30.0),
+        settings=Settings(broker_url=url, spool_dir=str(tmp_path), resend_after=30.0, batch_max_chunks=0),
         stream="offline",
         on_done=got.on_done,
         on_error=got.on_error,

@@ -1,0 +1,310 @@
+"""The worker side of batching: a pool process runs many chunks in one call, each with its own outcome.
+
+Celery's cost per task message (a BRPOP, the request, the prefork pipe to the pool process and back, the
+ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. Two ways chunks share it:
+
+- **A batch message** (task :data:`.protocol.BATCH_TASK`, sent by a producer with several chunks pending,
+  e.g. a backlog after an outage): :func:`run_batch` runs its chunks in turn.
+- **Draining** (a fleet of producers, each with one chunk in flight, so no producer has anything to batch):
+  once a pool process has run a short chunk message, :func:`drain` takes up to ``worker_drain`` more waiting
+  messages of the same queue in one round trip and runs them in the same call. The Lua script that pops
+  them records each, in the same atomic step, in kombu's ``unacked`` hash and ``unacked_index`` as a
+  delivery would, and names them in a lease of the pool process (``ocycle:lease:<worker>/<pid>``, a few
+  seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
+  and, with no producer left, restored by kombu after the visibility timeout. Replies and acks of what it
+  ran go in one pipeline. Messages it cannot run itself (another content type, an ``eta``, callbacks) are
+  put back where they were, for Celery.
+
+Either way each chunk is run as its task would be (the task's function, ``ChunkTask``'s claim fetch, size
+check and ``meta``), its exception caught, and its outcome RPUSHed to its stream's reply list: one failing
+chunk does not fail its neighbours. What Celery does per message and not per chunk: signals
+(``task_prerun``...), retries (``self.retry()`` is an error of that chunk), rate limits and revocation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery.exceptions import NotRegistered, TimeLimitExceeded
+
+from ..errors import EncodeError
+from . import wire
+from .protocol import (
+    BATCH_TASK,
+    META_HEADER,
+    UNACKED_INDEX_KEY,
+    UNACKED_KEY,
+    WORKERS_KEY,
+    claim_key,
+    is_reply_key,
+    lease_key,
+    mac_key,
+    reply_error,
+    reply_expired,
+    reply_key,
+    reply_ok,
+    seal,
+    token_of,
+)
+
+log = logging.getLogger("ocycle_dist.worker")
+
+DRAIN_SLOW = 0.05  # a pool process drains only after a chunk that ran faster than this (seconds)
+DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
+
+# Pop up to ARGV[1] messages from the queue KEYS[1] and record each as delivered to this pool process, in one
+# atomic step: kombu's unacked hash (KEYS[2]: tag -> [message, exchange, routing key]) and index (KEYS[3]:
+# tag -> time), then the pool process's lease (KEYS[4], naming the tasks and the delivery tags; TTL ARGV[5]
+# ms) and its name in the set of lease holders (KEYS[5]). The tags are read from the envelope's tail (where
+# the properties are), else by decoding it.
+TAKE = """
+local items = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
+if not items then return {} end
+local tags, ids = {}, {}
+local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'
+for i, m in ipairs(items) do
+  local tail = string.sub(m, -1024)
+  local tag = string.match(tail, '"delivery_tag": "([^"]+)"')
+  local id = string.match(tail, '"correlation_id": "([^"]+)"')
+  if not tag then
+    local ok, env = pcall(cjson.decode, m)
+    if ok and type(env) == 'table' and type(env.properties) == 'table' then
+      tag = env.properties.delivery_tag
+      id = env.properties.correlation_id
+    end
+  end
+  if type(tag) ~= 'string' then tag = ARGV[3] .. ':' .. ARGV[2] .. ':' .. i end
+  redis.call('HSET', KEYS[2], tag, '[' .. m .. where)
+  redis.call('ZADD', KEYS[3], ARGV[2], tag)
+  tags[#tags + 1] = tag
+  if type(id) == 'string' then ids[#ids + 1] = id end
+end
+redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = ids, tags = tags}), 'PX', ARGV[4])
+redis.call('SADD', KEYS[5], ARGV[3])
+return {items, tags}
+"""
+
+_scripts: dict[int, Any] = {}
+_unsupported: set[int] = set()  # clients whose server runs no Lua (fakeredis without lupa): no draining
+
+
+def describe(exc: BaseException) -> str:
+    """A task's exception as a message a producer can act on."""
+    if isinstance(exc, TimeLimitExceeded) and exc.args:
+        return f"the task ran past its hard time limit of {exc.args[0]} s; its worker process was killed"
+    if isinstance(exc, NotRegistered) and exc.args:
+        return f"no worker has a task named {exc.args[0]!r}"
+    return str(exc)
+
+
+def encode_record(record: dict[str, Any], key: bytes) -> bytes:
+    """A reply record on the wire, sealed with ``key`` (:func:`.protocol.mac_key` of the reply list's token); a
+    result that cannot be encoded becomes an EncodeError reply."""
+    try:
+        return seal(record, key)
+    except EncodeError as exc:
+        return seal(reply_error(record["id"], "EncodeError", f"the task's result cannot be sent back: {exc}"), key)
+
+
+class Replies:
+    """Reply records by reply list, sent together (RPUSH + EXPIRE per list) in a pipeline."""
+
+    def __init__(self, ttl: float, secret: str) -> None:
+        self.ttl = max(1, int(ttl))
+        self.secret = secret
+        self.by_key: defaultdict[str, list[bytes]] = defaultdict(list)
+
+    def add(self, key: str | None, record: dict[str, Any]) -> None:
+        if isinstance(key, str) and is_reply_key(key):
+            self.by_key[key].append(encode_record(record, mac_key(self.secret, token_of(key))))
+
+    def into(self, pipe: Any) -> None:
+        for key, records in self.by_key.items():
+            pipe.rpush(key, *records)
+            pipe.expire(key, self.ttl)
+        self.by_key.clear()
+
+
+def _expires_at(value: Any) -> float | None:
+    """An item's or a message's ``expires`` as epoch seconds (it is ISO 8601 in Celery's header)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[str, Any]) -> Any:
+    """Run one chunk as its task message would run: in a request context carrying its metadata."""
+    task_id, name, chunk, t0, meta = item[:5]
+    task.push_request(
+        id=task_id, task=name, args=[chunk, t0], kwargs={}, hostname=hostname, delivery_info=delivery_info,
+        reply_to=item[6] if len(item) > 6 else None, is_eager=False, called_directly=False, retries=0,
+        **{META_HEADER: meta},
+    )  # fmt: skip
+    try:
+        return task(chunk, t0)
+    finally:
+        task.pop_request()
+
+
+def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *, hostname: str | None,
+              delivery_info: dict[str, Any], renew: Any = None, token: str = "") -> int:  # fmt: skip
+    """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
+    to ``replies`` (the item's reply list, else its stream's with ``token``). Claimed chunks are fetched in one
+    MGET first, and only the item's own claim (``claim_key(task id)``). Returns how many ran."""
+    claims = [
+        i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
+    ]
+    fetched: dict[int, Any] = {}
+    if claims:
+        for i, raw in zip(claims, client.mget([items[i][2].key for i in claims]), strict=True):
+            fetched[i] = raw
+    ran = 0
+    for i, item in enumerate(items):
+        task_id, name, chunk, _, meta = item[:5]
+        key = item[6] if len(item) > 6 else reply_key(str((meta or {}).get("stream")), token)
+        expires = _expires_at(item[5])
+        if expires is not None and expires < time.time():
+            replies.add(key, reply_expired(task_id))
+            continue
+        task = app.tasks.get(name) if name != BATCH_TASK else None
+        try:
+            if task is None:
+                raise NotRegistered(name)
+            if isinstance(chunk, wire.Claim) and i not in fetched:  # only this task's own chunk, nothing else
+                raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
+            if i in fetched:
+                if fetched[i] is None:
+                    raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
+                item = [*item[:2], wire.loads(fetched[i]), *item[3:]]
+            result = _call(task, item, hostname, delivery_info)
+        except Exception as exc:
+            replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
+        else:
+            replies.add(key, reply_ok(task_id, result))
+        ran += 1
+        if renew is not None:
+            renew()
+    return ran
+
+
+def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> None:
+    """The body of the batch task: run its chunks, reply for each (in a pipeline every ~10 ms, and at the end)
+    to their streams' lists with the producer token of the batch message's ``reply_to``."""
+    request = task.request
+    replies = Replies(settings.result_ttl, settings.reply_secret)
+    reply_to = request.reply_to
+    token = token_of(reply_to) if isinstance(reply_to, str) and is_reply_key(reply_to) else ""
+    delivery_info = dict(request.delivery_info or {})
+    flush_at = time.monotonic() + 0.01
+    for start in range(0, len(items), 16):
+        run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
+                  delivery_info=delivery_info, token=token)  # fmt: skip
+        if time.monotonic() >= flush_at or start + 16 >= len(items):  # a long batch: the answers so far go now
+            pipe = client.pipeline(transaction=False)
+            replies.into(pipe)
+            pipe.execute()
+            flush_at = time.monotonic() + 0.01
+
+
+def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
+    """The items of a message taken from the queue, or None when Celery must run it (not ours to run)."""
+    try:
+        envelope = json.loads(raw)
+        if envelope.get("content-type") != wire.CONTENT_TYPE:
+            return None
+        headers, props = envelope["headers"], envelope["properties"]
+        if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
+            return None
+        args, kwargs, embed = wire.loads(base64.b64decode(envelope["body"]))
+        if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
+            return None
+        if headers.get("task") == BATCH_TASK:
+            return [list(item) for item in args[0]]
+        if len(args) != 2:
+            return None
+        meta = headers.get(META_HEADER) or {}
+        return [[headers["id"], headers["task"], args[0], args[1], meta, headers.get("expires"), props.get("reply_to")]]
+    except Exception:  # anything unexpected: Celery's own path decides (and reports) what it is
+        return None
+
+
+def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
+    """After a chunk message ran in this pool process: take and run what else waits on its queue; how many.
+
+    Only for a short chunk (``elapsed`` under :data:`DRAIN_SLOW`: for a long one Celery's cost per message
+    hardly matters) with no hard time limit (a drained chunk could not be stopped on its own), from the queue
+    the message came from.
+    """
+    request = task.request
+    if settings.worker_drain <= 0 or elapsed > DRAIN_SLOW or request.called_directly or request.is_eager:
+        return 0
+    if (request.timelimit or (None, None))[0] or task.app.conf.task_time_limit:
+        return 0
+    delivery_info = dict(request.delivery_info or {})
+    queue = delivery_info.get("routing_key")  # the list the message came from (our messages are routed by queue)
+    if not queue:
+        return 0
+    if id(client) in _unsupported:
+        return 0
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(TAKE)
+    name = f"{request.hostname}/{os.getpid()}"
+    lease = max(0.5, float(settings.worker_lease or 3.0))
+    keys = [queue, UNACKED_KEY, UNACKED_INDEX_KEY, lease_key(name), WORKERS_KEY]
+    total, deadline = 0, time.monotonic() + DRAIN_SECONDS
+    renewed = [time.monotonic()]
+
+    def renew() -> None:  # a long run of taken chunks: keep the lease alive
+        if time.monotonic() - renewed[0] > lease / 3:
+            client.pexpire(lease_key(name), int(lease * 1000))
+            renewed[0] = time.monotonic()
+
+    try:
+        while time.monotonic() < deadline:
+            try:
+                got = script(keys=keys, args=[settings.worker_drain, time.time(), name, int(lease * 1000)])
+            except redis.ResponseError as exc:  # no scripting, or RPOP without a count (Redis < 6.2)
+                _unsupported.add(id(client))
+                log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
+                return total
+            if not got:
+                break
+            messages, tags = got
+            renewed[0] = time.monotonic()
+            replies = Replies(settings.result_ttl, settings.reply_secret)
+            back: list[tuple[bytes, bytes]] = []
+            for raw, tag in zip(messages, tags, strict=True):
+                items = _decode(task.app, raw)
+                if items is None:
+                    back.append((raw, tag))
+                    continue
+                total += run_items(task.app, client, items, replies, hostname=request.hostname,
+                                   delivery_info=delivery_info, renew=renew)  # fmt: skip
+            pipe = client.pipeline(transaction=False)
+            replies.into(pipe)
+            for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
+                pipe.rpush(queue, raw)
+            pipe.zrem(UNACKED_INDEX_KEY, *tags)
+            pipe.hdel(UNACKED_KEY, *tags)
+            pipe.execute()
+            if back or len(messages) < settings.worker_drain:
+                break
+    finally:  # the lease now names nothing and lives on: deleting it would read as this process's death to a
+        # producer whose reply is still on its way (it would send that chunk again)
+        try:
+            client.set(lease_key(name), wire.dumps({"worker": name, "tasks": [], "tags": []}), px=int(lease * 1000))
+        except Exception:  # it lapses
+            log.debug("could not clear the lease of %s", name)
+    return total

@@ -1,0 +1,197 @@
+"""Batching against real processes: each chunk of a batch has its own outcome, a failing chunk fails alone,
+a worker killed whole mid-batch (or mid-drain) costs no chunk and runs none twice as far as the producer sees
+(``on_done`` exactly once per chunk), and stock Celery workers still run the project's messages."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+import ocycle_dist as ocycle
+from ocycle_dist.errors import RemoteTaskError
+from ocycle_dist.remote.redis_client import connect
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.testing import RedisServer, Worker
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.usefixtures("redis_server_required")
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as s:
+        yield s
+
+
+def start_worker(stack: ExitStack, url: str, name: str, **options: Any) -> Worker:
+    options.setdefault("include", ("tests.contract_tasks",))
+    w = Worker(url, name=name, **options)
+    stack.callback(w.stop)
+    return w.start()
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: Counter[tuple[str, int]] = Counter()
+        self.results: dict[tuple[str, int], Any] = {}
+        self.errors: dict[tuple[str, int], BaseException] = {}
+
+    def on_done(self, result: Any, meta: ocycle.Chunk) -> None:
+        with self.lock:
+            self.done[meta.stream, meta.seq] += 1
+            self.results[meta.stream, meta.seq] = result
+
+    def on_error(self, exc: BaseException, meta: ocycle.Chunk) -> None:
+        with self.lock:
+            self.errors[meta.stream, meta.seq] = exc
+
+
+def runs(admin: Any, stream: str) -> Counter[int]:
+    return Counter({int(k): int(v) for k, v in admin.hgetall(f"ocycle:test:runs:{stream}").items()})
+
+
+def test_a_backlog_goes_in_batches_and_each_chunk_gets_its_own_outcome(stack: ExitStack) -> None:
+    redis = stack.enter_context(RedisServer())
+    got, stream = Outcomes(), f"b-{uuid.uuid4().hex[:6]}"
+    settings = Settings(broker_url=redis.url, batch_max_chunks=16)
+    emitter = ocycle.BufferEmit("contract.fail_on_b", 4, clip=True, mode="celery", settings=settings, stream=stream,
+                                on_done=got.on_done, on_error=got.on_error)  # fmt: skip
+    chunks = [(b"b%03d" if i % 10 == 3 else b"a%03d") % i for i in range(200)]
+    for chunk in chunks:  # no worker yet: a backlog
+        emitter.write(chunk)
+    executor = emitter.executor
+    assert executor is not None
+    wait_for(lambda: executor.counts["published"] == 200, 10, "the backlog published")
+    start_worker(stack, redis.url, "batcher")
+    assert emitter.close(timeout=60) == 0
+    assert executor.counts["batched"] >= 150 and executor.counts["messages"] < 60, executor.counts
+    assert sorted(seq for _, seq in got.done) == [i for i in range(200) if i % 10 != 3]
+    assert set(got.done.values()) == {1}
+    assert all(got.results[stream, i] == chunks[i] for i in range(200) if i % 10 != 3)
+    assert sorted(seq for _, seq in got.errors) == [i for i in range(200) if i % 10 == 3]  # a failing chunk fails alone
+    exc = got.errors[stream, 3]
+    assert isinstance(exc, RemoteTaskError) and exc.type_name == "ValueError" and "b003" in exc.message
+    stats = emitter.stats()
+    assert (stats.done, stats.failed, stats.in_flight) == (180, 20, 0)
+
+
+def test_a_fleet_of_producers_with_one_chunk_each_is_drained_by_the_worker(stack: ExitStack) -> None:
+    redis = stack.enter_context(RedisServer())
+    worker = start_worker(stack, redis.url, "drainer")
+    got = Outcomes()
+    emitters = [ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery", broker=redis.url, max_inflight=1,
+                                  policy="block", stream=f"fleet{i}-{uuid.uuid4().hex[:4]}", on_done=got.on_done,
+                                  on_error=got.on_error) for i in range(20)]  # fmt: skip
+
+    def produce(emitter: ocycle.BufferEmit) -> None:
+        for k in range(30):
+            emitter.write(b"%04d" % k)  # blocks while its previous chunk is in flight
+
+    threads = [threading.Thread(target=produce, args=(e,)) for e in emitters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for e in emitters:
+        assert e.close(timeout=30) == 0
+    assert len(got.done) == 600 and set(got.done.values()) == {1} and not got.errors
+    assert all(got.results[key] == (b"%04d" % key[1])[::-1] for key in got.done)
+    log = worker.log.read_text()
+    succeeded = log.count("succeeded in")  # Celery logs each message it ran itself; drained ones it does not
+    assert succeeded < 600, f"every chunk went through Celery's own path ({succeeded})"
+    print(f"\n[fleet] Celery ran {succeeded} of 600 messages itself; the pool process drained the rest")
+
+
+@pytest.mark.parametrize("how", ["batch", "drain"])
+def test_a_worker_killed_whole_mid_batch_costs_no_chunk_and_on_done_runs_once_each(stack: ExitStack, how: str) -> None:
+    redis = stack.enter_context(RedisServer(password="batch-pw"))
+    victim = start_worker(stack, redis.url, "victim")
+    admin = connect(redis.url)
+    got = Outcomes()
+    producers: list[threading.Thread] = []
+    n = 120
+    if how == "batch":  # one producer with a backlog: batch messages of 40 chunks of 30 ms
+        streams = [f"kb-{uuid.uuid4().hex[:6]}"]
+        emitters = [ocycle.BufferEmit("contract.counted_sleep", 4, clip=True, mode="celery", stream=streams[0],
+                                      settings=Settings(broker_url=redis.url, batch_max_chunks=40),
+                                      on_done=got.on_done, on_error=got.on_error)]  # fmt: skip
+        for _ in range(n):
+            emitters[0].write(b"0.03")
+    else:  # a fleet, one chunk in flight each, chunks short enough to be drained (10 ms)
+        streams = [f"kd{i}-{uuid.uuid4().hex[:6]}" for i in range(12)]
+        emitters = [ocycle.BufferEmit("contract.counted_sleep", 4, clip=True, mode="celery", broker=redis.url,
+                                      stream=s, max_inflight=1, policy="block", on_done=got.on_done,
+                                      on_error=got.on_error) for s in streams]  # fmt: skip
+
+        def produce(emitter: ocycle.BufferEmit) -> None:
+            for _ in range(n // len(streams)):
+                emitter.write(b"0.01")
+
+        producers = [threading.Thread(target=produce, args=(e,), daemon=True) for e in emitters]
+        for t in producers:
+            t.start()
+    wait_for(lambda: sum(sum(runs(admin, s).values()) for s in streams) >= 25, 30, "the victim running chunks")
+    victim.kill(signal.SIGKILL)  # main process and pool at once: nothing acknowledged, nothing said
+    killed = time.monotonic()
+    assert victim.wait_exit(10) is not None
+    start_worker(stack, redis.url, "rescuer")
+    for t in producers:
+        t.join(60)
+    for e in emitters:
+        assert e.close(timeout=60) == 0
+    took = time.monotonic() - killed
+    expected = {(s, i) for s in streams for i in range(n // len(streams))}
+    assert set(got.done) == expected and set(got.done.values()) == {1}, "on_done exactly once per chunk"
+    assert not got.errors
+    recovered = sum(e.executor.counts["recovered"] if e.executor else 0 for e in emitters)
+    ran_twice = sum(1 for s in streams for v in runs(admin, s).values() if v > 1)
+    assert took < 10.0 + n * 0.03, took
+    print(f"\n[{how}] all {n} chunks done {took:.1f} s after the kill; {recovered} sent again by the lapsed leases,"
+          f" {ran_twice} ran twice on the workers (replies deduplicated by chunk)")  # fmt: skip
+
+
+def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack) -> None:
+    redis = stack.enter_context(RedisServer())
+    start_worker(stack, redis.url, "stock", app="tests.stock_app", include=())
+    got = Outcomes()
+    off = Settings(broker_url=redis.url, batch_max_chunks=0)  # how to feed workers without the batch task
+    emitter = ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery", settings=off,
+                                on_done=got.on_done, on_error=got.on_error)  # fmt: skip
+    for i in range(50):
+        emitter.write(b"%04d" % i)
+    assert emitter.close(timeout=30) == 0
+    assert len(got.done) == 50 and not got.errors
+    assert all(got.results[key] == (b"%04d" % key[1])[::-1] for key in got.done)
+    # with batching on (the default), a lone chunk still goes as a plain message: the stock worker runs it
+    lone = ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery", broker=redis.url,
+                             on_done=got.on_done, on_error=got.on_error)  # fmt: skip
+    lone.write(b"wxyz")
+    assert lone.close(timeout=30) == 0
+    assert got.results[lone.stream, 0] == b"zyxw"
+    # a batch message is a task it does not know: its NotRegistered reply makes the producer send those chunks
+    # again, one message each, at once (not after resend_after), and stop batching
+    backlog = ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery", settings=Settings(
+        broker_url=redis.url, queue="held"), on_done=got.on_done, on_error=got.on_error)  # fmt: skip
+    for i in range(10):
+        backlog.write(b"%04d" % i)
+    executor = backlog.executor
+    assert executor is not None
+    wait_for(lambda: executor.counts["published"] == 10, 10, "the backlog published")
+    assert executor.counts["batched"] >= 2
+    started = time.monotonic()
+    start_worker(stack, redis.url, "stock-held", app="tests.stock_app", include=(), queues="held")
+    assert backlog.close(timeout=30) == 0
+    assert time.monotonic() - started < 20
+    assert [got.results[backlog.stream, i] for i in range(10)] == [(b"%04d" % i)[::-1] for i in range(10)]
+    assert not got.errors and executor.counts["resent"] >= 2
+    backlog2 = [backlog.stream, executor.counts]
+    print(f"\n[stock] batch fallback: {backlog2}")

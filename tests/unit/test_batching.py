@@ -1,0 +1,231 @@
+"""Batching's own logic on fakeredis: how pending chunks are grouped into messages, what a batch message
+carries, how a worker runs a batch's chunks (each with its own outcome), and the lease watch over batches.
+The real processes (a worker killed mid-batch, draining, stock workers) are in tests/integration/test_batching.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from ocycle_dist.chunk import Chunk
+from ocycle_dist.remote import wire
+from ocycle_dist.remote.batch import Replies, run_items
+from ocycle_dist.remote.lease import LeaseWatch
+from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, lease_key, mac_key, reply_key, unseal
+from ocycle_dist.remote.publisher import groups, publish
+from ocycle_dist.remote.settings import Settings
+from ocycle_dist.remote.spool import Entry
+from ocycle_dist.remote.worker import make_app
+
+
+TOKEN = "unittoken0001"
+
+
+def entry(value: Any, *, task: str = "workers.tasks.echo", stream: str = "s", seq: int = 0) -> Entry:
+    return Entry(str(uuid.uuid4()), task, Chunk(stream, seq, 10.0 + seq, 4, 4 * seq), wire.dumps(value))
+
+
+@pytest.fixture
+def admin() -> Iterator[Any]:
+    yield fakeredis.FakeRedis()
+
+
+def popped(admin: Any, queue: str = "celery") -> list[tuple[dict[str, Any], Any]]:
+    """The messages on ``queue`` in the order a worker pops them: (envelope, decoded body)."""
+    out = []
+    while (raw := admin.rpop(queue)) is not None:
+        envelope = json.loads(raw)
+        out.append((envelope, wire.loads(base64.b64decode(envelope["body"]))))
+    return out
+
+
+# ---- grouping --------------------------------------------------------------------------------------------
+
+
+def test_consecutive_chunks_of_one_task_go_together_up_to_the_count_cap() -> None:
+    entries = [entry(b"abcd", seq=i) for i in range(10)]
+    got = groups(entries, Settings(batch_max_chunks=4))
+    assert [len(g) for g in got] == [4, 4, 2]
+    assert [e for g in got for e in g] == entries  # in order
+
+
+def test_a_change_of_task_starts_a_new_message() -> None:
+    a = [entry(b"a", task="t.a", seq=i) for i in range(3)]
+    b = [entry(b"b", task="t.b", seq=i) for i in range(2)]
+    got = groups([*a, *b, a[0]], Settings())
+    assert [[e.task for e in g] for g in got] == [["t.a"] * 3, ["t.b"] * 2, ["t.a"]]
+
+
+def test_the_byte_cap_splits_and_a_claimed_chunk_counts_as_its_key() -> None:
+    s = Settings(batch_max_bytes=3000, claim_threshold=2000)
+    small = [entry(b"x" * 1000, seq=i) for i in range(5)]  # ~1 KB each inline
+    assert [len(g) for g in groups(small, s)] == [2, 2, 1]
+    big = [entry(b"y" * 5000, seq=i) for i in range(5)]  # claimed: only the key rides in the message
+    assert [len(g) for g in groups(big, s)] == [5]
+
+
+@pytest.mark.parametrize("cap", [0, 1])
+def test_batching_off_sends_a_message_per_chunk(cap: int) -> None:
+    entries = [entry(b"abcd", seq=i) for i in range(3)]
+    assert groups(entries, Settings(batch_max_chunks=cap)) == [[e] for e in entries]
+
+
+# ---- the batch message -----------------------------------------------------------------------------------
+
+
+def test_a_batch_message_carries_each_chunk_with_its_id_task_t0_meta_and_expiry(admin: Any) -> None:
+    s = Settings(task_time_limit=2.0, claim_threshold=100)
+    entries = [entry(b"abcd", seq=0, stream="one"), entry(b"z" * 500, seq=1, stream="two"), entry(b"efgh", seq=2)]
+    entries[2].expires_at = 1234.5
+    sent = publish(admin, entries, s, TOKEN)
+    assert sent == [entries]
+    ((envelope, body),) = popped(admin)
+    headers, props = envelope["headers"], envelope["properties"]
+    assert headers["task"] == BATCH_TASK and envelope["content-type"] == wire.CONTENT_TYPE
+    assert headers[BATCH_HEADER] == [[e.id, e.meta.stream] for e in entries]
+    assert headers["timelimit"] == [6.0, None]  # per chunk x chunks
+    assert props["reply_to"] == reply_key("one", TOKEN)  # each chunk's reply goes to its stream's list, this token
+    assert headers["id"] == props["delivery_tag"]  # such a worker's reply names the message
+    assert props["delivery_tag"] == entries[0].delivery_tag == entries[2].delivery_tag  # one message, one tag
+    (items,), kwargs, _ = body
+    assert kwargs == {}
+    assert items[0] == [entries[0].id, "workers.tasks.echo", b"abcd", 10.0, entries[0].meta._asdict(), None]
+    assert items[1][2] == wire.Claim(claim_key(entries[1].id))  # large: by claim check
+    assert admin.get(claim_key(entries[1].id)) == entries[1].chunk
+    assert items[2][5] == 1234.5
+
+
+def test_a_lone_chunk_goes_as_a_plain_task_message(admin: Any) -> None:
+    one = entry(b"abcd")
+    publish(admin, [one], Settings(), TOKEN)
+    ((envelope, body),) = popped(admin)
+    assert envelope["headers"]["task"] == "workers.tasks.echo" and envelope["headers"]["id"] == one.id
+    assert envelope["properties"]["reply_to"] == reply_key("s", TOKEN)
+    assert body[0] == [b"abcd", 10.0]
+
+
+# ---- the worker runs a batch -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app() -> Any:
+    app = make_app(Settings(broker_url="redis://127.0.0.1:9/0"), name=f"unit-batch-{uuid.uuid4().hex[:6]}")
+
+    @app.task(name="u.double")
+    def double(chunk: bytes, t0: float) -> bytes:
+        return chunk * 2
+
+    @app.task(name="u.fail_on_b")
+    def fail_on_b(chunk: bytes, t0: float) -> bytes:
+        if chunk.startswith(b"b"):
+            raise ValueError(f"{chunk!r} starts with b")
+        return chunk
+
+    @app.task(name="u.meta")
+    def with_meta(chunk: bytes, t0: float, meta: Any) -> list[Any]:
+        return [meta.stream, meta.seq, t0]
+
+    @app.task(name="u.unencodable")
+    def unencodable(chunk: bytes, t0: float) -> Any:
+        return object()
+
+    return app
+
+
+def run(app: Any, admin: Any, items: list[list[Any]]) -> dict[str, dict[str, Any]]:
+    replies = Replies(60, "")
+    run_items(
+        app, admin, items, replies, hostname="unit@host", delivery_info={"routing_key": "celery"}, token=TOKEN
+    )
+    pipe = admin.pipeline(transaction=False)
+    replies.into(pipe)
+    pipe.execute()
+    out = {}
+    for key in admin.keys(reply_key("*", TOKEN)):
+        for raw in admin.lrange(key, 0, -1):
+            record = unseal(wire.loads(raw), mac_key("", TOKEN))
+            assert record is not None, "every reply is sealed with the producer token's key"
+            out[record["id"]] = {**record, "key": key.decode()}
+    return out
+
+
+def item(task: str, chunk: Any, seq: int, *, stream: str = "s", expires: float | None = None) -> list[Any]:
+    return [f"id{seq}", task, chunk, 100.0 + seq, Chunk(stream, seq, 100.0 + seq, 4, 0, False)._asdict(), expires]
+
+
+def test_each_chunk_of_a_batch_gets_its_own_outcome_on_its_own_stream(app: Any, admin: Any) -> None:
+    got = run(app, admin, [item("u.double", b"ab", 0, stream="x"), item("u.meta", b"cd", 1, stream="y")])
+    assert got["id0"]["ok"] and got["id0"]["result"] == b"abab" and got["id0"]["key"] == reply_key("x", TOKEN)
+    assert got["id1"]["result"] == ["y", 1, 101.0] and got["id1"]["key"] == reply_key("y", TOKEN)
+
+
+def test_a_failing_chunk_does_not_fail_its_neighbours(app: Any, admin: Any) -> None:
+    items = [item("u.fail_on_b", c, i) for i, c in enumerate([b"aa", b"bb", b"cc"])]
+    got = run(app, admin, items)
+    assert got["id0"]["result"] == b"aa" and got["id2"]["result"] == b"cc"
+    assert got["id1"]["ok"] is False and got["id1"]["error"] == ["ValueError", "b'bb' starts with b"]
+
+
+def test_unknown_expired_unencodable_and_lost_claims_are_each_that_chunks_error(app: Any, admin: Any) -> None:
+    admin.set(claim_key("id4"), wire.dumps(b"claimed"))
+    admin.set("some:secret", wire.dumps(b"the crown jewels"))
+    items = [
+        item("no.such.task", b"a", 0),
+        item("u.double", b"b", 1, expires=time.time() - 1),
+        item("u.unencodable", b"c", 2),
+        [*item("u.double", wire.Claim(claim_key("id3")), 3)],  # its own claim, gone from Redis
+        [*item("u.double", wire.Claim(claim_key("id4")), 4)],
+        item(BATCH_TASK, b"e", 5),  # a batch inside a batch is refused
+        item("u.double", b"f", 6),
+        [*item("u.double", wire.Claim("some:secret"), 7)],  # another key: refused, never read
+    ]
+    got = run(app, admin, items)
+    assert got["id0"]["error"] == ["NotRegistered", "no worker has a task named 'no.such.task'"]
+    assert got["id1"]["expired"] is True
+    assert got["id2"]["error"][0] == "EncodeError" and "cannot be sent back" in got["id2"]["error"][1]
+    assert got["id3"]["error"][0] == "LookupError"
+    assert got["id4"]["result"] == b"claimedclaimed"
+    assert got["id7"]["error"][0] == "EncodeError" and "not this task's chunk" in got["id7"]["error"][1]
+    assert b"crown" not in repr(got["id7"]).encode()
+    assert got["id5"]["error"][0] == "NotRegistered"
+    assert got["id6"]["result"] == b"ff"
+
+
+def test_a_chunk_over_the_workers_size_limit_fails_alone(admin: Any) -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:9/0", max_chunk_bytes=10)
+    app = make_app(settings, name=f"unit-strict-{uuid.uuid4().hex[:6]}")
+
+    @app.task(name="u.len")
+    def length(chunk: bytes, t0: float) -> int:
+        return len(chunk)
+
+    got = run(app, admin, [item("u.len", b"x" * 50, 0), item("u.len", b"x" * 5, 1)])
+    assert got["id0"]["error"][0] == "EncodeError" and got["id1"]["result"] == 5
+
+
+# ---- leases over batches ---------------------------------------------------------------------------------
+
+
+def test_the_lease_watch_maps_a_batch_tag_to_all_its_chunks(admin: Any) -> None:
+    watch = LeaseWatch(admin, lease=0.05)
+    tag_of = {"a": "T1", "b": "T1", "c": "T2"}
+    task_of = {"T1": ["a", "b"], "T2": ["c"]}
+    admin.sadd("ocycle:workers", "w1/123")
+    admin.set(lease_key("w1/123"), wire.dumps({"worker": "w1/123", "tasks": [], "tags": ["T1"]}), px=60_000)
+    admin.zadd("unacked_index", {"T1": 1.0, "T2": 1.0})
+    assert watch.check(tag_of, task_of) == []  # a, b named through their message's tag; c not yet overdue
+    time.sleep(0.1)
+    assert watch.check(tag_of, task_of) == [("c", "delivered to a worker that died before naming it in its lease")]
+    admin.delete(lease_key("w1/123"))  # the pool process died: both chunks of its batch are lost
+    assert sorted(watch.check(tag_of, task_of)) == [
+        ("a", "the lease of worker w1/123 lapsed"),
+        ("b", "the lease of worker w1/123 lapsed"),
+    ]
