@@ -25,7 +25,6 @@ from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.spool import Entry
 from ocycle_dist.remote.worker import make_app
 
-
 TOKEN = "unittoken0001"
 
 
