@@ -1,7 +1,7 @@
 # The dev loop. `make test` is the README's test command and what CI runs.
 PY ?= python3
 
-.PHONY: test test-unit test-integration deps lint demo bench
+.PHONY: test test-unit test-integration deps lint demo bench bench-live
 
 deps:  ## redis-server and espeak-ng (Debian) and the Python packages the tests need
 	@{ command -v redis-server && command -v espeak-ng; } >/dev/null || { \
@@ -30,3 +30,7 @@ demo:
 bench:
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_celery.py
+	$(MAKE) bench-live
+
+bench-live:  ## the live microphone: three consumers at 20x real time, the workers away for a stretch (~3 min)
+	$(PY) bench/bench_live.py
