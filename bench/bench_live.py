@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))  # the checkout's ocycle_dist, workers and bench.*
 import ocycle_dist  # noqa: E402
 from bench._report import Verdicts  # noqa: E402
 from bench.celery_bench.rig import interrupts_as_exceptions, scan_logs  # noqa: E402
-from bench.live_bench import report  # noqa: E402
+from bench.live_bench import analysis, report  # noqa: E402
 from bench.live_bench.rig import BenchError, Plan, Rig, run  # noqa: E402
 
 perf = time.perf_counter
@@ -113,7 +113,7 @@ def main() -> int:
                     raw = run(rig, c, model_task)
                     if args.logs:  # the producer's whole record, for a closer look
                         (Path(tmp) / f"run-{r + 1}-{c}.json").write_text(json.dumps(raw))
-                    runs[c].append(report.analyse(raw, plan))
+                    runs[c].append(analysis.analyse(raw, plan))
                     print(f"  round {r + 1}: {c} {perf() - t:.0f} s", file=sys.stderr, flush=True)
             names = {"ocycle": "ocycle_dist", "celery": "stock Celery"}
             for c in contenders:
