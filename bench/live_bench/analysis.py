@@ -120,7 +120,9 @@ def analyse(res: dict[str, Any], plan: Plan) -> dict[str, Any]:
             m[f"rss_peak_{p}"] = max(x[1] for x in inside) - baseline
             m[f"spooled_peak_{p}"] = max(sum(x[2]) for x in inside)
     # how fast the spool fills while the workers are away: bytes per second of audio
-    inside = [x for x in series if pm["stopped"] <= x[0] < min(pm["starting"], written)]
+    budget = res.get("budget") or float("inf")  # until a budget is nearly full: it stops growing then
+    full = next((x[0] for x in series if x[0] >= pm["stopped"] and max(x[2]) >= 0.9 * budget), written)
+    inside = [x for x in series if pm["stopped"] <= x[0] < min(pm["starting"], written, full)]
     if len(inside) > 2 and inside[-1][0] > inside[0][0]:
         audio = (inside[-1][0] - inside[0][0]) * plan.speed
         for i, k in enumerate(NAMES):
@@ -129,5 +131,6 @@ def analyse(res: dict[str, Any], plan: Plan) -> dict[str, Any]:
     m["audio_absent"] = m["outage"] * plan.speed
     m["stop_took"], m["start_took"] = pm["stopped"] - pm["stopping"], back - pm["starting"]
     m["forced"] = len(res["forced"])
+    m["unclaimed"] = res.get("unclaimed", 0)
     return {"m": m, "bounds": bounds, "budget": res.get("budget", 0), "policy": res.get("policy", ""),
             "counts": res.get("counts", {}), "errors": res["errors"], "pending": res["pending"]}  # fmt: skip

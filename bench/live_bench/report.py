@@ -73,7 +73,10 @@ def outcome_lines(who: str, runs: list[dict[str, Any]]) -> None:
         print(f"- {who}: the SPL worker went through the backlog at {x:.0f}x real time: streaming at 1x, a 10 min "
               f"outage would be caught up about {600 / (x - 1):.0f} s after the workers' return")  # fmt: skip
     if last["counts"]:
-        print(f"- {who}, executor counts (last round): {last['counts']}")
+        print(
+            f"- {who}, executor counts (last round): {last['counts']}; replies for no chunk in flight (chunks "
+            f"dropped from the spool whose tasks ran anyway, or second replies): {last['m']['unclaimed']:.0f}"
+        )
     if last["errors"]:
         print(f"- {who}, errors: {last['errors']}")
 
@@ -193,10 +196,12 @@ def budget_lines(ours: list[dict[str, Any]]) -> None:
         + ", ".join(f"{k} {mb(med(ours, f'spooled_peak_{k}'))}" for k in NAMES)
         + ")"
     )
-    print(f"- the budget ({budget / MIB:g} MiB, policy {ours[-1]['policy']!r}) is per emitter: each consumer's fills "
-          f"after {', '.join(f'{k} {v:.1f} min' for k, v in holds.items())} of outage, and the three together keep "
-          f"up to {3 * budget / MIB:g} MiB; one budget shared by the three would fill after "
-          f"{budget / total / 60:.1f} min")  # fmt: skip
+    holds_s = ", ".join(f"{k} {v:.1f} min" for k, v in holds.items())
+    print(
+        f"- the budget ({budget / MIB:g} MiB, policy {ours[-1]['policy']!r}) is per emitter: each consumer's, from "
+        f"empty, fills after {holds_s} of outage, and the three together keep up to {3 * budget / MIB:g} MiB; one "
+        f"budget shared by the three would fill after {budget / total / 60:.1f} min"
+    )
 
 
 def failures(runs: list[dict[str, Any]]) -> list[str]:
