@@ -132,5 +132,12 @@ def analyse(res: dict[str, Any], plan: Plan) -> dict[str, Any]:
     m["stop_took"], m["start_took"] = pm["stopped"] - pm["stopping"], back - pm["starting"]
     m["forced"] = len(res["forced"])
     m["unclaimed"] = res.get("unclaimed", 0)
+    # the producer's cyclic GC runs while it writes: a full one walks every object kept for a chunk in flight
+    gcs = [(t, gen, took) for t, gen, took in res.get("gc", []) if start <= t <= written]
+    m["gc_full"] = sum(1 for _, gen, _ in gcs if gen == 2)
+    m["gc_max"] = max((took for _, gen, took in gcs if gen == 2), default=0.0)
+    slow = [(at, took) for at, took in zip(*res["writes"], strict=True) if took > 0.005]
+    m["slow_writes"] = len(slow)
+    m["slow_writes_gc"] = sum(1 for at, took in slow if any(at <= t <= at + took + 0.001 for t, _, _ in gcs))
     return {"m": m, "bounds": bounds, "budget": res.get("budget", 0), "policy": res.get("policy", ""),
             "counts": res.get("counts", {}), "errors": res["errors"], "pending": res["pending"]}  # fmt: skip

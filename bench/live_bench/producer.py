@@ -16,6 +16,7 @@ frame, ``result {json}`` at the end (``error {json}`` on failure). Times are ``t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import threading
@@ -46,6 +47,21 @@ def status() -> dict[str, int]:
 
 def say(kind: str, data: dict[str, Any]) -> None:
     print(f"{kind} {json.dumps(data)}", flush=True)
+
+
+def watch_gc() -> list[tuple[float, int, float]]:
+    """Every cyclic garbage collection of this process: (time, generation, seconds it took)."""
+    pauses: list[tuple[float, int, float]] = []
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = perf()
+        else:
+            pauses.append((time.time(), info["generation"], perf() - started[0]))
+
+    gc.callbacks.append(callback)
+    return pauses
 
 
 class Sampler:
@@ -84,6 +100,7 @@ def main() -> int:
     n_frames = -(-int(args.seconds * RATE) // FRAME)
     frames = synthetic(args.seconds, RATE, FRAME)  # generated as they are written, as a microphone would
     sampler.thread.start()
+    gc_pauses = watch_gc()
     time.sleep(0.5)
     say("ready", {"rss": status()["VmRSS"], "frames": n_frames})
 
@@ -128,6 +145,7 @@ def main() -> int:
         "outcomes": {k: sorted((seq, *v) for seq, v in o.items()) for k, o in rec.outcomes.items()},
         "errors": rec.errors[:5], "n_errors": len(rec.errors), "series": sampler.series, "rss_end": final["VmRSS"],
         "hwm_end": final["VmHWM"], "rss_written": rss_written, "audio_seconds": written / RATE,
+        "gc": gc_pauses,
     })  # fmt: skip
     return 0
 

@@ -72,6 +72,11 @@ def outcome_lines(who: str, runs: list[dict[str, Any]]) -> None:
     if x == x and x > 1:
         print(f"- {who}: the SPL worker went through the backlog at {x:.0f}x real time: streaming at 1x, a 10 min "
               f"outage would be caught up about {600 / (x - 1):.0f} s after the workers' return")  # fmt: skip
+    if last["m"]["gc_full"] or last["m"]["slow_writes"]:
+        lm = last["m"]
+        print(f"- {who}, last round: {lm['gc_full']:.0f} full cyclic GC runs in the producer while it wrote, the "
+              f"longest {lm['gc_max'] * 1e3:.1f} ms; of the {lm['slow_writes']:.0f} writes over 5 ms, "
+              f"{lm['slow_writes_gc']:.0f} overlapped a GC run")  # fmt: skip
     if last["counts"]:
         print(
             f"- {who}, executor counts (last round): {last['counts']}; replies for no chunk in flight (chunks "
