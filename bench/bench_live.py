@@ -3,7 +3,7 @@ stretch and then back; ocycle_dist out of the box against stock Celery on the sa
 
 Run from the repository root (needs ``redis-server`` on PATH)::
 
-    python bench/bench_live.py                 # 20 min of audio at 20x, workers away for the middle third (~3 min)
+    python bench/bench_live.py                 # 20 min of audio at 20x, workers away for the middle third (~2.5 min)
     python bench/bench_live.py --quick         # smoke run: 8 min of audio at 20x (~1.5 min)
     python bench/bench_live.py --rounds 3      # medians over rounds, ratios per round
     python bench/bench_live.py --seconds 2400 --speed 40 --outage 0.25,0.75   # an outage that fills the budgets
@@ -26,14 +26,20 @@ same phases: each consumer's chunk cut with numpy and sent with ``apply_async`` 
 default; same tasks, the same lagging model). Its results are read from the backend at the end; a result's
 time is its ``date_done`` (a lower bound of when a producer could have it).
 
+Phases (``bench/live_bench/analysis.py``): ``up``; ``absent``, from the stop signal to the first result after the
+restart; ``catch-up``, until SPL results come within 0.5 s again; ``live``. The parts, in ``bench/live_bench/``:
+``rig.py`` (redis-server, the workers, the run's schedule), ``producer.py`` (the producer process) and
+``contenders.py`` (ocycle_dist's Tap, stock Celery's chunking), ``analysis.py`` and ``report.py`` (numbers, tables,
+goals), ``tasks.py`` and ``reftasks.py`` (the bench's worker tasks: the lagging model; stock Celery's three).
+
 Goals (PASS/MISS): 1. ``Tap.write()`` p99 < 1 ms and max < 20 ms in every phase. 2. The producer's peak RSS
 (VmHWM) <= its baseline (set up, connected, before the first write) + the spool budget (64 MiB) + slack of
 16 MiB + 20 % of the budget. The 16 MiB: what a producer grows by without keeping any chunk (stock Celery's
 grows 13-21 MB here: first-use allocations, the transient copies of a publish, the bench's own records in the
 same process). The 20 %: what the kept chunks cost beyond their bytes, measured with 115 MB spooled: 22 MB of
 RSS more, of which ~4.5 MB are Python objects (tracemalloc: ~2.9 KB a chunk for its Entry, Future, condition,
-deadline and map entries) and the rest allocator overhead and fragmentation. 3. SPL emit-to-result p99 < 0.5 s while
-the model lags, workers up and after the catch-up. 4. Every chunk accounted for, none lost or failed.
+deadline and map entries) and the rest allocator overhead and fragmentation. 3. SPL emit-to-result p99 < 0.5 s
+while the model lags, workers up and after the catch-up. 4. Every chunk accounted for, none lost or failed.
 5. Every chunk emitted before the workers' return has its outcome within the outage's length (the backlog
 drains faster than it built up, or repeated outages would snowball). Machines are shared and noisy (2 cores
 here): read medians and ratios. Exit code 0 unless a contender failed (lost results, errors, time-outs); a
@@ -68,7 +74,7 @@ perf = time.perf_counter
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seconds", type=float, default=1200.0, help="seconds of audio (default 1200: 20 min)")
     parser.add_argument("--speed", type=float, default=20.0, help="times real time (default 20)")
     parser.add_argument("--outage", default="0.333,0.667", help="workers away from,to (fractions of the stream)")
