@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 APT_GET ?= apt-get
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends
 
-.PHONY: test test-unit test-integration deps venv system-deps lint demo bench clean-venv
+.PHONY: test test-unit test-integration deps venv system-deps lint demo bench bench-live clean-venv
 
 venv: $(PY)  ## the virtualenv, made from $(PYTHON)
 
@@ -68,6 +68,10 @@ demo: $(VENV)/.installed-demo  ## the main job (the README's first command)
 bench: $(VENV)/.installed-test
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_celery.py
+	$(MAKE) bench-live
+
+bench-live: $(VENV)/.installed-test  ## the live microphone: three consumers at 20x real time, the workers away (~3 min)
+	$(PY) bench/bench_live.py
 
 clean-venv:
 	rm -rf $(VENV)
