@@ -6,6 +6,9 @@ in a header ``ocycle``. :class:`ChunkTask` fetches a claimed chunk from Redis be
 however the task ended, where the producer's listener picks it up. Tasks stay plain functions of
 ``(chunk, t0)``, given ``meta=Chunk(...)`` too when they have a ``meta`` parameter. Both sides accept only
 the msgpack content type: a pickle message is refused unread.
+
+The app's Redis transport is kombu's with one repair (:class:`RedisChannel`), so that a worker survives its
+broker dying under it: see :func:`register_transports`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from celery import Celery, Task, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import NotRegistered, TimeLimitExceeded
+from kombu.transport import redis as kombu_redis
 
 from ..chunk import Chunk
 from ..errors import EncodeError
@@ -101,10 +105,84 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         return result
 
 
+# ---- the broker transport ---------------------------------------------------------------------------------
+
+
+class _ClosingChannel:
+    """What :class:`RedisChannel` and :class:`SentinelChannel` add to kombu's Redis channels.
+
+    On a lost broker connection Celery 5.7 (``Consumer.on_connection_error_after_connected``) first collects
+    the connection, then closes it. Collecting closes the task channel: kombu first reads the channel's
+    pending BRPOP, which fails on the dead socket, and the rest of ``close()`` is skipped: the channel stays
+    open with its unacknowledged messages while the transport is detached (``transport.client = None``).
+    Closing the connection then closes that channel again, and restoring its unacknowledged messages builds
+    a Redis pool from ``transport.client.hostname``: ``AttributeError``, which is not a connection error, so
+    it escapes Celery's ``ignore_errors`` and the worker exits with "Unrecoverable error: AttributeError
+    'NoneType' object has no attribute 'hostname'". A worker holding a late-ack task with prefetch room
+    left (so a BRPOP is pending) dies that way whenever Redis goes away, whatever
+    ``worker_cancel_long_running_tasks_on_connection_loss`` says; so does a task acked through the old channel.
+
+    Here ``close()`` finishes after a failed BRPOP read (the unacknowledged messages are restored while the
+    transport is still attached, if Redis answers), and a channel whose transport is detached raises a
+    connection error instead of ``AttributeError``: Celery logs it ("Couldn't ack") and reconnects.
+    """
+
+    closed: bool
+    connection: Any  # the transport
+    connection_errors: tuple[type[BaseException], ...]
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        except self.connection_errors:
+            if self.closed:
+                raise
+            super().close()  # type: ignore[misc]  # the pending BRPOP is gone: restore, release the pools
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            import redis
+
+            raise redis.ConnectionError("the broker connection of this channel is closed")
+        return super()._connparams(asynchronous)  # type: ignore[misc]
+
+
+class RedisChannel(_ClosingChannel, kombu_redis.Channel):
+    """kombu's Redis channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+
+
+class SentinelChannel(_ClosingChannel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = RedisChannel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+def register_transports() -> None:
+    """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs use this module's transports.
+
+    By URL scheme rather than with Celery's ``broker_transport``: kombu switches a connection with several
+    URLs (Sentinel's ``sentinel://a;sentinel://b``) to the next one by its scheme when a connect fails.
+    """
+    from kombu import transport
+
+    for scheme, cls in (("redis", RedisTransport), ("rediss", RedisTransport), ("sentinel", SentinelTransport)):
+        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{cls.__name__}"
+        cache = getattr(transport, "_transport_cache", {})
+        if cache.get(scheme) not in (None, cls):  # resolved before this ran: forget kombu's class
+            del cache[scheme]
+
+
 def make_app(settings: Settings | None = None, *, name: str = "ocycle", include: tuple[str, ...] = ()) -> Celery:
     """A Celery app for ocycle_dist: msgpack only, results to the producers' reply lists, late acks."""
     settings = settings or Settings.from_env()
     wire.register()
+    register_transports()
     app = Celery(name, broker=settings.broker_url, include=list(include), task_cls=ChunkTask)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
