@@ -98,7 +98,9 @@ class CeleryExecutor(ChunkExecutor):
         self._checked_at = 0.0
         self._has_info = True
         self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered"), 0)
-        self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
+        self._listener = listener.attach(
+            s.broker_url, self._on_reply, socket_timeout=s.socket_timeout, on_server=self._on_server
+        )
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
 
@@ -225,18 +227,32 @@ class CeleryExecutor(ChunkExecutor):
             except Exception:  # a server without INFO (fakeredis's drops the connection): rely on resend_after
                 self._has_info = False
                 self._client.connection_pool.disconnect()
-        restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
-        self._run_id = run_id or self._run_id
+        restarted = run_id is not None and self._on_server(run_id)
         if after_outage:
             log.warning(
                 "Redis reachable again at %s%s: sending the spooled chunks",
                 self.settings.broker_url,
                 " (a new server: sending again what it may have lost)" if restarted else "",
             )
-        if restarted:
-            with self._cond:
+
+    def _on_server(self, run_id: str) -> bool:
+        """The run_id of the Redis server, read by the dispatcher after an outage and by the listener after
+        each reconnect and every second. A new one (restarted empty, failed over): what was sent may be gone
+        with the old server, so every unanswered chunk is sent again now instead of after ``resend_after``."""
+        with self._cond:
+            restarted = self._run_id is not None and run_id != self._run_id
+            self._run_id = run_id
+            if restarted:
                 self._deadlines = deque((0.0, entry_id, attempt) for _, entry_id, attempt in self._deadlines)
                 self._cond.notify_all()
+            pending = len(self._futures)
+        if restarted:
+            log.warning(
+                "Redis at %s is a new server: sending the unanswered chunks again (%d pending)",
+                self.settings.broker_url,
+                pending,
+            )
+        return restarted
 
     def _finished(self) -> bool:
         """Under the lock: shut down and every chunk resolved and out of the spool."""

@@ -334,6 +334,97 @@ def test_a_worker_survives_redis_killed_under_its_task(cluster: Any, emitters: A
     print(f"\n[redis killed under a task] 3 times; worker alive, {log_count(worker, b'Restoring')} restores logged")
 
 
+# ---- 2c. Redis killed and restarted empty three times in one stream, default settings ------------------------
+
+
+def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_seconds(
+    cluster: Any, emitters: Any
+) -> None:
+    """A live source writes as fast as it can, so ``write()`` sits blocked at ``max_inflight`` (256). Each time,
+    the workers are frozen (SIGSTOP, as if busy) until every chunk is published, and stay frozen until the
+    new server holds the chunks again: no reply can wake the publisher, which is idle when Redis dies and has
+    nothing to send that could fail. Default settings (``resend_after`` 120 s): what the empty server lost
+    must be sent again because the listener sees a new server, within seconds."""
+    c = cluster(2)
+    stream = f"thrice-{uuid.uuid4().hex[:6]}"
+    emitter, got = emitters("contract.slow_echo", c.url, stream=stream)  # resend_after=120, max_inflight=256
+    assert emitter.executor.settings.resend_after == 120.0
+    written = 0
+    stop = threading.Event()
+
+    def live_source() -> None:
+        nonlocal written
+        try:
+            while not stop.is_set():
+                emitter.write(b"fast" + written.to_bytes(12, "big"))
+                written += 1
+        except Exception:  # the emitter closed under a write blocked at max_inflight: the test failed already
+            if not stop.is_set():
+                raise
+
+    def published_settles(executor: Any) -> bool:
+        before = executor.counts["published"]
+        time.sleep(0.5)
+        return bool(executor.counts["published"] == before and emitter.stats().in_flight == 256)
+
+    writer = threading.Thread(target=live_source, daemon=True)
+    writer.start()
+    recoveries: list[tuple[int, float, float]] = []  # (chunks in flight at the kill, s to resent, s to done)
+    try:
+        for outage in range(1, 4):
+            wait_for(lambda: emitter.stats().in_flight == 256, 30, "write() blocked at max_inflight")
+            base = len(got.done)
+            wait_for(lambda b=base: len(got.done) >= b + 100, 30, "100 more chunks done")  # streaming
+            for worker in c.workers:
+                worker.kill(signal.SIGSTOP)
+            wait_for(lambda: published_settles(emitter.executor), 10, "every chunk in flight published")
+            stats = emitter.stats()
+            c.redis.kill()
+            killed = time.monotonic()
+            c.restart_redis_empty()
+            admin = connect(c.url)
+            try:
+                wait_for(
+                    lambda a=admin, k=stats.in_flight: a.llen("celery") >= k,
+                    20,  # far below resend_after: a stall fails here
+                    lambda k=outage: f"the chunks in flight sent again after restart {k}: {emitter.executor.counts}",
+                )
+            finally:
+                admin.close()
+            resent = time.monotonic() - killed
+            for worker in c.workers:
+                worker.kill(signal.SIGCONT)
+            wait_for(
+                lambda n=stats.emitted: set(range(n)) <= set(got.done_seqs()),
+                60,  # far below resend_after: a stall fails here
+                lambda k=outage: f"every chunk emitted before kill {k} done: {emitter.stats()}",
+            )
+            recoveries.append((stats.in_flight, resent, time.monotonic() - killed))
+            for worker in c.workers:
+                assert_reconnected(worker, outage)
+    finally:
+        stop.set()
+    assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
+    writer.join(10)
+    assert not writer.is_alive()
+    n = written
+    assert_exactly_once(emitter, got, n)
+    results = dict(got.done)
+    assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
+    counts = emitter.executor.counts
+    assert counts["undelivered"] == 0 and counts["resent"] >= 3
+    assert emitter.executor._listener.new_servers >= 3
+    for worker in c.workers:
+        assert_reconnected(worker, 3)
+    assert all(seconds < 30 for _, _, seconds in recoveries), recoveries
+    print(
+        f"\n[redis restarted empty x3] {n} chunks, none lost, on_done once each; recovery (kill to every chunk"
+        f" emitted before it done; kill to sent again): "
+        + ", ".join(f"{done:.1f} s ({k} in flight; sent again {resent:.1f} s)" for k, resent, done in recoveries)
+        + f"; counts={counts}; workers never restarted"
+    )
+
+
 # ---- 3. the producer SIGKILLed and restarted on its spool ---------------------------------------------------
 
 
