@@ -26,7 +26,7 @@ from ..executors.base import ChunkExecutor
 from . import listener
 from .protocol import claim_key, encode_chunk, is_claimed, reply_key
 from .publisher import publish
-from .redis_client import connect
+from .redis_client import connect, redacted
 from .settings import Settings
 from .spool import SPOOL_POLICIES, Entry, open_spool
 
@@ -85,7 +85,7 @@ class CeleryExecutor(ChunkExecutor):
         self.settings = s = resolve_settings(app, broker, settings)
         if s.spool_policy not in SPOOL_POLICIES:
             raise ConfigError("spool_policy", s.spool_policy, f"one of {', '.join(SPOOL_POLICIES)}")
-        self._client = connect(s.broker_url, socket_timeout=s.socket_timeout)
+        self._client = connect(s.broker_url, socket_timeout=s.socket_timeout, master_name=s.sentinel_master)
         self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
         self._batch = batch
         self._futures: dict[str, Future[Any]] = {}
@@ -99,7 +99,11 @@ class CeleryExecutor(ChunkExecutor):
         self._has_info = True
         self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered"), 0)
         self._listener = listener.attach(
-            s.broker_url, self._on_reply, socket_timeout=s.socket_timeout, on_server=self._on_server
+            s.broker_url,
+            self._on_reply,
+            socket_timeout=s.socket_timeout,
+            master_name=s.sentinel_master,
+            on_server=self._on_server,
         )
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
@@ -249,7 +253,7 @@ class CeleryExecutor(ChunkExecutor):
         if restarted:
             log.warning(
                 "Redis at %s is a new server: sending the unanswered chunks again (%d pending)",
-                self.settings.broker_url,
+                redacted(self.settings.broker_url),
                 pending,
             )
         return restarted

@@ -155,13 +155,22 @@ _shared_lock = threading.Lock()
 
 
 def attach(
-    url: str, handler: Handler, *, socket_timeout: float, on_server: ServerHandler | None = None
+    url: str,
+    handler: Handler,
+    *,
+    socket_timeout: float,
+    master_name: str | None = None,
+    on_server: ServerHandler | None = None,
 ) -> ReplyListener:
-    """The process's listener for the broker at ``url``, with ``handler`` (and ``on_server``) attached."""
+    """The process's listener for the broker at ``url``, with ``handler`` (and ``on_server``) attached.
+
+    ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
+    """
     with _shared_lock:
         listener = _shared.get(url)
         if listener is None:
-            listener = _shared[url] = ReplyListener(connect(url, socket_timeout=socket_timeout))
+            client = connect(url, socket_timeout=socket_timeout, master_name=master_name)
+            listener = _shared[url] = ReplyListener(client)
         listener.attach(handler, on_server)
         return listener
 

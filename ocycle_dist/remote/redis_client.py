@@ -1,33 +1,124 @@
-"""Redis clients built from a URL with the project's timeouts (password and TLS come from the URL)."""
+"""Redis clients built from a URL with the project's timeouts (password and TLS come from the URL).
+
+A ``sentinel://`` URL (kombu's form: ``sentinel://:password@host:26379/db;sentinel://host2:26379;...``) gives a
+client of the master that Redis Sentinel names: its connections ask the sentinels for the master's address
+each time they connect, so after a failover a reconnect reaches the new master.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 
+SENTINEL_PORT = 26379
 
-def connect(url: str, *, socket_timeout: float = 10.0) -> Any:
-    """A ``redis.Redis`` for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``); lazy, no I/O yet."""
+
+def is_sentinel(url: Any) -> bool:
+    """Whether ``url`` names Redis Sentinels (``sentinel://``) rather than one Redis."""
+    return isinstance(url, str) and url.startswith("sentinel://")
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The ``(host, port)`` of each sentinel in a ``sentinel://`` URL, and the master's username, password and db.
+
+    Raises:
+        ConfigError: a part that is not a ``sentinel://host[:port]`` URL, or a db that is not a number.
+    """
+    hosts: list[tuple[str, int]] = []
+    master: dict[str, Any] = {}
+    for part in url.split(";"):
+        try:
+            parsed = urlsplit(part)
+            port = parsed.port or SENTINEL_PORT
+        except ValueError as exc:
+            raise ConfigError("broker", url, f"sentinel://host:port URLs separated by ';' ({exc})") from None
+        if parsed.scheme != "sentinel" or not parsed.hostname or parsed.query:
+            raise ConfigError("broker", url, "sentinel://[:password@]host[:port][/db] URLs separated by ';'")
+        hosts.append((parsed.hostname, port))
+        if not master:  # the first URL's, as kombu reads them
+            db = parsed.path.strip("/") or "0"
+            if not db.isdigit():
+                raise ConfigError("broker", url, "a database number after the first sentinel's address")
+            master = {"db": int(db), "password": _unquoted(parsed.password), "username": _unquoted(parsed.username)}
+    return hosts, master
+
+
+def redacted(url: str) -> str:
+    """``url`` with its passwords masked, for logs: ``redis://:**@host:6379/0``."""
+    return ";".join(re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1:**@", part) for part in str(url).split(";"))
+
+
+def _unquoted(value: str | None) -> str | None:
+    return unquote(value) if value else None
+
+
+def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None = None) -> Any:
+    """A ``redis.Redis`` for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``, ``sentinel://``); lazy.
+
+    Args:
+        url: where Redis is.
+        socket_timeout: seconds a command may take; connecting takes at most 5 s of it.
+        master_name: for ``sentinel://`` URLs, the master's name (default ``OCYCLE_SENTINEL_MASTER``, else
+            ``mymaster``).
+    """
     try:
         import redis
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError("mode='celery' needs redis-py: pip install 'ocycle-dist[celery]'") from None
+    options = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "health_check_interval": 30,
+    }
+    if is_sentinel(url):
+        return _sentinel_master(url, master_name, options)
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("broker", url, "a redis://, rediss:// or unix:// URL")
+        raise ConfigError("broker", url, "a redis://, rediss://, unix:// or sentinel:// URL")
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 5.0),
-            health_check_interval=30,
-        )
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError("broker", url, f"a valid Redis URL ({exc})") from None
 
 
+def _sentinel_master(url: str, master_name: str | None, options: dict[str, Any]) -> Any:
+    from redis.sentinel import Sentinel
+
+    from .settings import Settings
+
+    name = master_name if master_name is not None else Settings.from_env().sentinel_master
+    if not isinstance(name, str) or not name:
+        raise ConfigError("sentinel_master", name, "the name the sentinels monitor the master under")
+    hosts, master = sentinel_hosts(url)
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)
+    client = sentinel.master_for(name, redis_class=_master_class(), **options, **master)
+    client.sentinel = sentinel
+    return client
+
+
+@functools.cache
+def _master_class() -> type:
+    from redis import Redis
+
+    class SentinelMaster(Redis):
+        """A client of the master Redis Sentinel names; closing it also closes the connections to the sentinels."""
+
+        sentinel: Any = None
+
+        def close(self) -> None:
+            super().close()
+            if self.sentinel is not None and hasattr(self.sentinel, "close"):  # redis-py >= 8.1
+                self.sentinel.close()
+
+    return SentinelMaster
+
+
 def reachable(url: str, timeout: float = 0.5) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
+    """Whether a Redis server answers PING at ``url`` (for ``sentinel://``, the master the sentinels name)."""
     client = None
     try:
         client = connect(url, socket_timeout=timeout)

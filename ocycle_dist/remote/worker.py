@@ -27,16 +27,16 @@ from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
 from .protocol import META_HEADER, is_reply_key, reply_error, reply_ok
-from .redis_client import connect
+from .redis_client import connect, is_sentinel, sentinel_hosts
 from .settings import Settings
 
 log = logging.getLogger("ocycle_dist.worker")
 _clients: dict[str, Any] = {}
 
 
-def _client(url: str) -> Any:
+def _client(url: str, master_name: str | None = None) -> Any:
     if url not in _clients:
-        _clients[url] = connect(url)
+        _clients[url] = connect(url, master_name=master_name)
     return _clients[url]
 
 
@@ -51,7 +51,7 @@ class ChunkTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], wire.Claim):
-            raw = _client(self.app.conf.broker_url).get(args[0].key)
+            raw = _client(self.app.conf.broker_url, app_settings(self.app).sentinel_master).get(args[0].key)
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
             args = (wire.loads(raw), *args[1:])
@@ -99,7 +99,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         except EncodeError as exc:
             data = wire.dumps(reply_error(task_id, "EncodeError", f"the task's result cannot be sent back: {exc}"))
         settings = app_settings(self.app)
-        pipe = _client(self.app.conf.broker_url).pipeline(transaction=False)
+        pipe = _client(self.app.conf.broker_url, settings.sentinel_master).pipeline(transaction=False)
         pipe.rpush(reply, data)
         pipe.expire(reply, max(1, int(settings.result_ttl)))
         pipe.execute()
@@ -192,11 +192,14 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
     wire.register()
     register_transports()
     app = Celery(name, broker=settings.broker_url, include=list(include), task_cls=ChunkTask)
-    transport = {
+    transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": min(settings.socket_timeout, 5.0),
     }
+    if is_sentinel(settings.broker_url):
+        sentinel_hosts(settings.broker_url)  # a ConfigError now rather than a worker retrying forever
+        transport["master_name"] = settings.sentinel_master
     app.conf.update(
         task_serializer=wire.SERIALIZER,
         result_serializer=wire.SERIALIZER,

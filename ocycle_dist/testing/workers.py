@@ -12,12 +12,20 @@ from pathlib import Path
 from .processes import Proc
 
 
-def ping(broker: str, names: list[str], timeout: float = 1.0) -> set[str]:
-    """The node names among ``names`` (``name@host``; or plain ``name``) answering a Celery ping on ``broker``."""
+def ping(broker: str, names: list[str], timeout: float = 1.0, *, master_name: str | None = None) -> set[str]:
+    """The node names among ``names`` (``name@host``; or plain ``name``) answering a Celery ping on ``broker``.
+
+    ``master_name``: the Sentinel master's, for a ``sentinel://`` broker (default ``OCYCLE_SENTINEL_MASTER``).
+    """
     from celery import Celery
+
+    from ..remote.redis_client import is_sentinel
+    from ..remote.settings import Settings
 
     app = Celery("ocycle-ping", broker=broker, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = False
+    if is_sentinel(broker):
+        app.conf.broker_transport_options = {"master_name": master_name or Settings.from_env().sentinel_master}
     try:
         with app.connection_for_write() as conn:
             replies = app.control.ping(timeout=timeout, connection=conn) or []
@@ -99,7 +107,8 @@ class Worker:
         else:
 
             def ready() -> bool:
-                return bool(ping(self.broker, [self.name], timeout=0.5))
+                master_name = self.env.get("OCYCLE_SENTINEL_MASTER")
+                return bool(ping(self.broker, [self.name], timeout=0.5, master_name=master_name))
 
         self.proc.wait_until(ready, timeout, f"worker {self.name}")
 

@@ -589,8 +589,16 @@ def test_a_spool_dir_that_is_not_writable_is_a_config_error_naming_spool(broker:
         {"broker": "localhost:6379"},
         {"settings": Settings(broker_url="http://localhost:6379/0")},
         {"settings": Settings(broker_url="redis://localhost:notaport/0")},
+        {"broker": "sentinel://"},
+        {"broker": "sentinel://a:26379;redis://b:6379/0"},
+        {"broker": "sentinel://a:26379/zero;sentinel://b"},
+        {"broker": "sentinel://a:notaport;sentinel://b"},
+        {"broker": "sentinel://a:26379/0?master_name=x"},
     ],
-    ids=["no-scheme-separator", "no-scheme", "http", "bad-port"],
+    ids=[
+        *("no-scheme-separator", "no-scheme", "http", "bad-port"),
+        *("sentinel-no-host", "sentinel-and-redis", "sentinel-bad-db", "sentinel-bad-port", "sentinel-query"),
+    ],
 )
 def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as excinfo:
@@ -662,3 +670,75 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
         executor.shutdown(wait=False, cancel_futures=True)
         executor._dispatcher.join(10)
     assert not executor._dispatcher.is_alive()
+
+
+# ---- Redis Sentinel URLs, the worker's transport ---------------------------------------------------------
+
+
+def test_a_sentinel_url_gives_a_client_of_the_named_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "sentinel://:p%40ss@10.0.0.1:26380/2;sentinel://:p%40ss@10.0.0.2;sentinel://10.0.0.3:26381"
+    client = connect(url, socket_timeout=3.0, master_name="audio")
+    try:
+        pool = client.connection_pool
+        assert pool.service_name == "audio" and pool.is_master
+        assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "p@ss")
+        assert pool.connection_kwargs["socket_timeout"] == 3.0
+        hosts = [s.connection_pool.connection_kwargs for s in client.sentinel.sentinels]
+        expected = [("10.0.0.1", 26380), ("10.0.0.2", 26379), ("10.0.0.3", 26381)]  # 26379 by default
+        assert [(h["host"], h["port"]) for h in hosts] == expected
+        assert all(h.get("password") is None for h in hosts)  # the password is the master's, not the sentinels'
+    finally:
+        client.close()
+    monkeypatch.setenv("OCYCLE_SENTINEL_MASTER", "from-env")
+    client = connect(url)
+    assert client.connection_pool.service_name == "from-env"
+    client.close()
+    with pytest.raises(ConfigError) as excinfo:
+        connect(url, master_name="")
+    assert excinfo.value.param == "sentinel_master"
+
+
+def test_broker_urls_are_redacted_for_logs() -> None:
+    from ocycle_dist.remote.redis_client import redacted
+
+    assert redacted("redis://:pw@h:6379/0") == "redis://:**@h:6379/0"
+    assert redacted("rediss://user:pw@h:6379/0") == "rediss://user:**@h:6379/0"
+    assert redacted("sentinel://:pw@a:1/0;sentinel://:pw@b:2;sentinel://c:3") == (
+        "sentinel://:**@a:1/0;sentinel://:**@b:2;sentinel://c:3"
+    )
+    assert redacted("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_the_worker_app_uses_the_repaired_transports_and_names_the_sentinel_master() -> None:
+    from kombu.transport import get_transport_cls
+
+    from ocycle_dist.remote import worker
+
+    url = "sentinel://:pw@127.0.0.1:26379/0;sentinel://127.0.0.1:26380"
+    app = worker.make_app(Settings(broker_url=url, sentinel_master="audio"))
+    try:
+        assert app.conf.broker_transport_options["master_name"] == "audio"
+        assert get_transport_cls("redis") is worker.RedisTransport
+        assert get_transport_cls("rediss") is worker.RedisTransport
+        assert get_transport_cls("sentinel") is worker.SentinelTransport
+        assert issubclass(worker.SentinelTransport.Channel, worker._ClosingChannel)
+    finally:
+        app.close()
+    with pytest.raises(ConfigError) as excinfo:
+        worker.make_app(Settings(broker_url="sentinel://a:1;redis://b"))
+    assert excinfo.value.param == "broker"
+
+
+def test_a_channel_whose_connection_was_closed_raises_a_connection_error() -> None:
+    """What Celery's reconnect does to the task channel (see ocycle_dist.remote.worker._ClosingChannel): the
+    transport is detached, then an ack or a restore builds a pool from it."""
+    from types import SimpleNamespace
+
+    import redis
+
+    from ocycle_dist.remote.worker import RedisChannel
+
+    channel = RedisChannel.__new__(RedisChannel)  # no connection needed to show it
+    channel.connection = SimpleNamespace(client=None)
+    with pytest.raises(redis.ConnectionError):
+        channel._connparams()
