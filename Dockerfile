@@ -16,7 +16,7 @@ COPY . /app
 # gcc only to build write()'s C hot path (ocycle_dist/_speedups.c), then removed
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install ".[celery,audio,flower]" \
+    && pip install ".[celery,audio,model,flower]" \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/*
 

@@ -3,10 +3,10 @@ PY ?= python3
 
 .PHONY: test test-unit test-integration deps lint demo bench
 
-deps:  ## redis-server and redis-sentinel (Debian) and the Python packages the tests need
-	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel libsndfile1; \
-	  else echo "redis-server or redis-sentinel is missing: sudo apt-get install redis-server redis-sentinel" >&2; fi; }
+deps:  ## redis-server, redis-sentinel and espeak-ng (Debian) and the Python packages the tests need
+	@{ command -v redis-server && command -v redis-sentinel && command -v espeak-ng; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel libsndfile1 espeak-ng; \
+	  else echo "redis-server, redis-sentinel or espeak-ng is missing: sudo apt-get install redis-server redis-sentinel espeak-ng" >&2; fi; }
 	$(PY) -m pip install -q -e '.[test]'
 
 lint:

@@ -107,8 +107,9 @@ def main() -> int:
             settings=settings,
             on_error=on_error,
             max_inflight=args.max_inflight,
+            policy="block",  # this section bounds memory by max_inflight, as it did before the byte budget
         )
-        for name, task, secs in CONSUMERS
+        for name, task, secs, _queue in CONSUMERS
     ]
     sampler = Sampler(emitters)
     tap = ocycle_dist.Tap(*emitters).open()
@@ -122,7 +123,7 @@ def main() -> int:
     time.sleep(0.2)
     say(
         "ready",
-        {"rss": status()["VmRSS"], "frames": n_frames, "chunk_bytes": [int(s * RATE) * 4 for _, _, s in CONSUMERS]},
+        {"rss": status()["VmRSS"], "frames": n_frames, "chunk_bytes": [int(s * RATE) * 4 for _, _, s, _ in CONSUMERS]},
     )
 
     def read_stdin() -> None:

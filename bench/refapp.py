@@ -6,8 +6,9 @@ Both the broker and the result backend are ``BENCH_REF_URL`` (default ``redis://
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -23,14 +24,15 @@ app.conf.update(broker_connection_retry_on_startup=True)
 
 
 @cache
-def _audio() -> ModuleType:
-    """``workers/audio.py`` loaded by path: importing the ``workers`` package would create ocycle_dist's app."""
-    path = Path(__file__).resolve().parent.parent / "workers" / "audio.py"
-    spec = importlib.util.spec_from_file_location("bench_ref_audio", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _vad() -> ModuleType:
+    """``workers/vad.py`` (and the ``workers/audio.py`` it imports) loaded by path under a stand-in package.
+
+    Importing the ``workers`` package would create ocycle_dist's app.
+    """
+    package = ModuleType("bench_ref_workers")
+    package.__path__ = [str(Path(__file__).resolve().parent.parent / "workers")]
+    sys.modules.setdefault(package.__name__, package)
+    return importlib.import_module("bench_ref_workers.vad")
 
 
 @app.task(name="bench.refapp.echo")
@@ -44,4 +46,4 @@ def classify(chunk: bytes, t0: float) -> dict[str, Any]:
     """``workers.tasks.classify`` for plain Celery: the chunk travels as float32 bytes (JSON has no arrays)."""
     import numpy as np
 
-    return {"t0": t0, **_audio().classify(np.frombuffer(chunk, dtype="<f4"), rate=RATE)}
+    return {"t0": t0, **_vad().classify(np.frombuffer(chunk, dtype="<f4"), rate=RATE)}

@@ -9,18 +9,18 @@ import sys
 def status(broker: str | None) -> int:
     """Print queue depth per task queue, workers seen, tasks running and results pending on ``broker``."""
     from .remote.protocol import CHUNK_PREFIX, REPLY_PREFIX
-    from .remote.redis_client import connect
+    from .remote.redis_client import connect, redact
     from .remote.settings import Settings
     from .remote.worker import make_app
 
     settings = Settings.from_env(broker_url=broker)
-    client = connect(settings.broker_url, socket_timeout=3.0)
+    client = connect(settings.broker_url, socket_timeout=3.0, master_name=settings.sentinel_master)
     inspect = make_app(settings).control.inspect(timeout=1.0)
     replies = inspect.ping() or {}
     queues = {settings.queue}
     for worker_queues in (inspect.active_queues() or {}).values():
         queues.update(q["name"] for q in worker_queues)
-    print(f"broker: {settings.broker_url}")
+    print(f"broker: {redact(settings.broker_url)}")
     for queue in sorted(queues):
         print(f"queue {queue!r}: {client.llen(queue)} tasks waiting")
     print(f"tasks delivered to workers, not yet acknowledged: {client.hlen('unacked')}")

@@ -1,6 +1,9 @@
 """The main job: one microphone-like source, three consumers, each chunk a Celery task.
 
-Sound level (SPL) every 0.5 s, a model every 2 s and a FLAC archive every 10 s, from one ``Tap``.
+Sound level (SPL) every 0.5 s, a model every 2 s and a FLAC archive every 10 s, from one ``Tap``. Each
+consumer has its own Celery queue, so a model that falls behind never delays the sound level; the model's
+chunks expire (discarded unstarted, counted) when its workers are more than :data:`MODEL_EXPIRES` seconds
+behind. Workers consume queue groups: ``celery -A workers worker -Q spl,archive`` and ``-Q model``.
 The source is a synthetic signal (tone, noise, silence in turn) or a WAV file, replayed as 1024-sample
 frames with sample-accurate t0s.
 """
@@ -21,11 +24,13 @@ from .emit import NumpyEmit
 from .remote.settings import Settings
 from .tap import Tap
 
-CONSUMERS = (  # (stream, task, seconds per chunk)
-    ("spl", "workers.tasks.spl", 0.5),
-    ("classify", "workers.tasks.classify", 2.0),
-    ("archive", "workers.tasks.archive_flac", 10.0),
+CONSUMERS = (  # (stream, task, seconds per chunk, queue)
+    ("spl", "workers.tasks.spl", 0.5, "spl"),
+    ("classify", "workers.tasks.classify", 2.0, "model"),
+    ("archive", "workers.tasks.archive_flac", 10.0, "archive"),
 )
+QUEUES = tuple(dict.fromkeys(queue for *_, queue in CONSUMERS))  # what the demo's workers must consume
+MODEL_EXPIRES = 6.0  # seconds: a live model works on fresh chunks; older ones are discarded and counted
 
 
 def synthetic(seconds: float, rate: int, frame: int = 1024) -> Iterator[np.ndarray]:
@@ -71,9 +76,13 @@ def _progress(emitters: list[NumpyEmit], stop: threading.Event, every: float, ou
     """Every ``every`` seconds, one line of each consumer's counters."""
     while not stop.wait(every):
         parts = []
-        for (name, _, _), e in zip(CONSUMERS, emitters, strict=True):
+        for (name, *_), e in zip(CONSUMERS, emitters, strict=True):
             s = e.stats()
-            parts.append(f"{name} {s.done}/{s.emitted} done, {s.in_flight} in flight, {s.failed} failed")
+            parts.append(
+                f"{name} {s.done}/{s.emitted} done, {s.in_flight} in flight, {s.failed} failed"
+                + (f", {s.expired} expired" if s.expired else "")
+                + (f", {s.dropped} dropped" if s.dropped else "")
+            )
         out("progress: " + "; ".join(parts))
 
 
@@ -92,7 +101,7 @@ def run(
     settings = settings or Settings.from_env(broker_url=broker)
     lock = threading.Lock()
     start_t = time.time()
-    results: dict[str, list[Any]] = {name: [] for name, _, _ in CONSUMERS}
+    results: dict[str, list[Any]] = {name: [] for name, *_ in CONSUMERS}
 
     def on_done_for(name: str) -> Callable[..., None]:
         def on_done(result: Any, meta: Chunk) -> None:
@@ -114,11 +123,12 @@ def run(
             mode="celery",
             stream=f"{socket.gethostname()}-{name}",
             settings=settings,
+            queue=queue,
+            expires=MODEL_EXPIRES if queue == "model" else None,
             on_done=on_done_for(name),
             on_error=on_error,
-            max_inflight=64,
         )
-        for name, task, secs in CONSUMERS
+        for name, task, secs, queue in CONSUMERS
     ]
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
@@ -135,32 +145,37 @@ def run(
         tap.close(flush=True)
     stop.set()
     reporter.join()
-    stats = {name: e.stats() for (name, _, _), e in zip(CONSUMERS, emitters, strict=True)}
+    stats = {name: e.stats() for (name, *_), e in zip(CONSUMERS, emitters, strict=True)}
     out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
-    for name, _, secs in CONSUMERS:
+    for name, _, secs, queue in CONSUMERS:
         s = stats[name]
-        out(f"  {name:<8} every {secs:>4} s: {s.emitted} chunks, {s.done} done, {s.failed} failed, {s.dropped} dropped")
-    return {name: stats[name] for name, _, _ in CONSUMERS}
+        out(
+            f"  {name:<8} every {secs:>4} s, queue {queue!r}: {s.emitted} chunks, {s.done} done, {s.failed} failed,"
+            f" {s.dropped} dropped, {s.expired} expired"
+        )
+    return {name: stats[name] for name, *_ in CONSUMERS}
 
 
 def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: bool) -> int:
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
-    from .remote.redis_client import reachable
-    from .remote.worker import app_settings
+    from .remote.redis_client import reachable, redact
+    from .remote.settings import app_settings
     from .testing.embedded import embedded
 
     rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
     if reachable(url):
-        print(f"broker: {url} (workers must be running: celery -A workers worker)")
+        print(
+            f"broker: {redact(url)} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)"
+        )
         run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
         return 2
-    print(f"no broker reachable at {url}: running an embedded broker (fakeredis) and worker in this process")
-    with embedded(workers.app) as local_url:
+    print(f"no broker reachable at {redact(url)}: running an embedded broker (fakeredis) and worker in this process")
+    with embedded(workers.app, QUEUES) as local_url:
         run(local_url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, settings=app_settings(workers.app))
     return 0

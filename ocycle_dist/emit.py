@@ -18,10 +18,11 @@ from functools import partial
 from typing import Any
 
 from .bufferio import ListIO, NumpyIO
+from .callbacks import CallbackThread
 from .chunk import Chunk
-from .errors import ClosedError, ConfigError
+from .errors import ClosedError, ConfigError, ExpiredError
 from .executors import REMOTE_MODES, ChunkExecutor, as_chunk_executor, check_mode, is_executor, make_executor
-from .inflight import POLICIES, InFlight
+from .inflight import POLICIES, InFlight, p50_p99
 from .kinds import Kind, kind_for
 from .stats import Stats
 from .windows import Windows
@@ -29,6 +30,7 @@ from .windows import Windows
 log = logging.getLogger("ocycle_dist")
 
 _HOST = socket.gethostname()
+LOCAL_MAX_INFLIGHT = 256  # max_inflight's default for executors that do not bound their own backlog
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -89,14 +91,22 @@ class BufferEmit:
         hop: open a window every ``hop`` elements (overlapping windows when ``hop < size``); implies clip.
         rate: elements per second; a chunk's t0 is then ``t0 of the write it starts in + offset / rate``.
         on_error: ``on_error(exc)`` when a callback raises (``meta=`` if it asks); logged when None.
-        max_inflight: chunks in flight (handed to the executor, not finished) at most.
-        policy: when ``max_inflight`` is reached: ``'block'`` the writer, ``'drop_oldest'`` queued
-            chunk or ``'drop_newest'``. Drops are counted in ``stats().dropped``.
+        max_inflight: chunks in flight (handed to the executor, their outcome not yet handled) at most.
+            Default: 256 for the local modes; for ``mode='celery'`` no count bound (the broker holds the
+            backlog; the producer's spool bounds the chunks waiting for results by bytes instead).
+        policy: what happens when the bound is reached (``max_inflight``, or in the celery mode the spool's
+            byte budget): ``'block'`` the writer, ``'drop_oldest'`` (the oldest chunk not yet done) or
+            ``'drop_newest'`` (the new chunk). Drops are counted in ``stats().dropped``. Default:
+            ``'block'`` for the local modes (a pool's backpressure), ``'drop_oldest'`` for the celery mode
+            (a live source never waits; the freshest chunks win). ``'block'`` suits an offline replay
+            read faster than real time through slow workers.
         stream: the stream id carried by each chunk's metadata; results of the celery mode are routed by it.
             Default: ``<callback>-<size>@<host>-<pid>``; give your own to take over a spool after a restart.
         dtype: numpy streams: the dtype (else taken from the first frame).
         shape: numpy streams: the shape of one element (else taken from the first frame).
-        **executor_options: passed to the executor (``broker=``, ``app=``, ``settings=`` for celery).
+        **executor_options: passed to the executor; for celery: ``broker=``, ``app=``, ``settings=``,
+            ``queue=`` (this emitter's Celery queue), ``expires=`` (seconds after emit a chunk may still start),
+            ``spool=``.
     """
 
     new: Callable[[], Any] | None = None
@@ -116,8 +126,8 @@ class BufferEmit:
         hop: int | None = None,
         rate: float | None = None,
         on_error: Callable[..., Any] | None = None,
-        max_inflight: int = 256,
-        policy: str = "block",
+        max_inflight: int | None = None,
+        policy: str | None = None,
         stream: str | None = None,
         dtype: Any = None,
         shape: tuple[int, ...] | None = None,
@@ -134,10 +144,13 @@ class BufferEmit:
             raise ConfigError("rate", rate, "a positive number of elements per second, or None")
         self.rate = rate
         check_mode(mode)
+        if policy is None:
+            bounded = mode in REMOTE_MODES or (is_executor(mode) and as_chunk_executor(mode).bounds_backlog)
+            policy = "drop_oldest" if bounded else "block"
         if policy not in POLICIES:
             raise ConfigError("policy", policy, f"one of {', '.join(map(repr, POLICIES))}")
         self.policy = policy
-        self.max_inflight = _positive_int("max_inflight", max_inflight)
+        self.max_inflight = None if max_inflight is None else _positive_int("max_inflight", max_inflight)
         self.npool = _positive_int("npool", npool)
         self.mode = mode
         self._executor_options = executor_options
@@ -160,6 +173,8 @@ class BufferEmit:
         self._meta_cb, self._meta_done, self._meta_err = map(_wants_meta, (callback, on_done, on_error))
 
         self._inflight = InFlight(self.max_inflight, policy)
+        self._callbacks = CallbackThread(self._handle, f"ocycle-callbacks-{self.stream}")
+        self._expiry_logged = False
         self._free_buffers: list[Any] = []
         self._executor: ChunkExecutor | None = None
         self._owns_executor = False
@@ -225,29 +240,32 @@ class BufferEmit:
         Returns:
             The number of chunks emitted.
         """
-        with self._inflight.lock:
-            return self.windows.flush()
+        return self.windows.flush()
 
     # ---- chunks to the executor ---------------------------------------------------------------------
 
     def _emit(self, value: Any, meta: Chunk) -> None:
         """Hand one chunk to the executor (Windows calls this for every complete chunk)."""
-        self._inflight.emitted(meta.seq)
+        executor = self._executor or self._open_executor()
+        self._inflight.emitted(meta.seq, running=executor.inline)
         buffer = None
         if self.asbuffer:
             buffer = self._free_buffers.pop() if self._free_buffers else self._new_buffer()
             buffer.write(value)
             buffer.seek(0)
             value = buffer
-        executor = self._executor or self._open_executor()
-        if executor.inline:  # serial: call now, no Future, nothing can be in flight
+        if executor.inline:  # serial: call now, no Future, no callback thread
             kwargs = {"meta": meta} if self._meta_cb else {}
             try:
                 result = executor.call(self.callback, value, meta.t0, **kwargs)
             except Exception as exc:
-                self._settle(meta, buffer, "failed", exc)
+                outcome, result = "failed", exc
             else:
-                self._settle(meta, buffer, "done", result)
+                outcome = "done"
+            try:
+                self._settle(meta, buffer, outcome, result)
+            finally:
+                self._inflight.settle(meta.seq, outcome)
             return
         if not self._inflight.admit(meta.seq):
             self._release(buffer)
@@ -259,29 +277,62 @@ class BufferEmit:
             self._inflight.unemit(meta.seq)
             self._release(buffer)
             raise
-        future.add_done_callback(partial(self._finished, meta, buffer))
+        future.add_done_callback(partial(self._finished, meta, buffer, executor))
         self._inflight.submitted(meta.seq, future)
 
-    def _finished(self, meta: Chunk, buffer: Any, future: Future[Any]) -> None:
-        """Done-callback of each chunk's Future."""
+    def _finished(self, meta: Chunk, buffer: Any, executor: ChunkExecutor, future: Future[Any]) -> None:
+        """Done-callback of each chunk's Future, on whatever thread resolved it.
+
+        A dropped chunk (cancelled) is counted at once: no callback runs for it. Any other outcome goes to
+        this emitter's callback thread, where its on_done/on_error runs.
+        """
         if future.cancelled():
-            self._settle(meta, buffer, "dropped", None)
-        elif future.exception() is not None:
-            self._settle(meta, buffer, "failed", future.exception())
+            self._handle(meta, buffer, executor, future)
         else:
-            self._settle(meta, buffer, "done", future.result())
+            self._callbacks.put(meta, buffer, executor, future)
+
+    def _handle(self, meta: Chunk, buffer: Any, executor: ChunkExecutor, future: Future[Any]) -> None:
+        """On the emitter's callback thread: run on_done/on_error, tell the executor, count the outcome."""
+        if future.cancelled():
+            outcome, value = "dropped", None
+        elif isinstance(future.exception(), ExpiredError):
+            outcome, value = "expired", future.exception()
+        elif future.exception() is not None:
+            outcome, value = "failed", future.exception()
+        else:
+            outcome, value = "done", future.result()
+        try:
+            self._settle(meta, buffer, outcome, value)
+        finally:
+            try:
+                executor.settled(future)
+            finally:
+                self._inflight.settle(meta.seq, outcome)
 
     def _settle(self, meta: Chunk, buffer: Any, outcome: str, value: Any) -> None:
-        """Count a finished chunk, recycle its buffer, then call on_done or on_error."""
-        self._inflight.settle(meta.seq, outcome)
+        """Recycle a finished chunk's buffer, then call on_done or on_error."""
         self._release(buffer)
         if outcome == "failed":
             self._report(value, meta)
+        elif outcome == "expired":
+            self._expired(value, meta)
         elif outcome == "done" and self.on_done is not None:
             try:
                 self._call(self.on_done, value, meta, self._meta_done)
             except Exception as err:  # an on_done bug must not vanish in a pool thread
                 self._report(err, meta)
+
+    def _expired(self, exc: BaseException, meta: Chunk) -> None:
+        """An expired chunk: ``on_error`` when given, else one warning per emitter (all are counted)."""
+        if self.on_error is not None:
+            self._report(exc, meta)
+        elif not self._expiry_logged:
+            self._expiry_logged = True
+            log.warning(
+                "stream %s: chunks expire before a worker starts them (%s); counted in stats().expired, logged once",
+                meta.stream,
+                exc,
+            )
 
     def _report(self, exc: BaseException, meta: Chunk) -> None:
         if self.on_error is None:
@@ -313,12 +364,14 @@ class BufferEmit:
                 if is_executor(self.mode):
                     self._executor, self._owns_executor = as_chunk_executor(self.mode), False
                 else:
-                    self._executor = make_executor(self.mode, self.npool, **self._executor_options)
+                    self._executor = make_executor(self.mode, self.npool, self.policy, **self._executor_options)
                     self._owns_executor = True
+                if self.max_inflight is None:
+                    self._inflight.max_inflight = None if self._executor.bounds_backlog else LOCAL_MAX_INFLIGHT
                 for meta, future in self._executor.adopt(self.stream):
                     self._inflight.adopt(meta.seq, future)
                     self.windows.seq = max(self.windows.seq, meta.seq + 1)
-                    future.add_done_callback(partial(self._finished, meta, None))
+                    future.add_done_callback(partial(self._finished, meta, None, self._executor))
             return self._executor
 
     def open(self, npool: int | None = None, mode: Any = None, reopen: bool = False) -> BufferEmit:
@@ -337,31 +390,58 @@ class BufferEmit:
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until no chunk is in flight. Returns False on timeout."""
+        """Wait until no chunk is in flight (every outcome handled, on_done/on_error run).
+
+        Args:
+            timeout: seconds at most; None waits as long as it takes.
+
+        Returns:
+            False when chunks are still in flight after ``timeout``.
+        """
         return self._inflight.wait(timeout)
 
-    def close(self, wait: bool = True, flush: bool = False) -> None:
+    def close(self, wait: bool = True, flush: bool = False, timeout: float | None = None) -> int:
         """Stop accepting writes.
 
         Args:
             wait: wait for the chunks in flight to finish (and their on_done/on_error).
             flush: first emit the partial last chunk(s), as ``flush()`` does.
+            timeout: with ``wait``, seconds to wait at most; None waits as long as it takes (with no worker
+                and no timeout, that is until one comes).
+
+        Returns:
+            The number of chunks still in flight: 0 when everything finished. Those are logged; a durable
+            spool keeps them for the next producer of the stream, else their results may still arrive in
+            this process while it lives.
         """
         if flush and not self._closed:
             self.flush()
         self._closed = True
         self.windows.accepting(False)
-        if wait:
-            self.wait()
+        finished = self.wait(timeout) if wait else not len(self._inflight)
         with self._inflight.lock:
             executor, self._executor = self._executor, None
         if executor is not None and self._owns_executor:
-            executor.shutdown(wait=wait)
+            executor.shutdown(wait=wait and finished)
+        pending = len(self._inflight)
+        if pending and wait:
+            kept = (
+                "kept in the durable spool for the next producer"
+                if executor is not None and executor.durable
+                else ("results may still arrive while this process lives")
+            )
+            log.warning(
+                "close(timeout=%s): %d chunk(s) of stream %s still pending; %s", timeout, pending, self.stream, kept
+            )
+        if finished:
+            self._callbacks.stop()
+        return pending
 
     def stats(self) -> Stats:
         """A snapshot of the counters."""
         inflight, windows = self._inflight, self.windows
         p50, p99 = inflight.percentiles()
+        callback_p99 = p50_p99(list(self._callbacks.durations))[1]
         executor = self._executor
         with inflight.lock:
             return Stats(
@@ -372,6 +452,8 @@ class BufferEmit:
                 spooled_bytes=executor.spooled_bytes if executor is not None else 0,
                 latency_p50=p50,
                 latency_p99=p99,
+                callback_backlog=self._callbacks.backlog,
+                callback_p99=callback_p99,
                 **inflight.counts,
             )
 

@@ -8,7 +8,8 @@ The tree::
     ├── ClosedError (RuntimeError)    write() after close()
     ├── EncodeError (ValueError)      a chunk or a result cannot be put on the wire (no pickle is ever used)
     ├── RemoteTaskError               a remote task failed: carries the remote type name and message
-    └── DeliveryError                 no result came back for a chunk after every attempt
+    ├── DeliveryError                 no result came back for a chunk after every attempt
+    └── ExpiredError                  a chunk was not started before its ``expires`` deadline (counted, not failed)
 
 Each subclass also derives from the builtin that a caller would catch without knowing this package.
 """
@@ -59,3 +60,11 @@ class RemoteTaskError(OcycleError):
 
 class DeliveryError(OcycleError):
     """No result came back for a chunk after every attempt to send it."""
+
+
+class ExpiredError(OcycleError):
+    """A chunk was discarded because no worker started it before its ``expires`` deadline.
+
+    Its outcome is ``expired`` (``stats().expired``), not ``failed``: the policy the caller chose, so that a
+    consumer that cannot keep up works on fresh chunks instead of a growing backlog.
+    """

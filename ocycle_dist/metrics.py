@@ -13,8 +13,8 @@ from typing import Any
 
 from .emit import BufferEmit
 
-COUNTERS = ("written", "skipped", "emitted", "done", "failed", "dropped")
-GAUGES = ("buffered", "in_flight", "spooled_bytes", "latency_p50", "latency_p99")
+COUNTERS = ("written", "skipped", "emitted", "done", "failed", "dropped", "expired")
+GAUGES = ("buffered", "in_flight", "spooled_bytes", "latency_p50", "latency_p99", "callback_backlog", "callback_p99")
 
 
 class EmitterCollector:
@@ -28,7 +28,7 @@ class EmitterCollector:
 
         snapshots = [(e.stream, e.stats().as_dict()) for e in self.emitters]
         for name in COUNTERS:
-            unit = "chunks" if name in ("emitted", "done", "failed", "dropped") else "elements"
+            unit = "chunks" if name in ("emitted", "done", "failed", "dropped", "expired") else "elements"
             family = CounterMetricFamily(f"ocycle_{name}_{unit}", f"{name} {unit}, per stream", labels=["stream"])
             for stream, stats in snapshots:
                 family.add_metric([stream], stats[name])

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 class Stats:
     """A snapshot of an emitter's counters.
 
-    Chunks always add up: ``emitted == in_flight + done + failed + dropped``.
+    Chunks always add up: ``emitted == in_flight + done + failed + dropped + expired``.
 
     Attributes:
         written: elements accepted by ``write()``, including those the sampler skipped.
@@ -21,7 +21,10 @@ class Stats:
         failed: chunks whose callback raised.
         dropped: chunks dropped by a policy: the overload policy (``drop_oldest``/``drop_newest``) or a
             full spool's (``reject_newest``/``drop_oldest``).
+        expired: chunks no worker started before their ``expires`` deadline (celery mode), discarded.
         spooled_bytes: bytes of chunks the executor keeps until their result is in (celery mode).
+        callback_backlog: outcomes waiting for their ``on_done``/``on_error`` to run (a slow callback shows here).
+        callback_p99: seconds ``on_done``/``on_error`` took, 99th percentile of the last 1000 calls.
         latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
         latency_p99: the same, 99th percentile.
     """
@@ -34,7 +37,10 @@ class Stats:
     done: int = 0
     failed: int = 0
     dropped: int = 0
+    expired: int = 0
     spooled_bytes: int = 0
+    callback_backlog: int = 0
+    callback_p99: float = 0.0
     latency_p50: float = 0.0
     latency_p99: float = 0.0
 

@@ -55,11 +55,23 @@ class Tap:
         self._closed = False
         return self
 
-    def close(self, wait: bool = True, flush: bool = False) -> None:
-        """Close every emitter (see ``BufferEmit.close``)."""
+    def close(self, wait: bool = True, flush: bool = False, timeout: float | None = None) -> int:
+        """Close every emitter (see ``BufferEmit.close``); ``timeout`` bounds the whole close.
+
+        Returns:
+            The number of chunks still in flight, over all emitters.
+        """
         self._closed = True
+        if flush:  # every emitter's last chunk goes out before any close waits
+            for e in self.emitters:
+                if not e.closed:
+                    e.flush()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = 0
         for e in self.emitters:
-            e.close(wait=wait, flush=flush)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            pending += e.close(wait=wait, timeout=left)
+        return pending
 
     def stats(self) -> dict[str, Stats]:
         """Each emitter's counters, by stream id."""

@@ -90,7 +90,7 @@ def redis_server_required() -> None:
 
 @pytest.fixture(scope="session")
 def topology(redis_server_required: None) -> Iterator[Any]:
-    """A real redis-server (with a password) and two `celery -A workers worker` processes.
+    """A real redis-server (with a password) and the compose file's worker services as processes (2 + 1).
 
     Skipped when redis-server is not installed, except in CI (``CI`` set), where it fails.
     """
@@ -101,7 +101,10 @@ def topology(redis_server_required: None) -> Iterator[Any]:
 
     archive = tempfile.mkdtemp(prefix="ocycle-archive-")
     env = {"OCYCLE_ARCHIVE_DIR": archive}
-    with Topology(2, concurrency=2, password="test-pw", include=("tests.contract_tasks",), env=env) as topo:
+    groups = {"worker": 2, "worker-model": 1}  # the compose file's services, as processes
+    with Topology(
+        0, groups=groups, concurrency=2, password="test-pw", include=("tests.contract_tasks",), env=env
+    ) as topo:
         topo.archive_dir = archive
         yield topo
     shutil.rmtree(archive, ignore_errors=True)

@@ -61,3 +61,21 @@ def sleep(value: bytes, t0: float) -> bytes:
     """Sleep ``float(value)`` seconds (for time limits), then return the value."""
     time.sleep(float(value))
     return value
+
+
+# ---- tasks of the live-stream tests (tests/integration/test_live_stream.py) --------------------------------
+
+
+@app.task(name="contract.slow_model")
+def slow_model(value: Any, t0: float) -> dict[str, Any]:
+    """A model 3x slower than real time for 2 s chunks streamed at 16x: 0.375 s per chunk."""
+    time.sleep(0.375)
+    return {"t0": t0, "n": len(value)}
+
+
+@app.task(name="contract.counted_sleep")
+def counted_sleep(value: bytes, t0: float, meta: Any) -> list[Any]:
+    """Count the run in ``ocycle:test:runs:<stream>`` (a hash by seq), then sleep ``float(value)`` seconds."""
+    _redis().hincrby(f"ocycle:test:runs:{meta.stream}", str(meta.seq), 1)
+    time.sleep(float(value))
+    return [meta.seq]

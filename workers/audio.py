@@ -1,8 +1,9 @@
 """Audio functions behind the worker tasks of the canonical microphone use case.
 
 One microphone feeds three consumers: a sound level every 0.5 s (:func:`spl`), a
-FLAC archive every 10 s (:func:`archive_flac`) and a small model every 2 s
-(:func:`classify`).
+FLAC archive every 10 s (:func:`archive_flac`) and a model every 2 s (Silero VAD, in
+:mod:`workers.vad`). :func:`classify` here is only that model's fallback, a hand-set
+classifier used where the model cannot be installed.
 Everything here is plain numpy/soundfile, knows nothing of Celery and returns only
 ``str``/``int``/``float`` values, so results survive msgpack and JSON.
 
@@ -42,7 +43,7 @@ WEIGHTS = np.array(
         [-1.0, 2.0, 4.0, -2.0],  # noise: flat spectrum (white noise ~0.56)
     ]
 )
-"""Linear model of :func:`classify`: ``scores = softmax(WEIGHTS @ [1, *features])``.
+"""Linear model of :func:`classify` (the fallback): ``scores = softmax(WEIGHTS @ [1, *features])``.
 
 Hand-set, not trained. Loudness maps -60..0 dBFS onto 0..1, so silence wins below about
 -45 dBFS (roughly 49 dB SPL with the default 94 dB offset).
@@ -170,7 +171,10 @@ def archive_flac(chunk: Chunk, *, rate: int, directory: str | Path, name: str) -
 
 
 def classify(chunk: Chunk, *, rate: int) -> dict[str, object]:
-    """Label a chunk (meant for 2 s) as silence, tone or noise.
+    """Label a chunk (meant for 2 s) as silence, tone or noise: the FALLBACK of the 2 s consumer.
+
+    Hand-set, not trained: ``workers.tasks.classify`` runs Silero VAD (:mod:`workers.vad`)
+    and calls this only where the model is not installed (its result then says so).
 
     Channels are averaged and the DC offset removed. The features are the RMS level,
     loudness (the level mapped from -60..0 dBFS onto 0..1), the spectral flatness of

@@ -1,5 +1,8 @@
 """Tasks of the canonical audio use: sound level every 0.5 s, a FLAC archive every 10 s, a model every 2 s.
 
+The model is Silero VAD (:mod:`workers.vad`, ``pip install 'ocycle-dist[model]'``), loaded once per worker
+process; where it is not installed, ``classify`` falls back to a hand-set classifier and says so.
+
 Each task is a function of ``(chunk, t0)`` and is safe to run twice on the same chunk: the results are
 pure functions of the chunk, and the archive's file name comes from the chunk's stream and sequence number.
 """
@@ -10,7 +13,7 @@ from typing import Any
 
 from ocycle_dist.remote.protocol import META_HEADER
 
-from . import app, audio, settings
+from . import app, audio, settings, vad
 
 
 @app.task(name="workers.tasks.echo")
@@ -27,8 +30,12 @@ def spl(chunk: Any, t0: float) -> dict[str, Any]:
 
 @app.task(name="workers.tasks.classify")
 def classify(chunk: Any, t0: float) -> dict[str, Any]:
-    """Label a chunk (e.g. 2 s) as silence, tone or noise with a small linear model."""
-    return {"t0": t0, **audio.classify(chunk, rate=settings.sample_rate)}
+    """Speech probability of a chunk (e.g. 2 s) by Silero VAD: label ``speech`` or ``no_speech``.
+
+    Without the model installed: the hand-set fallback (labels silence, tone, noise), whose result's
+    ``model`` says so. See :func:`workers.vad.classify`.
+    """
+    return {"t0": t0, **vad.classify(chunk, rate=settings.sample_rate)}
 
 
 @app.task(name="workers.tasks.archive_flac", bind=True)

@@ -16,15 +16,16 @@ from .base import ChunkExecutor, Executor, PoolAdapter, as_chunk_executor, is_ex
 from .serial import SerialExecutor
 
 
-def _celery(max_workers: int, **options: Any) -> ChunkExecutor:
+def _celery(max_workers: int, policy: str, **options: Any) -> ChunkExecutor:
     from ..remote.executor import CeleryExecutor  # imports redis and msgpack: only when asked for
 
     del max_workers  # one publisher thread per executor, whatever npool says
-    return CeleryExecutor(**options)
+    return CeleryExecutor(policy=policy, **options)
 
 
 def _local(cls: Callable[..., Any]) -> Callable[..., ChunkExecutor]:
-    def make(max_workers: int, **options: Any) -> ChunkExecutor:
+    def make(max_workers: int, policy: str, **options: Any) -> ChunkExecutor:
+        del policy  # applied by the emitter's max_inflight
         if options:
             name = next(iter(options))
             raise ConfigError(name, options[name], f"no such option for a local mode ({', '.join(LOCAL_MODES)})")
@@ -50,10 +51,11 @@ def check_mode(mode: Any) -> None:
         raise ConfigError("mode", mode, f"one of {', '.join(map(repr, EXECUTORS))} or an executor object")
 
 
-def make_executor(mode: str, npool: int, **options: Any) -> ChunkExecutor:
-    """A new executor for ``mode`` with ``npool`` workers (pools only); ``options`` go to the executor."""
+def make_executor(mode: str, npool: int, policy: str = "block", **options: Any) -> ChunkExecutor:
+    """A new executor for ``mode``: ``npool`` workers (pools only), the emitter's overload ``policy`` (for
+    executors that bound their own backlog) and ``options`` for the executor."""
     check_mode(mode)
-    return EXECUTORS[mode](npool, **options)
+    return EXECUTORS[mode](npool, policy, **options)
 
 
 __all__ = [

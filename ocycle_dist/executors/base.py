@@ -14,6 +14,11 @@ The optional members, with their defaults:
 - ``adopt(stream)`` (``[]``): chunks of ``stream`` left pending by an earlier producer (a durable spool), as
   ``(Chunk, Future)`` pairs that the emitter follows like its own.
 - ``spooled_bytes`` (``0``): bytes of the chunks the executor keeps until their result is in.
+- ``bounds_backlog`` (``False``): the executor bounds the chunks waiting for their results itself (the celery
+  mode: by bytes, applying the emitter's ``policy``), so the emitter's ``max_inflight`` defaults to no bound.
+- ``durable`` (``False``): chunks still pending at shutdown are kept for the next producer (a durable spool).
+- ``settled(future)``: called once the emitter has handled a chunk's outcome (its ``on_done``/``on_error``
+  has run); a durable executor forgets the chunk only then, so a crash in between loses no callback.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class ChunkExecutor:
 
     wants_meta: bool = False
     inline: bool = False
+    bounds_backlog: bool = False
+    durable: bool = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         raise NotImplementedError
@@ -58,6 +65,9 @@ class ChunkExecutor:
     def spooled_bytes(self) -> int:
         """Bytes of chunks kept until their result is in: none by default."""
         return 0
+
+    def settled(self, future: Future[Any]) -> None:
+        """The emitter has handled the outcome of ``future``'s chunk: nothing to do by default."""
 
 
 class PoolAdapter(ChunkExecutor):

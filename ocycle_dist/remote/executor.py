@@ -17,18 +17,22 @@ import uuid
 from collections import deque
 from concurrent import futures
 from concurrent.futures import Future
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from ..chunk import Chunk
-from ..errors import ConfigError, DeliveryError, RemoteTaskError
+from ..errors import ConfigError, DeliveryError, ExpiredError, RemoteTaskError
 from ..executors.base import ChunkExecutor
 from . import listener
+from .lease import LeaseWatch
 from .protocol import claim_key, encode_chunk, is_claimed, reply_key
 from .publisher import publish
-from .redis_client import connect, redacted
+from .redis_client import CONFIG, classify, connect, probe, redact
 from .settings import Settings
-from .spool import SPOOL_POLICIES, Entry, open_spool
+from .spool import SPOOL_POLICIES, Entry, MemorySpool, open_spool
+
+_SPOOL_TO_EMITTER = {"reject_newest": "drop_newest", "drop_oldest": "drop_oldest"}
 
 log = logging.getLogger("ocycle_dist.celery")
 
@@ -63,15 +67,25 @@ def _transient(record: dict[str, Any]) -> bool:
 class CeleryExecutor(ChunkExecutor):
     """A ``concurrent.futures``-shaped executor running ``submit(task, chunk, t0, meta=...)`` on workers.
 
+    ``submit()`` never waits on workers: the broker holds the backlog. What waits for results is bounded by
+    the spool's byte budget (``settings.spool_max_bytes``), and only when it is full does ``policy`` act.
+
     Args:
         app: a Celery app to take the broker URL and queue from.
         broker: a Redis URL, when no ``app`` is given.
         settings: full settings (override ``app`` and ``broker``).
         spool: a directory for the durable spool (default ``settings.spool_dir``; memory when empty).
         batch: the most messages published in one round trip.
+        queue: the Celery queue of these chunks' tasks (default ``settings.queue``); workers consume it with
+            ``celery -A workers worker -Q <queue>``.
+        expires: seconds after ``submit()`` within which a worker must start a chunk's task; later it is
+            discarded unstarted (Celery's ``expires`` header) and its Future fails with ``ExpiredError``.
+        policy: when the budget is full: ``block`` (wait for room), ``drop_newest`` or ``drop_oldest``
+            (default: from ``settings.spool_policy``).
     """
 
     wants_meta = True
+    bounds_backlog = True
 
     def __init__(
         self,
@@ -81,12 +95,32 @@ class CeleryExecutor(ChunkExecutor):
         settings: Settings | None = None,
         spool: Any = None,
         batch: int = 500,
+        queue: str | None = None,
+        expires: float | None = None,
+        policy: str | None = None,
     ) -> None:
-        self.settings = s = resolve_settings(app, broker, settings)
+        s = resolve_settings(app, broker, settings)
         if s.spool_policy not in SPOOL_POLICIES:
             raise ConfigError("spool_policy", s.spool_policy, f"one of {', '.join(SPOOL_POLICIES)}")
+        if queue is not None:
+            if not isinstance(queue, str) or not queue.strip() or len(queue) > 200:
+                raise ConfigError("queue", queue, "a non-empty queue name (str, at most 200 characters)")
+            s = replace(s, queue=queue)
+        if expires is not None and (
+            isinstance(expires, bool) or not isinstance(expires, (int, float)) or not 0 < expires < 1e9
+        ):
+            raise ConfigError("expires", expires, "seconds > 0, or None for chunks that never expire")
+        if policy is None:
+            policy = _SPOOL_TO_EMITTER[s.spool_policy]
+        if policy not in ("block", "drop_newest", "drop_oldest"):
+            raise ConfigError("policy", policy, "'block', 'drop_newest' or 'drop_oldest'")
+        self.settings, self.expires, self.policy = s, expires, policy
+        self._full = False  # the budget is full: logged once per episode
+        self._resolved: dict[Future[Any], Entry] = {}  # answered, kept in the spool until settled()
+        probe(s.broker_url, master_name=s.sentinel_master)  # a wrong password, db or TLS fails here, not an outage
         self._client = connect(s.broker_url, socket_timeout=s.socket_timeout, master_name=s.sentinel_master)
         self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
+        self.durable = type(self.spool) is not MemorySpool  # pending chunks outlive this process
         self._batch = batch
         self._futures: dict[str, Future[Any]] = {}
         self._queue: deque[Entry] = deque()  # to publish: new chunks, then chunks to send again
@@ -97,7 +131,25 @@ class CeleryExecutor(ChunkExecutor):
         self._run_id: str | None = None  # the Redis server's, to tell a restart from a blip
         self._checked_at = 0.0
         self._has_info = True
-        self.counts = dict.fromkeys(("published", "resent", "spool_dropped", "undelivered"), 0)
+        self.counts = dict.fromkeys(
+            (
+                "published",
+                "resent",
+                "recovered",  # sent again because the worker holding it died (its lease lapsed)
+                "spool_dropped",
+                "undelivered",
+                "expired",
+                "broker_errors",  # publishes refused or failed (each is retried)
+                "forged",  # replies whose authentication failed: ignored
+                "thread_errors",  # unexpected errors the publisher survived
+            ),
+            0,
+        )
+        self.broker_error: str | None = None  # the last publish error, until a publish succeeds
+        self._leases = LeaseWatch(self._client, s.worker_lease) if s.worker_lease > 0 else None
+        self._lease_check_at = 0.0
+        self._tag_of: dict[str, str] = {}  # task id -> delivery tag of its last message, while unanswered
+        self._task_of: dict[str, str] = {}  # the reverse
         self._listener = listener.attach(
             s.broker_url,
             self._on_reply,
@@ -115,7 +167,8 @@ class CeleryExecutor(ChunkExecutor):
         name = task_name(task)
         if self._closing:
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
-        entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings))
+        expires_at = None if self.expires is None else time.time() + self.expires
+        entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings), expires_at=expires_at)
         return self._track(entry, new=True)
 
     def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any]]]:
@@ -143,40 +196,74 @@ class CeleryExecutor(ChunkExecutor):
         return future
 
     def _make_room(self, nbytes: int, evicted: list[Future[Any]]) -> bool:
-        """Apply the spool budget for a new chunk of ``nbytes``; False when the new chunk is rejected."""
+        """Under the lock: apply the budget for a new chunk of ``nbytes``; False when the new chunk is dropped."""
         budget = self.spool.max_bytes
+        if budget is not None and nbytes > budget:
+            self._budget_full(f"a chunk of {nbytes} bytes is larger than the whole budget")
+            return False
         while budget is not None and self.spool.nbytes + nbytes > budget:
-            oldest = self.spool.oldest()
-            if self.settings.spool_policy == "reject_newest" or oldest is None:
+            self._budget_full(f"policy {self.policy!r} acts")
+            pending = next((i for i, f in self._futures.items() if not f.done()), None)
+            if self.policy == "block" and not self._closing and (pending is not None or self._resolved):
+                self._cond.wait(1.0)  # a result or a drop frees room
+                continue
+            if self.policy != "drop_oldest" or pending is None:
                 return False
-            self.spool.remove(oldest.id)
+            self.spool.remove(pending)
             self.counts["spool_dropped"] += 1
-            future = self._futures.pop(oldest.id, None)
-            if future is not None:
+            if (future := self._pop(pending)) is not None:
                 evicted.append(future)
+        if self._full and budget is not None and self.spool.nbytes + nbytes <= budget * 0.75:
+            self._full = False  # a new episode will be logged again
+            log.info("the spool budget of %s bytes has room again (queue %r)", budget, self.settings.queue)
         return True
+
+    def _budget_full(self, what: str) -> None:
+        if not self._full:
+            self._full = True
+            log.warning(
+                "the spool budget of %s bytes (chunks waiting for results, queue %r) is full: %s;"
+                " drops are counted in stats().dropped (logged once until it has room again)",
+                self.spool.max_bytes,
+                self.settings.queue,
+                what,
+            )
 
     def _discard(self, entry_id: str, future: Future[Any]) -> None:
         """Done-callback: forget a chunk whose Future was cancelled (dropped by a policy)."""
         if not future.cancelled():
             return
         with self._cond:
-            self._futures.pop(entry_id, None)
+            self._pop(entry_id)
             self.spool.remove(entry_id)
             self._cond.notify_all()  # the dispatcher may be done
 
     # ---- publishing -------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        import redis
+        """The publisher thread: never dies of an error it did not expect; it logs it and goes on."""
+        while True:
+            try:
+                self._dispatch_loop()
+                return
+            except Exception:
+                self.counts["thread_errors"] += 1
+                log.exception("the publisher of queue %r hit an unexpected error; it goes on", self.settings.queue)
+                time.sleep(1.0)
 
-        s, backoff = self.settings, 0.05
+    def _dispatch_loop(self) -> None:
+        backoff = 0.05
         while True:
             with self._cond:
                 while not self._queue and not self._finished():
                     wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
                     if wait is not None and wait <= 0:
                         break
+                    if self._leases is not None and self._deadlines:  # something is out: watch the leases
+                        lease_wait = self._lease_check_at - time.monotonic()
+                        if lease_wait <= 0:
+                            break
+                        wait = lease_wait if wait is None else min(wait, lease_wait)
                     self._cond.wait(wait)
                 undelivered = self._expire()
                 finished = self._finished()
@@ -185,24 +272,25 @@ class CeleryExecutor(ChunkExecutor):
                     entry = self._queue.popleft()
                     if entry.id in self._futures:
                         batch.append(entry)
+            batch = self._drop_stale(batch)
             for entry, future in undelivered:
                 future.set_exception(
                     DeliveryError(
                         f"no result for chunk {entry.meta.stream}#{entry.meta.seq} after {entry.attempts} sends"
                         f" {self.settings.resend_after:g} s apart: is a worker consuming queue"
-                        f" {self.settings.queue!r} at {self.settings.broker_url}?"
+                        f" {self.settings.queue!r} at {redact(self.settings.broker_url)}?"
                     )
                 )
             if finished:
                 self._stop()
                 return
+            if self._leases is not None and time.monotonic() >= self._lease_check_at and self.broker_up.is_set():
+                self._check_leases()
             while batch:
                 try:
                     publish(self._client, batch, self.settings)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    if self.broker_up.is_set() or backoff == 0.05:
-                        log.warning("Redis unreachable at %s (%s); chunks wait in the spool", s.broker_url, exc)
-                    self.broker_up.clear()
+                except Exception as exc:
+                    self._broker_failed(exc, first=self.broker_up.is_set() or backoff == 0.05)
                     with self._cond:
                         self._cond.wait(backoff)
                         batch = [entry for entry in batch if entry.id in self._futures]  # minus the dropped
@@ -211,14 +299,78 @@ class CeleryExecutor(ChunkExecutor):
                 if not self.broker_up.is_set() or time.monotonic() - self._checked_at > 1.0:
                     self._check_restart(after_outage=backoff > 0.05)
                 self.broker_up.set()
+                self.broker_error = None
                 backoff = 0.05
                 now = time.monotonic()
                 with self._cond:
                     for entry in batch:
                         entry.attempts += 1
                         self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
+                        self._sent(entry)
                     self.counts["published"] += len(batch)
                 break
+
+    def _broker_failed(self, exc: Exception, *, first: bool) -> None:
+        """A publish failed: count it, say why once per episode; the chunks wait in the spool meanwhile."""
+        kind = classify(exc)
+        why = str(exc)[:300]
+        self.counts["broker_errors"] += 1
+        if first or why != self.broker_error:
+            if kind == CONFIG:
+                log.error(
+                    "Redis at %s refuses the producer (%s): check the password, ACL, db number or TLS in the URL;"
+                    " chunks wait in the spool, counted in stats()",
+                    redact(self.settings.broker_url),
+                    why,
+                )
+            else:
+                log.warning(
+                    "Redis unreachable at %s or cannot take chunks now (%s); they wait in the spool",
+                    redact(self.settings.broker_url),
+                    why,
+                )
+        self.broker_error = why
+        self.broker_up.clear()
+
+    def _sent(self, entry: Entry) -> None:
+        """Under the lock: remember the delivery tag of ``entry``'s last message (for the lease watch)."""
+        old = self._tag_of.get(entry.id)
+        if old is not None:
+            self._task_of.pop(old, None)
+        self._tag_of[entry.id] = entry.delivery_tag
+        self._task_of[entry.delivery_tag] = entry.id
+
+    def _pop(self, entry_id: str) -> Future[Any] | None:
+        """Under the lock: stop waiting for ``entry_id`` (answered, dropped, given up); its Future."""
+        tag = self._tag_of.pop(entry_id, None)
+        if tag is not None:
+            self._task_of.pop(tag, None)
+        return self._futures.pop(entry_id, None)
+
+    def _check_leases(self) -> None:
+        """Send again at once the chunks whose worker's lease lapsed (it died holding them)."""
+        assert self._leases is not None
+        self._lease_check_at = time.monotonic() + self.settings.worker_lease / 3
+        if not self._tag_of:
+            return
+        try:
+            lost = self._leases.check(self._tag_of, self._task_of)
+            if not lost:
+                return
+            self._leases.forget_delivery([tag for task_id, _ in lost if (tag := self._tag_of.get(task_id))])
+        except Exception as exc:  # a Redis blip: the next round, or resend_after, catches up
+            log.debug("lease check failed: %s", exc)
+            return
+        with self._cond:
+            found = [(entry, why) for task_id, why in lost if (entry := self.spool.get(task_id)) is not None]
+            for entry, why in sorted(found, key=lambda pair: pair[0].meta.seq):  # in stream order
+                if entry.id not in self._futures:
+                    continue
+                log.warning("chunk %s#%s: %s; sending it again", entry.meta.stream, entry.meta.seq, why)
+                self.counts["resent"] += 1
+                self.counts["recovered"] += 1
+                self._queue.append(entry)
+            self._cond.notify()
 
     def _check_restart(self, after_outage: bool) -> None:
         """On (re)connecting: if Redis is a new server (run_id changed), what was sent may be gone with the
@@ -235,7 +387,7 @@ class CeleryExecutor(ChunkExecutor):
         if after_outage:
             log.warning(
                 "Redis reachable again at %s%s: sending the spooled chunks",
-                self.settings.broker_url,
+                redact(self.settings.broker_url),
                 " (a new server: sending again what it may have lost)" if restarted else "",
             )
 
@@ -253,10 +405,26 @@ class CeleryExecutor(ChunkExecutor):
         if restarted:
             log.warning(
                 "Redis at %s is a new server: sending the unanswered chunks again (%d pending)",
-                redacted(self.settings.broker_url),
+                redact(self.settings.broker_url),
                 pending,
             )
         return restarted
+
+    def _drop_stale(self, batch: list[Entry]) -> list[Entry]:
+        """Resolve as expired, without sending, the entries of ``batch`` already past their deadline."""
+        now = time.time()
+        stale = [e for e in batch if e.expires_at is not None and e.expires_at < now]
+        if not stale:
+            return batch
+        for entry in stale:
+            with self._cond:
+                future = self._pop(entry.id)
+                if future is None:
+                    continue
+                self._resolved[future] = entry
+                self.counts["expired"] += 1
+            future.set_exception(self._expired_error(entry, "expired before it could be sent"))
+        return [e for e in batch if e not in stale]
 
     def _finished(self) -> bool:
         """Under the lock: shut down and every chunk resolved and out of the spool."""
@@ -273,7 +441,8 @@ class CeleryExecutor(ChunkExecutor):
             if entry.attempts >= self.settings.max_attempts:
                 self.counts["undelivered"] += 1
                 self.spool.remove(entry_id)
-                undelivered.append((entry, self._futures.pop(entry_id)))
+                undelivered.append((entry, self._futures[entry_id]))
+                self._pop(entry_id)
             else:
                 self.counts["resent"] += 1
                 self._queue.append(entry)
@@ -284,8 +453,9 @@ class CeleryExecutor(ChunkExecutor):
     def _on_reply(self, record: dict[str, Any]) -> bool:
         """Resolve the chunk the reply is for; False when it is not one of this executor's.
 
-        The chunk leaves the spool only after its Future is resolved (and ``on_done`` has run): a producer
-        killed in between sends it again when restarted, so ``on_done`` is never skipped.
+        The chunk leaves the spool only once the emitter has handled its outcome (``settled()``, after its
+        ``on_done`` ran): a producer killed in between sends it again when restarted, so ``on_done`` is never
+        skipped.
         """
         entry_id = record.get("id")
         if not isinstance(entry_id, str):
@@ -302,24 +472,44 @@ class CeleryExecutor(ChunkExecutor):
                 self._queue.append(entry)
                 self._cond.notify()
                 return True
-            future = self._futures.pop(entry_id, None)
+            future = self._pop(entry_id)
         if future is None:
             return False  # another executor's, or a second reply: the listener counts it
+        if entry is not None:
+            with self._cond:
+                self._resolved[future] = entry
         if not future.done():
             if record.get("ok"):
                 future.set_result(record.get("result"))
+            elif record.get("expired") is True:
+                with self._cond:
+                    self.counts["expired"] += 1
+                future.set_exception(self._expired_error(entry, "its worker discarded it unstarted"))
             else:
                 type_name, message = [*(record.get("error") or []), "Error", "unknown"][:2]
                 future.set_exception(RemoteTaskError(str(type_name), str(message)))
+        return True
+
+    def _expired_error(self, entry: Entry | None, how: str) -> ExpiredError:
+        what = f"chunk {entry.meta.stream}#{entry.meta.seq}" if entry is not None else "a chunk"
+        return ExpiredError(
+            f"{what} was not started within expires={self.expires:g} s ({how}): the workers of queue"
+            f" {self.settings.queue!r} are behind"
+        )
+
+    def settled(self, future: Future[Any]) -> None:
+        """The emitter has handled this chunk's outcome: forget it (spool, claimed chunk in Redis)."""
         with self._cond:
-            self.spool.remove(entry_id)
-            self._cond.notify_all()
-        if entry is not None and is_claimed(entry, self.settings):
+            entry = self._resolved.pop(future, None)
+            if entry is None:
+                return
+            self.spool.remove(entry.id)
+            self._cond.notify_all()  # room in the budget; the dispatcher may be done
+        if is_claimed(entry, self.settings):
             try:
                 self._client.delete(claim_key(entry.id))
             except Exception:  # it expires anyway
-                log.debug("could not delete the claimed chunk of %s", entry_id)
-        return True
+                log.debug("could not delete the claimed chunk of %s", entry.id)
 
     @property
     def spooled_bytes(self) -> int:

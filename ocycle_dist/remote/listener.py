@@ -5,6 +5,10 @@ disconnected: after a reconnect the listener picks up where it stopped. One BLPO
 reply, then an LPOP with a count takes whatever else has arrived in the same round trip. Every executor
 of a process that uses the same broker shares the listener; a reply goes to the one that knows its id.
 
+The thread survives every error: an outage or an error reply (out of memory, read-only, loading) is retried
+with back-off; a key of another type (WRONGTYPE) is dropped from the keys listened to and reported; an
+unreadable or oversized reply is dropped and counted. Should the thread ever end, ``listen()`` starts a new one.
+
 The listener also watches which Redis server it talks to: after every reconnect, and every ``check_every``
 seconds (redis-py retries a failed command on a new connection by itself, so a quick restart can pass
 unseen), it reads the server's ``run_id`` and tells the executors when it changed: a Redis restarted empty,
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import wire
-from .redis_client import connect
+from .redis_client import CONFIG, WRONGTYPE, classify, connect
 
 log = logging.getLogger("ocycle_dist.listener")
 Handler = Callable[[dict[str, Any]], bool]  # True when the reply was its own
@@ -48,10 +52,14 @@ class ReplyListener:
         self._has_info = True  # False for a server without INFO (fakeredis): restarts go unseen
         self._checked_at = float("-inf")
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ocycle-listener", daemon=True)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         self.reconnects = 0
         self.unclaimed = 0  # replies no handler knew: a second reply, or one for a producer gone
+        self.unreadable = 0  # replies that could not be decoded (corrupt, oversized, a bomb): dropped
+        self.bad_keys: list[str] = []  # reply keys of another type than a list: not listened to
+        self.errors = 0  # errors the thread survived
         self.run_id: str | None = None  # the Redis server's, as last read
         self.new_servers = 0  # times the run_id changed: restarts and failovers seen
 
@@ -68,24 +76,28 @@ class ReplyListener:
         return not self._handlers
 
     def listen(self, key: str) -> None:
-        """Also pop replies from ``key``; starts the thread on the first key."""
-        if key not in self._keys:
+        """Also pop replies from ``key``; starts the thread on the first key (again, should it have ended)."""
+        if key not in self._keys and key not in self.bad_keys:
             self._keys = [*self._keys, key]
-        if not self._thread.is_alive() and not self._stop.is_set():
-            self._thread.start()
+        with self._lock:
+            if (self._thread is None or not self._thread.is_alive()) and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="ocycle-listener", daemon=True)
+                self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread (after at most one poll interval)."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join()
         self._client.close()
 
     def _run(self) -> None:
-        import redis
-
         backoff = 0.05
         while not self._stop.is_set():
+            if not self._keys:
+                self._stop.wait(self._poll)
+                continue
             try:
                 if not self.connected.is_set() or time.monotonic() - self._checked_at >= self._check_every:
                     self._check_server()
@@ -97,9 +109,18 @@ class ReplyListener:
                 key, first = got
                 self._deliver(key, first)  # popped: delivered even if the next command fails
                 more = self._client.lpop(key, 500) or []
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.connected.is_set():
-                    log.warning("result listener lost Redis (%s); reconnecting", exc)
+            except Exception as exc:
+                self.errors += 1
+                kind = classify(exc)
+                if kind == WRONGTYPE:
+                    self._drop_bad_keys()
+                    continue
+                if self.connected.is_set() or kind == CONFIG:
+                    log.warning(
+                        "result listener: Redis %s (%s); trying again",
+                        "refuses it" if kind == CONFIG else "is away",
+                        exc,
+                    )
                     self.reconnects += 1
                 self.connected.clear()
                 self._stop.wait(backoff)
@@ -108,6 +129,23 @@ class ReplyListener:
             for raw in more:
                 self._deliver(key, raw)
         self.connected.clear()
+
+    def _drop_bad_keys(self) -> None:
+        """A key listened to is not a list (a foreign writer, a collision): stop listening to it, say so."""
+        try:
+            types = [self._client.type(k) for k in self._keys]
+        except Exception:  # the next round tries again
+            return
+        for key, kind in zip(list(self._keys), types, strict=True):
+            if kind not in (b"list", b"none", "list", "none"):
+                self._keys = [k for k in self._keys if k != key]
+                self.bad_keys.append(key)
+                log.error(
+                    "reply key %s holds a %s, not a list: its stream's results cannot arrive (remove the key);"
+                    " not listening to it",
+                    key,
+                    kind.decode() if isinstance(kind, bytes) else kind,
+                )
 
     def _check_server(self) -> None:
         """Read the server's run_id; tell the executors when it is a new one (raises connection errors)."""
@@ -118,8 +156,10 @@ class ReplyListener:
             return
         try:
             run_id = self._client.info("server").get("run_id")
-        except redis.ResponseError:  # no INFO here (fakeredis's TCP server then drops the connection too)
-            self._has_info = False
+        except redis.ResponseError as exc:
+            if not str(exc).lower().startswith(("unknown command", "noperm")) and classify(exc) != CONFIG:
+                raise  # a transient error reply: the loop retries
+            self._has_info = False  # no INFO here (fakeredis's TCP server then drops the connection too)
             self._client.connection_pool.disconnect()
             return
         if not run_id or run_id == self.run_id:
@@ -137,15 +177,18 @@ class ReplyListener:
     def _deliver(self, key: bytes, raw: bytes) -> None:
         try:
             record = wire.loads(raw)
-        except Exception:  # a foreign or corrupt entry must not stop the listener
-            log.exception("unreadable reply dropped from %r", key)
+            if not isinstance(record, dict):
+                raise TypeError(f"a reply is a map, this is a {type(record).__name__}")
+        except Exception as exc:  # a foreign, corrupt or oversized entry must not stop the listener
+            self.unreadable += 1
+            log.error("unreadable reply dropped from %r (%d bytes): %s", key, len(raw), str(exc)[:200])
             return
         for handler in self._handlers:
             try:
                 if handler(record):
                     return
-            except Exception:
-                log.exception("reply handler failed for %r", record)
+            except Exception as exc:
+                log.error("reply handler failed for a reply from %r: %s", key, str(exc)[:200], exc_info=exc)
                 return
         self.unclaimed += 1
 

@@ -4,13 +4,17 @@ Keys (all under :data:`PREFIX`):
 
 - ``ocycle:reply:<stream>``: a list; workers RPUSH each task's reply record, the producer's listener pops it.
 - ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
-- the Celery queues themselves (``settings.queue``, ``celery`` by default) and Celery's ``unacked`` hash
-  belong to kombu's Redis transport.
+- ``ocycle:lease:<worker hostname>``: a worker's lease (msgpack ``{"worker", "tasks": [ids held]}``, a short
+  time to live), and ``ocycle:workers``, the set of hostnames that keep one (:mod:`.lease`).
+- the Celery queues themselves (``settings.queue``, ``celery`` by default) and kombu's ``unacked`` hash and
+  ``unacked_index`` sorted set (delivered, not yet acknowledged, by delivery tag) belong to kombu's Redis
+  transport; the producer reads the index to find deliveries a dead worker held.
 
 A task message is what ``app.send_task`` would put on kombu's Redis transport: Celery protocol 2 in kombu's
 JSON envelope, the body msgpack (:mod:`.wire`): ``[[chunk, t0], {}, embed]``. The chunk's metadata rides in
 the header :data:`META_HEADER`, the reply list in ``reply_to``. A reply record is a msgpack map
-``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``.
+``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``,
+plus ``"expired": True`` for a task its worker discarded unstarted because its ``expires`` header had passed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import socket
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import EncodeError
@@ -30,6 +35,10 @@ from .spool import Entry
 PREFIX = "ocycle:"
 REPLY_PREFIX = PREFIX + "reply:"
 CHUNK_PREFIX = PREFIX + "chunk:"
+LEASE_PREFIX = PREFIX + "lease:"
+WORKERS_KEY = PREFIX + "workers"
+UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (transport options unacked_key, unacked_index_key)
+UNACKED_INDEX_KEY = "unacked_index"
 META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata (Chunk._asdict())
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
@@ -49,6 +58,11 @@ def is_reply_key(key: Any) -> bool:
 def claim_key(task_id: str) -> str:
     """The Redis key of the claimed chunk of task ``task_id``."""
     return CHUNK_PREFIX + task_id
+
+
+def lease_key(hostname: str) -> str:
+    """The Redis key of worker ``hostname``'s lease."""
+    return LEASE_PREFIX + hostname
 
 
 def is_claimed(entry: Entry, settings: Settings) -> bool:
@@ -79,7 +93,9 @@ def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]
         "id": entry.id,
         "shadow": None,
         "eta": None,
-        "expires": None,
+        "expires": None
+        if entry.expires_at is None
+        else datetime.fromtimestamp(entry.expires_at, timezone.utc).isoformat(),
         "group": None,
         "group_index": None,
         "retries": entry.attempts,
@@ -104,10 +120,10 @@ def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]
             "correlation_id": entry.id,
             "reply_to": reply_key(meta.stream),
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": settings.queue},
+            "delivery_info": {"exchange": "", "routing_key": settings.queue},  # the emitter's queue
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": entry.delivery_tag or str(uuid.uuid4()),
         },
     }
     return json.dumps(envelope).encode("ascii"), claimed
@@ -121,3 +137,8 @@ def reply_ok(task_id: str, result: Any) -> dict[str, Any]:
 def reply_error(task_id: str, type_name: str, message: str) -> dict[str, Any]:
     """The reply record of a task that failed with ``type_name: message``."""
     return {"id": task_id, "ok": False, "error": [type_name, message]}
+
+
+def reply_expired(task_id: str) -> dict[str, Any]:
+    """The reply record of a task discarded by its worker because its ``expires`` deadline had passed."""
+    return {**reply_error(task_id, "TaskRevokedError", "expired"), "expired": True}

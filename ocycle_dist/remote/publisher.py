@@ -8,6 +8,7 @@ not know.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from .protocol import claim_key, task_message
@@ -21,6 +22,7 @@ def publish(client: Any, entries: list[Entry], settings: Settings) -> None:
     ttl = max(1, int(settings.result_ttl))
     messages = []
     for entry in entries:
+        entry.delivery_tag = str(uuid.uuid4())  # a new one per send: each message has its own
         msg, claimed = task_message(entry, settings)
         if claimed is not None:
             pipe.set(claim_key(entry.id), claimed, ex=ttl)

@@ -8,7 +8,6 @@ each time they connect, so after a failover a reconnect reaches the new master.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -35,21 +34,16 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
             parsed = urlsplit(part)
             port = parsed.port or SENTINEL_PORT
         except ValueError as exc:
-            raise ConfigError("broker", url, f"sentinel://host:port URLs separated by ';' ({exc})") from None
+            raise ConfigError("broker", redact(url), f"sentinel://host:port URLs separated by ';' ({exc})") from None
         if parsed.scheme != "sentinel" or not parsed.hostname or parsed.query:
-            raise ConfigError("broker", url, "sentinel://[:password@]host[:port][/db] URLs separated by ';'")
+            raise ConfigError("broker", redact(url), "sentinel://[:password@]host[:port][/db] URLs separated by ';'")
         hosts.append((parsed.hostname, port))
         if not master:  # the first URL's, as kombu reads them
             db = parsed.path.strip("/") or "0"
             if not db.isdigit():
-                raise ConfigError("broker", url, "a database number after the first sentinel's address")
+                raise ConfigError("broker", redact(url), "a database number after the first sentinel's address")
             master = {"db": int(db), "password": _unquoted(parsed.password), "username": _unquoted(parsed.username)}
     return hosts, master
-
-
-def redacted(url: str) -> str:
-    """``url`` with its passwords masked, for logs: ``redis://:**@host:6379/0``."""
-    return ";".join(re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1:**@", part) for part in str(url).split(";"))
 
 
 def _unquoted(value: str | None) -> str | None:
@@ -77,11 +71,80 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
     if is_sentinel(url):
         return _sentinel_master(url, master_name, options)
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("broker", url, "a redis://, rediss://, unix:// or sentinel:// URL")
+        raise ConfigError(
+            "broker", redact(url) if isinstance(url, str) else url, "a redis://, rediss://, unix:// or sentinel:// URL"
+        )
     try:
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise ConfigError("broker", url, f"a valid Redis URL ({exc})") from None
+        raise ConfigError("broker", redact(url), f"a valid Redis URL ({exc})") from None
+
+
+TRANSIENT, CONFIG, WRONGTYPE = "transient", "config", "wrongtype"
+_TRANSIENT_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS")
+_CONFIG_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR DB index", "ERR invalid DB index", "ERR AUTH")
+
+
+def classify(exc: BaseException) -> str:
+    """What a Redis error means for a client that must go on.
+
+    Returns:
+        ``CONFIG``: the broker refuses us (password, ACL, db number, TLS mismatch): retrying will not help
+        until the configuration changes. ``WRONGTYPE``: a key holds another type than ours. ``TRANSIENT``:
+        anything else (unreachable, time-out, out of memory, cannot persist, read-only replica, loading):
+        retry with back-off.
+    """
+    import redis
+
+    message = str(exc)
+    if isinstance(exc, redis.AuthenticationError) or type(exc).__name__ in ("AuthorizationError", "NoPermissionError"):
+        return CONFIG
+    if isinstance(exc, redis.ResponseError):
+        if message.startswith("WRONGTYPE"):
+            return WRONGTYPE
+        if message.startswith(_CONFIG_REPLIES):
+            return CONFIG
+        return TRANSIENT
+    if isinstance(exc, redis.ConnectionError) and ("SSL" in message or "ssl" in message):
+        return CONFIG  # rediss:// to a plain server, or the certificate refused
+    return TRANSIENT
+
+
+def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None) -> None:
+    """Check the broker at ``url`` once: raise ConfigError if it refuses us; an outage is fine (later).
+
+    ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
+    """
+    client = connect(url, socket_timeout=timeout, master_name=master_name)
+    try:
+        client.ping()
+    except Exception as exc:
+        if classify(exc) == CONFIG:
+            raise ConfigError("broker", redact(url), f"a broker that accepts this client ({exc})") from None
+    finally:
+        client.close()
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``: how a URL is shown in logs, errors and the CLI.
+
+    Each of the ``;``-separated URLs of a ``sentinel://`` broker is redacted.
+    """
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
+    from urllib.parse import urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<an unparsable URL>"
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _sentinel_master(url: str, master_name: str | None, options: dict[str, Any]) -> Any:

@@ -52,12 +52,18 @@ class Settings(EnvSettings):
         worker_prefetch: tasks a worker process reserves ahead (Celery's prefetch multiplier). Short chunk
             tasks run much faster with a few; a killed worker's reserved tasks are re-sent by the producer.
         socket_timeout: seconds a Redis command may take before the connection is given up.
-        resend_after: seconds without a result after which the producer sends a chunk's task again.
+        resend_after: seconds without a result after which the producer sends a chunk's task again, when
+            no worker's lease names it (a chunk held by a worker whose lease lapses is sent again at once).
+        worker_lease: seconds a worker's lease lives in Redis (renewed every third of that, also while a
+            long task runs); a worker killed whole is known dead that long after (0: no leases).
         max_attempts: sends of one chunk before it fails with DeliveryError.
         task_time_limit: seconds a chunk's task may run before its worker process is killed (0: no limit).
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
-        spool_max_bytes: the spool's budget of chunk bytes (0: no limit).
-        spool_policy: when the budget is full: ``reject_newest`` or ``drop_oldest`` (counted).
+        spool_max_bytes: the budget of chunk bytes waiting for their result, in memory or in the durable
+            spool (0: no limit). The default, 64 MiB, holds about 5 minutes of the canonical three consumers
+            of a 16 kHz float32 microphone (0.5 s + 2 s + 10 s chunks: 192 kB per second of audio), or 11
+            minutes of int16. When it is full, the emitter's ``policy`` acts (counted in ``stats().dropped``).
+        spool_policy: for a ``CeleryExecutor`` made without an emitter: ``reject_newest`` or ``drop_oldest``.
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -70,8 +76,15 @@ class Settings(EnvSettings):
     worker_prefetch: int = 4
     socket_timeout: float = 10.0
     resend_after: float = 120.0
+    worker_lease: float = 3.0
     max_attempts: int = 5
     task_time_limit: float = 0.0
     spool_dir: str = ""
-    spool_max_bytes: int = 0
+    spool_max_bytes: int = 64 * 1024 * 1024
     spool_policy: str = "reject_newest"
+
+
+def app_settings(app: Any) -> Settings:
+    """The settings a Celery app was made with by ``make_app()`` (else read from the environment)."""
+    settings = app.conf.get("ocycle_settings")
+    return settings if isinstance(settings, Settings) else Settings.from_env()

@@ -30,6 +30,8 @@ class Entry:
     meta: Chunk
     chunk: bytes  # the encoded value (wire.dumps)
     attempts: int = 0
+    expires_at: float | None = None  # wall-clock time after which no worker may start it (None: never)
+    delivery_tag: str = ""  # of the last message sent: kombu's key for it in the unacked bookkeeping
 
 
 class MemorySpool:

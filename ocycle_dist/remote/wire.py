@@ -14,6 +14,9 @@ from ..errors import EncodeError
 
 SERIALIZER = "ocycle"
 CONTENT_TYPE = "application/x-ocycle-msgpack"
+# Decoding limits, checked before anything is allocated: anyone who can write to Redis can hand us bytes.
+MAX_BYTES = 64 * 1024 * 1024 + 64 * 1024  # a message or reply (max_chunk_bytes and slack; set_limits() changes)
+MAX_CONTAINERS = 100_000  # arrays and maps in one message: 16 MB of empty arrays would be ~1 GB of lists
 _NDARRAY = 1
 _CLAIM = 2
 
@@ -61,10 +64,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _NDARRAY:
         import numpy as np
 
-        unpacker = msgpack.Unpacker()
+        unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_array_len=64, max_str_len=256)
         unpacker.feed(data)
         dtype, shape = unpacker.unpack()
-        return np.frombuffer(data, dtype=np.dtype(dtype), offset=unpacker.tell()).reshape(shape)
+        offset = unpacker.tell()
+        if not isinstance(dtype, str) or not isinstance(shape, list) or len(shape) > 32:
+            raise EncodeError("a numpy array on the wire has a malformed header")
+        kind = np.dtype(dtype)
+        if kind.hasobject or any(not isinstance(n, int) or n < 0 for n in shape):
+            raise EncodeError(f"a numpy array on the wire has dtype {dtype!r} and shape {shape!r}: refused")
+        count = 1
+        for n in shape:
+            count *= n
+        if count * kind.itemsize != len(data) - offset:
+            raise EncodeError("a numpy array on the wire does not match its dtype and shape")
+        return np.frombuffer(data, dtype=kind, offset=offset).reshape(shape)
     if code == _CLAIM:
         return Claim(data.decode())
     return msgpack.ExtType(code, data)
@@ -80,11 +94,44 @@ def dumps(value: Any) -> bytes:
         raise EncodeError(f"value cannot be encoded: {exc}") from exc
 
 
-def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Decode what :func:`dumps` made. Arrays come back read-only, sharing the message's memory."""
+def set_limits(max_bytes: int | None = None, max_containers: int | None = None) -> None:
+    """Change the decoding limits of this process (a worker sets ``max_bytes`` from ``max_chunk_bytes``)."""
+    global MAX_BYTES, MAX_CONTAINERS
+    if max_bytes is not None:
+        MAX_BYTES = int(max_bytes)
+    if max_containers is not None:
+        MAX_CONTAINERS = int(max_containers)
+
+
+def loads(data: bytes | bytearray | memoryview | str, *, max_bytes: int | None = None) -> Any:
+    """Decode what :func:`dumps` made. Arrays come back read-only, sharing the message's memory.
+
+    Raises:
+        EncodeError: over ``max_bytes`` (default :data:`MAX_BYTES`), more than :data:`MAX_CONTAINERS` arrays
+            and maps, or not a valid message: refused before the memory it would take is allocated.
+    """
     if isinstance(data, str):  # kombu hands text to decoders of some transports
         data = data.encode("latin-1")
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    limit = MAX_BYTES if max_bytes is None else max_bytes
+    if len(data) > limit:
+        raise EncodeError(f"a message of {len(data)} bytes is over the limit of {limit} bytes: refused unread")
+    containers = 0
+
+    def count(value: Any) -> Any:
+        nonlocal containers
+        containers += 1
+        if containers > MAX_CONTAINERS:
+            raise EncodeError(f"a message with more than {MAX_CONTAINERS} arrays and maps: refused")
+        return value
+
+    try:
+        return msgpack.unpackb(
+            data, ext_hook=_ext_hook, raw=False, strict_map_key=False, list_hook=count, object_hook=count
+        )
+    except EncodeError:
+        raise
+    except Exception as exc:  # msgpack's own errors, a bad dtype...
+        raise EncodeError(f"not a valid message: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def register() -> None:

@@ -20,15 +20,16 @@ from typing import Any
 
 from celery import Celery, Task, signals, states
 from celery.backends.base import DisabledBackend
-from celery.exceptions import CPendingDeprecationWarning, NotRegistered, TimeLimitExceeded
+from celery.exceptions import CPendingDeprecationWarning, NotRegistered, TaskRevokedError, TimeLimitExceeded
 from kombu.transport import redis as kombu_redis
 
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
-from .protocol import META_HEADER, is_reply_key, reply_error, reply_ok
+from .lease import install_lease
+from .protocol import META_HEADER, is_reply_key, reply_error, reply_expired, reply_ok
 from .redis_client import connect, is_sentinel, sentinel_hosts
-from .settings import Settings
+from .settings import Settings, app_settings
 
 log = logging.getLogger("ocycle_dist.worker")
 _clients: dict[str, Any] = {}
@@ -90,6 +91,8 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
             return result
         if state == states.SUCCESS:
             record = reply_ok(task_id, result)
+        elif state == states.REVOKED and isinstance(result, TaskRevokedError) and str(result) == "expired":
+            record = reply_expired(task_id)  # not started before its `expires` header: discarded unread
         elif state in (states.FAILURE, states.REVOKED):
             record = reply_error(task_id, type(result).__name__, _describe(result))
         else:  # STARTED, RETRY: not an outcome
@@ -222,10 +225,5 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         task_send_sent_event=False,
     )
     app.conf.ocycle_settings = settings
+    install_lease(app)  # the worker's lease: its chunks are sent again within seconds if it dies
     return app
-
-
-def app_settings(app: Any) -> Settings:
-    """The settings an app was made with by :func:`make_app` (else read from the environment)."""
-    settings = app.conf.get("ocycle_settings")
-    return settings if isinstance(settings, Settings) else Settings.from_env()

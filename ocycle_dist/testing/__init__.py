@@ -4,7 +4,8 @@
 - :mod:`.processes`: ``Proc``, a child process in its own process group, with a log.
 - :mod:`.redis_server`: ``RedisServer``, a real ``redis-server`` child (kill, restart empty on the same port).
 - :mod:`.sentinel`: ``SentinelCluster``, a primary, a replica and three Redis Sentinels (kill the master).
-- :mod:`.workers`: ``Worker``, a real ``celery -A <app> worker`` child (queues, concurrency, restart).
+- :mod:`.workers`: ``Worker``, a real ``celery -A <app> worker`` child (queues, concurrency, restart);
+  ``wait_all_ready()`` for workers started together.
 - :mod:`.topology`: ``Topology``, the compose file's services as processes (Redis + worker groups).
 - :mod:`.embedded`: an in-process broker and worker for the demo when no Redis is reachable.
 
@@ -16,6 +17,6 @@ from .processes import Proc
 from .redis_server import RedisServer
 from .sentinel import SentinelCluster
 from .topology import Topology
-from .workers import Worker
+from .workers import Worker, wait_all_ready
 
-__all__ = ["Proc", "RedisServer", "SentinelCluster", "Topology", "Worker", "free_port"]
+__all__ = ["Proc", "RedisServer", "SentinelCluster", "Topology", "Worker", "free_port", "wait_all_ready"]

@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ..remote.worker import app_settings
+from ..remote.settings import app_settings
 from .ports import free_port
 
 
@@ -36,8 +36,8 @@ def embedded_broker(port: int | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def embedded_worker(app: Any, url: str) -> Iterator[Any]:
-    """Run a Celery worker of ``app`` against ``url`` in a thread of this process."""
+def embedded_worker(app: Any, url: str, queues: tuple[str, ...] = ()) -> Iterator[Any]:
+    """Run a Celery worker of ``app`` against ``url`` in a thread of this process (consuming ``queues`` too)."""
     from celery.contrib.testing.worker import start_worker
 
     app.conf.broker_url = url
@@ -50,14 +50,15 @@ def embedded_worker(app: Any, url: str) -> Iterator[Any]:
         perform_ping_check=False,
         shutdown_timeout=10.0,
         loglevel="WARNING",
+        queues=[app.conf.task_default_queue, *queues],
     ) as w:
         yield w
 
 
 @contextmanager
-def embedded(app: Any) -> Iterator[str]:
-    """An embedded broker with a worker of ``app`` on it; yields the broker URL."""
+def embedded(app: Any, queues: tuple[str, ...] = ()) -> Iterator[str]:
+    """An embedded broker with a worker of ``app`` on it (consuming ``queues`` too); yields the broker URL."""
     with ExitStack() as stack:
         url = stack.enter_context(embedded_broker())
-        stack.enter_context(embedded_worker(app, url))
+        stack.enter_context(embedded_worker(app, url, queues))
         yield url

@@ -21,6 +21,7 @@ class RedisServer:
         appendonly: persist to an append-only file in its directory (survives ``restart()``, not ``restart_empty()``).
         port: a fixed port (default: a free one).
         args: more ``redis-server`` arguments, e.g. ``["--maxmemory", "10mb"]``.
+        log: its log file, appended to by every start (default: ``redis.log`` in its temporary directory).
     """
 
     def __init__(
@@ -30,6 +31,7 @@ class RedisServer:
         appendonly: bool = False,
         port: int | None = None,
         args: list[str] | None = None,
+        log: Path | None = None,
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -40,6 +42,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.args = list(args or ())
         self.dir = Path(tempfile.mkdtemp(prefix="ocycle-redis-"))
+        self.log = log or self.dir / "redis.log"
         self.starts = 0
         self.proc: Proc | None = None
 
@@ -61,7 +64,7 @@ class RedisServer:
             argv += ["--appendonly", "yes" if self.appendonly else "no", "--loglevel", "warning", *self.args]
             if self.password:
                 argv += ["--requirepass", self.password]
-            self.proc = Proc(f"redis-server-{self.starts}", argv, self.dir / "redis.log").start()
+            self.proc = Proc(f"redis-server-{self.starts}", argv, self.log).start()
             try:
                 self.proc.wait_until(lambda: reachable(self.url), max(1.0, deadline - time.monotonic()), "redis-server")
                 return self

@@ -16,6 +16,10 @@ from .workers import Worker
 
 log = logging.getLogger("ocycle_dist.testing")
 
+# The worker services of docker-compose.yml and the queues each consumes (tests/unit/test_compose.py checks
+# that the compose file says the same): light, latency-sensitive consumers apart from the heavy model.
+COMPOSE_GROUPS = {"worker": "spl,archive,celery", "worker-model": "model"}
+
 
 class Topology:
     """redis-server plus worker processes, started and stopped together.
@@ -28,6 +32,8 @@ class Topology:
         env: environment of every worker.
         include: more task modules every worker imports.
         restart: start again a worker that exits without ``stop()`` (checked every ``check_every`` s).
+        groups: more workers by compose service name (:data:`COMPOSE_GROUPS`), e.g. ``{"worker": 2,
+            "worker-model": 1}``: each consumes its service's queues, as ``docker compose up --scale`` would.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class Topology:
         restart: bool = True,
         check_every: float = 0.5,
         redis_args: list[str] | None = None,
+        groups: dict[str, int] | None = None,
     ) -> None:
         self.redis = RedisServer(password=password, args=redis_args)
         self.env, self.include, self.restart, self.check_every = dict(env or {}), include, restart, check_every
@@ -53,6 +60,9 @@ class Topology:
         self._supervisor: threading.Thread | None = None
         for _ in range(workers):
             self.add_worker(concurrency=concurrency, queues=queues, start=False)
+        for service, count in (groups or {}).items():
+            for _ in range(count):
+                self.add_worker(concurrency=concurrency, queues=COMPOSE_GROUPS[service], start=False)
 
     @property
     def url(self) -> str:

@@ -7,14 +7,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..remote import wire
 from .processes import Proc
 
 
-def ping(broker: str, names: list[str], timeout: float = 1.0, *, master_name: str | None = None) -> set[str]:
+def ping(
+    broker: str, names: list[str], timeout: float = 1.0, *, serializer: str = "json", master_name: str | None = None
+) -> set[str]:
     """The node names among ``names`` (``name@host``; or plain ``name``) answering a Celery ping on ``broker``.
 
+    ``serializer`` is the one the workers' app accepts: a worker drops a control message in another format
+    (``json`` for stock Celery apps; ``ocycle`` for ocycle_dist's, :data:`ocycle_dist.remote.wire.SERIALIZER`).
     ``master_name``: the Sentinel master's, for a ``sentinel://`` broker (default ``OCYCLE_SENTINEL_MASTER``).
     """
     from celery import Celery
@@ -23,7 +29,11 @@ def ping(broker: str, names: list[str], timeout: float = 1.0, *, master_name: st
     from ..remote.settings import Settings
 
     app = Celery("ocycle-ping", broker=broker, set_as_current=False)
-    app.conf.broker_connection_retry_on_startup = False
+    if serializer == wire.SERIALIZER:
+        wire.register()
+    app.conf.update(
+        broker_connection_retry_on_startup=False, task_serializer=serializer, accept_content=[serializer, "json"]
+    )
     if is_sentinel(broker):
         app.conf.broker_transport_options = {"master_name": master_name or Settings.from_env().sentinel_master}
     try:
@@ -51,6 +61,9 @@ class Worker:
         loglevel: ``INFO`` (readiness is read from the log) or quieter (readiness by ping).
         log: the log file (default: a new temporary file).
         extra: more ``celery worker`` arguments.
+        cwd: its working directory, first on its ``PYTHONPATH`` (default: this process's).
+        serializer: the serializer its app accepts, for pings (default: ocycle_dist's for the ``workers``
+            app, ``json`` for any other).
     """
 
     def __init__(
@@ -66,15 +79,21 @@ class Worker:
         loglevel: str = "INFO",
         log: Path | None = None,
         extra: list[str] | None = None,
+        cwd: Path | str | None = None,
+        serializer: str | None = None,
     ) -> None:
         self.broker, self.name, self.app, self.queues = broker, name, app, queues
         self.concurrency, self.include, self.loglevel = concurrency, include, loglevel
+        self.cwd = Path(cwd) if cwd is not None else None
+        self.serializer = serializer or (wire.SERIALIZER if app == "workers" else "json")
         self.env = {**os.environ, "OCYCLE_BROKER_URL": broker, **(env or {})}
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path.cwd()), self.env.get("PYTHONPATH", "")]))
+        first = str(self.cwd or Path.cwd())
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [first, self.env.get("PYTHONPATH", "")]))
         self.log = log or Path(tempfile.mkstemp(prefix=f"ocycle-{name}-", suffix=".log")[1])
         self.extra = list(extra or ())
         self.proc: Proc | None = None
         self.starts = 0
+        self.log_from = 0  # where the output of the latest start begins in the log
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-m", "celery", "-A", self.app, "worker", "--pool", "prefork"]
@@ -89,26 +108,37 @@ class Worker:
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> Worker:
         """Start the process; with ``wait``, return once it consumes."""
         self.starts += 1
-        size = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = Proc(self.name, self.argv(), self.log, env=self.env).start()
+        self.log_from = self.log.stat().st_size if self.log.exists() else 0
+        self.proc = Proc(self.name, self.argv(), self.log, env=self.env, cwd=self.cwd).start()
         if wait:
-            self.wait_ready(timeout, log_from=size)
+            self.wait_ready(timeout, log_from=self.log_from)
         return self
+
+    @property
+    def logs_ready(self) -> bool:
+        """Whether its log says when it is ready (a "ready." line at INFO or DEBUG); else ask by ping."""
+        return self.loglevel.upper() in ("INFO", "DEBUG")
+
+    def said_ready(self, log_from: int = 0) -> bool:
+        """Whether its log, from byte ``log_from`` on, has the "ready." line (only written at INFO or DEBUG)."""
+        with self.log.open("rb") as f:
+            f.seek(log_from)
+            return b" ready." in f.read()
 
     def wait_ready(self, timeout: float = 60.0, *, log_from: int = 0) -> None:
         """Wait until the worker consumes (its "ready." log line at INFO, else a ping answered)."""
         assert self.proc is not None
-        if self.loglevel.upper() in ("INFO", "DEBUG"):
+        if self.logs_ready:
 
             def ready() -> bool:
-                with self.log.open("rb") as f:
-                    f.seek(log_from)
-                    return b" ready." in f.read()
+                return self.said_ready(log_from)
         else:
 
             def ready() -> bool:
                 master_name = self.env.get("OCYCLE_SENTINEL_MASTER")
-                return bool(ping(self.broker, [self.name], timeout=0.5, master_name=master_name))
+                return bool(
+                    ping(self.broker, [self.name], timeout=0.5, serializer=self.serializer, master_name=master_name)
+                )
 
         self.proc.wait_until(ready, timeout, f"worker {self.name}")
 
@@ -148,3 +178,31 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} -A {self.app} -Q {self.queues or '(default)'} -c {self.concurrency}>"
+
+
+def wait_all_ready(workers: Sequence[Worker], timeout: float = 60.0) -> float:
+    """Wait until every one of ``workers`` (started with ``wait=False``) consumes; returns the seconds it took.
+
+    :meth:`Worker.wait_ready` for many at once, so that they start in parallel: the log of those at INFO is
+    read, the others are pinged (one ping per broker and serializer a round). Raises ``RuntimeError`` when
+    one of them exits, ``TimeoutError`` after ``timeout`` seconds.
+    """
+    t = time.monotonic()
+    pending = list(workers)
+    while pending:
+        for w in pending:
+            if not w.alive():
+                code = w.proc.returncode if w.proc is not None else None
+                raise RuntimeError(f"worker {w.name} exited with code {code}:\n{w.tail()}")
+        ready = {(w.broker, w.name) for w in pending if w.logs_ready and w.said_ready(w.log_from)}
+        quiet = [w for w in pending if not w.logs_ready]
+        for broker, serializer in {(w.broker, w.serializer) for w in quiet}:
+            names = [w.name for w in quiet if (w.broker, w.serializer) == (broker, serializer)]
+            ready |= {(broker, name) for name in ping(broker, names, timeout=0.5, serializer=serializer)}
+        pending = [w for w in pending if (w.broker, w.name) not in ready]
+        if pending and time.monotonic() - t > timeout:
+            tails = "\n".join(f"{w.name}:\n{w.tail(10)}" for w in pending)
+            raise TimeoutError(f"workers {[w.name for w in pending]} not ready after {timeout} s:\n{tails}")
+        if pending:
+            time.sleep(0.05)
+    return time.monotonic() - t

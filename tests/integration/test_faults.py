@@ -185,6 +185,7 @@ def test_a_worker_killed_inside_a_task_loses_no_chunk(cluster: Any, emitters: An
         settings={"resend_after": 3.0, "spool_dir": str(tmp_path)},
         stream=stream,
         max_inflight=64,  # a bounded backlog: no chunk waits in the queue near resend_after
+        policy="block",
     )
     admin = connect(c.url)
     killed: dict[str, Any] = {}
@@ -348,7 +349,9 @@ def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_
     must be sent again because the listener sees a new server, within seconds."""
     c = cluster(2)
     stream = f"thrice-{uuid.uuid4().hex[:6]}"
-    emitter, got = emitters("contract.slow_echo", c.url, stream=stream)  # resend_after=120, max_inflight=256
+    emitter, got = emitters(  # default settings: resend_after=120
+        "contract.slow_echo", c.url, stream=stream, max_inflight=256, policy="block"
+    )
     assert emitter.executor.settings.resend_after == 120.0
     written = 0
     stop = threading.Event()
@@ -595,7 +598,8 @@ def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
         try:
             for worker in workers:
                 worker.start()
-            emitter, got = emitters("contract.slow_echo", sentinel.url, stream=f"failover-{uuid.uuid4().hex[:6]}")
+            stream = f"failover-{uuid.uuid4().hex[:6]}"
+            emitter, got = emitters("contract.slow_echo", sentinel.url, stream=stream, max_inflight=256, policy="block")
             written = 0
             stop = threading.Event()
 

@@ -146,13 +146,28 @@ def test_dockerfile_installs_libsndfile_and_the_repo() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     assert re.search(r"apt-get install[^\n]*\blibsndfile1\b", text)
     assert re.search(r"^COPY \. ", text, re.MULTILINE)
-    assert re.search(r"pip install [\"']?\.\[celery,audio,flower\]", text)
+    assert re.search(r"pip install [\"']?\.\[celery,audio,model,flower\]", text)
 
 
 def test_dockerignore_keeps_secrets_and_git_out() -> None:
     entries = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in entries
     assert ".env" in entries
+
+
+def test_worker_services_consume_the_queue_groups_of_the_process_topology_and_every_demo_queue() -> None:
+    from ocycle_dist.demo import QUEUES
+    from ocycle_dist.testing.topology import COMPOSE_GROUPS
+
+    consumed = {}
+    for name in SERVICES:
+        command = _command(name)
+        if command.startswith("celery -A workers worker"):
+            words = command.split()
+            consumed[name] = words[words.index("-Q") + 1]
+    assert consumed == COMPOSE_GROUPS
+    assert set(QUEUES) <= {q for group in consumed.values() for q in group.split(",")}
+    assert SERVICES["worker-model"]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 # ---- docker-compose.ha.yml: Redis Sentinel over the base file ------------------------------------------------
@@ -216,7 +231,15 @@ def test_ha_three_sentinels_watch_the_master_with_a_majority_quorum() -> None:
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-@pytest.mark.parametrize("name", CLIENTS)
+REDIS_CLIENTS = [n for n in SERVICES if "OCYCLE_BROKER_URL" in _env(n) or "--broker" in _command(n)]
+
+
+def test_ha_overrides_every_redis_client_of_the_base_file() -> None:
+    assert set(CLIENTS) <= set(REDIS_CLIENTS)
+    assert set(REDIS_CLIENTS) <= set(HA_SERVICES)
+
+
+@pytest.mark.parametrize("name", REDIS_CLIENTS)
 def test_ha_clients_find_the_master_through_every_sentinel(name: str) -> None:
     from ocycle_dist.remote.redis_client import sentinel_hosts
 

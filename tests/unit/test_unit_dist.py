@@ -479,10 +479,12 @@ def test_no_reply_is_resent_then_fails_with_delivery_error(make: Any, admin: Any
     assert_accounted(emitter, 1)
 
 
-@pytest.mark.parametrize(("policy", "kept"), [("reject_newest", [0, 1]), ("drop_oldest", [2, 3])])
-def test_spool_budget_drops_by_policy_and_counts(make: Any, admin: Any, policy: str, kept: list[int]) -> None:
+@pytest.mark.parametrize(("policy", "kept"), [("drop_newest", [0, 1]), ("drop_oldest", [2, 3])])
+def test_a_full_spool_budget_drops_by_the_emitters_policy_and_counts(
+    make: Any, admin: Any, policy: str, kept: list[int]
+) -> None:
     per_chunk = len(wire.dumps(b"abcd"))
-    emitter, got = make(settings={"spool_max_bytes": 2 * per_chunk, "spool_policy": policy})
+    emitter, got = make(settings={"spool_max_bytes": 2 * per_chunk}, policy=policy)
     for i in range(4):
         emitter.write(bytes([97 + i]) * 4)
     executor = emitter.executor
@@ -698,15 +700,15 @@ def test_a_sentinel_url_gives_a_client_of_the_named_master(monkeypatch: pytest.M
     assert excinfo.value.param == "sentinel_master"
 
 
-def test_broker_urls_are_redacted_for_logs() -> None:
-    from ocycle_dist.remote.redis_client import redacted
+def test_sentinel_urls_are_redacted_part_by_part() -> None:
+    from ocycle_dist.remote.redis_client import redact
 
-    assert redacted("redis://:pw@h:6379/0") == "redis://:**@h:6379/0"
-    assert redacted("rediss://user:pw@h:6379/0") == "rediss://user:**@h:6379/0"
-    assert redacted("sentinel://:pw@a:1/0;sentinel://:pw@b:2;sentinel://c:3") == (
-        "sentinel://:**@a:1/0;sentinel://:**@b:2;sentinel://c:3"
+    assert redact("sentinel://:pw@a:1/0;sentinel://:pw@b:2;sentinel://c:3") == (
+        "sentinel://:***@a:1/0;sentinel://:***@b:2;sentinel://c:3"
     )
-    assert redacted("redis://h:6379/0") == "redis://h:6379/0"
+    with pytest.raises(ConfigError) as excinfo:
+        connect("sentinel://:secret@a:1/x;sentinel://:secret@b")
+    assert "secret" not in str(excinfo.value)
 
 
 def test_the_worker_app_uses_the_repaired_transports_and_names_the_sentinel_master() -> None:

@@ -1,0 +1,220 @@
+"""Worker liveness: each worker keeps a short lease in Redis naming the chunks it holds; producers watch them.
+
+Celery alone gets a dead worker's tasks back only after the Redis visibility timeout (an hour by default):
+a worker SIGKILLed whole (an OOM kill, a lost container) leaves its prefetched and running tasks in kombu's
+``unacked`` hash. Here:
+
+- **Worker side** (:class:`LeaseKeeper`, a thread in the worker's main process, started by
+  :class:`LeaseStep`): every ``lease/3`` seconds it writes ``ocycle:lease:<hostname>`` with a time to live of
+  ``lease`` seconds (server-side, so no clock is compared), holding the ids of the tasks it holds: prefetched
+  and running. It runs beside the pool, so a long task does not stop the renewals. On a warm shutdown the lease
+  is deleted; on a kill it lapses.
+- **Producer side** (:class:`LeaseWatch`, called by the executor's dispatcher about once a second): for each
+  chunk sent and not answered, it notes which worker holds it. When that worker's lease lapses, the chunk is
+  sent again at once. A chunk delivered (in ``unacked_index``) but named by no lease after a few renewals was
+  taken by a worker that died before naming it: sent again too. A chunk held by a live worker is never sent
+  again because of this, however long its task runs; a chunk held by nobody waits for ``resend_after``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from . import wire
+from .protocol import UNACKED_INDEX_KEY, UNACKED_KEY, WORKERS_KEY, lease_key
+
+log = logging.getLogger("ocycle_dist.lease")
+
+MAX_LEASE_BYTES = 1 << 20  # a lease larger than this is ignored: a hostile or broken writer
+
+
+class LeaseKeeper:
+    """Keeps this worker's lease alive while it runs.
+
+    Args:
+        client: a ``redis.Redis`` for this thread only.
+        hostname: the worker's node name (``name@host``).
+        held: returns the ids of the tasks the worker holds now.
+        lease: seconds the lease lives; renewed every third of that.
+    """
+
+    def __init__(self, client: Any, hostname: str, held: Any, lease: float) -> None:
+        self.client, self.hostname, self.held, self.lease = client, hostname, held, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ocycle-lease", daemon=True)
+        self.renewals = 0
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def renew(self) -> None:
+        """Write the lease now (the ids held, a time to live of ``lease`` seconds)."""
+        record = {"worker": self.hostname, "tasks": sorted(self.held())}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(lease_key(self.hostname), wire.dumps(record), px=max(1, int(self.lease * 1000)))
+        pipe.sadd(WORKERS_KEY, self.hostname)
+        pipe.execute()
+        self.renewals += 1
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.renew()
+                if failing:
+                    log.info("worker lease of %s renewed again", self.hostname)
+                failing = False
+            except Exception as exc:  # Redis away: the lease lapses, producers resend; keep trying
+                if not failing:
+                    log.warning("could not renew the worker lease of %s: %s", self.hostname, exc)
+                failing = True
+            self._stop.wait(self.lease / 3)
+
+    def stop(self) -> None:
+        """Stop renewing and delete the lease (a warm shutdown: nothing held any more)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.lease)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(lease_key(self.hostname))
+            pipe.srem(WORKERS_KEY, self.hostname)
+            pipe.execute()
+        except Exception:  # it lapses anyway
+            log.debug("could not delete the lease of %s", self.hostname)
+        finally:
+            self.client.close()
+
+
+def held_task_ids() -> set[str]:
+    """Ids of the tasks this worker process holds: received (prefetched) or running."""
+    from celery.worker import state
+
+    for _ in range(5):  # the worker's loop may change the set while this thread copies it
+        try:
+            return {request.id for request in list(state.reserved_requests)}
+        except RuntimeError:
+            continue
+    return set()
+
+
+def _lease_step() -> type:
+    from celery import bootsteps
+
+    from .redis_client import connect
+    from .settings import app_settings
+
+    class LeaseStep(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Worker bootstep: a :class:`LeaseKeeper` for the worker's life (after its pool has started)."""
+
+        requires = ("celery.worker.components:Pool",)
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self.keeper: LeaseKeeper | None = None
+
+        def start(self, worker: Any) -> None:
+            settings = app_settings(worker.app)
+            if settings.worker_lease <= 0:
+                return
+            client = connect(
+                worker.app.conf.broker_url,
+                socket_timeout=min(settings.socket_timeout, 2.0),
+                master_name=settings.sentinel_master,
+            )
+            self.keeper = LeaseKeeper(client, worker.hostname, held_task_ids, settings.worker_lease).start()
+
+        def stop(self, worker: Any) -> None:
+            if self.keeper is not None:
+                self.keeper.stop()
+                self.keeper = None
+
+    return LeaseStep
+
+
+def install_lease(app: Any) -> None:
+    """Add the lease bootstep to a Celery app's workers."""
+    app.steps["worker"].add(_lease_step())
+
+
+class LeaseWatch:
+    """The producer's view of the workers' leases, for the chunks it waits on.
+
+    Args:
+        client: the executor's ``redis.Redis``.
+        lease: the workers' lease time: a chunk delivered but named by no lease for longer than this has lost
+            its worker.
+    """
+
+    def __init__(self, client: Any, lease: float) -> None:
+        self.client, self.lease = client, lease
+        self._holder: dict[str, str] = {}  # task id -> the worker whose lease named it
+        self._unnamed_since: dict[str, float] = {}  # task id -> when it was first seen delivered, unnamed
+
+    def check(self, tag_of: dict[str, str], task_of: dict[str, str]) -> list[tuple[str, str]]:
+        """The producer's chunks whose worker is gone, as ``(task id, reason)``.
+
+        Args:
+            tag_of: task id -> delivery tag of the producer's chunks sent and not answered.
+            task_of: the reverse (delivery tag -> task id).
+
+        The cost does not grow with the producer's backlog: it reads the leases and the deliveries (bounded
+        by the workers' prefetch windows), then looks each up in these dicts.
+        """
+        workers = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in self.client.smembers(WORKERS_KEY))
+        pipe = self.client.pipeline(transaction=False)
+        if workers:
+            pipe.mget([lease_key(w) for w in workers])
+        pipe.zrange(UNACKED_INDEX_KEY, 0, -1)
+        replies = pipe.execute()
+        raw, delivered = (replies[0], replies[1]) if workers else ([], replies[0])
+        alive: dict[str, set[str]] = {}
+        for worker, value in zip(workers, raw, strict=True):
+            if value is None or len(value) > MAX_LEASE_BYTES:
+                continue
+            try:
+                record = wire.loads(value)
+                alive[worker] = {str(t) for t in record.get("tasks", ())}
+            except Exception:  # a broken lease names nothing
+                continue
+        named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
+        now = time.monotonic()
+        lost: list[tuple[str, str]] = []
+        for task_id, worker in named.items():
+            self._holder[task_id] = worker
+            self._unnamed_since.pop(task_id, None)
+        for task_id in list(self._holder):
+            if task_id in named:
+                continue
+            gone = self._holder.pop(task_id)
+            if task_id in tag_of and gone not in alive:
+                lost.append((task_id, f"the lease of worker {gone} lapsed"))
+        seen: set[str] = set()
+        already = {t for t, _ in lost}
+        for tag in delivered:
+            found = task_of.get(tag.decode() if isinstance(tag, bytes) else str(tag))
+            if found is None or found in named:
+                continue
+            task_id = found
+            seen.add(task_id)  # delivered to a worker that does not name it: dead before its first renewal?
+            since = self._unnamed_since.setdefault(task_id, now)
+            if now - since > self.lease and task_id not in already:
+                del self._unnamed_since[task_id]
+                lost.append((task_id, "delivered to a worker that died before naming it in its lease"))
+        for task_id in list(self._unnamed_since):
+            if task_id not in seen:
+                del self._unnamed_since[task_id]
+        return lost
+
+    def forget_delivery(self, tags: list[str]) -> None:
+        """Remove a dead worker's deliveries from kombu's unacked bookkeeping, so they are not run again later."""
+        if not tags:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(UNACKED_INDEX_KEY, *tags)
+        pipe.hdel(UNACKED_KEY, *tags)
+        pipe.execute()
