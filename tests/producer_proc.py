@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--task", default="contract.slow_echo")
-    parser.add_argument("--resend-after", type=float, default=3.0)
+    parser.add_argument("--resend-after", type=float, default=None, help="default: the settings' default")
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between writes (a live source)")
     args = parser.parse_args()
 
@@ -53,7 +53,7 @@ def main() -> None:
     def on_error(exc: BaseException, meta: ocycle.Chunk) -> None:
         print(f"on_error seq={meta.seq}: {exc!r}", file=sys.stderr, flush=True)
 
-    settings = Settings(broker_url=args.broker, resend_after=args.resend_after, spool_dir=args.spool)
+    settings = Settings.from_env(broker_url=args.broker, resend_after=args.resend_after, spool_dir=args.spool)
     emitter = ocycle.BufferEmit(
         args.task,
         16,

@@ -19,6 +19,7 @@ from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from ..chunk import Chunk
@@ -26,13 +27,36 @@ from ..errors import ConfigError, DeliveryError, ExpiredError, RemoteTaskError
 from ..executors.base import ChunkExecutor
 from . import listener
 from .lease import LeaseWatch
-from .protocol import claim_key, encode_chunk, is_claimed, reply_key
+from .protocol import claim_key, encode_chunk, is_claimed, mac_key, reply_key, unseal
 from .publisher import publish
-from .redis_client import CONFIG, classify, connect, probe, redact
+from .redis_client import CONFIG, classify, connect, probe, reason, redact
 from .settings import Settings
 from .spool import SPOOL_POLICIES, Entry, MemorySpool, open_spool
 
 _SPOOL_TO_EMITTER = {"reject_newest": "drop_newest", "drop_oldest": "drop_oldest"}
+TOKEN_FILE = "producer.token"
+
+
+def producer_token(spool_dir: Any) -> str:
+    """This producer's token: new for a memory spool; kept in a durable spool's directory, so a producer
+    restarted on it listens where its predecessor's replies go."""
+    token = uuid.uuid4().hex[:16]
+    if spool_dir is None:
+        return token
+    path = Path(spool_dir) / TOKEN_FILE
+    try:
+        saved = path.read_text().strip()
+        if saved.isalnum() and 8 <= len(saved) <= 64:
+            return saved
+    except OSError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+    except OSError as exc:
+        raise ConfigError("spool", str(spool_dir), f"a writable directory ({exc.strerror})") from None
+    return token
+
 
 log = logging.getLogger("ocycle_dist.celery")
 
@@ -118,6 +142,8 @@ class CeleryExecutor(ChunkExecutor):
         self._full = False  # the budget is full: logged once per episode
         self._resolved: dict[Future[Any], Entry] = {}  # answered, kept in the spool until settled()
         probe(s.broker_url, master_name=s.sentinel_master)  # a wrong password, db or TLS fails here, not an outage
+        self.token = producer_token(spool if spool is not None else (s.spool_dir or None))
+        self._mac_key = mac_key(s.reply_secret, self.token)
         self._client = connect(s.broker_url, socket_timeout=s.socket_timeout, master_name=s.sentinel_master)
         self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
         self.durable = type(self.spool) is not MemorySpool  # pending chunks outlive this process
@@ -192,7 +218,7 @@ class CeleryExecutor(ChunkExecutor):
             old.cancel()
         if not future.cancelled():
             future.add_done_callback(partial(self._discard, entry.id))
-            self._listener.listen(reply_key(entry.meta.stream))
+            self._listener.listen(reply_key(entry.meta.stream, self.token))
         return future
 
     def _make_room(self, nbytes: int, evicted: list[Future[Any]]) -> bool:
@@ -288,7 +314,7 @@ class CeleryExecutor(ChunkExecutor):
                 self._check_leases()
             while batch:
                 try:
-                    publish(self._client, batch, self.settings)
+                    publish(self._client, batch, self.settings, self.token)
                 except Exception as exc:
                     self._broker_failed(exc, first=self.broker_up.is_set() or backoff == 0.05)
                     with self._cond:
@@ -313,7 +339,7 @@ class CeleryExecutor(ChunkExecutor):
     def _broker_failed(self, exc: Exception, *, first: bool) -> None:
         """A publish failed: count it, say why once per episode; the chunks wait in the spool meanwhile."""
         kind = classify(exc)
-        why = str(exc)[:300]
+        why = f"{type(exc).__name__}: {reason(exc)}"
         self.counts["broker_errors"] += 1
         if first or why != self.broker_error:
             if kind == CONFIG:
@@ -450,16 +476,30 @@ class CeleryExecutor(ChunkExecutor):
 
     # ---- results ------------------------------------------------------------------------------------------
 
-    def _on_reply(self, record: dict[str, Any]) -> bool:
-        """Resolve the chunk the reply is for; False when it is not one of this executor's.
+    def _on_reply(self, envelope: dict[str, Any]) -> bool:
+        """Resolve the chunk the (sealed) reply is for; False when it is not one of this executor's.
 
-        The chunk leaves the spool only once the emitter has handled its outcome (``settled()``, after its
-        ``on_done`` ran): a producer killed in between sends it again when restarted, so ``on_done`` is never
-        skipped.
+        A reply whose MAC does not check out is ignored and counted (``counts["forged"]``). The chunk leaves
+        the spool only once the emitter has handled its outcome (``settled()``, after its ``on_done`` ran): a
+        producer killed in between sends it again when restarted, so ``on_done`` is never skipped.
         """
-        entry_id = record.get("id")
-        if not isinstance(entry_id, str):
+        entry_id = envelope.get("id")
+        if not isinstance(entry_id, str) or (entry_id not in self._futures and self.spool.get(entry_id) is None):
             return False
+        try:
+            record = unseal(envelope, self._mac_key)
+        except Exception:  # a body that does not decode
+            record = None
+        if record is None:
+            with self._cond:
+                self.counts["forged"] += 1
+                first = self.counts["forged"] == 1
+            (log.error if first else log.debug)(
+                "a reply for chunk %s failed authentication and was ignored (forged, or OCYCLE_REPLY_SECRET differs"
+                " between producer and workers); counted",
+                entry_id,
+            )
+            return True
         with self._cond:
             entry = self.spool.get(entry_id)
             if (

@@ -2,7 +2,9 @@
 
 Keys (all under :data:`PREFIX`):
 
-- ``ocycle:reply:<stream>``: a list; workers RPUSH each task's reply record, the producer's listener pops it.
+- ``ocycle:reply:<stream>:<producer token>``: a list; workers RPUSH each task's reply, the producer's listener
+  pops it. The token is the producer's own (kept in a durable spool's directory, so a restarted producer
+  takes over its replies): two producers with the same stream id each get exactly their own results.
 - ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
 - ``ocycle:lease:<worker hostname>``: a worker's lease (msgpack ``{"worker", "tasks": [ids held]}``, a short
   time to live), and ``ocycle:workers``, the set of hostnames that keep one (:mod:`.lease`).
@@ -15,11 +17,18 @@ JSON envelope, the body msgpack (:mod:`.wire`): ``[[chunk, t0], {}, embed]``. Th
 the header :data:`META_HEADER`, the reply list in ``reply_to``. A reply record is a msgpack map
 ``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``,
 plus ``"expired": True`` for a task its worker discarded unstarted because its ``expires`` header had passed.
+It travels sealed (:func:`seal`): ``{"id", "mac", "body"}``, ``body`` the record's msgpack and ``mac`` an
+HMAC-SHA256 of it keyed by the deployment's ``reply_secret`` and the producer's token (the last part of the
+reply list's name, :func:`token_of`). A reply forged by someone who can write to Redis but does not know
+the secret fails the check and is ignored (counted); without a secret, the token alone keys it (it travels
+in the message: proof against writers who cannot read the queue, not against readers).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -45,9 +54,14 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
-def reply_key(stream: str) -> str:
-    """The Redis list where the results of ``stream``'s chunks come back."""
-    return REPLY_PREFIX + stream
+def reply_key(stream: str, token: str) -> str:
+    """The Redis list where the results of ``stream``'s chunks come back to the producer with ``token``."""
+    return f"{REPLY_PREFIX}{stream}:{token}"
+
+
+def token_of(reply_to: str) -> str:
+    """The producer token in a reply list's name (what keys the MAC of the replies sent there)."""
+    return reply_to.rsplit(":", 1)[-1]
 
 
 def is_reply_key(key: Any) -> bool:
@@ -78,8 +92,9 @@ def encode_chunk(value: Any, settings: Settings) -> bytes:
     return chunk
 
 
-def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
-    """The task message of ``entry``, and its chunk when it travels by claim check instead of inline."""
+def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, bytes | None]:
+    """The task message of ``entry`` (replies to the producer with ``token``), and its chunk when it travels
+    by claim check instead of inline."""
     meta, t0 = entry.meta, wire.dumps(entry.meta.t0)
     if is_claimed(entry, settings):
         claimed: bytes | None = entry.chunk
@@ -118,7 +133,7 @@ def task_message(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]
         "headers": headers,
         "properties": {
             "correlation_id": entry.id,
-            "reply_to": reply_key(meta.stream),
+            "reply_to": reply_key(meta.stream, token),
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": settings.queue},  # the emitter's queue
             "priority": 0,
@@ -137,6 +152,31 @@ def reply_ok(task_id: str, result: Any) -> dict[str, Any]:
 def reply_error(task_id: str, type_name: str, message: str) -> dict[str, Any]:
     """The reply record of a task that failed with ``type_name: message``."""
     return {"id": task_id, "ok": False, "error": [type_name, message]}
+
+
+def mac_key(secret: str, token: str) -> bytes:
+    """The key of the replies' MAC for a producer's ``token`` in a deployment with ``secret``."""
+    return hashlib.sha256(secret.encode() + b"\0" + token.encode()).digest()
+
+
+def seal(record: dict[str, Any], key: bytes) -> bytes:
+    """A reply record as it travels: its msgpack and an HMAC of it (:func:`mac_key`)."""
+    body = wire.dumps(record)
+    mac = hmac.new(key, body, hashlib.sha256).digest()
+    return wire.dumps({"id": record["id"], "mac": mac, "body": body})
+
+
+def unseal(envelope: dict[str, Any], key: bytes) -> dict[str, Any] | None:
+    """The record of a sealed reply, or None when its MAC does not check out (forged, or another secret)."""
+    body, mac = envelope.get("body"), envelope.get("mac")
+    if not isinstance(body, bytes) or not isinstance(mac, bytes):
+        return None
+    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+        return None
+    record = wire.loads(body)
+    if not isinstance(record, dict) or record.get("id") != envelope.get("id"):
+        return None
+    return record
 
 
 def reply_expired(task_id: str) -> dict[str, Any]:

@@ -16,14 +16,15 @@ from .settings import Settings
 from .spool import Entry
 
 
-def publish(client: Any, entries: list[Entry], settings: Settings) -> None:
-    """Push the entries' task messages to the queue in one round trip (their claimed chunks first)."""
+def publish(client: Any, entries: list[Entry], settings: Settings, token: str) -> None:
+    """Push the entries' task messages to the queue in one round trip (their claimed chunks first); the
+    replies go to the producer with ``token``."""
     pipe = client.pipeline(transaction=False)
     ttl = max(1, int(settings.result_ttl))
     messages = []
     for entry in entries:
         entry.delivery_tag = str(uuid.uuid4())  # a new one per send: each message has its own
-        msg, claimed = task_message(entry, settings)
+        msg, claimed = task_message(entry, settings, token)
         if claimed is not None:
             pipe.set(claim_key(entry.id), claimed, ex=ttl)
         messages.append(msg)

@@ -81,8 +81,7 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
 
 
 TRANSIENT, CONFIG, WRONGTYPE = "transient", "config", "wrongtype"
-_TRANSIENT_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS")
-_CONFIG_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR DB index", "ERR invalid DB index", "ERR AUTH")
+_CONFIG_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "DB index", "invalid DB index", "ERR DB index", "AUTH")
 
 
 def classify(exc: BaseException) -> str:
@@ -94,9 +93,11 @@ def classify(exc: BaseException) -> str:
         anything else (unreachable, time-out, out of memory, cannot persist, read-only replica, loading):
         retry with back-off.
     """
+    import ssl
+
     import redis
 
-    message = str(exc)
+    message = reason(exc)
     if isinstance(exc, redis.AuthenticationError) or type(exc).__name__ in ("AuthorizationError", "NoPermissionError"):
         return CONFIG
     if isinstance(exc, redis.ResponseError):
@@ -105,9 +106,20 @@ def classify(exc: BaseException) -> str:
         if message.startswith(_CONFIG_REPLIES):
             return CONFIG
         return TRANSIENT
-    if isinstance(exc, redis.ConnectionError) and ("SSL" in message or "ssl" in message):
-        return CONFIG  # rediss:// to a plain server, or the certificate refused
+    chain: BaseException | None = exc
+    seen = 0
+    while chain is not None and seen < 5:  # rediss:// to a plain server: the TLS handshake fails or hangs
+        if isinstance(chain, ssl.SSLError) or "SSL" in str(chain) or "handshake" in str(chain):
+            return CONFIG
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
     return TRANSIENT
+
+
+def reason(exc: BaseException) -> str:
+    """A Redis error's own message (redis-py wraps a pipeline's as "Command # N (...) caused error: ...")."""
+    message = str(exc)
+    _, found, rest = message.partition(" caused error: ")
+    return (rest if found else message)[:300]
 
 
 def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None) -> None:
@@ -120,7 +132,8 @@ def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None) -> 
         client.ping()
     except Exception as exc:
         if classify(exc) == CONFIG:
-            raise ConfigError("broker", redact(url), f"a broker that accepts this client ({exc})") from None
+            why = f"{reason(exc)}{' during the TLS handshake' if url.startswith('rediss://') else ''}"
+            raise ConfigError("broker", redact(url), f"a broker that accepts this client ({why})") from None
     finally:
         client.close()
 

@@ -64,6 +64,9 @@ class Settings(EnvSettings):
             of a 16 kHz float32 microphone (0.5 s + 2 s + 10 s chunks: 192 kB per second of audio), or 11
             minutes of int16. When it is full, the emitter's ``policy`` acts (counted in ``stats().dropped``).
         spool_policy: for a ``CeleryExecutor`` made without an emitter: ``reject_newest`` or ``drop_oldest``.
+        reply_secret: a secret shared by the producers and workers of a deployment (never stored in Redis):
+            it keys the MAC of every reply, so that whoever can write to Redis cannot forge a result.
+            Empty: the producer's token alone keys it (see ``protocol``).
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -82,6 +85,7 @@ class Settings(EnvSettings):
     spool_dir: str = ""
     spool_max_bytes: int = 64 * 1024 * 1024
     spool_policy: str = "reject_newest"
+    reply_secret: str = ""
 
 
 def app_settings(app: Any) -> Settings:

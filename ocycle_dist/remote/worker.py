@@ -27,7 +27,17 @@ from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
 from .lease import install_lease
-from .protocol import META_HEADER, is_reply_key, reply_error, reply_expired, reply_ok
+from .protocol import (
+    META_HEADER,
+    claim_key,
+    is_reply_key,
+    mac_key,
+    reply_error,
+    reply_expired,
+    reply_ok,
+    seal,
+    token_of,
+)
 from .redis_client import connect, is_sentinel, sentinel_hosts
 from .settings import Settings, app_settings
 
@@ -52,6 +62,8 @@ class ChunkTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], wire.Claim):
+            if args[0].key != claim_key(str(self.request.id)):  # only this task's own chunk, nothing else
+                raise EncodeError(f"claim check {args[0].key[:80]!r} is not this task's chunk: refused")
             raw = _client(self.app.conf.broker_url, app_settings(self.app).sentinel_master).get(args[0].key)
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
@@ -87,7 +99,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
         reply = getattr(request, "reply_to", None)
-        if not is_reply_key(reply):
+        if not isinstance(reply, str) or not is_reply_key(reply):
             return result
         if state == states.SUCCESS:
             record = reply_ok(task_id, result)
@@ -97,16 +109,24 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
             record = reply_error(task_id, type(result).__name__, _describe(result))
         else:  # STARTED, RETRY: not an outcome
             return result
-        try:
-            data = wire.dumps(record)
-        except EncodeError as exc:
-            data = wire.dumps(reply_error(task_id, "EncodeError", f"the task's result cannot be sent back: {exc}"))
         settings = app_settings(self.app)
+        key = mac_key(settings.reply_secret, token_of(reply))
+        try:
+            data = seal(record, key)
+        except EncodeError as exc:
+            data = seal(reply_error(task_id, "EncodeError", f"the task's result cannot be sent back: {exc}"), key)
         pipe = _client(self.app.conf.broker_url, settings.sentinel_master).pipeline(transaction=False)
         pipe.rpush(reply, data)
         pipe.expire(reply, max(1, int(settings.result_ttl)))
         pipe.execute()
         return result
+
+
+def _only_declared_tasks(sender: Any, **kwargs: Any) -> None:
+    """Unregister Celery's built-in tasks (``celery.map``, ``celery.accumulate``...): the app runs only the
+    tasks it declares, whatever a message names."""
+    for name in [n for n in sender.tasks if n.startswith("celery.")]:
+        sender.tasks.unregister(name)
 
 
 # ---- the broker transport ---------------------------------------------------------------------------------
@@ -225,5 +245,7 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         task_send_sent_event=False,
     )
     app.conf.ocycle_settings = settings
+    wire.set_limits(max_bytes=settings.max_chunk_bytes + 64 * 1024)  # decoding refuses more, unread
+    app.on_after_finalize.connect(_only_declared_tasks, weak=False)
     install_lease(app)  # the worker's lease: its chunks are sent again within seconds if it dies
     return app

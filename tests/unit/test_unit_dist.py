@@ -28,7 +28,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
 from ocycle_dist.remote import listener, wire
-from ocycle_dist.remote.protocol import claim_key, reply_key
+from ocycle_dist.remote.protocol import claim_key, mac_key, reply_key, seal, token_of
 from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
@@ -51,12 +51,18 @@ def queued(admin: Any, queue: str = "celery") -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in reversed(admin.lrange(queue, 0, -1))]
 
 
-def reply(admin: Any, stream: str, task_id: str, *, result: Any = None, error: list[str] | None = None) -> None:
-    """What a worker's ReplyBackend pushes when a task ends."""
+def reply(
+    admin: Any, stream: str, task_id: str, *, result: Any = None, error: list[str] | None = None, secret: str = ""
+) -> None:
+    """What a worker's ReplyBackend pushes when a task ends: sealed with the key of the message's token."""
     record = (
         {"id": task_id, "ok": True, "result": result} if error is None else {"id": task_id, "ok": False, "error": error}
     )
-    admin.rpush(reply_key(stream), wire.dumps(record))
+    message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
+                   if m["headers"]["id"] == task_id)  # fmt: skip
+    token = token_of(message["properties"]["reply_to"])
+    assert message["properties"]["reply_to"] == reply_key(stream, token)
+    admin.rpush(reply_key(stream, token), seal(record, mac_key(secret, token)))
 
 
 def spool_rows(directory: Path, stream: str) -> list[int]:
@@ -240,7 +246,7 @@ def test_published_message_is_a_celery_task_with_our_content_type_and_reply_list
     entries = [make_entry(b"abcd", seq=i, t0=10.0 + i) for i in range(3)]
     client = connect(broker)
     try:
-        publish(client, entries, settings)
+        publish(client, entries, settings, "tok123")
     finally:
         client.close()
     assert admin.llen("q-unit") == 3
@@ -257,7 +263,8 @@ def test_published_message_is_a_celery_task_with_our_content_type_and_reply_list
         assert (headers["task"], headers["id"], headers["root_id"]) == ("workers.tasks.echo", entry.id, entry.id)
         assert headers["retries"] == 0 and headers["timelimit"] == [1.5, None]  # [hard, soft]
         assert headers["ocycle"] == entry.meta._asdict()
-        assert props["reply_to"] == "ocycle:reply:pub" == reply_key("pub")
+        assert props["reply_to"] == "ocycle:reply:pub:tok123" == reply_key("pub", "tok123")
+        assert token_of(props["reply_to"]) == "tok123"
         assert props["correlation_id"] == entry.id and props["body_encoding"] == "base64"
         assert props["delivery_info"]["routing_key"] == "q-unit"
     assert admin.keys("ocycle:chunk:*") == []  # small chunks travel inline
@@ -268,7 +275,7 @@ def test_a_chunk_above_claim_threshold_travels_by_claim_check(broker: str, admin
     big, small = make_entry(bytes(range(256)) * 4), make_entry(b"x" * 50)
     client = connect(broker)
     try:
-        publish(client, [big, small], settings)
+        publish(client, [big, small], settings, "tok")
     finally:
         client.close()
     (_, big_body), (_, small_body) = (decode(raw) for raw in reversed(admin.lrange("celery", 0, -1)))
