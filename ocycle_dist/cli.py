@@ -14,7 +14,7 @@ def status(broker: str | None) -> int:
     from .remote.worker import make_app
 
     settings = Settings.from_env(broker_url=broker)
-    client = connect(settings.broker_url, socket_timeout=3.0)
+    client = connect(settings.broker_url, socket_timeout=3.0, master_name=settings.sentinel_master)
     inspect = make_app(settings).control.inspect(timeout=1.0)
     replies = inspect.ping() or {}
     queues = {settings.queue}

@@ -141,10 +141,10 @@ class CeleryExecutor(ChunkExecutor):
         self.settings, self.expires, self.policy = s, expires, policy
         self._full = False  # the budget is full: logged once per episode
         self._resolved: dict[Future[Any], Entry] = {}  # answered, kept in the spool until settled()
-        probe(s.broker_url)  # a wrong password, db or TLS fails here; an outage does not (chunks are spooled)
+        probe(s.broker_url, master_name=s.sentinel_master)  # a wrong password, db or TLS fails here, not an outage
         self.token = producer_token(spool if spool is not None else (s.spool_dir or None))
         self._mac_key = mac_key(s.reply_secret, self.token)
-        self._client = connect(s.broker_url, socket_timeout=s.socket_timeout)
+        self._client = connect(s.broker_url, socket_timeout=s.socket_timeout, master_name=s.sentinel_master)
         self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
         self.durable = type(self.spool) is not MemorySpool  # pending chunks outlive this process
         self._batch = batch
@@ -179,7 +179,13 @@ class CeleryExecutor(ChunkExecutor):
         self._batching = True  # off once a worker answered that it has no batch task
         self._tag_of: dict[str, str] = {}  # task id -> delivery tag of its last message, while unanswered
         self._task_of: dict[str, list[str]] = {}  # the reverse (a batch message's tag: all its chunks)
-        self._listener = listener.attach(s.broker_url, self._on_reply, socket_timeout=s.socket_timeout)
+        self._listener = listener.attach(
+            s.broker_url,
+            self._on_reply,
+            socket_timeout=s.socket_timeout,
+            master_name=s.sentinel_master,
+            on_server=self._on_server,
+        )
         self._dispatcher = threading.Thread(target=self._dispatch, name="ocycle-publisher", daemon=True)
         self._dispatcher.start()
 
@@ -428,18 +434,32 @@ class CeleryExecutor(ChunkExecutor):
             except Exception:  # a server without INFO (fakeredis's drops the connection): rely on resend_after
                 self._has_info = False
                 self._client.connection_pool.disconnect()
-        restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
-        self._run_id = run_id or self._run_id
+        restarted = run_id is not None and self._on_server(run_id)
         if after_outage:
             log.warning(
                 "Redis reachable again at %s%s: sending the spooled chunks",
                 redact(self.settings.broker_url),
                 " (a new server: sending again what it may have lost)" if restarted else "",
             )
-        if restarted:
-            with self._cond:
+
+    def _on_server(self, run_id: str) -> bool:
+        """The run_id of the Redis server, read by the dispatcher after an outage and by the listener after
+        each reconnect and every second. A new one (restarted empty, failed over): what was sent may be gone
+        with the old server, so every unanswered chunk is sent again now instead of after ``resend_after``."""
+        with self._cond:
+            restarted = self._run_id is not None and run_id != self._run_id
+            self._run_id = run_id
+            if restarted:
                 self._deadlines = deque((0.0, entry_id, attempt) for _, entry_id, attempt in self._deadlines)
                 self._cond.notify_all()
+            pending = len(self._futures)
+        if restarted:
+            log.warning(
+                "Redis at %s is a new server: sending the unanswered chunks again (%d pending)",
+                redact(self.settings.broker_url),
+                pending,
+            )
+        return restarted
 
     def _drop_stale(self, batch: list[Entry]) -> list[Entry]:
         """Resolve as expired, without sending, the entries of ``batch`` already past their deadline."""

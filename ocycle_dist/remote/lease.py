@@ -128,7 +128,11 @@ def _lease_step() -> type:
             settings = app_settings(worker.app)
             if settings.worker_lease <= 0:
                 return
-            client = connect(worker.app.conf.broker_url, socket_timeout=min(settings.socket_timeout, 2.0))
+            client = connect(
+                worker.app.conf.broker_url,
+                socket_timeout=min(settings.socket_timeout, 2.0),
+                master_name=settings.sentinel_master,
+            )
             self.keeper = LeaseKeeper(client, worker.hostname, held_task_ids, settings.worker_lease).start()
 
         def stop(self, worker: Any) -> None:

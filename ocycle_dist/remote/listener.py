@@ -8,12 +8,20 @@ of a process that uses the same broker shares the listener; a reply goes to the 
 The thread survives every error: an outage or an error reply (out of memory, read-only, loading) is retried
 with back-off; a key of another type (WRONGTYPE) is dropped from the keys listened to and reported; an
 unreadable or oversized reply is dropped and counted. Should the thread ever end, ``listen()`` starts a new one.
+
+The listener also watches which Redis server it talks to: after every reconnect, and every ``check_every``
+seconds (redis-py retries a failed command on a new connection by itself, so a quick restart can pass
+unseen), it reads the server's ``run_id`` and tells the executors when it changed: a Redis restarted empty,
+or a Sentinel failover, lost the tasks and replies the old server held, and the executors send their
+unanswered chunks again at once. The producer's publisher may be idle (``write()`` blocked at
+``max_inflight``) and never see the restart; the listener always talks to Redis.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +30,7 @@ from .redis_client import CONFIG, WRONGTYPE, classify, connect
 
 log = logging.getLogger("ocycle_dist.listener")
 Handler = Callable[[dict[str, Any]], bool]  # True when the reply was its own
+ServerHandler = Callable[[str], object]  # told the run_id of each new Redis server the listener sees
 
 
 class ReplyListener:
@@ -30,13 +39,18 @@ class ReplyListener:
     Args:
         client: a ``redis.Redis`` used only by this listener (BLPOP holds its connection).
         poll: seconds a BLPOP waits before the listener checks whether it should stop.
+        check_every: seconds between two reads of the server's ``run_id`` (also read after every reconnect).
     """
 
-    def __init__(self, client: Any, *, poll: float = 0.5) -> None:
+    def __init__(self, client: Any, *, poll: float = 0.5, check_every: float = 1.0) -> None:
         self._client = client
         self._poll = poll
+        self._check_every = check_every
         self._keys: list[str] = []
         self._handlers: list[Handler] = []
+        self._on_server: dict[Handler, ServerHandler] = {}
+        self._has_info = True  # False for a server without INFO (fakeredis): restarts go unseen
+        self._checked_at = float("-inf")
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -46,13 +60,19 @@ class ReplyListener:
         self.unreadable = 0  # replies that could not be decoded (corrupt, oversized, a bomb): dropped
         self.bad_keys: list[str] = []  # reply keys of another type than a list: not listened to
         self.errors = 0  # errors the thread survived
+        self.run_id: str | None = None  # the Redis server's, as last read
+        self.new_servers = 0  # times the run_id changed: restarts and failovers seen
 
-    def attach(self, handler: Handler) -> None:
+    def attach(self, handler: Handler, on_server: ServerHandler | None = None) -> None:
+        """Offer replies to ``handler``; tell ``on_server(run_id)`` each new server's run_id (the first too)."""
         self._handlers = [*self._handlers, handler]
+        if on_server is not None:
+            self._on_server = {**self._on_server, handler: on_server}
 
     def detach(self, handler: Handler) -> bool:
-        """Remove ``handler``; True when none is left."""
+        """Remove ``handler`` (and its ``on_server``); True when none is left."""
         self._handlers = [h for h in self._handlers if h != handler]
+        self._on_server = {h: f for h, f in self._on_server.items() if h != handler}
         return not self._handlers
 
     def listen(self, key: str) -> None:
@@ -79,12 +99,15 @@ class ReplyListener:
                 self._stop.wait(self._poll)
                 continue
             try:
+                if not self.connected.is_set() or time.monotonic() - self._checked_at >= self._check_every:
+                    self._check_server()
                 got = self._client.blpop(self._keys, timeout=self._poll)
                 self.connected.set()
                 backoff = 0.05
                 if got is None:
                     continue
                 key, first = got
+                self._deliver(key, first)  # popped: delivered even if the next command fails
                 more = self._client.lpop(key, 500) or []
             except Exception as exc:
                 self.errors += 1
@@ -101,9 +124,9 @@ class ReplyListener:
                     self.reconnects += 1
                 self.connected.clear()
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
-            for raw in (first, *more):
+            for raw in more:
                 self._deliver(key, raw)
         self.connected.clear()
 
@@ -123,6 +146,33 @@ class ReplyListener:
                     key,
                     kind.decode() if isinstance(kind, bytes) else kind,
                 )
+
+    def _check_server(self) -> None:
+        """Read the server's run_id; tell the executors when it is a new one (raises connection errors)."""
+        import redis
+
+        self._checked_at = time.monotonic()
+        if not self._has_info:
+            return
+        try:
+            run_id = self._client.info("server").get("run_id")
+        except redis.ResponseError as exc:
+            if not str(exc).lower().startswith(("unknown command", "noperm")) and classify(exc) != CONFIG:
+                raise  # a transient error reply: the loop retries
+            self._has_info = False  # no INFO here (fakeredis's TCP server then drops the connection too)
+            self._client.connection_pool.disconnect()
+            return
+        if not run_id or run_id == self.run_id:
+            return
+        if self.run_id is not None:
+            self.new_servers += 1
+            log.info("Redis is a new server (run_id %s, was %s)", run_id, self.run_id)
+        self.run_id = run_id
+        for on_server in list(self._on_server.values()):
+            try:
+                on_server(run_id)
+            except Exception:
+                log.exception("server handler failed for run_id %s", run_id)
 
     def _deliver(self, key: bytes, raw: bytes) -> None:
         try:
@@ -147,13 +197,24 @@ _shared: dict[str, ReplyListener] = {}
 _shared_lock = threading.Lock()
 
 
-def attach(url: str, handler: Handler, *, socket_timeout: float) -> ReplyListener:
-    """The process's listener for the broker at ``url``, with ``handler`` attached."""
+def attach(
+    url: str,
+    handler: Handler,
+    *,
+    socket_timeout: float,
+    master_name: str | None = None,
+    on_server: ServerHandler | None = None,
+) -> ReplyListener:
+    """The process's listener for the broker at ``url``, with ``handler`` (and ``on_server``) attached.
+
+    ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
+    """
     with _shared_lock:
         listener = _shared.get(url)
         if listener is None:
-            listener = _shared[url] = ReplyListener(connect(url, socket_timeout=socket_timeout))
-        listener.attach(handler)
+            client = connect(url, socket_timeout=socket_timeout, master_name=master_name)
+            listener = _shared[url] = ReplyListener(client)
+        listener.attach(handler, on_server)
         return listener
 
 

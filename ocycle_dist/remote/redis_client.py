@@ -3,12 +3,17 @@
 One URL configures the producer and the workers, in either spelling of a Unix socket: redis-py's
 ``unix://[:password@]/path/redis.sock?db=0`` or kombu's ``redis+socket://[:password@]/path/redis.sock?virtual_host=0``.
 :func:`connect` (redis-py) takes both; :func:`kombu_url` gives Celery the one its Redis transport knows.
+
+A ``sentinel://`` URL (kombu's form: ``sentinel://:password@host:26379/db;sentinel://host2:26379;...``) gives a
+client of the master that Redis Sentinel names: its connections ask the sentinels for the master's address
+each time they connect, so after a failover a reconnect reaches the new master.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
 
@@ -37,24 +42,70 @@ def redis_py_url(url: str) -> str:
     return url
 
 
-def connect(url: str, *, socket_timeout: float = 10.0) -> Any:
+SENTINEL_PORT = 26379
+
+
+def is_sentinel(url: Any) -> bool:
+    """Whether ``url`` names Redis Sentinels (``sentinel://``) rather than one Redis."""
+    return isinstance(url, str) and url.startswith("sentinel://")
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The ``(host, port)`` of each sentinel in a ``sentinel://`` URL, and the master's username, password and db.
+
+    Raises:
+        ConfigError: a part that is not a ``sentinel://host[:port]`` URL, or a db that is not a number.
+    """
+    hosts: list[tuple[str, int]] = []
+    master: dict[str, Any] = {}
+    for part in url.split(";"):
+        try:
+            parsed = urlsplit(part)
+            port = parsed.port or SENTINEL_PORT
+        except ValueError as exc:
+            raise ConfigError("broker", redact(url), f"sentinel://host:port URLs separated by ';' ({exc})") from None
+        if parsed.scheme != "sentinel" or not parsed.hostname or parsed.query:
+            raise ConfigError("broker", redact(url), "sentinel://[:password@]host[:port][/db] URLs separated by ';'")
+        hosts.append((parsed.hostname, port))
+        if not master:  # the first URL's, as kombu reads them
+            db = parsed.path.strip("/") or "0"
+            if not db.isdigit():
+                raise ConfigError("broker", redact(url), "a database number after the first sentinel's address")
+            master = {"db": int(db), "password": _unquoted(parsed.password), "username": _unquoted(parsed.username)}
+    return hosts, master
+
+
+def _unquoted(value: str | None) -> str | None:
+    return unquote(value) if value else None
+
+
+def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None = None) -> Any:
     """A ``redis.Redis`` for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://`` or ``redis+socket://``
-    for a Unix socket); lazy, no I/O yet."""
+    for a Unix socket, ``sentinel://``); lazy, no I/O yet.
+
+    Args:
+        url: where Redis is.
+        socket_timeout: seconds a command may take; connecting takes at most 5 s of it.
+        master_name: for ``sentinel://`` URLs, the master's name (default ``OCYCLE_SENTINEL_MASTER``, else
+            ``mymaster``).
+    """
     try:
         import redis
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError("mode='celery' needs redis-py: pip install 'ocycle-dist[celery]'") from None
+    options = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "health_check_interval": 30,
+    }
+    if is_sentinel(url):
+        return _sentinel_master(url, master_name, options)
     if not isinstance(url, str) or not url.startswith(SCHEMES):
         raise ConfigError(
-            "broker", redact(url) if isinstance(url, str) else url, "a redis://, rediss:// or unix:// URL"
+            "broker", redact(url) if isinstance(url, str) else url, "a redis://, rediss://, unix:// or sentinel:// URL"
         )
     try:
-        return redis.Redis.from_url(
-            redis_py_url(url),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 5.0),
-            health_check_interval=30,
-        )
+        return redis.Redis.from_url(redis_py_url(url), **options)
     except ValueError as exc:
         raise ConfigError("broker", redact(url), f"a valid Redis URL ({exc})") from None
 
@@ -101,9 +152,12 @@ def reason(exc: BaseException) -> str:
     return (rest if found else message)[:300]
 
 
-def probe(url: str, timeout: float = 2.0) -> None:
-    """Check the broker at ``url`` once: raise ConfigError if it refuses us; an outage is fine (later)."""
-    client = connect(url, socket_timeout=timeout)
+def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None) -> None:
+    """Check the broker at ``url`` once: raise ConfigError if it refuses us; an outage is fine (later).
+
+    ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
+    """
+    client = connect(url, socket_timeout=timeout, master_name=master_name)
     try:
         client.ping()
     except Exception as exc:
@@ -115,23 +169,62 @@ def probe(url: str, timeout: float = 2.0) -> None:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``: how a URL is shown in logs, errors and the CLI."""
-    from urllib.parse import urlsplit, urlunsplit
+    """``url`` with its password replaced by ``***``: how a URL is shown in logs, errors and the CLI.
+
+    Each of the ``;``-separated URLs of a ``sentinel://`` broker is redacted.
+    """
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
+    from urllib.parse import urlunsplit
 
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<an unparsable URL>"
     if not parts.password:
         return url
     user = parts.username or ""
     host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _sentinel_master(url: str, master_name: str | None, options: dict[str, Any]) -> Any:
+    from redis.sentinel import Sentinel
+
+    from .settings import Settings
+
+    name = master_name if master_name is not None else Settings.from_env().sentinel_master
+    if not isinstance(name, str) or not name:
+        raise ConfigError("sentinel_master", name, "the name the sentinels monitor the master under")
+    hosts, master = sentinel_hosts(url)
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts)
+    client = sentinel.master_for(name, redis_class=_master_class(), **options, **master)
+    client.sentinel = sentinel
+    return client
+
+
+@functools.cache
+def _master_class() -> type:
+    from redis import Redis
+
+    class SentinelMaster(Redis):
+        """A client of the master Redis Sentinel names; closing it also closes the connections to the sentinels."""
+
+        sentinel: Any = None
+
+        def close(self) -> None:
+            super().close()
+            if self.sentinel is not None and hasattr(self.sentinel, "close"):  # redis-py >= 8.1
+                self.sentinel.close()
+
+    return SentinelMaster
+
+
 def reachable(url: str, timeout: float = 0.5) -> bool:
-    """Whether a Redis server answers PING at ``url``."""
+    """Whether a Redis server answers PING at ``url`` (for ``sentinel://``, the master the sentinels name)."""
     client = None
     try:
         client = connect(url, socket_timeout=timeout)

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 
 _S = TypeVar("_S", bound="EnvSettings")
 DEFAULT_BROKER = "redis://localhost:6379/0"
+DEFAULT_SENTINEL_MASTER = "mymaster"  # Redis's own example name, and the compose file's
 
 
 class EnvSettings:
@@ -40,7 +41,10 @@ class Settings(EnvSettings):
     Attributes:
         broker_url: the Redis URL (``redis://:password@host:port/db``, ``rediss://`` for TLS,
             ``unix://:password@/path/redis.sock?db=0`` for a Unix socket: the workers' Celery app gets it as
-            kombu spells it, ``redis+socket://``).
+            kombu spells it, ``redis+socket://``), or Redis Sentinel's in kombu's form,
+            ``sentinel://:password@host:26379/db;sentinel://host2:26379;...`` (the password and db of the
+            first one are the master's).
+        sentinel_master: the name Redis Sentinel monitors the master under (``sentinel://`` URLs only).
         queue: the Celery queue the chunks' tasks go to.
         claim_threshold: an encoded chunk larger than this is stored in Redis under its own key and the
             task carries only the key (a claim check), so big chunks skip the envelope's base64.
@@ -80,6 +84,7 @@ class Settings(EnvSettings):
     """
 
     broker_url: str = DEFAULT_BROKER
+    sentinel_master: str = DEFAULT_SENTINEL_MASTER
     queue: str = "celery"
     claim_threshold: int = 128 * 1024
     max_chunk_bytes: int = 64 * 1024 * 1024

@@ -6,6 +6,9 @@ in a header ``ocycle``. :class:`ChunkTask` fetches a claimed chunk from Redis be
 however the task ended, where the producer's listener picks it up. Tasks stay plain functions of
 ``(chunk, t0)``, given ``meta=Chunk(...)`` too when they have a ``meta`` parameter. Both sides accept only
 the msgpack content type: a pickle message is refused unread.
+
+The app's Redis transport is kombu's with one repair (:class:`RedisChannel`), so that a worker survives its
+broker dying under it: see :func:`register_transports`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import warnings
 from typing import Any
 
-from celery import Celery, Task, states
+from celery import Celery, Task, signals, states
 from celery.backends.base import DisabledBackend
-from celery.exceptions import TaskRevokedError
+from celery.exceptions import CPendingDeprecationWarning, TaskRevokedError
+from kombu.transport import redis as kombu_redis
 
 from ..chunk import Chunk
 from ..errors import EncodeError
@@ -37,16 +42,16 @@ from .protocol import (
     reply_ok,
     token_of,
 )
-from .redis_client import connect, kombu_url
+from .redis_client import connect, is_sentinel, kombu_url, sentinel_hosts
 from .settings import Settings, app_settings
 
 log = logging.getLogger("ocycle_dist.worker")
 _clients: dict[str, Any] = {}
 
 
-def _client(url: str) -> Any:
+def _client(url: str, master_name: str | None = None) -> Any:
     if url not in _clients:
-        _clients[url] = connect(url)
+        _clients[url] = connect(url, master_name=master_name)
     return _clients[url]
 
 
@@ -70,7 +75,7 @@ class ChunkTask(Task):  # type: ignore[misc]
         if args and isinstance(args[0], wire.Claim):
             if args[0].key != claim_key(str(self.request.id)):  # only this task's own chunk, nothing else
                 raise EncodeError(f"claim check {args[0].key[:80]!r} is not this task's chunk: refused")
-            raw = _client(self.app.conf.broker_url).get(args[0].key)
+            raw = _client(self.app.conf.broker_url, app_settings(self.app).sentinel_master).get(args[0].key)
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
             args = (wire.loads(raw), *args[1:])
@@ -89,7 +94,12 @@ class ChunkTask(Task):  # type: ignore[misc]
             return  # not a chunk message (e.g. called directly)
         try:
             settings = app_settings(self.app)
-            drain(self, _client(self.app.conf.broker_url), settings, time.monotonic() - self._started)
+            drain(
+                self,
+                _client(self.app.conf.broker_url, settings.sentinel_master),
+                settings,
+                time.monotonic() - self._started,
+            )
         except Exception:  # the taken messages are recorded as delivered: their producers send them again
             log.exception("draining the queue after task %s failed", task_id)
 
@@ -126,7 +136,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
             return result
         settings = app_settings(self.app)
         data = encode_record(record, mac_key(settings.reply_secret, token_of(reply)))
-        pipe = _client(self.app.conf.broker_url).pipeline(transaction=False)
+        pipe = _client(self.app.conf.broker_url, settings.sentinel_master).pipeline(transaction=False)
         pipe.rpush(reply, data)
         pipe.expire(reply, max(1, int(settings.result_ttl)))
         pipe.execute()
@@ -137,7 +147,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         outcome: the producer ignores a second reply)."""
         settings = app_settings(self.app)
         mac = mac_key(settings.reply_secret, token)
-        pipe = _client(self.app.conf.broker_url).pipeline(transaction=False)
+        pipe = _client(self.app.conf.broker_url, settings.sentinel_master).pipeline(transaction=False)
         for task_id, stream in batch:
             key = reply_key(str(stream), token)
             pipe.rpush(key, encode_record(reply_error(str(task_id), type(exc).__name__, _describe(exc)), mac))
@@ -152,17 +162,101 @@ def _only_declared_tasks(sender: Any, **kwargs: Any) -> None:
         sender.tasks.unregister(name)
 
 
+# ---- the broker transport ---------------------------------------------------------------------------------
+
+
+class _ClosingChannel:
+    """What :class:`RedisChannel` and :class:`SentinelChannel` add to kombu's Redis channels.
+
+    On a lost broker connection Celery 5.7 (``Consumer.on_connection_error_after_connected``) first collects
+    the connection, then closes it. Collecting closes the task channel: kombu first reads the channel's
+    pending BRPOP, which fails on the dead socket, and the rest of ``close()`` is skipped: the channel stays
+    open with its unacknowledged messages while the transport is detached (``transport.client = None``).
+    Closing the connection then closes that channel again, and restoring its unacknowledged messages builds
+    a Redis pool from ``transport.client.hostname``: ``AttributeError``, which is not a connection error, so
+    it escapes Celery's ``ignore_errors`` and the worker exits with "Unrecoverable error: AttributeError
+    'NoneType' object has no attribute 'hostname'". A worker holding a late-ack task with prefetch room
+    left (so a BRPOP is pending) dies that way whenever Redis goes away, whatever
+    ``worker_cancel_long_running_tasks_on_connection_loss`` says; so does a task acked through the old channel.
+
+    Here ``close()`` finishes after a failed BRPOP read (the unacknowledged messages are restored while the
+    transport is still attached, if Redis answers), and a channel whose transport is detached raises a
+    connection error instead of ``AttributeError``: Celery logs it ("Couldn't ack") and reconnects.
+    """
+
+    closed: bool
+    connection: Any  # the transport
+    connection_errors: tuple[type[BaseException], ...]
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        except self.connection_errors:
+            if self.closed:
+                raise
+            super().close()  # type: ignore[misc]  # the pending BRPOP is gone: restore, release the pools
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            import redis
+
+            raise redis.ConnectionError("the broker connection of this channel is closed")
+        return super()._connparams(asynchronous)  # type: ignore[misc]
+
+
+class RedisChannel(_ClosingChannel, kombu_redis.Channel):
+    """kombu's Redis channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+
+
+class SentinelChannel(_ClosingChannel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = RedisChannel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+def register_transports() -> None:
+    """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs use this module's transports.
+
+    By URL scheme rather than with Celery's ``broker_transport``: kombu switches a connection with several
+    URLs (Sentinel's ``sentinel://a;sentinel://b``) to the next one by its scheme when a connect fails.
+    """
+    from kombu import transport
+
+    for scheme, cls in (("redis", RedisTransport), ("rediss", RedisTransport), ("sentinel", SentinelTransport)):
+        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{cls.__name__}"
+        cache = getattr(transport, "_transport_cache", {})
+        if cache.get(scheme) not in (None, cls):  # resolved before this ran: forget kombu's class
+            del cache[scheme]
+
+
+@signals.celeryd_after_setup.connect
+def _quiet_the_cancel_notice(**_: Any) -> None:
+    """A worker warns on every reconnect that the default of ``worker_cancel_long_running_tasks_on_connection_loss``
+    (set explicitly by :func:`make_app`) changes in Celery 6; its logging setup has just turned such warnings on."""
+    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning, module=r"celery\.worker\.consumer")
+
+
 def make_app(settings: Settings | None = None, *, name: str = "ocycle", include: tuple[str, ...] = ()) -> Celery:
     """A Celery app for ocycle_dist: msgpack only, results to the producers' reply lists, late acks."""
     settings = settings or Settings.from_env()
     wire.register()
+    register_transports()
     # kombu's Redis transport spells a Unix socket redis+socket://: the same unix:// URL serves both sides
     app = Celery(name, broker=kombu_url(settings.broker_url), include=list(include), task_cls=ChunkTask)
-    transport = {
+    transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": min(settings.socket_timeout, 5.0),
     }
+    if is_sentinel(settings.broker_url):
+        sentinel_hosts(settings.broker_url)  # a ConfigError now rather than a worker retrying forever
+        transport["master_name"] = settings.sentinel_master
     app.conf.update(
         task_serializer=wire.SERIALIZER,
         result_serializer=wire.SERIALIZER,
@@ -177,7 +271,10 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         worker_prefetch_multiplier=settings.worker_prefetch,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task running when Redis goes away finishes and replies (its reply list does not need the lost
+        # connection); cancelling it kills its pool process, and the worker then runs nothing until Celery's
+        # pool maintenance replaces it (up to 5 s: measured recovery 1.3-5.3 s with True, 1.0-1.4 s without).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=False,  # events cost the worker ~30% (measured); `celery worker -E` turns them on
         task_send_sent_event=False,
     )
@@ -188,7 +285,8 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
     @app.task(name=BATCH_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
     def batch(self: Any, items: list[list[Any]]) -> None:
         """Run the chunks of a batch message, each with its own outcome (see :mod:`.batch`)."""
-        run_batch(self, items, _client(self.app.conf.broker_url), app_settings(self.app))
+        settings = app_settings(self.app)
+        run_batch(self, items, _client(self.app.conf.broker_url, settings.sentinel_master), settings)
 
     install_lease(app)  # the worker's lease: its chunks are sent again within seconds if it dies
     return app

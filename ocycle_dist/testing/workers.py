@@ -14,15 +14,19 @@ from ..remote import wire
 from .processes import Proc
 
 
-def ping(broker: str, names: list[str], timeout: float = 1.0, *, serializer: str = "json") -> set[str]:
+def ping(
+    broker: str, names: list[str], timeout: float = 1.0, *, serializer: str = "json", master_name: str | None = None
+) -> set[str]:
     """The node names among ``names`` (``name@host``; or plain ``name``) answering a Celery ping on ``broker``.
 
     ``serializer`` is the one the workers' app accepts: a worker drops a control message in another format
     (``json`` for stock Celery apps; ``ocycle`` for ocycle_dist's, :data:`ocycle_dist.remote.wire.SERIALIZER`).
+    ``master_name``: the Sentinel master's, for a ``sentinel://`` broker (default ``OCYCLE_SENTINEL_MASTER``).
     """
     from celery import Celery
 
-    from ..remote.redis_client import kombu_url
+    from ..remote.redis_client import is_sentinel, kombu_url
+    from ..remote.settings import Settings
 
     app = Celery("ocycle-ping", broker=kombu_url(broker), set_as_current=False)
     if serializer == wire.SERIALIZER:
@@ -30,6 +34,8 @@ def ping(broker: str, names: list[str], timeout: float = 1.0, *, serializer: str
     app.conf.update(
         broker_connection_retry_on_startup=False, task_serializer=serializer, accept_content=[serializer, "json"]
     )
+    if is_sentinel(broker):
+        app.conf.broker_transport_options = {"master_name": master_name or Settings.from_env().sentinel_master}
     try:
         with app.connection_for_write() as conn:
             replies = app.control.ping(timeout=timeout, connection=conn) or []
@@ -129,7 +135,10 @@ class Worker:
         else:
 
             def ready() -> bool:
-                return bool(ping(self.broker, [self.name], timeout=0.5, serializer=self.serializer))
+                master_name = self.env.get("OCYCLE_SENTINEL_MASTER")
+                return bool(
+                    ping(self.broker, [self.name], timeout=0.5, serializer=self.serializer, master_name=master_name)
+                )
 
         self.proc.wait_until(ready, timeout, f"worker {self.name}")
 

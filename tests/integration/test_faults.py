@@ -1,6 +1,6 @@
-"""Fault injection against real processes: a worker killed inside a task, Redis down and restarted empty, the
-producer killed and restarted on its spool, tasks that raise, run past their time limit or are unknown, the
-spool's directory deleted under a producer, the spool's disk full.
+"""Fault injection against real processes: a worker killed inside a task, Redis down and restarted empty (once, and
+three times in one stream), a Sentinel failover, the producer killed and restarted on its spool, tasks that raise,
+run past their time limit or are unknown, the spool's directory deleted under a producer, the spool's disk full.
 
 Each test starts its own redis-server and ``celery -A workers worker`` processes (never the session
 ``topology``), waits on conditions with deadlines, and ends with the accounting: every chunk written is
@@ -30,7 +30,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote.redis_client import connect, reachable
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.testing import RedisServer, Worker
+from ocycle_dist.testing import RedisServer, SentinelCluster, Worker
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
@@ -158,6 +158,21 @@ def log_tail(worker: Worker, lines: int = 40) -> str:
     return "\n".join([line for line in text if "Task contract." not in line][-lines:])
 
 
+def assert_reconnected(worker: Worker, outages: int) -> None:
+    """``worker`` lost Redis ``outages`` times and connected again each time, its main process never exiting."""
+    wait_for(
+        lambda: not worker.alive() or log_count(worker, b"Connected to ") >= outages + 1,
+        40,
+        lambda: f"{worker.name} to reconnect; its log ends with:\n{log_tail(worker)}",
+    )
+    assert worker.alive(), (
+        f"{worker.name} exited with {worker.proc.returncode if worker.proc else None}:\n{log_tail(worker)}"
+    )
+    assert b"Unrecoverable error" not in worker.log.read_bytes(), log_tail(worker)
+    assert log_count(worker, b"Connection to broker lost") == outages
+    assert worker.starts == 1
+
+
 # ---- 1. a worker SIGKILLed inside a task ---------------------------------------------------------------------
 
 
@@ -262,28 +277,9 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
     admin = connect(c.url)
     assert admin.exists("ocycle:test:before-outage") == 0  # a new, empty Redis
 
-    # The workers reconnect by themselves. Known exception (celery 5.7 / kombu 5.7): a worker holding
-    # unacknowledged (late-ack) tasks when Redis goes away dies with "Unrecoverable error: AttributeError"
-    # (closing the lost connection restores its unacked messages through a transport already collected).
-    # Such a worker is started again here, as compose's `restart: unless-stopped` would; the test then xfails.
-    crashed: dict[str, str] = {}
+    # The workers reconnect by themselves, none exits (see test_a_worker_survives_redis_killed_under_its_task)
     for worker in c.workers:
-        wait_for(
-            lambda w=worker: (
-                not w.alive()
-                or b"Unrecoverable error" in w.log.read_bytes()
-                or log_count(w, b"Connected to redis://") >= 2
-            ),
-            40,
-            lambda w=worker: f"{w.name} to reconnect or exit; its log ends with:\n{log_tail(w)}",
-        )
-        assert log_count(worker, b"Connection to broker lost") >= 1
-        if not worker.alive() or b"Unrecoverable error" in worker.log.read_bytes():
-            crashed[worker.name] = next(
-                line for line in log_tail(worker, 10_000).splitlines() if "Unrecoverable error" in line
-            )
-            worker.stop()
-            worker.start()
+        assert_reconnected(worker, 1)
     after_restart = seq
     for _ in range(200):
         write()
@@ -301,15 +297,135 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
     assert {results[i][1].split("@")[0] for i in range(after_restart, n)} == {w.name for w in c.workers}
     counts = executor.counts
     assert counts["resent"] >= 1 and counts["undelivered"] == 0  # what the empty Redis lost was sent again
-    assert all(w.alive() for w in c.workers)
-    summary = (
-        f"[redis outage] down {outage:.1f} s with {in_flight_at_stop} chunks in flight; {written_during} writes"
+    assert all(w.alive() and w.starts == 1 for w in c.workers)
+    print(
+        f"\n[redis outage] down {outage:.1f} s with {in_flight_at_stop} chunks in flight; {written_during} writes"
         f" during it took {sum(write_times) * 1000:.1f} ms in all (max {max(write_times) * 1000:.2f} ms);"
         f" {n} chunks, none lost; stats={emitter.stats().as_dict()}; counts={counts}"
     )
-    print("\n" + summary)
-    if crashed:
-        pytest.xfail(f"{summary}; but these workers died instead of reconnecting (celery 5.7 bug): {crashed}")
+
+
+# ---- 2b. Redis killed under a worker running a late-ack task, three times -------------------------------------
+
+
+def test_a_worker_survives_redis_killed_under_its_task(cluster: Any, emitters: Any) -> None:
+    """Celery 5.7 + kombu 5.7 killed this worker: "Unrecoverable error: AttributeError 'NoneType' object has no
+    attribute 'hostname'" (see ocycle_dist.remote.worker._ClosingChannel). The conditions, made certain here:
+    the worker holds an unacknowledged late-ack task (running) and has prefetch room left, so its channel
+    has a BRPOP pending when Redis is SIGKILLed."""
+    c = cluster(1)
+    (worker,) = c.workers
+    stream = f"under-task-{uuid.uuid4().hex[:6]}"
+    emitter, got = emitters("contract.slow_echo", c.url, stream=stream)  # default settings
+    seq = 0
+    for outage in range(1, 4):
+        slow = seq
+        emitter.write(b"slow" + slow.to_bytes(12, "big"))  # runs 2 s
+        seq += 1
+        admin = connect(c.url)
+        wait_for(lambda a=admin, s=slow: a.get(f"ocycle:test:running:{stream}:{s}"), 30, f"chunk {slow} running")
+        admin.close()
+        c.redis.kill()  # SIGKILL mid-task
+        c.restart_redis_empty()
+        assert_reconnected(worker, outage)
+        emitter.write(b"fast" + seq.to_bytes(12, "big"))  # the worker consumes again
+        wait_for(lambda s=seq: s in got.done_seqs(), 30, f"chunk {seq} done after restart {outage}")
+        seq += 1
+    assert worker.alive() and worker.starts == 1
+    print(f"\n[redis killed under a task] 3 times; worker alive, {log_count(worker, b'Restoring')} restores logged")
+
+
+# ---- 2c. Redis killed and restarted empty three times in one stream, default settings ------------------------
+
+
+def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_seconds(
+    cluster: Any, emitters: Any
+) -> None:
+    """A live source writes as fast as it can, so ``write()`` sits blocked at ``max_inflight`` (256). Each time,
+    the workers are frozen (SIGSTOP, as if busy) until every chunk is published, and stay frozen until the
+    new server holds the chunks again: no reply can wake the publisher, which is idle when Redis dies and has
+    nothing to send that could fail. Default settings (``resend_after`` 120 s): what the empty server lost
+    must be sent again because the listener sees a new server, within seconds."""
+    c = cluster(2)
+    stream = f"thrice-{uuid.uuid4().hex[:6]}"
+    emitter, got = emitters(  # default settings: resend_after=120
+        "contract.slow_echo", c.url, stream=stream, max_inflight=256, policy="block"
+    )
+    assert emitter.executor.settings.resend_after == 120.0
+    written = 0
+    stop = threading.Event()
+
+    def live_source() -> None:
+        nonlocal written
+        try:
+            while not stop.is_set():
+                emitter.write(b"fast" + written.to_bytes(12, "big"))
+                written += 1
+        except Exception:  # the emitter closed under a write blocked at max_inflight: the test failed already
+            if not stop.is_set():
+                raise
+
+    def published_settles(executor: Any) -> bool:
+        before = executor.counts["published"]
+        time.sleep(0.5)
+        return bool(executor.counts["published"] == before and emitter.stats().in_flight == 256)
+
+    writer = threading.Thread(target=live_source, daemon=True)
+    writer.start()
+    recoveries: list[tuple[int, float, float]] = []  # (chunks in flight at the kill, s to resent, s to done)
+    try:
+        for outage in range(1, 4):
+            wait_for(lambda: emitter.stats().in_flight == 256, 30, "write() blocked at max_inflight")
+            base = len(got.done)
+            wait_for(lambda b=base: len(got.done) >= b + 100, 30, "100 more chunks done")  # streaming
+            for worker in c.workers:
+                worker.kill(signal.SIGSTOP)
+            wait_for(lambda: published_settles(emitter.executor), 10, "every chunk in flight published")
+            stats = emitter.stats()
+            c.redis.kill()
+            killed = time.monotonic()
+            c.restart_redis_empty()
+            admin = connect(c.url)
+            try:
+                wait_for(
+                    lambda a=admin, k=stats.in_flight: a.llen("celery") >= k,
+                    20,  # far below resend_after: a stall fails here
+                    lambda k=outage: f"the chunks in flight sent again after restart {k}: {emitter.executor.counts}",
+                )
+            finally:
+                admin.close()
+            resent = time.monotonic() - killed
+            for worker in c.workers:
+                worker.kill(signal.SIGCONT)
+            wait_for(
+                lambda n=stats.emitted: set(range(n)) <= set(got.done_seqs()),
+                60,  # far below resend_after: a stall fails here
+                lambda k=outage: f"every chunk emitted before kill {k} done: {emitter.stats()}",
+            )
+            recoveries.append((stats.in_flight, resent, time.monotonic() - killed))
+            for worker in c.workers:
+                assert_reconnected(worker, outage)
+    finally:
+        stop.set()
+    assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
+    writer.join(10)
+    assert not writer.is_alive()
+    n = written
+    assert_exactly_once(emitter, got, n)
+    results = dict(got.done)
+    assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
+    counts = emitter.executor.counts
+    assert counts["undelivered"] == 0 and counts["resent"] >= 3
+    assert emitter.executor._listener.new_servers >= 3
+    for worker in c.workers:
+        assert_reconnected(worker, 3)
+    assert all(seconds < 30 for _, _, seconds in recoveries), recoveries
+    print(
+        f"\n[redis restarted empty x3] {n} chunks, none lost, on_done once each; recovery (kill to every chunk"
+        f" emitted before it done; kill to sent again): "
+        + ", ".join(f"{done:.1f} s ({k} in flight; sent again {resent:.1f} s)" for k, resent, done in recoveries)
+        + f"; counts={counts}; workers never restarted"
+    )
 
 
 # ---- 3. the producer SIGKILLed and restarted on its spool ---------------------------------------------------
@@ -544,3 +660,74 @@ def test_a_full_spool_disk_fails_chunks_counted_and_recovers_as_results_come_bac
     stats = emitter.stats()
     assert (stats.emitted, stats.done, stats.failed, stats.in_flight) == (450, kept + 50, 400 - kept, 0)
     print(f"\n[spool disk full] {400 - kept} of 400 chunks failed with SpoolError, {kept} kept and done; then 50 more")
+
+
+# ---- 6. Redis Sentinel: the master SIGKILLed mid-stream --------------------------------------------------------
+
+
+def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
+    """Producer, listener and workers on a ``sentinel://`` URL; a primary, a replica and three sentinels. The master
+    is SIGKILLed while ``write()`` sits blocked at ``max_inflight``; the sentinels promote the replica (down after
+    1 s); default settings otherwise. What the replica had not received, or what was in flight, is sent again
+    when the listener sees the new master's run_id."""
+    with SentinelCluster(password=PASSWORD) as sentinel:
+        env = {"OCYCLE_SENTINEL_MASTER": sentinel.master_name}
+        workers = [Worker(sentinel.url, name=f"s{i}", include=("tests.contract_tasks",), env=env) for i in range(2)]
+        try:
+            for worker in workers:
+                worker.start()
+            stream = f"failover-{uuid.uuid4().hex[:6]}"
+            emitter, got = emitters("contract.slow_echo", sentinel.url, stream=stream, max_inflight=256, policy="block")
+            written = 0
+            stop = threading.Event()
+
+            def live_source() -> None:
+                nonlocal written
+                try:
+                    while not stop.is_set():
+                        emitter.write(b"fast" + written.to_bytes(12, "big"))
+                        written += 1
+                except Exception:  # the emitter closed under a blocked write: the test failed already
+                    if not stop.is_set():
+                        raise
+
+            writer = threading.Thread(target=live_source, daemon=True)
+            writer.start()
+            try:
+                wait_for(lambda: emitter.stats().in_flight == 256 and len(got.done) >= 200, 60, "streaming, blocked")
+                stats = emitter.stats()
+                old = sentinel.kill_master()
+                killed = time.monotonic()
+                new = wait_for(lambda: sentinel.failed_over(old), 30, "the sentinels to promote the replica")
+                failed_over = time.monotonic() - killed
+                wait_for(
+                    lambda n=stats.emitted: set(range(n)) <= set(got.done_seqs()),
+                    60,  # far below resend_after
+                    lambda: f"every chunk emitted before the kill done: {emitter.stats()}",
+                )
+                recovered = time.monotonic() - killed
+                base = len(got.done)
+                wait_for(lambda: len(got.done) >= base + 200, 30, "200 more chunks done on the new master")
+            finally:
+                stop.set()
+            assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
+            writer.join(10)
+            n = written
+            assert_exactly_once(emitter, got, n)
+            results = dict(got.done)
+            assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
+            counts = emitter.executor.counts
+            assert counts["undelivered"] == 0
+            listener = emitter.executor._listener
+            assert listener.new_servers == 1 and new is not old
+            for worker in workers:
+                assert_reconnected(worker, 1)
+            print(
+                f"\n[sentinel failover] master SIGKILLed with {stats.in_flight} chunks in flight; replica promoted"
+                f" after {failed_over:.1f} s; every chunk emitted before the kill done {recovered:.1f} s after it;"
+                f" {n} chunks, none lost, on_done once each; counts={counts}; workers never restarted"
+            )
+        finally:
+            for worker in workers:
+                worker.stop()
+                worker.log.unlink(missing_ok=True)

@@ -168,3 +168,86 @@ def test_worker_services_consume_the_queue_groups_of_the_process_topology_and_ev
     assert consumed == COMPOSE_GROUPS
     assert set(QUEUES) <= {q for group in consumed.values() for q in group.split(",")}
     assert SERVICES["worker-model"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+# ---- docker-compose.ha.yml: Redis Sentinel over the base file ------------------------------------------------
+
+HA = yaml.safe_load((ROOT / "docker-compose.ha.yml").read_text())
+HA_SERVICES: dict[str, dict] = HA["services"]
+SENTINELS = sorted(name for name in HA_SERVICES if name.startswith("sentinel"))
+
+
+def _ha_args(name: str) -> list[str]:
+    cmd = HA_SERVICES[name]["command"]
+    return shlex.split(_interpolate(cmd if isinstance(cmd, str) else cmd[-1]))
+
+
+def _option(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def _sentinel_conf(name: str) -> list[str]:
+    """The lines of the configuration file a sentinel service writes before starting."""
+    script = _interpolate(HA_SERVICES[name]["command"][-1])
+    body = script.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    return [line.strip() for line in body.splitlines()]
+
+
+def _ha_env(name: str) -> dict[str, str]:
+    """The service's environment with the override merged over the base file's (Compose merges by key)."""
+    env = {**_env(name), **{k: str(v) for k, v in (HA_SERVICES[name].get("environment") or {}).items()}}
+    return {k: _interpolate(v) for k, v in env.items()}
+
+
+def test_ha_redis_servers_replicate_each_other_with_the_password() -> None:
+    password = _interpolate(_requirepass())
+    for name in ("redis", "redis-replica"):
+        args = _ha_args(name)
+        assert _option(args, "--requirepass") == _option(args, "--masterauth") == password, name
+        assert _option(args, "--appendonly") == "yes", name
+        assert _option(args, "--replica-announce-ip") == name  # either may be master after a failover
+    replica = HA_SERVICES["redis-replica"]
+    assert _ha_args("redis-replica")[-3:] == ["--replicaof", "redis", "6379"]
+    assert replica["image"] == SERVICES["redis"]["image"]
+    assert "ports" not in replica
+    assert any(str(v).split(":")[-1] == "/data" for v in replica["volumes"])
+    assert str(replica["volumes"][0]).split(":")[0] in HA["volumes"]
+    assert all((NETWORKS[n] or {}).get("internal") for n in replica["networks"])
+
+
+def test_ha_three_sentinels_watch_the_master_with_a_majority_quorum() -> None:
+    assert len(SENTINELS) == 3
+    for name in SENTINELS:
+        conf = _sentinel_conf(name)
+        monitor = next(line.split() for line in conf if line.startswith("sentinel monitor "))
+        master_name, host, port, quorum = monitor[2:]
+        assert (host, port, int(quorum)) == ("redis", "6379", len(SENTINELS) // 2 + 1)
+        assert f"sentinel auth-pass {master_name} {_interpolate(_requirepass())}" in conf
+        assert conf.index("sentinel resolve-hostnames yes") < conf.index(" ".join(monitor))
+        assert "port 26379" in conf
+        service = HA_SERVICES[name]
+        assert "ports" not in service
+        assert all((NETWORKS[n] or {}).get("internal") for n in service["networks"])
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+REDIS_CLIENTS = [n for n in SERVICES if "OCYCLE_BROKER_URL" in _env(n) or "--broker" in _command(n)]
+
+
+def test_ha_overrides_every_redis_client_of_the_base_file() -> None:
+    assert set(CLIENTS) <= set(REDIS_CLIENTS)
+    assert set(REDIS_CLIENTS) <= set(HA_SERVICES)
+
+
+@pytest.mark.parametrize("name", REDIS_CLIENTS)
+def test_ha_clients_find_the_master_through_every_sentinel(name: str) -> None:
+    from ocycle_dist.remote.redis_client import sentinel_hosts
+
+    env = _ha_env(name)
+    url = _option(_ha_args(name), "--broker") if "command" in HA_SERVICES[name] else env["OCYCLE_BROKER_URL"]
+    hosts, master = sentinel_hosts(url)
+    assert sorted(hosts) == [(s, 26379) for s in SENTINELS]
+    assert master["password"] == _interpolate(_requirepass()) and master["db"] == 0
+    monitored = _sentinel_conf(SENTINELS[0])
+    assert f"sentinel monitor {env['OCYCLE_SENTINEL_MASTER']} redis 6379 2" in monitored
+    assert "sentinel1" in HA_SERVICES[name]["depends_on"]

@@ -397,6 +397,85 @@ def test_listener_delivers_replies_counts_duplicates_and_survives_corrupt_entrie
         client.close()
 
 
+class Server:
+    """Stands in for the Redis server behind a client: its ``run_id``, INFO on or off, a command that fails once."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.run_id, self.info_calls = client, "run-a", 0
+        self.fail_next: str | None = None  # a command name: its next call raises ConnectionError
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.client, name)
+        if name != self.fail_next:
+            return attribute
+
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            import redis
+
+            self.fail_next = None
+            raise redis.ConnectionError(f"{name} failed")
+
+        return fail
+
+    def info(self, section: str) -> dict[str, Any]:
+        self.info_calls += 1
+        return {"run_id": self.run_id}
+
+
+def test_listener_tells_each_new_server_run_id_at_start_and_within_check_every(broker: str) -> None:
+    client = connect(broker)
+    server = Server(client)
+    reader = listener.ReplyListener(server, poll=0.05, check_every=0.2)
+    seen: list[str] = []
+    reader.attach(lambda record: False, seen.append)
+    reader.listen("ocycle:reply:srv")
+    try:
+        wait_for(lambda: seen == ["run-a"], what="the first server's run_id")
+        wait_for(lambda: server.info_calls >= 3, what="the run_id read again while nothing changes")
+        assert seen == ["run-a"] and reader.new_servers == 0  # told once per server, not per read
+        server.run_id = "run-b"  # restarted without the listener seeing an error (redis-py retried)
+        changed = time.monotonic()
+        wait_for(lambda: seen == ["run-a", "run-b"], timeout=2, what="the new server's run_id")
+        assert time.monotonic() - changed < 1.0 and reader.new_servers == 1
+    finally:
+        reader.stop()
+        client.close()
+
+
+def test_listener_delivers_a_popped_reply_when_the_next_command_fails(broker: str, admin: Any) -> None:
+    client = connect(broker)
+    server = Server(client)
+    reader = listener.ReplyListener(server, poll=0.05)
+    got: list[Any] = []
+    reader.attach(lambda record: got.append(record["id"]) is None)
+    reader.listen("ocycle:reply:pop")
+    try:
+        wait_for(reader.connected.is_set, what="the listener connected")
+        server.fail_next = "lpop"  # BLPOP took the first reply; the LPOP of the others fails
+        admin.rpush("ocycle:reply:pop", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in "abc"))
+        wait_for(lambda: sorted(got) == ["a", "b", "c"], what="every reply, the popped one first")
+        assert got[0] == "a" and reader.reconnects == 1
+    finally:
+        reader.stop()
+        client.close()
+
+
+def test_listener_without_info_on_the_server_still_delivers(broker: str, admin: Any) -> None:
+    client = connect(broker)  # fakeredis's TCP server: no INFO, and it drops the connection that asked
+    reader = listener.ReplyListener(client, poll=0.05, check_every=0.1)
+    got: list[Any] = []
+    reader.attach(lambda record: got.append(record["id"]) is None, got.append)
+    reader.listen("ocycle:reply:noinfo")
+    try:
+        admin.rpush("ocycle:reply:noinfo", wire.dumps({"id": "a", "ok": True, "result": None}))
+        wait_for(lambda: got == ["a"], what="the reply")
+        time.sleep(0.3)  # several check_every periods: INFO is not asked again, nothing else is told
+        assert got == ["a"] and reader.run_id is None and reader.reconnects == 0
+    finally:
+        reader.stop()
+        client.close()
+
+
 # ---- executor --------------------------------------------------------------------------------------------
 
 
@@ -432,6 +511,28 @@ def test_an_error_reply_reaches_on_error_as_remote_task_error(make: Any, admin: 
     assert str(exc) == "ZeroDivisionError: division by zero"
     assert got.done == [] and emitter.stats().failed == 1
     assert_accounted(emitter, 1)
+
+
+def test_a_new_server_run_id_sends_every_unanswered_chunk_again_at_once(make: Any, admin: Any) -> None:
+    emitter, got = make(settings={"resend_after": 600.0})
+    emitter.write(b"abcdefghijkl")
+    first = wait_for(lambda: len(q := queued(admin)) == 3 and q, what="3 published messages")
+    ids = [m["headers"]["id"] for m in first]
+    reply(admin, emitter.stream, ids[0], result="ok")
+    wait_for(lambda: len(got.done) == 1, what="chunk 0 done")
+    executor = emitter.executor
+    executor._on_server("run-a")  # as the listener or the dispatcher reads it (fakeredis has no INFO)
+    assert not executor._on_server("run-a") and len(queued(admin)) == 3  # the same server: nothing sent
+    admin.delete("celery")  # the restarted server is empty
+    assert executor._on_server("run-b")
+    again = wait_for(lambda: queued(admin), timeout=2, what="the unanswered chunks sent again")
+    assert sorted(m["headers"]["id"] for m in again) == sorted(ids[1:])  # chunk 0 was answered: not again
+    assert [m["headers"]["retries"] for m in again] == [1, 1]
+    for task_id in ids[1:]:
+        reply(admin, emitter.stream, task_id, result="ok")
+    assert emitter.wait(10)
+    assert got.done_seqs == [0, 1, 2] and executor.counts["resent"] == 2
+    assert_accounted(emitter, 3)
 
 
 def test_no_reply_is_resent_then_fails_with_delivery_error(make: Any, admin: Any) -> None:
@@ -670,8 +771,16 @@ def test_a_unix_socket_url_is_spelled_for_kombu_and_back(unix: str, kombu: str, 
         {"broker": "localhost:6379"},
         {"settings": Settings(broker_url="http://localhost:6379/0")},
         {"settings": Settings(broker_url="redis://localhost:notaport/0")},
+        {"broker": "sentinel://"},
+        {"broker": "sentinel://a:26379;redis://b:6379/0"},
+        {"broker": "sentinel://a:26379/zero;sentinel://b"},
+        {"broker": "sentinel://a:notaport;sentinel://b"},
+        {"broker": "sentinel://a:26379/0?master_name=x"},
     ],
-    ids=["no-scheme-separator", "no-scheme", "http", "bad-port"],
+    ids=[
+        *("no-scheme-separator", "no-scheme", "http", "bad-port"),
+        *("sentinel-no-host", "sentinel-and-redis", "sentinel-bad-db", "sentinel-bad-port", "sentinel-query"),
+    ],
 )
 def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as excinfo:
@@ -839,3 +948,75 @@ def test_spool_max_bytes_bounds_the_files_on_disk(
     assert stats.emitted == writes == stats.in_flight + stats.dropped
     assert stats.spooled_bytes <= budget + chunk + 4096
     assert peak <= bound, f"{peak} bytes on disk, over {bound} (budget {budget})"  # was 222 KB to 4.1 MB
+
+
+# ---- Redis Sentinel URLs, the worker's transport ---------------------------------------------------------
+
+
+def test_a_sentinel_url_gives_a_client_of_the_named_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "sentinel://:p%40ss@10.0.0.1:26380/2;sentinel://:p%40ss@10.0.0.2;sentinel://10.0.0.3:26381"
+    client = connect(url, socket_timeout=3.0, master_name="audio")
+    try:
+        pool = client.connection_pool
+        assert pool.service_name == "audio" and pool.is_master
+        assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "p@ss")
+        assert pool.connection_kwargs["socket_timeout"] == 3.0
+        hosts = [s.connection_pool.connection_kwargs for s in client.sentinel.sentinels]
+        expected = [("10.0.0.1", 26380), ("10.0.0.2", 26379), ("10.0.0.3", 26381)]  # 26379 by default
+        assert [(h["host"], h["port"]) for h in hosts] == expected
+        assert all(h.get("password") is None for h in hosts)  # the password is the master's, not the sentinels'
+    finally:
+        client.close()
+    monkeypatch.setenv("OCYCLE_SENTINEL_MASTER", "from-env")
+    client = connect(url)
+    assert client.connection_pool.service_name == "from-env"
+    client.close()
+    with pytest.raises(ConfigError) as excinfo:
+        connect(url, master_name="")
+    assert excinfo.value.param == "sentinel_master"
+
+
+def test_sentinel_urls_are_redacted_part_by_part() -> None:
+    from ocycle_dist.remote.redis_client import redact
+
+    assert redact("sentinel://:pw@a:1/0;sentinel://:pw@b:2;sentinel://c:3") == (
+        "sentinel://:***@a:1/0;sentinel://:***@b:2;sentinel://c:3"
+    )
+    with pytest.raises(ConfigError) as excinfo:
+        connect("sentinel://:secret@a:1/x;sentinel://:secret@b")
+    assert "secret" not in str(excinfo.value)
+
+
+def test_the_worker_app_uses_the_repaired_transports_and_names_the_sentinel_master() -> None:
+    from kombu.transport import get_transport_cls
+
+    from ocycle_dist.remote import worker
+
+    url = "sentinel://:pw@127.0.0.1:26379/0;sentinel://127.0.0.1:26380"
+    app = worker.make_app(Settings(broker_url=url, sentinel_master="audio"))
+    try:
+        assert app.conf.broker_transport_options["master_name"] == "audio"
+        assert get_transport_cls("redis") is worker.RedisTransport
+        assert get_transport_cls("rediss") is worker.RedisTransport
+        assert get_transport_cls("sentinel") is worker.SentinelTransport
+        assert issubclass(worker.SentinelTransport.Channel, worker._ClosingChannel)
+    finally:
+        app.close()
+    with pytest.raises(ConfigError) as excinfo:
+        worker.make_app(Settings(broker_url="sentinel://a:1;redis://b"))
+    assert excinfo.value.param == "broker"
+
+
+def test_a_channel_whose_connection_was_closed_raises_a_connection_error() -> None:
+    """What Celery's reconnect does to the task channel (see ocycle_dist.remote.worker._ClosingChannel): the
+    transport is detached, then an ack or a restore builds a pool from it."""
+    from types import SimpleNamespace
+
+    import redis
+
+    from ocycle_dist.remote.worker import RedisChannel
+
+    channel = RedisChannel.__new__(RedisChannel)  # no connection needed to show it
+    channel.connection = SimpleNamespace(client=None)
+    with pytest.raises(redis.ConnectionError):
+        channel._connparams()
