@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ocycle_dist"
-CORE = ("bufferio", "chunk", "emit", "errors", "hotpath", "inflight", "kinds", "stats", "tap", "windows")
+CORE = ("bufferio", "callbacks", "chunk", "compat", "emit", "errors", "hotpath", "inflight", "kinds", "stats", "tap")
+CORE += ("windows",)
 
 
 def module_name(path: Path) -> str:
