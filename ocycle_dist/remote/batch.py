@@ -229,8 +229,12 @@ def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
         args, kwargs, embed = wire.loads(base64.b64decode(envelope["body"]))
         if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return None
-        if headers.get("task") == BATCH_TASK:
-            return [list(item) for item in args[0]]
+        if headers.get("task") == BATCH_TASK:  # each chunk replies to its stream's list, with the batch's token
+            reply_to = props.get("reply_to")
+            if not isinstance(reply_to, str) or not is_reply_key(reply_to):
+                return None
+            token = token_of(reply_to)
+            return [[*item[:6], reply_key(str((item[4] or {}).get("stream")), token)] for item in args[0]]
         if len(args) != 2:
             return None
         meta = headers.get(META_HEADER) or {}

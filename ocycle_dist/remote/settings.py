@@ -63,10 +63,10 @@ class Settings(EnvSettings):
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
         spool_max_bytes: the budget of chunk bytes waiting for their result (0: no limit): in memory, of
             the chunks' bytes; in a durable spool, of the bytes they take on disk, the files staying under it
-            + 1/16 of it + twice the largest chunk + 96 KiB. The default, 64 MiB, holds about 5 minutes of
-            the canonical three consumers of a 16 kHz float32 microphone (0.5 s + 2 s + 10 s chunks: 192 kB
-            per second of audio), or 11 minutes of int16. When it is full, the emitter's ``policy`` acts
-            (counted in ``stats().dropped``).
+            + 1/16 of it + twice the largest chunk + 96 KiB. One budget per emitter (executor). The default,
+            32 MiB, holds about 8.7 minutes of worker outage for each consumer of a 16 kHz float32 microphone
+            (each keeps 64 kB per second of audio; 17.5 minutes of int16): the canonical three consumers keep
+            96 MiB at most. When it is full, the emitter's ``policy`` acts (counted in ``stats().dropped``).
         spool_policy: for a ``CeleryExecutor`` made without an emitter: ``reject_newest`` or ``drop_oldest``.
         reply_secret: a secret shared by the producers and workers of a deployment (never stored in Redis):
             it keys the MAC of every reply, so that whoever can write to Redis cannot forge a result.
@@ -97,7 +97,7 @@ class Settings(EnvSettings):
     max_attempts: int = 5
     task_time_limit: float = 0.0
     spool_dir: str = ""
-    spool_max_bytes: int = 64 * 1024 * 1024
+    spool_max_bytes: int = 32 * 1024 * 1024
     spool_policy: str = "reject_newest"
     reply_secret: str = ""
     batch_max_chunks: int = 64
