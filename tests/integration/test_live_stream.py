@@ -7,6 +7,7 @@ test's name says what it tunes.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 import ocycle_dist as ocycle
+from ocycle_dist.remote.protocol import BATCH_HEADER
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker
@@ -104,7 +106,9 @@ def test_with_no_worker_writes_stay_fast_every_chunk_waits_in_redis_and_drains_o
     executor = emitter.executor
     assert executor is not None
     wait_for(lambda: executor.counts["published"] == n, 30, "every chunk published")
-    assert connect(rig.url).llen("celery") == executor.counts["messages"]  # all in Redis, none waiting on a worker
+    queued = [json.loads(raw)["headers"] for raw in connect(rig.url).lrange("celery", 0, -1)]
+    assert len(queued) == executor.counts["messages"]
+    assert sum(len(h.get(BATCH_HEADER) or [0]) for h in queued) == n  # every chunk in Redis, none waiting on a worker
     assert executor.counts["messages"] < n / 10  # the backlog goes in batch messages (64 chunks at most each)
     s = emitter.stats()
     assert (s.emitted, s.dropped, s.in_flight) == (n, 0, n)

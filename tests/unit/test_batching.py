@@ -141,9 +141,7 @@ def app() -> Any:
 
 def run(app: Any, admin: Any, items: list[list[Any]]) -> dict[str, dict[str, Any]]:
     replies = Replies(60, "")
-    run_items(
-        app, admin, items, replies, hostname="unit@host", delivery_info={"routing_key": "celery"}, token=TOKEN
-    )
+    run_items(app, admin, items, replies, hostname="unit@host", delivery_info={"routing_key": "celery"}, token=TOKEN)
     pipe = admin.pipeline(transaction=False)
     replies.into(pipe)
     pipe.execute()
