@@ -304,14 +304,15 @@ class BufferEmit(OcycleCompat):
     def _emit(self, value: Any, meta: Chunk) -> None:
         """Hand one chunk to the executor (Windows calls this for every complete chunk)."""
         executor = self._executor or self._open_executor()
-        self._inflight.emitted(meta.seq, running=executor.inline)
+        inline = executor.inline  # serial: call now in the writer's thread: no Future, no lock, no callback thread
+        started = self._inflight.started_inline() if inline else self._inflight.emitted(meta.seq)
         buffer = None
         if self.asbuffer:
             buffer = self._free_buffers.pop() if self._free_buffers else self._new_buffer()
             buffer.write(value)
             buffer.seek(0)
             value = buffer
-        if executor.inline:  # serial: call now, no Future, no callback thread
+        if inline:
             kwargs = {"meta": meta} if self._meta_cb else {}
             try:
                 result = executor.call(self.callback, value, meta.t0, **kwargs)
@@ -322,7 +323,7 @@ class BufferEmit(OcycleCompat):
             try:
                 self._settle(meta, buffer, outcome, result)
             finally:
-                self._inflight.settle(meta.seq, outcome)
+                self._inflight.finished_inline(outcome, started)
             return
         if not self._inflight.admit(meta.seq):
             self._release(buffer)

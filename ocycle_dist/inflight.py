@@ -48,13 +48,23 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._futures)
 
-    def emitted(self, seq: int, *, running: bool = False) -> None:
-        """Count a new chunk, before it is admitted; ``running``: it runs now, outside any policy (serial)."""
+    def emitted(self, seq: int) -> float:
+        """Count a new chunk, before it is admitted."""
         with self.lock:
             self.counts["emitted"] += 1
-            self._emitted_at[seq] = time.monotonic()
-            if running:
-                self._futures[seq] = None
+            self._emitted_at[seq] = now = time.monotonic()
+        return now
+
+    def started_inline(self) -> float:
+        """Count a chunk run at once in the writer's thread (the serial executor): nothing else touches it, so
+        no lock and no entry in flight; :meth:`finished_inline` counts its outcome. Returns its start time."""
+        self.counts["emitted"] += 1  # one statement: atomic for a reader on another thread (stats())
+        return time.monotonic()
+
+    def finished_inline(self, outcome: str, started: float) -> None:
+        """Count the outcome of a chunk started with :meth:`started_inline`."""
+        self.latencies.append(time.monotonic() - started)
+        self.counts[outcome] += 1
 
     def unemit(self, seq: int) -> None:
         """Take back ``emitted(seq)``: the chunk could not be handed over and its write raised."""
