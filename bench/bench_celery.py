@@ -42,8 +42,15 @@ from bench.celery_bench import fleet, latency, memory, outage, publish, scaling,
 from bench.celery_bench.common import OCYCLE_DB, BenchError, config  # noqa: E402
 from bench.celery_bench.rig import Rig, interrupts_as_exceptions, scan_logs, worker_log_summary  # noqa: E402
 
-SECTIONS = {"1": publish, "3a": write_latency, "4": latency, "12": fleet, "5": scaling, "3b": outage,
-            "6": memory}  # run order; 12: issue 12's 12a, 12b, 12e (12c is in 4, 12d in 1 and 3a)
+SECTIONS = {
+    "1": publish,
+    "3a": write_latency,
+    "4": latency,
+    "12": fleet,
+    "5": scaling,
+    "3b": outage,
+    "6": memory,
+}  # run order; 12: issue 12's 12a, 12b, 12e (12c is in 4, 12d in 1 and 3a)
 perf = time.perf_counter
 
 

@@ -43,7 +43,7 @@ entries) and the rest allocator overhead and fragmentation. 3. SPL emit-to-resul
 workers up and after the catch-up. 4. Every chunk accounted for, none lost or failed. 5. Every chunk emitted before
 the workers' return has its outcome within the outage's length (the backlog drains faster than it built up, or
 repeated outages would snowball). Machines are shared and noisy (2 cores here): read medians and ratios. Exit code 0
-unless a contender failed (lost results, errors, time-outs); a missed goal is reported, not an error. """
+unless a contender failed (lost results, errors, time-outs); a missed goal is reported, not an error."""
 
 from __future__ import annotations
 

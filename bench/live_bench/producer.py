@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import threading
 import time
@@ -27,26 +26,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench._memchild import say, status  # the producer child's two helpers: its RSS, one JSON line a report
 from bench.live_bench.contenders import Ocycle, Record, Stock
 from ocycle_dist.demo import synthetic
 
 RATE, FRAME = 16000, 1024
 perf = time.perf_counter
-
-
-def status() -> dict[str, int]:
-    """VmRSS and VmHWM of this process, in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":", 1)
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def say(kind: str, data: dict[str, Any]) -> None:
-    print(f"{kind} {json.dumps(data)}", flush=True)
 
 
 def watch_gc() -> list[tuple[float, int, float]]:
