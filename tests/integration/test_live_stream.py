@@ -270,7 +270,8 @@ def test_chunks_not_started_before_expires_are_discarded_by_the_worker_and_count
     s = emitter.stats()
     assert (s.emitted, s.expired, s.done, s.failed) == (5, 5, 0, 0) and accounted(s)
     assert len(seen.errors) == 5 and all(isinstance(e, ocycle.ExpiredError) for e in seen.errors)
-    assert "Discarding revoked task" in worker.log.read_text()  # the worker did it, unstarted
+    ran = [line for line in worker.log.read_text().splitlines() if "contract.echo_t0" in line and "succeeded" in line]
+    assert ran == []  # the worker discarded them unstarted (Celery's expires header, or the batch runner's check)
     assert executor.counts["expired"] == 5
 
 
