@@ -626,6 +626,7 @@ def test_a_list_item_that_cannot_be_encoded_fails_its_chunk_only(broker: str, ad
     )
     try:
         emitter.write([1, object(), 3, 4], t0=1.0)  # the first chunk holds an object
+        settled(emitter)
         ((seq, exc),) = got.errors
         assert seq == 0 and isinstance(exc, EncodeError) and "builtins.object cannot be encoded" in str(exc)
         (message,) = wait_for(lambda: queued(admin), what="the second chunk sent")
