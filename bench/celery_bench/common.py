@@ -91,10 +91,14 @@ def check_echo(result: Any, payload: bytes, who: str) -> None:
 
 
 def unconsumed_emitter(url: str, size: int, n: int) -> ocycle_dist.BufferEmit:
-    """An emitter of ``size``-byte chunks to the queue no worker consumes, room for ``n`` chunks, connected."""
+    """An emitter of ``size``-byte chunks to the queue no worker consumes, room for ``n`` chunks, connected.
+
+    Its spool budget holds all ``n`` (a publishing-speed bench, not one of the budget: with the default 32 MiB,
+    ``drop_oldest`` would drop 1 MiB chunks before they are published)."""
+    budget = (n + 2) * (size + 4096)
     emitter = ocycle_dist.BufferEmit(
         TASK, size, clip=True, mode="celery", max_inflight=n + 1, stream=f"bench-pub-{uuid.uuid4().hex[:8]}",
-        settings=Settings(broker_url=url, queue=PUB_QUEUE, resend_after=3600.0),
+        settings=Settings(broker_url=url, queue=PUB_QUEUE, resend_after=3600.0, spool_max_bytes=budget),
     )  # fmt: skip
     emitter.open()
     emitter.executor._client.ping()  # connect outside the timing, as the others are
