@@ -1,11 +1,13 @@
 """The Celery executor: each chunk becomes a Celery task on Redis; its Future resolves when the reply comes.
 
-``submit()`` encodes the chunk, keeps it in the spool (memory, or SQLite on disk) and returns: ``write()``
-never waits on the network. One dispatcher thread publishes what is pending in batches
-(:mod:`.publisher`) and sends a chunk again when its result has not come back after
-``resend_after`` seconds (at-least-once); one listener thread pops the workers' replies
-(:mod:`.listener`) and resolves the Futures, each once: a second reply for a chunk is counted and
-ignored. ``on_done``/``on_error`` then run in the producer process, without polling and without gevent.
+``submit()`` keeps the chunk in the spool (memory, or SQLite on disk) and returns: ``write()`` never waits
+on the network. A ``bytes`` or numpy chunk in a memory spool is encoded by the publisher's thread, not the
+writer's (its encoded size is known beforehand: :func:`.wire.encoded_size`); others are encoded at once.
+One dispatcher thread publishes what is pending in batches (:mod:`.publisher`) and sends a chunk again
+when its result has not come back after ``resend_after`` seconds (at-least-once); one listener thread
+pops the workers' replies (:mod:`.listener`) and resolves the Futures, each once: a second reply for a
+chunk is counted and ignored. ``on_done``/``on_error`` then run in the producer process, without polling
+and without gevent.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 from ..chunk import Chunk
 from ..errors import ConfigError, DeliveryError, EncodeError, ExpiredError, RemoteTaskError, SpoolError
 from ..executors.base import ChunkExecutor
-from . import listener
+from . import listener, wire
 from .lease import LeaseWatch
-from .protocol import claim_key, encode_chunk, is_claimed, mac_key, reply_key, unseal
-from .publisher import publish
+from .protocol import check_size, claim_key, encode_chunk, is_claimed, mac_key, reply_key, unseal
+from .publisher import YIELD_EVERY, publish
 from .redis_client import CONFIG, classify, connect, probe, reason, redact
 from .settings import Settings
 from .spool import SPOOL_POLICIES, Entry, MemorySpool, open_spool
@@ -202,7 +204,12 @@ class CeleryExecutor(ChunkExecutor):
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
         expires_at = None if self.expires is None else time.time() + self.expires
         try:
-            entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings), expires_at=expires_at)
+            size = None if self.durable else wire.encoded_size(value)  # known: encoded later, off this thread
+            if size is None:
+                entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings), expires_at=expires_at)
+            else:
+                check_size(size, self.settings)
+                entry = Entry(str(uuid.uuid4()), name, meta, b"", expires_at=expires_at, value=value, size=size)
             return self._track(entry, new=True)
         except (EncodeError, SpoolError) as exc:  # this chunk's outcome (on_error, counted as failed), not the stream's
             failed: Future[Any] = Future()
@@ -218,7 +225,7 @@ class CeleryExecutor(ChunkExecutor):
         evicted: list[Future[Any]] = []
         try:
             with self._cond:
-                if new and not self._make_room(len(entry.chunk), evicted):
+                if new and not self._make_room(entry.size, evicted):
                     self.counts["spool_dropped"] += 1
                     future.cancel()  # the emitter counts it as dropped
                 else:
@@ -312,7 +319,7 @@ class CeleryExecutor(ChunkExecutor):
                     entry = self._queue.popleft()
                     if entry.id in self._futures:
                         batch.append(entry)
-            batch = self._drop_stale(batch)
+            batch = self._encode(self._drop_stale(batch))
             for entry, future in undelivered:
                 future.set_exception(
                     DeliveryError(
@@ -351,6 +358,28 @@ class CeleryExecutor(ChunkExecutor):
                     self.counts["messages"] += len(sent)
                     self.counts["batched"] += sum(len(group) for group in sent if len(group) > 1)
                 break
+
+    def _encode(self, batch: list[Entry]) -> list[Entry]:
+        """Encode the chunks left for this thread (see :meth:`submit`); one that cannot be fails alone."""
+        ok = []
+        for i, entry in enumerate(batch):
+            if entry.value is None:
+                ok.append(entry)
+                continue
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                time.sleep(0)  # let the writer's thread run between chunks
+            try:
+                entry.encode()
+            except EncodeError as exc:
+                with self._cond:
+                    future = self._pop(entry.id)
+                    self.spool.remove(entry.id)
+                    self._cond.notify_all()
+                if future is not None:
+                    future.set_exception(exc)
+            else:
+                ok.append(entry)
+        return ok
 
     def _broker_failed(self, exc: Exception, *, first: bool) -> None:
         """A publish failed: count it, say why once per episode; the chunks wait in the spool meanwhile."""

@@ -94,15 +94,20 @@ def lease_key(hostname: str) -> str:
 
 def is_claimed(entry: Entry, settings: Settings) -> bool:
     """Whether ``entry``'s chunk travels by claim check (stored under :func:`claim_key`) rather than inline."""
-    return len(entry.chunk) > settings.claim_threshold
+    return entry.size > settings.claim_threshold
 
 
 def encode_chunk(value: Any, settings: Settings) -> bytes:
     """A chunk's value on the wire; raises EncodeError when it cannot be sent or is over the limit."""
     chunk = wire.dumps(value)
-    if len(chunk) > settings.max_chunk_bytes:
-        raise EncodeError(f"chunk of {len(chunk)} bytes exceeds max_chunk_bytes={settings.max_chunk_bytes}")
+    check_size(len(chunk), settings)
     return chunk
+
+
+def check_size(nbytes: int, settings: Settings) -> None:
+    """EncodeError when an encoded chunk of ``nbytes`` is over ``settings.max_chunk_bytes``."""
+    if nbytes > settings.max_chunk_bytes:
+        raise EncodeError(f"chunk of {nbytes} bytes exceeds max_chunk_bytes={settings.max_chunk_bytes}")
 
 
 def _claim_or_inline(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..chunk import Chunk
 from ..errors import ConfigError, SpoolError
+from . import wire
 
 SPOOL_POLICIES = ("reject_newest", "drop_oldest")
 log = logging.getLogger("ocycle_dist.spool")
@@ -28,15 +29,31 @@ log = logging.getLogger("ocycle_dist.spool")
 
 @dataclass
 class Entry:
-    """One chunk waiting for its result: everything needed to send its task again."""
+    """One chunk waiting for its result: everything needed to send its task again.
+
+    Its value is encoded (``chunk``) when kept, or, for ``bytes`` and numpy arrays in a memory spool, later, by
+    the publisher's thread (:meth:`encode`): then ``value`` holds it until then and ``size`` is the length its
+    encoding will have (:func:`.wire.encoded_size`), what the budget counts either way.
+    """
 
     id: str
     task: str
     meta: Chunk
-    chunk: bytes  # the encoded value (wire.dumps)
+    chunk: bytes  # the encoded value (wire.dumps); b"" while ``value`` waits to be encoded
     attempts: int = 0
     expires_at: float | None = None  # wall-clock time after which no worker may start it (None: never)
     delivery_tag: str = ""  # of the last message sent: kombu's key for it in the unacked bookkeeping
+    value: Any = None  # the chunk's value until encode() (None once encoded)
+    size: int = -1  # len(chunk), known before encoding (-1: take len(chunk))
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.chunk)
+
+    def encode(self) -> None:
+        """Encode a value left for later (see the class), once; EncodeError if it cannot be."""
+        if self.value is not None:
+            self.chunk, self.value = wire.dumps(self.value), None
 
 
 class MemorySpool:
@@ -49,12 +66,12 @@ class MemorySpool:
 
     def add(self, entry: Entry) -> None:
         self._entries[entry.id] = entry
-        self.nbytes += len(entry.chunk)
+        self.nbytes += entry.size
 
     def remove(self, entry_id: str) -> Entry | None:
         entry = self._entries.pop(entry_id, None)
         if entry is not None:
-            self.nbytes -= len(entry.chunk)
+            self.nbytes -= entry.size
         return entry
 
     def get(self, entry_id: str) -> Entry | None:
@@ -181,11 +198,12 @@ class SqliteSpool(MemorySpool):
             raise SpoolError(f"the spool file {self.path} vanished and cannot be written again: {exc}") from exc
 
     def add(self, entry: Entry) -> None:
-        """Keep ``entry`` on disk, then in memory.
+        """Keep ``entry`` on disk (encoded: :meth:`Entry.encode` first), then in memory.
 
         Raises:
             SpoolError: it cannot be written (disk full, file gone and not re-creatable...); nothing is kept.
         """
+        entry.encode()
         with self._lock:
             self._check_file()
             self._largest = max(self._largest, len(entry.chunk))

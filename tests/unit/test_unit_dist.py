@@ -8,18 +8,13 @@ taken from the message the producer LPUSHed.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import pickle
 import re
 import shutil
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +25,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError, SpoolError
 from ocycle_dist.remote import listener, wire
-from ocycle_dist.remote.protocol import claim_key, mac_key, reply_key, seal, token_of
+from ocycle_dist.remote.protocol import claim_key, reply_key, token_of
 from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
@@ -38,128 +33,15 @@ from ocycle_dist.remote.spool import Entry
 from ocycle_dist.testing import free_port
 from ocycle_dist.testing.embedded import embedded_broker
 from tests.helpers import footprint, wait_for
-
-# ---- helpers ---------------------------------------------------------------------------------------------
-
-
-def decode(raw: bytes) -> tuple[dict[str, Any], Any]:
-    """A message LPUSHed by the publisher: its kombu envelope and its decoded Celery body."""
-    envelope = json.loads(raw)
-    return envelope, wire.loads(base64.b64decode(envelope["body"]))
-
-
-def queued(admin: Any, queue: str = "celery") -> list[dict[str, Any]]:
-    """The envelopes on ``queue``, oldest first (the order a worker pops them in)."""
-    return [json.loads(raw) for raw in reversed(admin.lrange(queue, 0, -1))]
-
-
-def reply(
-    admin: Any, stream: str, task_id: str, *, result: Any = None, error: list[str] | None = None, secret: str = ""
-) -> None:
-    """What a worker's ReplyBackend pushes when a task ends: sealed with the key of the message's token."""
-    record = (
-        {"id": task_id, "ok": True, "result": result} if error is None else {"id": task_id, "ok": False, "error": error}
-    )
-    message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
-                   if m["headers"]["id"] == task_id)  # fmt: skip
-    token = token_of(message["properties"]["reply_to"])
-    assert message["properties"]["reply_to"] == reply_key(stream, token)
-    admin.rpush(reply_key(stream, token), seal(record, mac_key(secret, token)))
-
-
-def settled(emitter: ocycle.BufferEmit) -> None:
-    """Wait until the emitter's callback thread has run every on_done/on_error so far (outcomes counted)."""
-    wait_for(lambda: emitter.stats().callback_backlog == 0, what="the emitter's callbacks run")
-
-
-def spool_rows(directory: Path, stream: str) -> list[int]:
-    """Sequence numbers of ``stream``'s chunks in the SQLite spool file, read with a connection of our own."""
-    db = sqlite3.connect(directory / "spool.sqlite")
-    try:
-        return [seq for (seq,) in db.execute("SELECT seq FROM chunks WHERE stream = ? ORDER BY seq", (stream,))]
-    finally:
-        db.close()
-
-
-class Collector:
-    """on_done / on_error recording every call with its chunk's sequence number."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.done: list[tuple[int, Any]] = []
-        self.errors: list[tuple[int, BaseException]] = []
-
-    def on_done(self, result: Any, meta: Chunk) -> None:
-        with self.lock:
-            self.done.append((meta.seq, result))
-
-    def on_error(self, exc: BaseException, meta: Chunk) -> None:
-        with self.lock:
-            self.errors.append((meta.seq, exc))
-
-    @property
-    def done_seqs(self) -> list[int]:
-        with self.lock:
-            return sorted(seq for seq, _ in self.done)
-
-
-def assert_accounted(emitter: ocycle.BufferEmit, chunks: int) -> None:
-    stats = emitter.stats()
-    assert stats.in_flight == 0, stats
-    assert stats.emitted == chunks == stats.done + stats.failed + stats.dropped, stats
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    with embedded_broker() as url:
-        yield url
-
-
-@pytest.fixture
-def admin(broker: str) -> Iterator[Any]:
-    client = connect(broker)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collector]]]:
-    """Build celery-mode emitters on the fakeredis broker; each is shut down (pending chunks dropped) after."""
-    made: list[ocycle.BufferEmit] = []
-    executors: list[Any] = []
-
-    def build(
-        *,
-        stream: str | None = None,
-        settings: dict[str, Any] | None = None,
-        size: int = 4,
-        clip: bool = True,
-        **options: Any,
-    ) -> tuple[ocycle.BufferEmit, Collector]:
-        collector = Collector()
-        emitter = ocycle.BufferEmit(
-            "workers.tasks.echo",
-            size,
-            clip=clip,
-            mode="celery",
-            settings=Settings(broker_url=broker, **{"batch_max_chunks": 0, **(settings or {})}),  # a message each
-            stream=stream or f"unit-{uuid.uuid4().hex[:8]}",
-            on_done=collector.on_done,
-            on_error=collector.on_error,
-            **options,
-        )
-        made.append(emitter)
-        executors.append(emitter.executor)
-        return emitter, collector
-
-    yield build
-    for emitter in made:
-        emitter.close(wait=False)
-    for executor in executors:
-        executor.shutdown(wait=False, cancel_futures=True)
-        executor._dispatcher.join(10)
-        assert not executor._dispatcher.is_alive(), "the dispatcher did not stop after shutdown(cancel_futures)"
-
+from tests.unit.dist_helpers import (
+    Collector,
+    assert_accounted,
+    decode,
+    queued,
+    reply,
+    settled,
+    spool_rows,
+)
 
 # ---- wire ------------------------------------------------------------------------------------------------
 

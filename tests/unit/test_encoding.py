@@ -1,0 +1,157 @@
+"""Encoding chunks off the writer's thread: sizes known before encoding, the one-copy array encoding, and
+the executor leaving a memory spool's ``bytes`` and numpy chunks to its publisher thread (issue 12, goal 2d)."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import ocycle_dist as ocycle
+from ocycle_dist.errors import EncodeError
+from ocycle_dist.remote import wire
+from tests.helpers import wait_for
+from tests.unit.dist_helpers import assert_accounted, queued, reply, settled
+from tests.unit.test_unit_dist import ARRAYS
+
+
+def generic(value: Any) -> bytes:
+    """What msgpack makes of ``value`` through the wire's ``default`` hook (a chunk nested in a message)."""
+    return msgpack.packb(value, default=wire._default, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_a_chunk_array_is_encoded_as_a_nested_one_and_its_size_is_known_beforehand(array: np.ndarray) -> None:
+    encoded = wire.dumps(array)
+    assert encoded == generic(array)  # the one-copy path writes the very bytes msgpack would
+    assert wire.encoded_size(array) == len(encoded)
+    back = wire.loads(encoded)
+    assert back.dtype.str == array.dtype.str and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.one_of(
+            hnp.integer_dtypes(), hnp.floating_dtypes(), hnp.complex_number_dtypes(), hnp.byte_string_dtypes()
+        ),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+    )
+)
+def test_any_plain_array_encodes_to_the_generic_bytes_of_the_size_announced(array: np.ndarray) -> None:
+    encoded = wire.dumps(array)
+    assert encoded == generic(array) and wire.encoded_size(array) == len(encoded)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_the_size_of_bytes_is_known_across_msgpacks_header_sizes(n: int) -> None:
+    value = bytes(n)
+    assert wire.encoded_size(value) == len(wire.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.zeros(2, dtype=object),
+        np.zeros(2, dtype=[("x", "<f8")]),
+        np.zeros(2, dtype=np.dtype("<f4", metadata={"u": 1})),
+    ],
+    ids=["object", "structured", "metadata"],
+)
+def test_an_array_the_wire_refuses_is_refused_before_encoding_too(value: Any) -> None:
+    with pytest.raises(EncodeError) as before:
+        wire.encoded_size(value)
+    with pytest.raises(EncodeError) as encoding:
+        wire.dumps(value)
+    assert str(before.value) == str(encoding.value)
+
+
+@pytest.mark.parametrize("value", [[1, 2], "text", bytearray(b"ab"), np.ma.masked_array([1.0]), np.float32(1)])
+def test_what_only_encoding_can_size_has_no_size_beforehand(value: Any) -> None:
+    assert wire.encoded_size(value) is None
+
+
+class Threads:
+    """Wraps ``wire.dumps``: the name of the thread that encoded each numpy chunk."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_first: float | None = None) -> None:
+        self.names: list[str] = []
+        self.fail_first = fail_first
+        real = wire.dumps
+
+        def dumps(value: Any) -> bytes:
+            if isinstance(value, np.ndarray):
+                self.names.append(threading.current_thread().name)
+                if self.fail_first is not None and value[0] == self.fail_first:
+                    raise EncodeError("this chunk cannot be encoded")
+            return real(value)
+
+        monkeypatch.setattr(wire, "dumps", dumps)
+
+
+def test_a_numpy_chunk_is_encoded_by_the_publisher_thread_not_the_writers(
+    make: Any, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = Threads(monkeypatch)
+    emitter, got = make(new=ocycle.NumpyIO, size=4)
+    emitter.write(np.arange(12, dtype="<f4"), t0=1.0)  # three chunks, completed on this thread
+    messages = wait_for(lambda: len(q := queued(admin)) == 3 and q, what="the three chunks sent")
+    assert threads.names == ["ocycle-publisher"] * 3
+    for i, message in enumerate(messages):
+        args, _, _ = wire.loads(base64.b64decode(message["body"]))
+        np.testing.assert_array_equal(args[0], np.arange(4 * i, 4 * i + 4, dtype="<f4"))
+        reply(admin, emitter.stream, message["headers"]["id"], result=i)
+    assert emitter.wait(10)
+    settled(emitter)
+    assert got.done_seqs == [0, 1, 2]
+    assert_accounted(emitter, 3)
+
+
+def test_a_chunk_its_publisher_cannot_encode_fails_alone(
+    make: Any, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Threads(monkeypatch, fail_first=4.0)  # the second chunk starts with 4.0
+    emitter, got = make(new=ocycle.NumpyIO, size=4)
+    emitter.write(np.arange(12, dtype="<f4"), t0=1.0)
+    settled(emitter)
+    wait_for(lambda: len(got.errors) == 1, what="the second chunk failed")
+    ((seq, exc),) = got.errors
+    assert seq == 1 and isinstance(exc, EncodeError) and "cannot be encoded" in str(exc)
+    messages = wait_for(lambda: len(q := queued(admin)) == 2 and q, what="the other two sent")
+    assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 2]
+    for message in messages:
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    settled(emitter)
+    assert got.done_seqs == [0, 2] and emitter.executor.spooled_bytes == 0
+    assert_accounted(emitter, 3)
+
+
+def test_an_oversized_numpy_chunk_fails_by_its_size_without_being_encoded(
+    make: Any, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = Threads(monkeypatch)
+    emitter, got = make(new=ocycle.NumpyIO, size=600, settings={"max_chunk_bytes": 2000})
+    emitter.write(np.zeros(600, dtype="<f8"), t0=1.0)  # 4800 bytes: over the limit, known before encoding
+    settled(emitter)
+    ((seq, exc),) = got.errors
+    assert seq == 0 and isinstance(exc, EncodeError) and "exceeds max_chunk_bytes=2000" in str(exc)
+    assert threads.names == [] and queued(admin) == []
+    assert_accounted(emitter, 1)
+
+
+def test_the_budget_counts_a_chunk_waiting_to_be_encoded_by_its_encoded_size(make: Any, admin: Any) -> None:
+    emitter, _ = make(new=ocycle.NumpyIO, size=1000)
+    chunk = np.ones(1000, dtype="<f4")
+    emitter.write(chunk, t0=1.0)
+    assert emitter.executor.spooled_bytes == len(wire.dumps(chunk))  # before and after the publisher encodes it
+    wait_for(lambda: queued(admin), what="the chunk sent")
+    assert emitter.executor.spooled_bytes == len(wire.dumps(chunk))
