@@ -151,7 +151,8 @@ class NumpyKind(Kind):
         return data.copy(), len(data)
 
     def join(self, pieces: list[Any]) -> Any:
-        return self._np.concatenate(pieces, axis=0)
+        # dtype given: concatenate alone would turn a big-endian stream's chunks native-endian
+        return self._np.concatenate(pieces, axis=0, dtype=pieces[0].dtype)
 
     def compatible(self, other: Kind) -> bool:
         if not isinstance(other, NumpyKind):

@@ -186,7 +186,7 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
             if i in fetched:
                 if fetched[i] is None:
                     raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
-                item = [*item[:2], wire.loads(fetched[i]), *item[3:]]
+                item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
             result = _call(task, item, hostname, delivery_info)
         except Exception as exc:
             replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))

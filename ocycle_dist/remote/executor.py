@@ -360,10 +360,11 @@ class CeleryExecutor(ChunkExecutor):
                 break
 
     def _encode(self, batch: list[Entry]) -> list[Entry]:
-        """Encode the chunks left for this thread (see :meth:`submit`); one that cannot be fails alone."""
+        """Encode the chunks left for this thread (see :meth:`submit`); one that cannot be fails alone. A chunk
+        that travels by claim check is not: its raw bytes go to Redis as they are."""
         ok = []
         for i, entry in enumerate(batch):
-            if entry.value is None:
+            if entry.value is None or is_claimed(entry, self.settings):
                 ok.append(entry)
                 continue
             if i % YIELD_EVERY == YIELD_EVERY - 1:

@@ -110,11 +110,16 @@ def check_size(nbytes: int, settings: Settings) -> None:
         raise EncodeError(f"chunk of {nbytes} bytes exceeds max_chunk_bytes={settings.max_chunk_bytes}")
 
 
-def _claim_or_inline(entry: Entry, settings: Settings) -> tuple[bytes, bytes | None]:
-    """The chunk's msgpack as it goes in the message (inline, or a claim), and the claimed bytes (or None)."""
-    if is_claimed(entry, settings):
-        return wire.dumps(wire.Claim(claim_key(entry.id))), entry.chunk
-    return entry.chunk, None
+def _claim_or_inline(entry: Entry, settings: Settings) -> tuple[bytes, Any]:
+    """The chunk's msgpack as it goes in the message (inline, or a claim), and the claimed value to SET under
+    :func:`claim_key` (None when inline): a chunk not encoded yet (:meth:`.spool.Entry.encode`) goes as its
+    raw bytes, not copied (:func:`.wire.raw_form`); an encoded one as its encoding."""
+    if not is_claimed(entry, settings):
+        return entry.chunk, None
+    if entry.value is not None and (raw := wire.raw_form(entry.value)) is not None:
+        form, data = raw
+        return wire.dumps(wire.Claim(claim_key(entry.id), form)), data
+    return wire.dumps(wire.Claim(claim_key(entry.id))), entry.chunk
 
 
 def _envelope(
@@ -164,7 +169,7 @@ def _expires_iso(expires_at: float | None) -> str | None:
     return None if expires_at is None else datetime.fromtimestamp(expires_at, timezone.utc).isoformat()
 
 
-def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, bytes | None]:
+def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, Any]:
     """The task message of ``entry`` (replies to the producer with ``token``), and its chunk when it travels
     by claim check instead of inline."""
     meta = entry.meta
@@ -187,9 +192,9 @@ _PACKER = msgpack.Packer(use_bin_type=True)
 
 def batch_message(
     entries: list[Entry], settings: Settings, batch_id: str, tag: str, token: str
-) -> tuple[bytes, list[Entry]]:
+) -> tuple[bytes, list[tuple[Entry, Any]]]:
     """One message of task :data:`BATCH_TASK` carrying ``entries`` (same task, same queue), and those of them
-    whose chunk travels by claim check (their bytes must be SET under :func:`claim_key` first).
+    whose chunk travels by claim check with the value to SET under :func:`claim_key` first.
 
     Its hard time limit is ``task_time_limit`` times the number of chunks (the limit is per chunk; a batch
     killed by it fails its chunks not yet answered). Each chunk's ``expires`` is checked by the worker.
@@ -199,7 +204,7 @@ def batch_message(
     for entry in entries:
         chunk, raw = _claim_or_inline(entry, settings)
         if raw is not None:
-            claimed.append(entry)
+            claimed.append((entry, raw))
         parts += [b"\x96", wire.dumps(entry.id), wire.dumps(entry.task), chunk, wire.dumps(entry.meta.t0),
                   wire.dumps(entry.meta._asdict()), wire.dumps(entry.expires_at)]  # fmt: skip
     parts += [b"\x80", _EMBED]

@@ -66,8 +66,8 @@ def publish(
                 pipe.set(claim_key(group[0].id), claimed, ex=ttl)
         else:
             msg, big = batch_message(group, settings, tag, tag, token)  # its task id is its tag: replies name it
-            for entry in big:
-                pipe.set(claim_key(entry.id), entry.chunk, ex=ttl)
+            for entry, value in big:
+                pipe.set(claim_key(entry.id), value, ex=ttl)
         messages.append(msg)
     pipe.lpush(settings.queue, *messages)
     pipe.execute()

@@ -20,25 +20,67 @@ CONTENT_TYPE = "application/x-ocycle-msgpack"
 MAX_BYTES = 64 * 1024 * 1024 + 64 * 1024  # a message or reply (max_chunk_bytes and slack; set_limits() changes)
 MAX_CONTAINERS = 100_000  # arrays and maps in one message: 16 MB of empty arrays would be ~1 GB of lists
 _NDARRAY = 1
-_CLAIM = 2
+_CLAIM = 2  # a claim whose value is stored encoded (msgpack)
+_CLAIM_RAW = 3  # a claim whose value is stored as its raw bytes; the claim says what they are
 
 
 class Claim:
-    """A chunk left in Redis under ``key`` (a claim check); the message carries only this."""
+    """A chunk left in Redis under ``key`` (a claim check); the message carries only this.
 
-    __slots__ = ("key",)
+    ``form`` says how the value is stored: None, encoded by :func:`dumps`; ``["bytes"]``, the bytes
+    themselves; ``["ndarray", dtype string, shape]``, an array's data (C order). A raw value goes to Redis
+    without being copied into an encoding (:func:`raw_form`); :func:`claimed` turns what was fetched back
+    into the value, checking it against the form.
+    """
 
-    def __init__(self, key: str) -> None:
+    __slots__ = ("form", "key")
+
+    def __init__(self, key: str, form: list[Any] | None = None) -> None:
         self.key = key
+        self.form = form
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Claim) and other.key == self.key
+        return isinstance(other, Claim) and (other.key, other.form) == (self.key, self.form)
 
     def __hash__(self) -> int:
         return hash(self.key)
 
     def __repr__(self) -> str:
-        return f"Claim({self.key!r})"
+        return f"Claim({self.key!r})" if self.form is None else f"Claim({self.key!r}, {self.form!r})"
+
+
+def raw_form(value: Any) -> tuple[list[Any], Any] | None:
+    """For a chunk stored raw under a claim: its form (see :class:`Claim`) and its bytes in place (no copy),
+    for ``bytes`` and plain numpy arrays; None for anything else.
+
+    Raises:
+        EncodeError: an array :func:`dumps` would refuse.
+    """
+    if type(value) is bytes:
+        return ["bytes"], value
+    if _is_plain(value, "ndarray"):
+        arr, _ = _ndarray_parts(value)
+        data = arr.reshape(-1).view("u1").data if arr.nbytes else b""
+        return ["ndarray", arr.dtype.str, list(value.shape)], data
+    return None
+
+
+def claimed(claim: Claim, raw: bytes) -> Any:
+    """The value a claim stands for, from the bytes fetched under its key.
+
+    Raises:
+        EncodeError: over :data:`MAX_BYTES`, or the bytes do not match the claim's form.
+    """
+    if claim.form is None:
+        return loads(raw)
+    if len(raw) > MAX_BYTES:
+        raise EncodeError(f"a claimed chunk of {len(raw)} bytes is over the limit of {MAX_BYTES} bytes: refused")
+    form = claim.form
+    if form == ["bytes"]:
+        return bytes(raw)
+    if len(form) == 3 and form[0] == "ndarray" and isinstance(form[1], str) and isinstance(form[2], list):
+        return _array(form[1], form[2], raw, 0)
+    raise EncodeError(f"a claim check of unknown form {str(form)[:80]}: refused")
 
 
 def _default(obj: Any) -> Any:
@@ -60,7 +102,9 @@ def _default(obj: Any) -> Any:
         if isinstance(obj, np.generic):
             return obj.item()
     if isinstance(obj, Claim):
-        return msgpack.ExtType(_CLAIM, obj.key.encode())
+        if obj.form is None:
+            return msgpack.ExtType(_CLAIM, obj.key.encode())
+        return msgpack.ExtType(_CLAIM_RAW, msgpack.packb([obj.key, obj.form]))
     if isinstance(obj, (set, frozenset)):
         return list(obj)
     raise EncodeError(f"a value of type {cls.__module__}.{cls.__qualname__} cannot be encoded: {obj!r:.80}")
@@ -114,27 +158,42 @@ def encoded_size(value: Any) -> int | None:
     return None
 
 
+def _array(dtype: Any, shape: Any, data: bytes, offset: int) -> Any:
+    """An array of ``dtype`` and ``shape`` over ``data[offset:]``, read-only, no copy; EncodeError unless they
+    match exactly."""
+    import numpy as np
+
+    if not isinstance(dtype, str) or not isinstance(shape, list) or len(shape) > 32:
+        raise EncodeError("a numpy array on the wire has a malformed header")
+    try:
+        kind = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise EncodeError(f"a numpy array on the wire has an unknown dtype {dtype[:40]!r}") from None
+    if kind.hasobject or any(not isinstance(n, int) or n < 0 for n in shape):
+        raise EncodeError(f"a numpy array on the wire has dtype {dtype!r} and shape {shape!r}: refused")
+    count = 1
+    for n in shape:
+        count *= n
+    if count * kind.itemsize != len(data) - offset:
+        raise EncodeError("a numpy array on the wire does not match its dtype and shape")
+    return np.frombuffer(data, dtype=kind, offset=offset).reshape(shape)
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == _NDARRAY:
-        import numpy as np
-
         unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_array_len=64, max_str_len=256)
         unpacker.feed(data)
         dtype, shape = unpacker.unpack()
-        offset = unpacker.tell()
-        if not isinstance(dtype, str) or not isinstance(shape, list) or len(shape) > 32:
-            raise EncodeError("a numpy array on the wire has a malformed header")
-        kind = np.dtype(dtype)
-        if kind.hasobject or any(not isinstance(n, int) or n < 0 for n in shape):
-            raise EncodeError(f"a numpy array on the wire has dtype {dtype!r} and shape {shape!r}: refused")
-        count = 1
-        for n in shape:
-            count *= n
-        if count * kind.itemsize != len(data) - offset:
-            raise EncodeError("a numpy array on the wire does not match its dtype and shape")
-        return np.frombuffer(data, dtype=kind, offset=offset).reshape(shape)
+        return _array(dtype, shape, data, unpacker.tell())
     if code == _CLAIM:
         return Claim(data.decode())
+    if code == _CLAIM_RAW:
+        unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_array_len=64, max_str_len=1024)
+        unpacker.feed(data)
+        key, form = unpacker.unpack()
+        if not isinstance(key, str) or not isinstance(form, list):
+            raise EncodeError("a claim check on the wire is malformed")
+        return Claim(key, form)
     return msgpack.ExtType(code, data)
 
 

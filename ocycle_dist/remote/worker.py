@@ -78,7 +78,7 @@ class ChunkTask(Task):  # type: ignore[misc]
             raw = _client(self.app.conf.broker_url, app_settings(self.app).sentinel_master).get(args[0].key)
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
-            args = (wire.loads(raw), *args[1:])
+            args = (wire.claimed(args[0], raw), *args[1:])
         info = self.request.get(META_HEADER)
         if info and args:
             limit = app_settings(self.app).max_chunk_bytes

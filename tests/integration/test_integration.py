@@ -49,24 +49,46 @@ def test_numpy_dtype_and_shape_round_trip(topology: Any) -> None:
         np.testing.assert_array_equal(chunk, frames[i * 4000 : (i + 1) * 4000])
 
 
-def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any) -> None:
+@pytest.mark.parametrize("one_by_one", [False, True], ids=["in-a-batch-message", "a-message-each"])
+@pytest.mark.parametrize("kind", ["bytes", "numpy"])
+def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any, kind: str, one_by_one: bool) -> None:
+    """1 MiB chunks (bytes, or float32 arrays) stored raw under their claim keys, fetched by the workers, the
+    keys deleted once their results are in; sent three in one batch message, or one message each."""
     admin = connect(topology.url)
     before = set(admin.scan_iter(CHUNK_PREFIX + "*"))  # the session's Redis is shared with other tests
     got: list[Any] = []
-    data = np.random.default_rng(1).bytes(3 << 20)
+    data: Any = np.random.default_rng(1).bytes(3 << 20)
+    size = 1 << 20
+    if kind == "numpy":
+        data, size = np.frombuffer(data, dtype="<f4").copy(), size // 4
     with ocycle.BufferEmit(
         "workers.tasks.echo",
-        1 << 20,
+        size,
         clip=True,
         mode="celery",
+        new=ocycle.NumpyIO if kind == "numpy" else None,
         broker=topology.url,
         stream=f"big-{uuid.uuid4().hex[:6]}",
         on_done=lambda r: got.append(r[0]),
     ) as b:
-        b.write(data)
-        assert b.wait(60)
+        if one_by_one:
+            for i in range(3):
+                b.write(data[i * size : (i + 1) * size])
+                assert b.wait(60)
+        else:
+            with b.executor._cond:  # type: ignore[union-attr]  # the publisher waits: the three are pending together
+                b.write(data)
+            assert b.wait(60)
         spool = b.executor.spool  # type: ignore[union-attr]
-    assert b"".join(sorted(got, key=data.index)) == data
+        counts = b.executor.counts  # type: ignore[union-attr]
+    assert (counts["messages"], counts["batched"]) == ((3, 0) if one_by_one else (1, 3))
+    if kind == "numpy":
+        assert all(chunk.dtype == np.float32 for chunk in got)
+        np.testing.assert_array_equal(
+            np.concatenate(sorted(got, key=lambda c: data.tobytes().index(c.tobytes()))), data
+        )
+    else:
+        assert b"".join(sorted(got, key=data.index)) == data
     assert set(admin.scan_iter(CHUNK_PREFIX + "*")) - before == set()
     assert len(spool) == 0
 

@@ -155,3 +155,71 @@ def test_the_budget_counts_a_chunk_waiting_to_be_encoded_by_its_encoded_size(mak
     assert emitter.executor.spooled_bytes == len(wire.dumps(chunk))  # before and after the publisher encodes it
     wait_for(lambda: queued(admin), what="the chunk sent")
     assert emitter.executor.spooled_bytes == len(wire.dumps(chunk))
+
+
+# ---- chunks stored raw under their claim check -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [bytes(range(256)) * 8, np.arange(1000).astype(">i2").reshape(500, 2), np.linspace(0, 1, 600, dtype="<f4")],
+    ids=["bytes", "int16-stereo-big-endian", "float32"],
+)
+def test_a_claimed_chunk_is_stored_as_its_raw_bytes_and_comes_back_whole(make: Any, admin: Any, value: Any) -> None:
+    numpy = isinstance(value, np.ndarray)
+    emitter, _ = make(
+        new=ocycle.NumpyIO if numpy else None, size=len(value), settings={"claim_threshold": 100, "result_ttl": 60}
+    )
+    emitter.write(value, t0=1.0)
+    (message,) = wait_for(lambda: queued(admin), what="the chunk sent")
+    (claim, t0), _, _ = wire.loads(base64.b64decode(message["body"]))
+    assert isinstance(claim, wire.Claim) and claim.key == f"ocycle:chunk:{message['headers']['id']}"
+    stored = admin.get(claim.key)
+    if numpy:
+        assert claim.form == ["ndarray", value.dtype.str, list(value.shape)] and stored == value.tobytes()
+        back = wire.claimed(claim, stored)
+        assert back.dtype.str == value.dtype.str and back.shape == value.shape
+        np.testing.assert_array_equal(back, value)
+    else:
+        assert claim.form == ["bytes"] and stored == value and wire.claimed(claim, stored) == value
+    assert 0 < admin.ttl(claim.key) <= 60 and t0 == 1.0
+
+
+def test_a_claimed_chunk_of_a_durable_spool_is_stored_encoded(make: Any, admin: Any, tmp_path: Any) -> None:
+    emitter, _ = make(size=1000, settings={"claim_threshold": 100}, spool=tmp_path)
+    emitter.write(b"z" * 1000, t0=1.0)
+    (message,) = wait_for(lambda: queued(admin), what="the chunk sent")
+    (claim, _), _, _ = wire.loads(base64.b64decode(message["body"]))
+    assert claim.form is None and admin.get(claim.key) == wire.dumps(b"z" * 1000)
+    assert wire.claimed(claim, admin.get(claim.key)) == b"z" * 1000
+
+
+@pytest.mark.parametrize(
+    ("form", "raw", "why"),
+    [
+        (["ndarray", "<f4", [3]], b"\0" * 8, "does not match its dtype and shape"),
+        (["ndarray", "|O", [1]], b"\0" * 8, "refused"),
+        (["ndarray", "<f3", [1]], b"\0" * 3, "unknown dtype"),
+        (["ndarray", "<f4", [-1]], b"", "refused"),
+        (["ndarray", "<f4", "3"], b"\0" * 12, "unknown form"),
+        (["pickle"], b"\x80\x04N.", "unknown form"),
+        ([], b"", "unknown form"),
+    ],
+)
+def test_a_claimed_value_that_does_not_match_its_form_is_refused(form: Any, raw: bytes, why: str) -> None:
+    with pytest.raises(EncodeError, match=why):
+        wire.claimed(wire.Claim("ocycle:chunk:x", form), raw)
+
+
+def test_a_raw_claimed_value_over_the_decoding_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_BYTES", 1000)
+    with pytest.raises(EncodeError, match="over the limit of 1000 bytes"):
+        wire.claimed(wire.Claim("ocycle:chunk:x", ["bytes"]), b"\0" * 1001)
+
+
+@pytest.mark.parametrize(
+    "payload", [msgpack.packb(["k", "bytes"]), msgpack.packb([1, ["bytes"]]), msgpack.packb(["k"] * 100)]
+)
+def test_a_malformed_claim_on_the_wire_is_refused(payload: bytes) -> None:
+    with pytest.raises(EncodeError):
+        wire.loads(msgpack.packb(msgpack.ExtType(3, payload)))

@@ -317,3 +317,16 @@ def test_sampler_pause_is_measured_from_the_emitting_write():
     assert [(v, t) for v, t, _ in rec.chunks] == [(b"abcd", 10.0), (b"mnop", 11.0)]
     stats = emitter.stats()
     assert (stats.skipped, stats.written, stats.buffered) == (8, 16, 0)
+
+
+@pytest.mark.parametrize("dtype", [">i2", "<i2", ">f8", "<M8[ms]", "|S2"])
+@pytest.mark.parametrize("frames", [1, 3], ids=["one-frame-a-chunk", "three-frames-a-chunk"])
+def test_chunks_keep_the_streams_dtype_byte_order_included(dtype: str, frames: int) -> None:
+    got: list[Any] = []
+    data = np.arange(24).astype(dtype).reshape(12, 2)
+    b = ocycle.NumpyEmit(lambda chunk, t0: got.append(chunk), 6, clip=True)
+    for frame in np.split(data, 2 * frames):
+        b.write(frame, t0=0.0)
+    b.close()
+    assert [chunk.dtype.str for chunk in got] == [np.dtype(dtype).str] * 2
+    np.testing.assert_array_equal(np.concatenate(got), data)
