@@ -28,6 +28,7 @@ from .errors import ClosedError, ConfigError, ExpiredError
 from .executors import REMOTE_MODES, ChunkExecutor, as_chunk_executor, check_mode, is_executor, make_executor
 from .inflight import POLICIES, InFlight, p50_p99
 from .kinds import Kind, kind_for
+from .pieces import Pieces
 from .stats import Stats
 from .windows import Windows
 
@@ -307,6 +308,8 @@ class BufferEmit(OcycleCompat):
         inline = executor.inline  # serial: call now in the writer's thread: no Future, no lock, no callback thread
         started = self._inflight.started_inline() if inline else self._inflight.emitted(meta.seq)
         buffer = None
+        if type(value) is Pieces and (self.asbuffer or not executor.joins_later):
+            value = value.join()  # the executor changed since the windows were told to leave it to it
         if self.asbuffer:
             buffer = self._free_buffers.pop() if self._free_buffers else self._new_buffer()
             buffer.write(value)
@@ -429,6 +432,7 @@ class BufferEmit(OcycleCompat):
                     self._owns_executor = True
                 if self.max_inflight is None:
                     self._inflight.max_inflight = None if self._executor.bounds_backlog else LOCAL_MAX_INFLIGHT
+                self.windows.lazy = self._executor.joins_later and not self.asbuffer
                 for meta, future in self._executor.adopt(self.stream):
                     self._inflight.adopt(meta.seq, future)
                     self.windows.seq = max(self.windows.seq, meta.seq + 1)

@@ -31,6 +31,7 @@ from .chunk import Chunk
 from .errors import ConfigError, FrameError
 from .hotpath import MAX_T0, NEVER, appender_class
 from .kinds import Kind
+from .pieces import Pieces
 
 Emit = Callable[[Any, Chunk], None]
 
@@ -52,7 +53,8 @@ class Windows:
         rate: elements per second, or None: a window's t0 is then its write's t0 + offset / rate.
         sampler: None, or a callable returning the seconds to pause after each chunk.
         stream: the stream id written into each chunk's metadata.
-        emit: called as ``emit(value, meta)`` for every complete chunk, in order.
+        emit: called as ``emit(value, meta)`` for every complete chunk, in order; ``value`` is a
+            :class:`.Pieces` to join later while :attr:`lazy` is set (by the emitter, for executors that join).
         other: the hot path's fallback for a frame that is not of the kind's exact type (or while paused).
     """
 
@@ -72,6 +74,7 @@ class Windows:
         self.kind, self.size, self.hop, self.clip, self.rate = kind, size, hop, clip, rate
         self.sampler, self.stream, self.emit = sampler, stream, emit
         self.seq = 0  # the next chunk's sequence number
+        self.lazy = False  # emit Pieces, not joined values
         self.skipped = 0  # elements the sampler skipped
         self.skipped_leftover = 0  # of those, elements that were written before a pause (already in `end`)
         self.segs: list[Any] = []  # frames kept, oldest first
@@ -231,23 +234,24 @@ class Windows:
         self._trim()
 
     def _emit(self, s: int, e: int, t0: float, partial: bool) -> None:
-        self.emit(self.take(s, e), Chunk(self.stream, self.seq, t0, e - s, s, partial))
+        self.emit(self.take(s, e, self.lazy), Chunk(self.stream, self.seq, t0, e - s, s, partial))
         self.seq += 1
 
-    def take(self, s: int, e: int) -> Any:
-        """The elements ``s:e`` of the stream as one value."""
+    def take(self, s: int, e: int, lazy: bool = False) -> Any:
+        """The elements ``s:e`` of the stream as one value (with ``lazy``, :class:`.Pieces` to join later)."""
         ends, segs = self.ends, self.segs
         i = bisect_right(ends, s) - 1  # segs[i] holds element s
         j = bisect_left(ends, e, i) - 1  # segs[j] holds element e - 1
         if i == j:
             seg, a = segs[i], s - ends[i]
-            return self.kind.join([seg if a == 0 and e == ends[i + 1] else seg[a : e - ends[i]]])
-        pieces = segs[i : j + 1]
-        if s > ends[i]:
-            pieces[0] = pieces[0][s - ends[i] :]
-        if e < ends[j + 1]:
-            pieces[-1] = pieces[-1][: e - ends[j]]
-        return self.kind.join(pieces)
+            pieces = [seg if a == 0 and e == ends[i + 1] else seg[a : e - ends[i]]]
+        else:
+            pieces = segs[i : j + 1]
+            if s > ends[i]:
+                pieces[0] = pieces[0][s - ends[i] :]
+            if e < ends[j + 1]:
+                pieces[-1] = pieces[-1][: e - ends[j]]
+        return Pieces(pieces, self.kind) if lazy else self.kind.join(pieces)
 
     def _trim(self) -> None:
         """Forget the frames no open window needs; set the next threshold."""

@@ -16,6 +16,8 @@ The optional members, with their defaults:
 - ``spooled_bytes`` (``0``): bytes of the chunks the executor keeps until their result is in.
 - ``bounds_backlog`` (``False``): the executor bounds the chunks waiting for their results itself (the celery
   mode: by bytes, applying the emitter's ``policy``), so the emitter's ``max_inflight`` defaults to no bound.
+- ``joins_later`` (``False``): ``submit`` may be given a :class:`~ocycle_dist.pieces.Pieces` instead of the
+  chunk's value, and joins it (``Pieces.join()``) on a thread of its own, not the writer's.
 - ``durable`` (``False``): chunks still pending at shutdown are kept for the next producer (a durable spool).
 - ``settled(future)``: called once the emitter has handled a chunk's outcome (its ``on_done``/``on_error``
   has run); a durable executor forgets the chunk only then, so a crash in between loses no callback.
@@ -46,6 +48,7 @@ class ChunkExecutor:
     inline: bool = False
     bounds_backlog: bool = False
     durable: bool = False
+    joins_later: bool = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         raise NotImplementedError

@@ -1,8 +1,10 @@
 """The Celery executor: each chunk becomes a Celery task on Redis; its Future resolves when the reply comes.
 
 ``submit()`` keeps the chunk in the spool (memory, or SQLite on disk) and returns: ``write()`` never waits
-on the network. A ``bytes`` or numpy chunk in a memory spool is encoded by the publisher's thread, not the
-writer's (its encoded size is known beforehand: :func:`.wire.encoded_size`); others are encoded at once.
+on the network. A ``bytes`` or numpy chunk in a memory spool is joined (:class:`~ocycle_dist.pieces.Pieces`)
+and encoded by the publisher's thread, not the writer's (its encoded size is known beforehand:
+:func:`.wire.encoded_size`); a claimed one is not encoded at all (its raw bytes go to Redis); others are
+joined and encoded at once.
 One dispatcher thread publishes what is pending in batches (:mod:`.publisher`) and sends a chunk again
 when its result has not come back after ``resend_after`` seconds (at-least-once); one listener thread
 pops the workers' replies (:mod:`.listener`) and resolves the Futures, each once: a second reply for a
@@ -27,6 +29,7 @@ from typing import Any
 from ..chunk import Chunk
 from ..errors import ConfigError, DeliveryError, EncodeError, ExpiredError, RemoteTaskError, SpoolError
 from ..executors.base import ChunkExecutor
+from ..pieces import joined
 from . import listener, wire
 from .lease import LeaseWatch
 from .protocol import check_size, claim_key, encode_chunk, is_claimed, mac_key, reply_key, unseal
@@ -149,6 +152,7 @@ class CeleryExecutor(ChunkExecutor):
         self._client = connect(s.broker_url, socket_timeout=s.socket_timeout, master_name=s.sentinel_master)
         self.spool = open_spool(spool if spool is not None else (s.spool_dir or None), s.spool_max_bytes or None)
         self.durable = type(self.spool) is not MemorySpool  # pending chunks outlive this process
+        self.joins_later = not self.durable  # a durable spool stores each chunk encoded before submit() returns
         self._batch = batch
         self._futures: dict[str, Future[Any]] = {}
         self._queue: deque[Entry] = deque()  # to publish: new chunks, then chunks to send again
@@ -204,9 +208,10 @@ class CeleryExecutor(ChunkExecutor):
             raise RuntimeError("cannot submit to a shut-down CeleryExecutor")
         expires_at = None if self.expires is None else time.time() + self.expires
         try:
-            size = None if self.durable else wire.encoded_size(value)  # known: encoded later, off this thread
+            size = None if self.durable else wire.encoded_size(value)  # known: joined and encoded off this thread
             if size is None:
-                entry = Entry(str(uuid.uuid4()), name, meta, encode_chunk(value, self.settings), expires_at=expires_at)
+                chunk = encode_chunk(joined(value), self.settings)
+                entry = Entry(str(uuid.uuid4()), name, meta, chunk, expires_at=expires_at)
             else:
                 check_size(size, self.settings)
                 entry = Entry(str(uuid.uuid4()), name, meta, b"", expires_at=expires_at, value=value, size=size)
@@ -364,13 +369,16 @@ class CeleryExecutor(ChunkExecutor):
         that travels by claim check is not: its raw bytes go to Redis as they are."""
         ok = []
         for i, entry in enumerate(batch):
-            if entry.value is None or is_claimed(entry, self.settings):
+            if entry.value is None:
                 ok.append(entry)
                 continue
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 time.sleep(0)  # let the writer's thread run between chunks
             try:
-                entry.encode()
+                if is_claimed(entry, self.settings):
+                    entry.join()  # its raw bytes go as they are (protocol.task_message)
+                else:
+                    entry.encode()
             except EncodeError as exc:
                 with self._cond:
                     future = self._pop(entry.id)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..chunk import Chunk
 from ..errors import ConfigError, SpoolError
+from ..pieces import joined
 from . import wire
 
 SPOOL_POLICIES = ("reject_newest", "drop_oldest")
@@ -53,7 +54,11 @@ class Entry:
     def encode(self) -> None:
         """Encode a value left for later (see the class), once; EncodeError if it cannot be."""
         if self.value is not None:
-            self.chunk, self.value = wire.dumps(self.value), None
+            self.chunk, self.value = wire.dumps(self.value), None  # Pieces are joined by dumps
+
+    def join(self) -> None:
+        """Join a value left as :class:`~ocycle_dist.pieces.Pieces` (once: a resend sends the joined value)."""
+        self.value = joined(self.value)
 
 
 class MemorySpool:

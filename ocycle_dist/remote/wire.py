@@ -13,6 +13,7 @@ import msgpack
 
 from ..errors import EncodeError
 from ..kinds import unsendable_dtype
+from ..pieces import Pieces, joined
 
 SERIALIZER = "ocycle"
 CONTENT_TYPE = "application/x-ocycle-msgpack"
@@ -51,11 +52,12 @@ class Claim:
 
 def raw_form(value: Any) -> tuple[list[Any], Any] | None:
     """For a chunk stored raw under a claim: its form (see :class:`Claim`) and its bytes in place (no copy),
-    for ``bytes`` and plain numpy arrays; None for anything else.
+    for ``bytes`` and plain numpy arrays (:class:`.Pieces` of them are joined first); None for anything else.
 
     Raises:
         EncodeError: an array :func:`dumps` would refuse.
     """
+    value = joined(value)
     if type(value) is bytes:
         return ["bytes"], value
     if _is_plain(value, "ndarray"):
@@ -140,22 +142,43 @@ def _is_plain(value: Any, name: str) -> bool:
 
 
 def encoded_size(value: Any) -> int | None:
-    """``len(dumps(value))`` without encoding, for a chunk that is ``bytes`` or a plain numpy array (None for
-    anything else: only encoding tells). Cheap: what is checked before a chunk's encoding is left to another
-    thread (:meth:`.executor.CeleryExecutor.submit`).
+    """``len(dumps(value))`` without encoding, for a chunk that is ``bytes`` or a plain numpy array, or
+    :class:`.Pieces` of them, not joined (None for anything else: only encoding tells). Cheap: what is checked
+    before a chunk's encoding is left to another thread (:meth:`.executor.CeleryExecutor.submit`).
 
     Raises:
         EncodeError: an array :func:`dumps` would refuse (object or unsendable dtype).
     """
+    if type(value) is Pieces:
+        parts = value.parts
+        if all(type(part) is bytes for part in parts):
+            return _bin_size(sum(len(part) for part in parts))
+        first = parts[0]
+        if value.kind.name != "numpy" or not _is_plain(first, "ndarray") or first.ndim == 0:
+            return None
+        return _array_size(first.dtype, [sum(len(part) for part in parts), *first.shape[1:]])
     if type(value) is bytes:
-        n = len(value)
-        return n + (2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
+        return _bin_size(len(value))
     if _is_plain(value, "ndarray"):
-        if value.dtype.hasobject or unsendable_dtype(value.dtype):
-            _ndarray_parts(value)  # raises the same error dumps would
-        size = len(msgpack.packb([value.dtype.str, list(value.shape)])) + value.nbytes
-        return len(_ext_header(_NDARRAY, size)) + size
+        return _array_size(value.dtype, list(value.shape))
     return None
+
+
+def _bin_size(n: int) -> int:
+    return n + (2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
+
+
+def _array_size(dtype: Any, shape: list[int]) -> int:
+    """The encoded size of an array of ``dtype`` and ``shape``; EncodeError for a dtype dumps refuses."""
+    if dtype.hasobject:
+        raise EncodeError("numpy arrays of dtype object cannot be sent (no pickle on the wire)")
+    if problem := unsendable_dtype(dtype):
+        raise EncodeError(f"a numpy array of dtype {dtype} cannot be sent faithfully: {problem}")
+    count = 1
+    for n in shape:
+        count *= n
+    size = len(msgpack.packb([dtype.str, shape])) + count * dtype.itemsize
+    return len(_ext_header(_NDARRAY, size)) + size
 
 
 def _array(dtype: Any, shape: Any, data: bytes, offset: int) -> Any:
@@ -200,7 +223,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def dumps(value: Any) -> bytes:
     """Encode ``value``: None, bool, int, float, str, bytes, lists, tuples, dicts, numpy arrays.
 
-    A plain numpy array on its own (a chunk) is written with one copy of its data, not three."""
+    A plain numpy array on its own (a chunk) is written with one copy of its data, not three; :class:`.Pieces`
+    are joined first."""
+    value = joined(value)
     if _is_plain(value, "ndarray"):
         arr, header = _ndarray_parts(value)
         data = arr.reshape(-1).view("u1").data if arr.nbytes else b""  # the bytes in place (any dtype)

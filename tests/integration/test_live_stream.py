@@ -8,6 +8,7 @@ test's name says what it tunes.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -102,7 +103,12 @@ def test_with_no_worker_writes_stay_fast_every_chunk_waits_in_redis_and_drains_o
         t = time.perf_counter()
         emitter.write(frame)
         took.append(time.perf_counter() - t)
-    assert p99(took) < 1e-3, f"write() p99 {p99(took) * 1e3:.2f} ms"
+    # No write waits on Redis or a worker (none runs: waiting would mean seconds). The bounds leave room for a
+    # loaded 2-core CI machine: at worst one GIL hand-off from the publisher thread (the switch interval, 5 ms)
+    # per write; the 1 ms goal itself is measured by bench/bench_celery.py (section 3a) and bench/bench_live.py.
+    ordered = sorted(took)
+    assert ordered[n // 2] < 2e-4, f"write() p50 {ordered[n // 2] * 1e6:.0f} us"
+    assert p99(took) < sys.getswitchinterval(), f"write() p99 {p99(took) * 1e3:.2f} ms"
     executor = emitter.executor
     assert executor is not None
     wait_for(lambda: executor.counts["published"] == n, 30, "every chunk published")

@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 import ocycle_dist as ocycle
 from ocycle_dist.errors import EncodeError
+from ocycle_dist.pieces import Pieces, joined
 from ocycle_dist.remote import wire
 from tests.helpers import wait_for
 from tests.unit.dist_helpers import assert_accounted, queued, reply, settled
@@ -80,21 +81,27 @@ def test_what_only_encoding_can_size_has_no_size_beforehand(value: Any) -> None:
 
 
 class Threads:
-    """Wraps ``wire.dumps``: the name of the thread that encoded each numpy chunk."""
+    """Wraps ``wire.dumps`` and ``Pieces.join``: the name of the thread that joined or encoded each numpy chunk."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_first: float | None = None) -> None:
         self.names: list[str] = []
+        self.joins: list[str] = []
         self.fail_first = fail_first
-        real = wire.dumps
+        real_dumps, real_join = wire.dumps, Pieces.join
 
         def dumps(value: Any) -> bytes:
-            if isinstance(value, np.ndarray):
+            if isinstance(value, (np.ndarray, Pieces)):
                 self.names.append(threading.current_thread().name)
-                if self.fail_first is not None and value[0] == self.fail_first:
+                if self.fail_first is not None and joined(value)[0] == self.fail_first:
                     raise EncodeError("this chunk cannot be encoded")
-            return real(value)
+            return real_dumps(value)
+
+        def join(pieces: Pieces) -> Any:
+            self.joins.append(threading.current_thread().name)
+            return real_join(pieces)
 
         monkeypatch.setattr(wire, "dumps", dumps)
+        monkeypatch.setattr(Pieces, "join", join)
 
 
 def test_a_numpy_chunk_is_encoded_by_the_publisher_thread_not_the_writers(
@@ -104,7 +111,8 @@ def test_a_numpy_chunk_is_encoded_by_the_publisher_thread_not_the_writers(
     emitter, got = make(new=ocycle.NumpyIO, size=4)
     emitter.write(np.arange(12, dtype="<f4"), t0=1.0)  # three chunks, completed on this thread
     messages = wait_for(lambda: len(q := queued(admin)) == 3 and q, what="the three chunks sent")
-    assert threads.names == ["ocycle-publisher"] * 3
+    assert threads.names == ["ocycle-publisher"] * 3  # encoded there
+    assert threads.joins == ["ocycle-publisher"] * 3  # and joined there: write() only sliced the frames
     for i, message in enumerate(messages):
         args, _, _ = wire.loads(base64.b64decode(message["body"]))
         np.testing.assert_array_equal(args[0], np.arange(4 * i, 4 * i + 4, dtype="<f4"))
@@ -223,3 +231,55 @@ def test_a_raw_claimed_value_over_the_decoding_limit_is_refused(monkeypatch: pyt
 def test_a_malformed_claim_on_the_wire_is_refused(payload: bytes) -> None:
     with pytest.raises(EncodeError):
         wire.loads(msgpack.packb(msgpack.ExtType(3, payload)))
+
+
+# ---- chunks joined by the executor (Pieces) ---------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=6),
+    dtype=st.sampled_from([None, "<i2", ">f8", "<c8", "|S3", "<M8[us]"]),
+    trailing=st.sampled_from([(), (2,), (0,), (3, 2)]),
+)
+def test_the_size_of_pieces_is_the_size_of_their_joined_value(lengths: list[int], dtype: Any, trailing: Any) -> None:
+    if dtype is None:
+        pieces = Pieces([bytes(n) for n in lengths], ocycle.BufferEmit(len, 1).windows.kind)
+    else:
+        kind = ocycle.NumpyEmit(len, 1).windows.kind
+        pieces = Pieces([np.zeros((n, *trailing), dtype=dtype) for n in lengths], kind)
+    assert wire.encoded_size(pieces) == len(wire.dumps(pieces.join())) == len(wire.dumps(pieces))
+
+
+class Joining(ocycle.executors.ChunkExecutor):
+    """An executor that joins later: records what ``submit`` was given, joins it, runs the callback."""
+
+    joins_later = True
+
+    def __init__(self) -> None:
+        self.given: list[Any] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures import Future
+
+        self.given.append(args[0])
+        future: Future[Any] = Future()
+        future.set_result(fn(args[0].join(), *args[1:]))
+        return future
+
+
+def test_an_executor_that_joins_later_gets_pieces_and_one_that_does_not_gets_values() -> None:
+    got: list[Any] = []
+    joining = Joining()
+    b = ocycle.BufferEmit(lambda chunk, t0: got.append(chunk), 6, clip=True, hop=4, mode=joining)
+    b.write(b"abcd", t0=1.0)
+    b.write(b"efgh", t0=2.0)  # completes "abcdef" from two frames
+    b.write(b"ijkl", t0=3.0)  # completes "efghij": frames shared by two chunks
+    b.close()
+    assert [type(v) for v in joining.given] == [Pieces, Pieces] and got == [b"abcdef", b"efghij"]
+    assert [len(v) for v in joining.given] == [6, 6]
+    b.open(mode="serial")  # the windows were told to leave the join to the executor: the emitter joins
+    b.write(b"mnop", t0=4.0)
+    b.close()
+    assert got == [b"abcdef", b"efghij", b"ijklmn"]
+    assert all(type(v) is bytes for v in got)
