@@ -161,7 +161,6 @@ class CeleryExecutor(ChunkExecutor):
         self._closing = False
         self.broker_up = threading.Event()
         self._run_id: str | None = None  # the Redis server's, to tell a restart from a blip
-        self._checked_at = 0.0
         self._has_info = True
         self.counts = dict.fromkeys(
             (
@@ -180,7 +179,7 @@ class CeleryExecutor(ChunkExecutor):
             0,
         )
         self.broker_error: str | None = None  # the last publish error, until a publish succeeds
-        self._leases = LeaseWatch(self._client, s.worker_lease) if s.worker_lease > 0 else None
+        self._leases = LeaseWatch(self._client, s.worker_lease, s.broker_url) if s.worker_lease > 0 else None
         self._lease_check_at = 0.0
         self._batching = True  # off once a worker answered that it has no batch task
         self._tag_of: dict[str, str] = {}  # task id -> delivery tag of its last message, while unanswered
@@ -348,7 +347,7 @@ class CeleryExecutor(ChunkExecutor):
                         batch = [entry for entry in batch if entry.id in self._futures]  # minus the dropped
                     backoff = min(backoff * 2, 2.0)
                     continue
-                if not self.broker_up.is_set() or time.monotonic() - self._checked_at > 1.0:
+                if not self.broker_up.is_set():  # later restarts: the listener reads the run_id every second
                     self._check_restart(after_outage=backoff > 0.05)
                 self.broker_up.set()
                 self.broker_error = None
@@ -464,7 +463,6 @@ class CeleryExecutor(ChunkExecutor):
     def _check_restart(self, after_outage: bool) -> None:
         """On (re)connecting: if Redis is a new server (run_id changed), what was sent may be gone with the
         old one: send every unanswered chunk again now instead of after ``resend_after``."""
-        self._checked_at = time.monotonic()
         run_id = None
         if self._has_info:
             try:

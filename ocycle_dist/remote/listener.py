@@ -1,8 +1,9 @@
 """The result listener: one thread per broker that pops the workers' replies from Redis lists.
 
 Replies are stored in a list (RPUSH by the worker), not published, so none is lost while the producer is
-disconnected: after a reconnect the listener picks up where it stopped. One BLPOP waits for the first
-reply, then an LPOP with a count takes whatever else has arrived in the same round trip. Every executor
+disconnected: after a reconnect the listener picks up where it stopped. One BLMPOP waits for replies and
+takes up to :data:`POP_COUNT` of those waiting in one round trip (on a Redis older than 7.0, which lacks
+it: a BLPOP for the first reply, then an LPOP with a count for the rest). Every executor
 of a process that uses the same broker shares the listener; a reply goes to the one that knows its id.
 
 The thread survives every error: an outage or an error reply (out of memory, read-only, loading) is retried
@@ -31,14 +32,22 @@ from .redis_client import CONFIG, WRONGTYPE, classify, connect
 log = logging.getLogger("ocycle_dist.listener")
 Handler = Callable[[dict[str, Any]], bool]  # True when the reply was its own
 ServerHandler = Callable[[str], object]  # told the run_id of each new Redis server the listener sees
+POP_COUNT = 500  # replies taken in one round trip at most
+
+
+def _unknown_command(exc: Exception) -> bool:
+    """Whether ``exc`` is Redis saying it does not know a command (an older server)."""
+    import redis
+
+    return isinstance(exc, redis.ResponseError) and str(exc).lower().startswith("unknown command")
 
 
 class ReplyListener:
     """Pop replies from the lists named with ``listen()`` and offer each to the attached handlers.
 
     Args:
-        client: a ``redis.Redis`` used only by this listener (BLPOP holds its connection).
-        poll: seconds a BLPOP waits before the listener checks whether it should stop.
+        client: a ``redis.Redis`` used only by this listener (BLMPOP holds its connection).
+        poll: seconds a BLMPOP waits before the listener checks whether it should stop.
         check_every: seconds between two reads of the server's ``run_id`` (also read after every reconnect).
     """
 
@@ -50,6 +59,7 @@ class ReplyListener:
         self._handlers: list[Handler] = []
         self._on_server: dict[Handler, ServerHandler] = {}
         self._has_info = True  # False for a server without INFO (fakeredis): restarts go unseen
+        self._multipop = True  # BLMPOP, until the server says it does not know it
         self._checked_at = float("-inf")
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -101,15 +111,28 @@ class ReplyListener:
             try:
                 if not self.connected.is_set() or time.monotonic() - self._checked_at >= self._check_every:
                     self._check_server()
-                got = self._client.blpop(self._keys, timeout=self._poll)
-                self.connected.set()
-                backoff = 0.05
-                if got is None:
-                    continue
-                key, first = got
-                self._deliver(key, first)  # popped: delivered even if the next command fails
-                more = self._client.lpop(key, 500) or []
+                if self._multipop:  # up to POP_COUNT replies in one round trip (Redis >= 7)
+                    got = self._client.blmpop(self._poll, len(self._keys), *self._keys, direction="LEFT",
+                                              count=POP_COUNT)  # fmt: skip
+                    self.connected.set()
+                    backoff = 0.05
+                    if got is None:
+                        continue
+                    key, more = got
+                else:
+                    got = self._client.blpop(self._keys, timeout=self._poll)
+                    self.connected.set()
+                    backoff = 0.05
+                    if got is None:
+                        continue
+                    key, first = got
+                    self._deliver(key, first)  # popped: delivered even if the next command fails
+                    more = self._client.lpop(key, POP_COUNT) or []
             except Exception as exc:
+                if self._multipop and _unknown_command(exc):
+                    self._multipop = False  # an older server: BLPOP, then LPOP of what else waits
+                    log.info("result listener: this Redis has no BLMPOP (%s); using BLPOP and LPOP", exc)
+                    continue
                 self.errors += 1
                 kind = classify(exc)
                 if kind == WRONGTYPE:

@@ -24,6 +24,7 @@ from ocycle_dist.remote.publisher import groups, publish
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.spool import Entry
 from ocycle_dist.remote.worker import make_app
+from tests.helpers import wait_for
 
 TOKEN = "unittoken0001"
 
@@ -226,3 +227,29 @@ def test_the_lease_watch_maps_a_batch_tag_to_all_its_chunks(admin: Any) -> None:
         ("a", "the lease of worker w1/123 lapsed"),
         ("b", "the lease of worker w1/123 lapsed"),
     ]
+
+
+def test_executors_on_one_broker_share_a_recent_reading_of_the_leases(admin: Any) -> None:
+    class Counting:
+        """The client, counting the SMEMBERS that start each reading of the leases."""
+
+        def __init__(self) -> None:
+            self.readings = 0
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "smembers":
+                self.readings += 1
+            return getattr(admin, name)
+
+    client = Counting()
+    broker = f"redis://shared-{uuid.uuid4().hex[:6]}"
+    first, second = LeaseWatch(client, lease=3.0, broker=broker), LeaseWatch(client, lease=3.0, broker=broker)
+    admin.sadd("ocycle:workers", "w9/1")
+    admin.set(lease_key("w9/1"), wire.dumps({"worker": "w9/1", "tasks": ["x"], "tags": []}), px=60_000)
+    assert first.check({"x": "T"}, {"T": ["x"]}) == [] and second.check({"y": "U"}, {"U": ["y"]}) == []
+    assert client.readings == 1  # the second executor used the first one's reading (younger than lease / 6)
+    alone = LeaseWatch(client, lease=3.0, broker=f"redis://other-{uuid.uuid4().hex[:6]}")
+    alone.check({}, {})
+    assert client.readings == 2  # another broker: a reading of its own
+    admin.delete(lease_key("w9/1"))  # the worker died; once the shared reading is old enough, both see it
+    wait_for(lambda: first.check({"x": "T"}, {"T": ["x"]}) == [("x", "the lease of worker w9/1 lapsed")], 3.0)

@@ -15,6 +15,7 @@ import re
 import shutil
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -285,9 +286,20 @@ class Server:
     def __init__(self, client: Any) -> None:
         self.client, self.run_id, self.info_calls = client, "run-a", 0
         self.fail_next: str | None = None  # a command name: its next call raises ConnectionError
+        self.unknown: set[str] = set()  # commands this server does not have (an older Redis)
+        self.calls: Counter[str] = Counter()
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.client, name)
+        self.calls[name] += 1
+        if name in self.unknown:
+
+            def unknown(*args: Any, **kwargs: Any) -> Any:
+                import redis
+
+                raise redis.ResponseError(f"unknown command '{name.upper()}', with args beginning with: ")
+
+            return unknown
         if name != self.fail_next:
             return attribute
 
@@ -324,9 +336,44 @@ def test_listener_tells_each_new_server_run_id_at_start_and_within_check_every(b
         client.close()
 
 
+def test_listener_takes_every_waiting_reply_in_one_round_trip(broker: str, admin: Any) -> None:
+    client = connect(broker)
+    server = Server(client)
+    reader = listener.ReplyListener(server, poll=5.0)
+    got: list[tuple[Any, int]] = []  # (id, round trips made when it was delivered)
+    reader.attach(lambda record: got.append((record["id"], server.calls["blmpop"] + server.calls["lpop"])) is None)
+    admin.rpush("ocycle:reply:many", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in range(300)))
+    reader.listen("ocycle:reply:many")
+    try:
+        wait_for(lambda: len(got) == 300, what="every reply")
+        assert got == [(i, 1) for i in range(300)]
+    finally:
+        reader.stop()
+        client.close()
+
+
+def test_listener_on_a_redis_without_blmpop_pops_with_blpop_and_lpop(broker: str, admin: Any) -> None:
+    client = connect(broker)
+    server = Server(client)
+    server.unknown.add("blmpop")  # Redis < 7.0
+    reader = listener.ReplyListener(server, poll=0.05)
+    got: list[Any] = []
+    reader.attach(lambda record: got.append(record["id"]) is None)
+    reader.listen("ocycle:reply:old")
+    try:
+        wait_for(reader.connected.is_set, what="the listener connected")
+        admin.rpush("ocycle:reply:old", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in "abc"))
+        wait_for(lambda: sorted(got) == ["a", "b", "c"], what="every reply")
+        assert server.calls["blpop"] >= 1 and reader.errors == 0
+    finally:
+        reader.stop()
+        client.close()
+
+
 def test_listener_delivers_a_popped_reply_when_the_next_command_fails(broker: str, admin: Any) -> None:
     client = connect(broker)
     server = Server(client)
+    server.unknown.add("blmpop")  # the BLPOP + LPOP path (Redis < 7.0)
     reader = listener.ReplyListener(server, poll=0.05)
     got: list[Any] = []
     reader.attach(lambda record: got.append(record["id"]) is None)
