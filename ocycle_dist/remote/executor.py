@@ -5,11 +5,12 @@ on the network. A ``bytes`` or numpy chunk in a memory spool is joined (:class:`
 and encoded by the publisher's thread, not the writer's (its encoded size is known beforehand:
 :func:`.wire.encoded_size`); a claimed one is not encoded at all (its raw bytes go to Redis); others are
 joined and encoded at once.
-One dispatcher thread publishes what is pending in batches (:mod:`.publisher`) and sends a chunk again
-when its result has not come back after ``resend_after`` seconds (at-least-once); one listener thread
-pops the workers' replies (:mod:`.listener`) and resolves the Futures, each once: a second reply for a
-chunk is counted and ignored. ``on_done``/``on_error`` then run in the producer process, without polling
-and without gevent.
+One publisher thread per executor (:mod:`.dispatch`) publishes what is pending in batches and sends a
+chunk again when its result has not come back after ``resend_after`` seconds (at-least-once), or at once
+when its worker died or Redis restarted empty; one listener thread per broker pops the workers' replies
+(:mod:`.listener`), which resolve the Futures, each once (:mod:`.outcomes`): a second reply for a chunk is
+counted and ignored. ``on_done``/``on_error`` then run in the producer process, without polling and
+without gevent. The state these parts share is declared in :mod:`.ledger`.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from ..chunk import Chunk
-from ..errors import ConfigError, DeliveryError, EncodeError, ExpiredError, RemoteTaskError, SpoolError
+from ..errors import ConfigError, EncodeError, SpoolError
 from ..executors.base import ChunkExecutor
 from ..pieces import joined
 from . import listener, wire
+from .dispatch import Dispatch
 from .lease import LeaseWatch
-from .protocol import check_size, claim_key, encode_chunk, is_claimed, mac_key, reply_key, unseal
-from .publisher import YIELD_EVERY, publish
-from .redis_client import CONFIG, classify, connect, probe, reason, redact
+from .outcomes import Outcomes
+from .protocol import check_size, encode_chunk, mac_key, reply_key
+from .redis_client import connect, probe
 from .settings import Settings
 from .spool import SPOOL_POLICIES, Entry, MemorySpool, open_spool
 
@@ -85,15 +87,7 @@ def resolve_settings(app: Any = None, broker: str | None = None, settings: Setti
     return Settings.from_env(broker_url=broker)
 
 
-_TRANSIENT = ("ConnectionError", "TimeoutError", "BusyLoadingError")  # redis-py's, raised on a worker
-
-
-def _transient(record: dict[str, Any]) -> bool:
-    """Whether a reply is a failure of the worker's Redis connection rather than of the task."""
-    return not record.get("ok") and bool(record.get("error")) and record["error"][0] in _TRANSIENT
-
-
-class CeleryExecutor(ChunkExecutor):
+class CeleryExecutor(Dispatch, Outcomes, ChunkExecutor):
     """A ``concurrent.futures``-shaped executor running ``submit(task, chunk, t0, meta=...)`` on workers.
 
     ``submit()`` never waits on workers: the broker holds the backlog. What waits for results is bounded by
@@ -288,364 +282,6 @@ class CeleryExecutor(ChunkExecutor):
             self._pop(entry_id)
             self.spool.remove(entry_id)
             self._cond.notify_all()  # the dispatcher may be done
-
-    # ---- publishing -------------------------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        """The publisher thread: never dies of an error it did not expect; it logs it and goes on."""
-        while True:
-            try:
-                self._dispatch_loop()
-                return
-            except Exception:
-                self.counts["thread_errors"] += 1
-                log.exception("the publisher of queue %r hit an unexpected error; it goes on", self.settings.queue)
-                time.sleep(1.0)
-
-    def _dispatch_loop(self) -> None:
-        backoff = 0.05
-        while True:
-            with self._cond:
-                while not self._queue and not self._finished():
-                    wait = self._deadlines[0][0] - time.monotonic() if self._deadlines else None
-                    if wait is not None and wait <= 0:
-                        break
-                    if self._leases is not None and self._deadlines:  # something is out: watch the leases
-                        lease_wait = self._lease_check_at - time.monotonic()
-                        if lease_wait <= 0:
-                            break
-                        wait = lease_wait if wait is None else min(wait, lease_wait)
-                    self._cond.wait(wait)
-                undelivered = self._expire()
-                finished = self._finished()
-                batch: list[Entry] = []
-                while self._queue and len(batch) < self._batch:
-                    entry = self._queue.popleft()
-                    if entry.id in self._futures:
-                        batch.append(entry)
-            batch = self._encode(self._drop_stale(batch))
-            for entry, future in undelivered:
-                future.set_exception(
-                    DeliveryError(
-                        f"no result for chunk {entry.meta.stream}#{entry.meta.seq} after {entry.attempts} sends"
-                        f" {self.settings.resend_after:g} s apart: is a worker consuming queue"
-                        f" {self.settings.queue!r} at {redact(self.settings.broker_url)}?"
-                    )
-                )
-            if finished:
-                self._stop()
-                return
-            if self._leases is not None and time.monotonic() >= self._lease_check_at and self.broker_up.is_set():
-                self._check_leases()
-            while batch:
-                try:
-                    sent = publish(self._client, batch, self.settings, self.token, batch=self._batching)
-                except Exception as exc:
-                    self._broker_failed(exc, first=self.broker_up.is_set() or backoff == 0.05)
-                    with self._cond:
-                        self._cond.wait(backoff)
-                        batch = [entry for entry in batch if entry.id in self._futures]  # minus the dropped
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                if not self.broker_up.is_set():  # later restarts: the listener reads the run_id every second
-                    self._check_restart(after_outage=backoff > 0.05)
-                self.broker_up.set()
-                self.broker_error = None
-                backoff = 0.05
-                now = time.monotonic()
-                with self._cond:
-                    for entry in batch:
-                        entry.attempts += 1
-                        self._deadlines.append((now + self.settings.resend_after, entry.id, entry.attempts))
-                        self._sent(entry)
-                    self.counts["published"] += len(batch)
-                    self.counts["messages"] += len(sent)
-                    self.counts["batched"] += sum(len(group) for group in sent if len(group) > 1)
-                break
-
-    def _encode(self, batch: list[Entry]) -> list[Entry]:
-        """Encode the chunks left for this thread (see :meth:`submit`); one that cannot be fails alone. A chunk
-        that travels by claim check is not: its raw bytes go to Redis as they are."""
-        ok = []
-        for i, entry in enumerate(batch):
-            if entry.value is None:
-                ok.append(entry)
-                continue
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                time.sleep(0)  # let the writer's thread run between chunks
-            try:
-                if is_claimed(entry, self.settings):
-                    entry.join()  # its raw bytes go as they are (protocol.task_message)
-                else:
-                    entry.encode()
-            except EncodeError as exc:
-                with self._cond:
-                    future = self._pop(entry.id)
-                    self.spool.remove(entry.id)
-                    self._cond.notify_all()
-                if future is not None:
-                    future.set_exception(exc)
-            else:
-                ok.append(entry)
-        return ok
-
-    def _broker_failed(self, exc: Exception, *, first: bool) -> None:
-        """A publish failed: count it, say why once per episode; the chunks wait in the spool meanwhile."""
-        kind = classify(exc)
-        why = f"{type(exc).__name__}: {reason(exc)}"
-        self.counts["broker_errors"] += 1
-        if first or why != self.broker_error:
-            if kind == CONFIG:
-                log.error(
-                    "Redis at %s refuses the producer (%s): check the password, ACL, db number or TLS in the URL;"
-                    " chunks wait in the spool, counted in stats()",
-                    redact(self.settings.broker_url),
-                    why,
-                )
-            else:
-                log.warning(
-                    "Redis unreachable at %s or cannot take chunks now (%s); they wait in the spool",
-                    redact(self.settings.broker_url),
-                    why,
-                )
-        self.broker_error = why
-        self.broker_up.clear()
-
-    def _sent(self, entry: Entry) -> None:
-        """Under the lock: remember the delivery tag of ``entry``'s last message (for the lease watch); a batch
-        message's tag stands for all its chunks."""
-        old = self._tag_of.get(entry.id)
-        if old is not None:
-            self._untag(old, entry.id)
-        self._tag_of[entry.id] = entry.delivery_tag
-        self._task_of.setdefault(entry.delivery_tag, []).append(entry.id)
-
-    def _untag(self, tag: str, entry_id: str) -> None:
-        ids = self._task_of.get(tag)
-        if ids is not None:
-            if len(ids) <= 1:
-                del self._task_of[tag]
-            elif entry_id in ids:
-                ids.remove(entry_id)
-
-    def _pop(self, entry_id: str) -> Future[Any] | None:
-        """Under the lock: stop waiting for ``entry_id`` (answered, dropped, given up); its Future."""
-        tag = self._tag_of.pop(entry_id, None)
-        if tag is not None:
-            self._untag(tag, entry_id)
-        return self._futures.pop(entry_id, None)
-
-    def _check_leases(self) -> None:
-        """Send again at once the chunks whose worker's lease lapsed (it died holding them)."""
-        assert self._leases is not None
-        self._lease_check_at = time.monotonic() + self.settings.worker_lease / 3
-        if not self._tag_of:
-            return
-        try:
-            lost = self._leases.check(self._tag_of, self._task_of)
-            if not lost:
-                return
-            self._leases.forget_delivery(sorted({tag for task_id, _ in lost if (tag := self._tag_of.get(task_id))}))
-        except Exception as exc:  # a Redis blip: the next round, or resend_after, catches up
-            log.debug("lease check failed: %s", exc)
-            return
-        with self._cond:
-            found = [(entry, why) for task_id, why in lost if (entry := self.spool.get(task_id)) is not None]
-            for entry, why in sorted(found, key=lambda pair: pair[0].meta.seq):  # in stream order
-                if entry.id not in self._futures:
-                    continue
-                log.warning("chunk %s#%s: %s; sending it again", entry.meta.stream, entry.meta.seq, why)
-                self.counts["resent"] += 1
-                self.counts["recovered"] += 1
-                self._queue.append(entry)
-            self._cond.notify()
-
-    def _check_restart(self, after_outage: bool) -> None:
-        """On (re)connecting: if Redis is a new server (run_id changed), what was sent may be gone with the
-        old one: send every unanswered chunk again now instead of after ``resend_after``."""
-        run_id = None
-        if self._has_info:
-            try:
-                run_id = self._client.info("server").get("run_id")
-            except Exception:  # a server without INFO (fakeredis's drops the connection): rely on resend_after
-                self._has_info = False
-                self._client.connection_pool.disconnect()
-        restarted = run_id is not None and self._on_server(run_id)
-        if after_outage:
-            log.warning(
-                "Redis reachable again at %s%s: sending the spooled chunks",
-                redact(self.settings.broker_url),
-                " (a new server: sending again what it may have lost)" if restarted else "",
-            )
-
-    def _on_server(self, run_id: str) -> bool:
-        """The run_id of the Redis server, read by the dispatcher after an outage and by the listener after
-        each reconnect and every second. A new one (restarted empty, failed over): what was sent may be gone
-        with the old server, so every unanswered chunk is sent again now instead of after ``resend_after``."""
-        with self._cond:
-            restarted = self._run_id is not None and run_id != self._run_id
-            self._run_id = run_id
-            if restarted:
-                self._deadlines = deque((0.0, entry_id, attempt) for _, entry_id, attempt in self._deadlines)
-                self._cond.notify_all()
-            pending = len(self._futures)
-        if restarted:
-            log.warning(
-                "Redis at %s is a new server: sending the unanswered chunks again (%d pending)",
-                redact(self.settings.broker_url),
-                pending,
-            )
-        return restarted
-
-    def _drop_stale(self, batch: list[Entry]) -> list[Entry]:
-        """Resolve as expired, without sending, the entries of ``batch`` already past their deadline."""
-        now = time.time()
-        stale = [e for e in batch if e.expires_at is not None and e.expires_at < now]
-        if not stale:
-            return batch
-        for entry in stale:
-            with self._cond:
-                future = self._pop(entry.id)
-                if future is None:
-                    continue
-                self._resolved[future] = entry
-                self.counts["expired"] += 1
-            future.set_exception(self._expired_error(entry, "expired before it could be sent"))
-        return [e for e in batch if e not in stale]
-
-    def _finished(self) -> bool:
-        """Under the lock: shut down and every chunk resolved and out of the spool."""
-        return self._closing and not self._futures and not len(self.spool)
-
-    def _expire(self) -> list[tuple[Entry, Future[Any]]]:
-        """Under the lock: queue again the chunks whose result is late; return those out of attempts."""
-        now, undelivered = time.monotonic(), []
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, entry_id, attempt = self._deadlines.popleft()
-            entry = self.spool.get(entry_id)
-            if entry is None or entry.attempts != attempt or entry_id not in self._futures:
-                continue  # answered, dropped, or already sent again
-            if entry.attempts >= self.settings.max_attempts:
-                self.counts["undelivered"] += 1
-                self.spool.remove(entry_id)
-                undelivered.append((entry, self._futures[entry_id]))
-                self._pop(entry_id)
-            else:
-                self.counts["resent"] += 1
-                self._queue.append(entry)
-        return undelivered
-
-    # ---- results ------------------------------------------------------------------------------------------
-
-    def _on_reply(self, envelope: dict[str, Any]) -> bool:
-        """Resolve the chunk the (sealed) reply is for; False when it is not one of this executor's.
-
-        A reply whose MAC does not check out is ignored and counted (``counts["forged"]``). The chunk leaves
-        the spool only once the emitter has handled its outcome (``settled()``, after its ``on_done`` ran): a
-        producer killed in between sends it again when restarted, so ``on_done`` is never skipped.
-        """
-        entry_id = envelope.get("id")
-        if not isinstance(entry_id, str) or (
-            entry_id not in self._futures and entry_id not in self._task_of and self.spool.get(entry_id) is None
-        ):
-            return False
-        try:
-            record = unseal(envelope, self._mac_key)
-        except Exception:  # a body that does not decode
-            record = None
-        if record is None:
-            with self._cond:
-                self.counts["forged"] += 1
-                first = self.counts["forged"] == 1
-            (log.error if first else log.debug)(
-                "a reply for chunk %s failed authentication and was ignored (forged, or OCYCLE_REPLY_SECRET differs"
-                " between producer and workers); counted",
-                entry_id,
-            )
-            return True
-        return self._resolve(entry_id, record)
-
-    def _resolve(self, entry_id: str, record: dict[str, Any]) -> bool:
-        """Resolve chunk ``entry_id`` (or a batch message's chunks) with an authenticated reply record."""
-        if entry_id in self._task_of and self.spool.get(entry_id) is None:
-            return self._on_batch_reply(entry_id, record)
-        with self._cond:
-            entry = self.spool.get(entry_id)
-            if (
-                entry is not None
-                and entry.attempts < self.settings.max_attempts
-                and entry_id in self._futures
-                and _transient(record)
-            ):
-                self.counts["resent"] += 1  # the worker lost Redis mid-task: not the chunk's fault, send again
-                self._queue.append(entry)
-                self._cond.notify()
-                return True
-            future = self._pop(entry_id)
-        if future is None:
-            return False  # another executor's, or a second reply: the listener counts it
-        if entry is not None:
-            with self._cond:
-                self._resolved[future] = entry
-        if not future.done():
-            if record.get("ok"):
-                future.set_result(record.get("result"))
-            elif record.get("expired") is True:
-                with self._cond:
-                    self.counts["expired"] += 1
-                future.set_exception(self._expired_error(entry, "its worker discarded it unstarted"))
-            else:
-                type_name, message = [*(record.get("error") or []), "Error", "unknown"][:2]
-                future.set_exception(RemoteTaskError(str(type_name), str(message)))
-        return True
-
-    def _on_batch_reply(self, tag: str, record: dict[str, Any]) -> bool:
-        """A reply for a batch message as a whole: from a worker that does not know the batch task (its chunks
-        go again, one message each, from now on), or a failure of the whole batch (each chunk fails with it)."""
-        error = [*(record.get("error") or []), "Error", "unknown"][:2]
-        with self._cond:
-            ids = [i for i in self._task_of.get(tag, ()) if i in self._futures]
-            if error[0] == "NotRegistered":
-                if self._batching:
-                    log.warning(
-                        "a worker of queue %r has no batch task (%s): sending one message per chunk from now on"
-                        " (workers made with ocycle_dist.remote.worker.make_app() have it; OCYCLE_BATCH_MAX_CHUNKS=0"
-                        " turns batching off)",
-                        self.settings.queue,
-                        error[1],
-                    )
-                self._batching = False
-                for entry_id in ids:
-                    entry = self.spool.get(entry_id)
-                    if entry is not None:
-                        self.counts["resent"] += 1
-                        self._queue.append(entry)
-                self._cond.notify()
-                return True
-        for entry_id in ids:
-            self._resolve(entry_id, {"id": entry_id, "ok": False, "error": error})
-        return True
-
-    def _expired_error(self, entry: Entry | None, how: str) -> ExpiredError:
-        what = f"chunk {entry.meta.stream}#{entry.meta.seq}" if entry is not None else "a chunk"
-        return ExpiredError(
-            f"{what} was not started within expires={self.expires:g} s ({how}): the workers of queue"
-            f" {self.settings.queue!r} are behind"
-        )
-
-    def settled(self, future: Future[Any]) -> None:
-        """The emitter has handled this chunk's outcome: forget it (spool, claimed chunk in Redis)."""
-        with self._cond:
-            entry = self._resolved.pop(future, None)
-            if entry is None:
-                return
-            self.spool.remove(entry.id)
-            self._cond.notify_all()  # room in the budget; the dispatcher may be done
-        if is_claimed(entry, self.settings):
-            try:
-                self._client.delete(claim_key(entry.id))
-            except Exception:  # it expires anyway
-                log.debug("could not delete the claimed chunk of %s", entry.id)
 
     @property
     def spooled_bytes(self) -> int:

@@ -255,29 +255,37 @@ def test_an_emitters_queue_is_consumed_only_by_workers_of_that_queue(rig: Rig) -
     assert emitter.close(timeout=30) == 0 and sorted(seen.calls) == [0, 1]
 
 
-def test_with_batching_off_chunks_not_started_before_expires_are_discarded_by_the_worker_and_counted(rig: Rig) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["a-message-each", "one-batch-message"])
+def test_chunks_not_started_before_expires_are_discarded_by_the_worker_and_counted(rig: Rig, batched: bool) -> None:
+    """Five chunks with ``expires=0.5`` wait in Redis past their deadline, then a worker comes: it discards each
+    unstarted, whether they came one message each (Celery's own ``expires`` check) or in one batch message
+    (the batch runner's check of each chunk's deadline)."""
     seen = Seen()
     emitter = ocycle.BufferEmit(
         "contract.echo_t0",
         4,
         clip=True,
         mode="celery",
-        settings=Settings(broker_url=rig.url, batch_max_chunks=1),  # one message a chunk: Celery's own expires check
+        settings=Settings(broker_url=rig.url, batch_max_chunks=64 if batched else 1),
         expires=0.5,
         on_done=seen.on_done,
         on_error=seen.on_error,
     )
-    emitter.write(b"x" * 20)
     executor = emitter.executor
     assert executor is not None
+    with executor._cond:  # the publisher waits: the five are pending together
+        emitter.write(b"x" * 20)
+        deadline = time.time() + 0.5
     wait_for(lambda: executor.counts["published"] == 5, 10, "published")
-    worker = rig.worker()  # starting takes longer than 0.5 s: every chunk is stale when it arrives
+    assert (executor.counts["messages"], executor.counts["batched"]) == ((1, 5) if batched else (5, 0))
+    wait_for(lambda: time.time() > deadline + 0.1, 5, "every chunk's deadline passed")  # whatever the worker's speed
+    worker = rig.worker()
     assert emitter.close(timeout=30) == 0
     s = emitter.stats()
     assert (s.emitted, s.expired, s.done, s.failed) == (5, 5, 0, 0) and accounted(s)
     assert len(seen.errors) == 5 and all(isinstance(e, ocycle.ExpiredError) for e in seen.errors)
     ran = [line for line in worker.log.read_text().splitlines() if "contract.echo_t0" in line and "succeeded" in line]
-    assert ran == []  # the worker discarded them unstarted (Celery's expires header, or the batch runner's check)
+    assert ran == [] and sum(seen.calls.values()) == 0  # none ran
     assert executor.counts["expired"] == 5
 
 

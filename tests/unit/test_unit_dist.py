@@ -722,7 +722,7 @@ def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[st
 def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocycle_dist.remote import executor as celery_executor
+    from ocycle_dist.remote import dispatch as celery_executor  # where the publisher thread calls publish()
 
     attempts = []
 
