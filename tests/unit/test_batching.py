@@ -6,6 +6,7 @@ The real processes (a worker killed mid-batch, draining, stock workers) are in t
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from celery import current_task
 
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
@@ -23,7 +25,7 @@ from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, lea
 from ocycle_dist.remote.publisher import groups, publish
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.spool import Entry
-from ocycle_dist.remote.worker import make_app
+from ocycle_dist.remote.worker import ChunkTask, make_app
 
 TOKEN = "unittoken0001"
 
@@ -136,6 +138,19 @@ def app() -> Any:
     def unencodable(chunk: bytes, t0: float) -> Any:
         return object()
 
+    @app.task(name="u.request", bind=True)
+    def own_request(self: Any, chunk: bytes, t0: float) -> list[Any]:
+        r, current = self.request, current_task._get_current_object()
+        return [r.id, r.correlation_id, r.get("ocycle")["seq"], r.headers, current is self, r.called_directly]
+
+    class Wrapped(ChunkTask):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return ["wrapped", super().__call__(*args, **kwargs)]
+
+    @app.task(name="u.wrapped", base=Wrapped)
+    def wrapped(chunk: bytes, t0: float, meta: Any) -> list[Any]:
+        return [chunk, meta.seq]
+
     return app
 
 
@@ -194,6 +209,38 @@ def test_unknown_expired_unencodable_and_lost_claims_are_each_that_chunks_error(
     assert b"crown" not in repr(got["id7"]).encode()
     assert got["id5"]["error"][0] == "NotRegistered"
     assert got["id6"]["result"] == b"ff"
+
+
+def test_each_chunk_runs_in_a_request_of_its_own_not_in_the_draining_messages(app: Any, admin: Any) -> None:
+    task = app.tasks["u.request"]
+    task.push_request(id="parent", correlation_id="parent", headers={"x": 1}, called_directly=False)
+    try:  # as drain() runs them: in the after_return of the message that ran first
+        got = run(app, admin, [item("u.request", b"a", 0), item("u.request", b"b", 1)])
+    finally:
+        task.pop_request()
+    for seq in (0, 1):
+        meta = item("u.request", b"", seq)[4]
+        assert got[f"id{seq}"].get("result") == [f"id{seq}", f"id{seq}", seq, {"ocycle": meta}, True, False]
+
+
+def test_a_task_class_with_its_own_call_is_called_through_it(app: Any, admin: Any) -> None:
+    got = run(app, admin, [item("u.wrapped", b"a", 0), item("u.wrapped", b"b", 1)])
+    assert got["id0"]["result"] == ["wrapped", [b"a", 0]] and got["id1"]["result"] == ["wrapped", [b"b", 1]]
+
+
+def test_whether_a_task_takes_meta_is_looked_up_once(app: Any, admin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    real = inspect.signature
+
+    def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(inspect, "signature", counting)
+    app.tasks["u.meta"].__dict__.pop("_ocycle_wants_meta", None)
+    got = run(app, admin, [item("u.meta", b"x", i) for i in range(5)])
+    assert [got[f"id{i}"]["result"] for i in range(5)] == [["s", i, 100.0 + i] for i in range(5)]
+    assert len(calls) == 1
 
 
 def test_a_chunk_over_the_workers_size_limit_fails_alone(admin: Any) -> None:
