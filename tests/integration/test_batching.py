@@ -11,14 +11,23 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis as redis_py
+from celery.app.task import Context
 
 import ocycle_dist as ocycle
+from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
+from ocycle_dist.remote import batch, wire
+from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
+from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
+from ocycle_dist.remote.spool import Entry
+from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
 from tests.helpers import wait_for
 
@@ -195,3 +204,44 @@ def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack
     assert not got.errors and executor.counts["resent"] >= 2
     backlog2 = [backlog.stream, executor.counts]
     print(f"\n[stock] batch fallback: {backlog2}")
+
+
+class CountingRedis(redis_py.Redis):  # type: ignore[misc]
+    """A client that notes how many messages each take of the drain script returned."""
+
+    takes: list[int]
+
+    def evalsha(self, *args: Any) -> Any:
+        got = super().evalsha(*args)
+        self.takes.append(len(got[0]) if got else 0)
+        return got
+
+
+def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
+    stack: ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = stack.enter_context(RedisServer())
+    settings = Settings(broker_url=redis.url)
+    app = make_app(settings, name=f"drain-bytes-{uuid.uuid4().hex[:6]}")
+
+    @app.task(name="i.length")
+    def length(chunk: bytes, t0: float) -> int:
+        return len(chunk)
+
+    client = CountingRedis.from_url(redis.url)
+    client.takes = []
+    token, stream = "drainbytes01", f"s-{uuid.uuid4().hex[:6]}"
+    entries = [Entry(f"id{i}", "i.length", Chunk(stream, i, float(i), 32768, 0), wire.dumps(b"%05d" % i * 6554))
+               for i in range(256)]  # fmt: skip
+    sent = publish(client, entries, settings, token)
+    assert len(sent) >= 8  # batch messages of 1 MiB of chunks (1.4 MB in their envelope)
+    monkeypatch.setattr(batch, "DRAIN_SECONDS", 60.0)  # a slow machine: all of it, however long it takes
+    request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
+                      is_eager=False, timelimit=None)  # fmt: skip
+    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 256
+    # two messages a take at most (~2 MB: Redis is never busy with one take for long), and on while more wait
+    assert len(client.takes) >= 4 and max(client.takes) <= 2 and sum(client.takes) == len(sent), client.takes
+    replies = client.lrange(reply_key(stream, token), 0, -1)
+    records = [unseal(wire.loads(r), mac_key("", token)) for r in replies]
+    assert sorted((r["id"], r["result"]) for r in records if r) == sorted((f"id{i}", 32770) for i in range(256))
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0  # all acked
