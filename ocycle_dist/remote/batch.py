@@ -70,10 +70,12 @@ DRAIN_BYTES = 2 << 20  # one take stops once it holds this many bytes of message
 # record each as delivered to this pool process, in one atomic step: kombu's unacked hash (KEYS[2]: tag ->
 # [message, exchange, routing key]) and index (KEYS[3]: tag -> time), then the pool process's lease (KEYS[4],
 # naming the tasks and the delivery tags; TTL ARGV[4] ms) and its name in the set of lease holders (KEYS[5]).
-# The tags are read from the envelope's tail (where the properties are), else by decoding it. Returns the
-# messages, their tags and how many more wait. One RPOP with a count would copy its whole reply into Lua in a
-# way that costs the square of its size (31 batch messages of 1.4 MB: 260 ms, 80 ms one at a time), and the
-# byte budget bounds how long Redis is busy with one take (a backlog of batch messages is taken a few at a time).
+# The tags are read from the envelope's tail (where the properties are), else by decoding it. The lease also
+# names what the previous take holds, still running: ARGV[6] task ids, ARGV[6 + ARGV[6] + 1...] its tags. Returns the
+# messages, their tags, how many more wait and the task ids. One RPOP with a count would copy its whole reply
+# into Lua at a cost growing with the square of its size (31 batch messages of 1.4 MB: 260 ms, 80 ms one at a
+# time); the byte budget bounds how long Redis is busy with one take (a backlog of batch messages is taken a
+# few at a time).
 TAKE = """
 local items, tags, ids = {}, {}, {}
 local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'
@@ -101,9 +103,15 @@ for i = 1, tonumber(ARGV[1]) do
   if budget <= 0 then break end
 end
 if #items == 0 then return {} end
-redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = ids, tags = tags}), 'PX', ARGV[4])
+local held_ids, held_tags, n = {}, {}, tonumber(ARGV[6])
+for j = 7, #ARGV do
+  if j <= 6 + n then held_ids[#held_ids + 1] = ARGV[j] else held_tags[#held_tags + 1] = ARGV[j] end
+end
+for _, id in ipairs(ids) do held_ids[#held_ids + 1] = id end
+for _, tag in ipairs(tags) do held_tags[#held_tags + 1] = tag end
+redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = held_ids, tags = held_tags}), 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[3])
-return {items, tags, redis.call('LLEN', KEYS[1])}
+return {items, tags, redis.call('LLEN', KEYS[1]), ids}
 """
 
 _scripts: dict[int, Any] = {}
@@ -296,6 +304,39 @@ def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
         return None
 
 
+def _send(client: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
+    """Send a take (EVALSHA of :data:`TAKE`) on a connection of its own; its reply is read by :func:`_receive`."""
+    try:
+        conn = client.connection_pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants a command name
+        conn = client.connection_pool.get_connection("EVALSHA")
+    try:
+        conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+    except BaseException:
+        _discard(client, conn)
+        raise
+    return conn
+
+
+def _receive(client: Any, conn: Any) -> Any:
+    """The reply of a take sent by :func:`_send` (None when Redis lost the script: nothing was taken)."""
+    try:
+        got = client.parse_response(conn, "EVALSHA")
+    except redis.exceptions.NoScriptError:
+        client.connection_pool.release(conn)
+        return None
+    except BaseException:
+        _discard(client, conn)
+        raise
+    client.connection_pool.release(conn)
+    return got
+
+
+def _discard(client: Any, conn: Any) -> None:
+    conn.disconnect()  # a reply may be on its way on it
+    client.connection_pool.release(conn)
+
+
 def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
     """After a chunk message ran in this pool process: take and run what else waits on its queue; how many.
 
@@ -328,18 +369,22 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             client.pexpire(lease_key(name), int(lease * 1000))
             renewed[0] = time.monotonic()
 
+    def take(ids: list[Any], tags: list[Any]) -> list[Any]:
+        return [settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES, len(ids), *ids, *tags]
+
+    ahead: Any = None  # the connection of the next take, sent before the messages of this one run
     try:
-        while time.monotonic() < deadline:
-            try:
-                got = script(keys=keys, args=[settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES])
-            except redis.ResponseError as exc:  # no scripting, or RPOP without a count (Redis < 6.2)
-                _unsupported.add(id(client))
-                log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
-                return total
-            if not got:
-                break
-            messages, tags, waiting = got
+        try:
+            got = script(keys=keys, args=take([], []))
+        except redis.ResponseError as exc:  # no scripting, or RPOP without a count (Redis < 6.2)
+            _unsupported.add(id(client))
+            log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
+            return total
+        while got:
+            messages, tags, waiting, ids = got
             renewed[0] = time.monotonic()
+            if waiting and time.monotonic() < deadline:  # Redis takes the next while these run
+                ahead = _send(client, script.sha, keys, take(ids, tags))
             replies = Replies(settings.result_ttl, settings.reply_secret)
             back: list[tuple[bytes, bytes]] = []
             for raw, tag in zip(messages, tags, strict=True):
@@ -356,10 +401,13 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.hdel(UNACKED_KEY, *tags)
             pipe.execute()
-            if back or not waiting:
-                break
+            got, ahead = (_receive(client, ahead) if ahead is not None else None), None
+            if back:  # the take already made runs too (it is recorded as delivered here); no more
+                deadline = 0.0
     finally:  # the lease now names nothing and lives on: deleting it would read as this process's death to a
         # producer whose reply is still on its way (it would send that chunk again)
+        if ahead is not None:  # failed while a take was on its way: what it took is in kombu's unacked set
+            _discard(client, ahead)
         try:
             client.set(lease_key(name), wire.dumps({"worker": name, "tasks": [], "tags": []}), px=int(lease * 1000))
         except Exception:  # it lapses

@@ -4,6 +4,7 @@ a worker killed whole mid-batch (or mid-drain) costs no chunk and runs none twic
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -211,9 +212,10 @@ class CountingRedis(redis_py.Redis):  # type: ignore[misc]
 
     takes: list[int]
 
-    def evalsha(self, *args: Any) -> Any:
-        got = super().evalsha(*args)
-        self.takes.append(len(got[0]) if got else 0)
+    def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
+        got = super().parse_response(connection, command_name, **options)
+        if command_name == "EVALSHA":
+            self.takes.append(len(got[0]) if got else 0)
         return got
 
 
@@ -224,8 +226,12 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
     settings = Settings(broker_url=redis.url)
     app = make_app(settings, name=f"drain-bytes-{uuid.uuid4().hex[:6]}")
 
-    @app.task(name="i.length")
-    def length(chunk: bytes, t0: float) -> int:
+    leased: dict[str, set[str]] = {}  # task id -> the delivery tags its pool process's lease named as it ran
+
+    @app.task(name="i.length", bind=True)
+    def length(self: Any, chunk: bytes, t0: float) -> int:
+        lease = wire.loads(client.get(f"ocycle:lease:t@h/{os.getpid()}"))
+        leased[self.request.id] = {t.decode() if isinstance(t, bytes) else t for t in lease["tags"]}
         return len(chunk)
 
     client = CountingRedis.from_url(redis.url)
@@ -245,3 +251,5 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
     records = [unseal(wire.loads(r), mac_key("", token)) for r in replies]
     assert sorted((r["id"], r["result"]) for r in records if r) == sorted((f"id{i}", 32770) for i in range(256))
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0  # all acked
+    # while the next take was made ahead, the lease named both: every chunk's message was named as it ran
+    assert all(e.delivery_tag in leased[e.id] for e in entries)
