@@ -24,7 +24,7 @@ chunk does not fail its neighbours. What Celery does per message and not per chu
 
 from __future__ import annotations
 
-import base64
+import binascii
 import inspect
 import json
 import logging
@@ -278,16 +278,36 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
             flush_at = time.monotonic() + 0.01
 
 
+_BODY_FIRST = b'{"body": "'
+
+
+def envelope_of(raw: bytes) -> tuple[dict[str, Any], Any]:
+    """kombu's JSON envelope of a message and its body (a str, or the body's bytes in ``raw``).
+
+    The producers' envelopes (and kombu's) begin with the body, base64 text: it is cut out of ``raw`` unread
+    and the rest parsed alone (a batch message's 1.4 MB body would cost json.loads ~1.1 ms a message, 17 us a
+    chunk). Anything else (an escape in the body, a second "body" key...) is parsed whole."""
+    if raw.startswith(_BODY_FIRST):
+        start = len(_BODY_FIRST)
+        end = raw.find(b'"', start)
+        if end > 0 and raw.find(b"\\", start, end) < 0:
+            envelope = json.loads(b'{"body": ""' + raw[end + 1 :])
+            if isinstance(envelope, dict) and envelope.get("body") == "":
+                return envelope, memoryview(raw)[start:end]
+    envelope = json.loads(raw)
+    return envelope, envelope["body"]
+
+
 def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
     """The items of a message taken from the queue, or None when Celery must run it (not ours to run)."""
     try:
-        envelope = json.loads(raw)
+        envelope, body = envelope_of(raw)
         if envelope.get("content-type") != wire.CONTENT_TYPE:
             return None
         headers, props = envelope["headers"], envelope["properties"]
         if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
             return None
-        args, kwargs, embed = wire.loads(base64.b64decode(envelope["body"]))
+        args, kwargs, embed = wire.loads(binascii.a2b_base64(body))
         if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return None
         if headers.get("task") == BATCH_TASK:  # each chunk replies to its stream's list, with the batch's token

@@ -19,7 +19,7 @@ from celery import current_task
 
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.batch import Replies, run_items
+from ocycle_dist.remote.batch import Replies, envelope_of, run_items
 from ocycle_dist.remote.lease import LeaseWatch
 from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, lease_key, mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import groups, publish
@@ -273,3 +273,37 @@ def test_the_lease_watch_maps_a_batch_tag_to_all_its_chunks(admin: Any) -> None:
         ("a", "the lease of worker w1/123 lapsed"),
         ("b", "the lease of worker w1/123 lapsed"),
     ]
+
+
+# ---- decoding what drain takes -----------------------------------------------------------------------------
+
+
+def test_a_taken_envelope_is_read_as_json_would_read_it_its_body_cut_out_unparsed(admin: Any) -> None:
+    entries = [entry(b"x" * 3000, seq=i) for i in range(3)]
+    publish(admin, entries, Settings(), TOKEN)  # one batch message
+    publish(admin, [entry(b"lone", seq=9)], Settings(), TOKEN)  # one plain one
+    for raw in admin.lrange("celery", 0, -1):
+        envelope, body = envelope_of(raw)
+        full = json.loads(raw)
+        assert isinstance(body, memoryview) and bytes(body) == full["body"].encode()
+        assert {**envelope, "body": full["body"]} == full
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"body": "YWJj\\/", "content-type": "x"}',  # an escape in the body
+        b'{"body": "YWJj", "content-type": "x", "body": "ZGVm"}',  # a second body: JSON's is the last
+        b'{"content-type": "x", "body": "YWJj"}',  # not first
+        b'{"body": "YWJj"',  # truncated
+    ],
+)
+def test_any_other_envelope_is_parsed_whole(raw: bytes) -> None:
+    try:
+        full = json.loads(raw)
+    except ValueError:
+        with pytest.raises(ValueError):
+            envelope_of(raw)
+        return
+    envelope, body = envelope_of(raw)
+    assert envelope == full and body == full["body"]
