@@ -8,7 +8,9 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
 - **Draining** (a fleet of producers, each with one chunk in flight, so no producer has anything to batch):
   once a pool process has run a short chunk message, :func:`drain` takes up to ``worker_drain`` more waiting
   messages (at most :data:`DRAIN_BYTES` of them) of the same queue in one round trip and runs them in the same
-  call, then takes more while some wait (for at most :data:`DRAIN_SECONDS`). The Lua script that pops
+  call, then takes more while its takes stop at those limits with more waiting (for at most
+  :data:`DRAIN_SECONDS`; a take that empties the queue ends it: what comes next may as well go to another
+  worker). The Lua script that pops
   them records each, in the same atomic step, in kombu's ``unacked`` hash and ``unacked_index`` as a
   delivery would, and names them in a lease of the pool process (``ocycle:lease:<worker>/<pid>``, a few
   seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
@@ -71,13 +73,14 @@ DRAIN_BYTES = 2 << 20  # one take stops once it holds this many bytes of message
 # [message, exchange, routing key]) and index (KEYS[3]: tag -> time), then the pool process's lease (KEYS[4],
 # naming the tasks and the delivery tags; TTL ARGV[4] ms) and its name in the set of lease holders (KEYS[5]).
 # The tags are read from the envelope's tail (where the properties are), else by decoding it. The lease also
-# names what the previous take holds, still running: ARGV[6] task ids, ARGV[6 + ARGV[6] + 1...] its tags. Returns the
-# messages, their tags, how many more wait and the task ids. One RPOP with a count would copy its whole reply
-# into Lua at a cost growing with the square of its size (31 batch messages of 1.4 MB: 260 ms, 80 ms one at a
-# time); the byte budget bounds how long Redis is busy with one take (a backlog of batch messages is taken a
-# few at a time).
+# names what the previous take holds, still running: ARGV[6] task ids, then its tags (ARGV[7...]). Returns the
+# messages, their tags, how many more wait if the take stopped at its count or byte limit (else 0: the queue
+# ran dry, and what comes next may as well go to another worker) and the task ids. One RPOP with a count
+# would copy its whole reply into Lua at a cost growing with the square of its size (31 batch messages of
+# 1.4 MB: 260 ms, 80 ms one at a time); the byte budget bounds how long Redis is busy with one take (a
+# backlog of batch messages is taken a few at a time).
 TAKE = """
-local items, tags, ids = {}, {}, {}
+local items, tags, ids, limited = {}, {}, {}, false
 local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'
 local budget = tonumber(ARGV[5])
 for i = 1, tonumber(ARGV[1]) do
@@ -100,7 +103,10 @@ for i = 1, tonumber(ARGV[1]) do
   tags[i] = tag
   if type(id) == 'string' then ids[#ids + 1] = id end
   budget = budget - #m
-  if budget <= 0 then break end
+  if budget <= 0 or i == tonumber(ARGV[1]) then
+    limited = true
+    break
+  end
 end
 if #items == 0 then return {} end
 local held_ids, held_tags, n = {}, {}, tonumber(ARGV[6])
@@ -111,7 +117,7 @@ for _, id in ipairs(ids) do held_ids[#held_ids + 1] = id end
 for _, tag in ipairs(tags) do held_tags[#held_tags + 1] = tag end
 redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = held_ids, tags = held_tags}), 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[3])
-return {items, tags, redis.call('LLEN', KEYS[1]), ids}
+return {items, tags, limited and redis.call('LLEN', KEYS[1]) or 0, ids}
 """
 
 _scripts: dict[int, Any] = {}

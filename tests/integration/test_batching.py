@@ -4,6 +4,7 @@ a worker killed whole mid-batch (or mid-drain) costs no chunk and runs none twic
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -253,3 +254,30 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0  # all acked
     # while the next take was made ahead, the lease named both: every chunk's message was named as it ran
     assert all(e.delivery_tag in leased[e.id] for e in entries)
+
+
+def test_a_take_says_how_many_wait_only_when_it_stopped_at_its_count_or_byte_limit(stack: ExitStack) -> None:
+    redis = stack.enter_context(RedisServer())
+    client = connect(redis.url)
+    script = client.register_script(batch.TAKE)
+    keys = ["q", "unacked", "unacked_index", "ocycle:lease:t@h/1", "ocycle:workers"]
+
+    def take(count: int, budget: int, held: tuple[list[str], list[str]] = ([], [])) -> list[Any]:
+        return script(keys=keys, args=[count, time.time(), "t@h/1", 5000, budget, len(held[0]), *held[0], *held[1]])
+
+    def message(i: int, size: int = 10) -> bytes:
+        props = {"correlation_id": f"id{i}", "delivery_tag": f"tag{i}"}
+        return json.dumps({"body": "x" * size, "properties": props}).encode()
+
+    client.lpush("q", *[message(i) for i in range(8)])
+    messages, _, waiting, ids = take(5, 1 << 20)
+    assert len(messages) == 5 and waiting == 3 and ids == [b"id0", b"id1", b"id2", b"id3", b"id4"]
+    messages, _, waiting, _ = take(5, 1 << 20, (["id0"], ["tag0"]))
+    assert len(messages) == 3 and waiting == 0  # the queue ran dry: the drain ends
+    lease = wire.loads(client.get("ocycle:lease:t@h/1"))
+    assert lease["tasks"] == ["id0", "id5", "id6", "id7"] and lease["tags"] == ["tag0", "tag5", "tag6", "tag7"]
+    assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8
+    client.lpush("q", *[message(i, 1000) for i in range(8, 12)])
+    messages, _, waiting, _ = take(64, 1500)  # over the byte budget after the second
+    assert len(messages) == 2 and waiting == 2
+    assert take(64, 1 << 20)[2] == 0 and take(64, 1 << 20) == []
