@@ -427,7 +427,8 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.hdel(UNACKED_KEY, *tags)
             pipe.execute()
-            got, ahead = (_receive(client, ahead) if ahead is not None else None), None
+            sent, ahead = ahead, None  # _receive releases its connection, whatever happens
+            got = _receive(client, sent) if sent is not None else None
             if back:  # the take already made runs too (it is recorded as delivered here); no more
                 deadline = 0.0
     finally:  # the lease now names nothing and lives on: deleting it would read as this process's death to a
