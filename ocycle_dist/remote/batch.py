@@ -66,7 +66,11 @@ log = logging.getLogger("ocycle_dist.worker")
 
 DRAIN_SLOW = 0.05  # a pool process drains only after a chunk that ran faster than this (seconds)
 DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
-DRAIN_BYTES = 2 << 20  # one take stops once it holds this many bytes of messages (a batch message is ~1.4 MB)
+# One take stops once it holds this many bytes of messages (a batch message is ~1.4 MB). A take that stopped
+# there (a backlog of batch messages) has the next one sent before its messages run: the take script copies
+# ~7 ms of Redis's time per batch message, spent on the other core meanwhile. A take of small messages, cut at
+# worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
+DRAIN_BYTES = 2 << 20
 
 # Pop up to ARGV[1] messages from the queue KEYS[1], one at a time, stopping once ARGV[5] bytes are taken, and
 # record each as delivered to this pool process, in one atomic step: kombu's unacked hash (KEYS[2]: tag ->
@@ -75,12 +79,13 @@ DRAIN_BYTES = 2 << 20  # one take stops once it holds this many bytes of message
 # The tags are read from the envelope's tail (where the properties are), else by decoding it. The lease also
 # names what the previous take holds, still running: ARGV[6] task ids, then its tags (ARGV[7...]). Returns the
 # messages, their tags, how many more wait if the take stopped at its count or byte limit (else 0: the queue
-# ran dry, and what comes next may as well go to another worker) and the task ids. One RPOP with a count
+# ran dry, and what comes next may as well go to another worker), the task ids, and 1 if it stopped at its
+# byte limit (else 0). One RPOP with a count
 # would copy its whole reply into Lua at a cost growing with the square of its size (31 batch messages of
 # 1.4 MB: 260 ms, 80 ms one at a time); the byte budget bounds how long Redis is busy with one take (a
 # backlog of batch messages is taken a few at a time).
 TAKE = """
-local items, tags, ids, limited = {}, {}, {}, false
+local items, tags, ids, limited, by_bytes = {}, {}, {}, false, 0
 local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'
 local budget = tonumber(ARGV[5])
 for i = 1, tonumber(ARGV[1]) do
@@ -105,6 +110,7 @@ for i = 1, tonumber(ARGV[1]) do
   budget = budget - #m
   if budget <= 0 or i == tonumber(ARGV[1]) then
     limited = true
+    if budget <= 0 then by_bytes = 1 end
     break
   end
 end
@@ -117,7 +123,7 @@ for _, id in ipairs(ids) do held_ids[#held_ids + 1] = id end
 for _, tag in ipairs(tags) do held_tags[#held_tags + 1] = tag end
 redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = held_ids, tags = held_tags}), 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[3])
-return {items, tags, limited and redis.call('LLEN', KEYS[1]) or 0, ids}
+return {items, tags, limited and redis.call('LLEN', KEYS[1]) or 0, ids, by_bytes}
 """
 
 _scripts: dict[int, Any] = {}
@@ -407,9 +413,10 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
             return total
         while got:
-            messages, tags, waiting, ids = got
+            messages, tags, waiting, ids, by_bytes = got
             renewed[0] = time.monotonic()
-            if waiting and time.monotonic() < deadline:  # Redis takes the next while these run
+            more = bool(waiting) and time.monotonic() < deadline
+            if more and by_bytes:  # large messages: Redis takes the next while these run (see DRAIN_BYTES)
                 ahead = _send(client, script.sha, keys, take(ids, tags))
             replies = Replies(settings.result_ttl, settings.reply_secret)
             back: list[tuple[bytes, bytes]] = []
@@ -427,9 +434,12 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.hdel(UNACKED_KEY, *tags)
             pipe.execute()
-            sent, ahead = ahead, None  # _receive releases its connection, whatever happens
-            got = _receive(client, sent) if sent is not None else None
-            if back:  # the take already made runs too (it is recorded as delivered here); no more
+            if ahead is not None:  # the take already made runs too (it is recorded as delivered here)
+                sent, ahead = ahead, None  # _receive releases its connection, whatever happens
+                got = _receive(client, sent)
+            else:
+                got = script(keys=keys, args=take([], [])) if more and not back else None
+            if back:  # no more
                 deadline = 0.0
     finally:  # the lease now names nothing and lives on: deleting it would read as this process's death to a
         # producer whose reply is still on its way (it would send that chunk again)

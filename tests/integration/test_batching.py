@@ -270,16 +270,17 @@ def test_a_take_says_how_many_wait_only_when_it_stopped_at_its_count_or_byte_lim
         return json.dumps({"body": "x" * size, "properties": props}).encode()
 
     client.lpush("q", *[message(i) for i in range(8)])
-    messages, _, waiting, ids = take(5, 1 << 20)
+    messages, _, waiting, ids, by_bytes = take(5, 1 << 20)
     assert len(messages) == 5 and waiting == 3 and ids == [b"id0", b"id1", b"id2", b"id3", b"id4"]
-    messages, _, waiting, _ = take(5, 1 << 20, (["id0"], ["tag0"]))
+    assert by_bytes == 0  # cut at its count: the drain takes the next after these ran
+    messages, _, waiting, _, _ = take(5, 1 << 20, (["id0"], ["tag0"]))
     assert len(messages) == 3 and waiting == 0  # the queue ran dry: the drain ends
     lease = wire.loads(client.get("ocycle:lease:t@h/1"))
     assert lease["tasks"] == ["id0", "id5", "id6", "id7"] and lease["tags"] == ["tag0", "tag5", "tag6", "tag7"]
     assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8
     client.lpush("q", *[message(i, 1000) for i in range(8, 12)])
-    messages, _, waiting, _ = take(64, 1500)  # over the byte budget after the second
-    assert len(messages) == 2 and waiting == 2
+    messages, _, waiting, _, by_bytes = take(64, 1500)  # over the byte budget after the second
+    assert len(messages) == 2 and waiting == 2 and by_bytes == 1  # the drain sends the next take ahead
     assert take(64, 1 << 20)[2] == 0 and take(64, 1 << 20) == []
 
 
@@ -315,3 +316,27 @@ def test_a_drain_that_fails_with_a_take_on_its_way_leaves_no_connection_behind(
     assert not pool._in_use_connections  # the take sent ahead was read or its connection dropped: none leaks
     # what was taken stays recorded as delivered (kombu restores it, producers send it again): nothing is lost
     assert client.hlen("unacked") + client.llen(settings.queue) == 8
+
+
+def test_takes_of_small_messages_are_made_one_after_another(stack: ExitStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis = stack.enter_context(RedisServer())
+    settings = Settings(broker_url=redis.url, worker_drain=4)
+    app = make_app(settings, name=f"drain-small-{uuid.uuid4().hex[:6]}")
+    client = connect(redis.url)
+    queued: list[int] = []  # messages still in the queue as each chunk runs
+
+    @app.task(name="i.small")
+    def small(chunk: bytes, t0: float) -> bytes:
+        queued.append(client.llen(settings.queue))
+        return chunk
+
+    stream = f"s-{uuid.uuid4().hex[:6]}"
+    entries = [Entry(f"id{i}", "i.small", Chunk(stream, i, float(i), 4, 0), wire.dumps(b"abcd")) for i in range(10)]
+    publish(client, entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainsmall01")
+    sent: list[Any] = []
+    monkeypatch.setattr(batch, "_send", lambda *args: sent.append(args))
+    request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
+                      is_eager=False, timelimit=None)  # fmt: skip
+    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 10
+    assert not sent  # never a take sent ahead: another worker may run what waits meanwhile
+    assert queued == [6, 6, 6, 6, 2, 2, 2, 2, 0, 0]  # takes of 4, 4 and 2, each after the previous one ran
