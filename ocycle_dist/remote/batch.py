@@ -7,7 +7,10 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
   e.g. a backlog after an outage): :func:`run_batch` runs its chunks in turn.
 - **Draining** (a fleet of producers, each with one chunk in flight, so no producer has anything to batch):
   once a pool process has run a short chunk message, :func:`drain` takes up to ``worker_drain`` more waiting
-  messages of the same queue in one round trip and runs them in the same call. The Lua script that pops
+  messages (at most :data:`DRAIN_BYTES` of them) of the same queue in one round trip and runs them in the same
+  call, then takes more while its takes stop at those limits with more waiting (for at most
+  :data:`DRAIN_SECONDS`; a take that empties the queue ends it: what comes next may as well go to another
+  worker). The Lua script that pops
   them records each, in the same atomic step, in kombu's ``unacked`` hash and ``unacked_index`` as a
   delivery would, and names them in a lease of the pool process (``ocycle:lease:<worker>/<pid>``, a few
   seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
@@ -23,7 +26,8 @@ chunk does not fail its neighbours. What Celery does per message and not per chu
 
 from __future__ import annotations
 
-import base64
+import binascii
+import inspect
 import json
 import logging
 import os
@@ -33,8 +37,11 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from celery._state import _task_stack
+from celery.app.task import Context
 from celery.exceptions import NotRegistered, TimeLimitExceeded
 
+from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
 from .protocol import (
@@ -59,18 +66,32 @@ log = logging.getLogger("ocycle_dist.worker")
 
 DRAIN_SLOW = 0.05  # a pool process drains only after a chunk that ran faster than this (seconds)
 DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
+# One take stops once it holds this many bytes of messages (a batch message is ~1.4 MB). A take that stopped
+# there (a backlog of batch messages) has the next one sent before its messages run: the take script copies
+# ~7 ms of Redis's time per batch message, spent on the other core meanwhile. A take of small messages, cut at
+# worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
+DRAIN_BYTES = 2 << 20
 
-# Pop up to ARGV[1] messages from the queue KEYS[1] and record each as delivered to this pool process, in one
-# atomic step: kombu's unacked hash (KEYS[2]: tag -> [message, exchange, routing key]) and index (KEYS[3]:
-# tag -> time), then the pool process's lease (KEYS[4], naming the tasks and the delivery tags; TTL ARGV[5]
-# ms) and its name in the set of lease holders (KEYS[5]). The tags are read from the envelope's tail (where
-# the properties are), else by decoding it.
+# Pop up to ARGV[1] messages from the queue KEYS[1], one at a time, stopping once ARGV[5] bytes are taken, and
+# record each as delivered to this pool process, in one atomic step: kombu's unacked hash (KEYS[2]: tag ->
+# [message, exchange, routing key]) and index (KEYS[3]: tag -> time), then the pool process's lease (KEYS[4],
+# naming the tasks and the delivery tags; TTL ARGV[4] ms) and its name in the set of lease holders (KEYS[5]).
+# The tags are read from the envelope's tail (where the properties are), else by decoding it. The lease also
+# names what the previous take holds, still running: ARGV[6] task ids, then its tags (ARGV[7...]). Returns the
+# messages, their tags, how many more wait if the take stopped at its count or byte limit (else 0: the queue
+# ran dry, and what comes next may as well go to another worker), the task ids, and 1 if it stopped at its
+# byte limit (else 0). One RPOP with a count
+# would copy its whole reply into Lua at a cost growing with the square of its size (31 batch messages of
+# 1.4 MB: 260 ms, 80 ms one at a time); the byte budget bounds how long Redis is busy with one take (a
+# backlog of batch messages is taken a few at a time).
 TAKE = """
-local items = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
-if not items then return {} end
-local tags, ids = {}, {}
+local items, tags, ids, limited, by_bytes = {}, {}, {}, false, 0
 local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'
-for i, m in ipairs(items) do
+local budget = tonumber(ARGV[5])
+for i = 1, tonumber(ARGV[1]) do
+  local m = redis.call('RPOP', KEYS[1])
+  if not m then break end
+  items[i] = m
   local tail = string.sub(m, -1024)
   local tag = string.match(tail, '"delivery_tag": "([^"]+)"')
   local id = string.match(tail, '"correlation_id": "([^"]+)"')
@@ -84,12 +105,25 @@ for i, m in ipairs(items) do
   if type(tag) ~= 'string' then tag = ARGV[3] .. ':' .. ARGV[2] .. ':' .. i end
   redis.call('HSET', KEYS[2], tag, '[' .. m .. where)
   redis.call('ZADD', KEYS[3], ARGV[2], tag)
-  tags[#tags + 1] = tag
+  tags[i] = tag
   if type(id) == 'string' then ids[#ids + 1] = id end
+  budget = budget - #m
+  if budget <= 0 or i == tonumber(ARGV[1]) then
+    limited = true
+    if budget <= 0 then by_bytes = 1 end
+    break
+  end
 end
-redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = ids, tags = tags}), 'PX', ARGV[4])
+if #items == 0 then return {} end
+local held_ids, held_tags, n = {}, {}, tonumber(ARGV[6])
+for j = 7, #ARGV do
+  if j <= 6 + n then held_ids[#held_ids + 1] = ARGV[j] else held_tags[#held_tags + 1] = ARGV[j] end
+end
+for _, id in ipairs(ids) do held_ids[#held_ids + 1] = id end
+for _, tag in ipairs(tags) do held_tags[#held_tags + 1] = tag end
+redis.call('SET', KEYS[4], cmsgpack.pack({worker = ARGV[3], tasks = held_ids, tags = held_tags}), 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[3])
-return {items, tags}
+return {items, tags, limited and redis.call('LLEN', KEYS[1]) or 0, ids, by_bytes}
 """
 
 _scripts: dict[int, Any] = {}
@@ -143,18 +177,57 @@ def _expires_at(value: Any) -> float | None:
         return None
 
 
+def payload_size(value: Any) -> int:
+    """Bytes of a chunk value (bytes-like, str or numpy array)."""
+    nbytes = getattr(value, "nbytes", None)
+    return int(nbytes) if nbytes is not None else len(value)
+
+
+def wants_meta(task: Any) -> bool:
+    """Whether ``task``'s function has a ``meta`` parameter (looked up once per task: it costs ~15 us)."""
+    cached = task.__dict__.get("_ocycle_wants_meta")
+    if cached is None:
+        cached = task.__dict__["_ocycle_wants_meta"] = "meta" in inspect.signature(task.run).parameters
+    return bool(cached)
+
+
+def chunk_kwargs(task: Any, chunk: Any, info: dict[str, Any] | None, limit: int) -> dict[str, Any]:
+    """What a chunk task is called with besides ``(chunk, t0)``: ``meta`` when its function takes it. Raises
+    EncodeError for a chunk over ``limit`` (``max_chunk_bytes``). ``info``: the message's metadata header."""
+    if not info:
+        return {}
+    if payload_size(chunk) > limit:
+        raise EncodeError(f"chunk of {payload_size(chunk)} bytes exceeds max_chunk_bytes={limit}")
+    return {"meta": Chunk(**{f: info[f] for f in Chunk._fields})} if wants_meta(task) else {}
+
+
 def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[str, Any]) -> Any:
-    """Run one chunk as its task message would run: in a request context carrying its metadata."""
+    """Run one chunk as its task message would run: in a request context carrying its metadata.
+
+    A task of :class:`.worker.ChunkTask` (its ``__call__`` not overridden) is run here directly in one fresh
+    request context (``ChunkTask.__call__``'s checks, then the function): Celery's ``Task.__call__`` would push
+    a second context copying the first, ~30 us a chunk. Any other task class is called as Celery would."""
     task_id, name, chunk, t0, meta = item[:5]
-    task.push_request(
-        id=task_id, task=name, args=[chunk, t0], kwargs={}, hostname=hostname, delivery_info=delivery_info,
-        reply_to=item[6] if len(item) > 6 else None, is_eager=False, called_directly=False, retries=0,
-        **{META_HEADER: meta},
-    )  # fmt: skip
+    request = {
+        "id": task_id, "correlation_id": task_id, "task": name, "args": [chunk, t0], "kwargs": {}, "hostname": hostname,
+        "delivery_info": delivery_info, "reply_to": item[6] if len(item) > 6 else None, "is_eager": False,
+        "called_directly": False, "retries": 0, META_HEADER: meta, "headers": {META_HEADER: meta},
+    }  # fmt: skip
+    cls = type(task)
+    if cls.__call__ is not getattr(cls, "_ocycle_call", None):
+        task.push_request(**request)
+        try:
+            return task(chunk, t0)
+        finally:
+            task.pop_request()
+    kwargs = chunk_kwargs(task, chunk, meta, task._ocycle_limit())
+    _task_stack.push(task)
+    task.request_stack.push(Context(request))
     try:
-        return task(chunk, t0)
+        return task.run(chunk, t0, **kwargs)
     finally:
-        task.pop_request()
+        task.request_stack.pop()
+        _task_stack.pop()
 
 
 def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *, hostname: str | None,
@@ -217,16 +290,36 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
             flush_at = time.monotonic() + 0.01
 
 
+_BODY_FIRST = b'{"body": "'
+
+
+def envelope_of(raw: bytes) -> tuple[dict[str, Any], Any]:
+    """kombu's JSON envelope of a message and its body (a str, or the body's bytes in ``raw``).
+
+    The producers' envelopes (and kombu's) begin with the body, base64 text: it is cut out of ``raw`` unread
+    and the rest parsed alone (a batch message's 1.4 MB body would cost json.loads ~1.1 ms a message, 17 us a
+    chunk). Anything else (an escape in the body, a second "body" key...) is parsed whole."""
+    if raw.startswith(_BODY_FIRST):
+        start = len(_BODY_FIRST)
+        end = raw.find(b'"', start)
+        if end > 0 and raw.find(b"\\", start, end) < 0:
+            envelope = json.loads(b'{"body": ""' + raw[end + 1 :])
+            if isinstance(envelope, dict) and envelope.get("body") == "":
+                return envelope, memoryview(raw)[start:end]
+    envelope = json.loads(raw)
+    return envelope, envelope["body"]
+
+
 def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
     """The items of a message taken from the queue, or None when Celery must run it (not ours to run)."""
     try:
-        envelope = json.loads(raw)
+        envelope, body = envelope_of(raw)
         if envelope.get("content-type") != wire.CONTENT_TYPE:
             return None
         headers, props = envelope["headers"], envelope["properties"]
         if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
             return None
-        args, kwargs, embed = wire.loads(base64.b64decode(envelope["body"]))
+        args, kwargs, embed = wire.loads(binascii.a2b_base64(body))
         if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return None
         if headers.get("task") == BATCH_TASK:  # each chunk replies to its stream's list, with the batch's token
@@ -241,6 +334,39 @@ def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
         return [[headers["id"], headers["task"], args[0], args[1], meta, headers.get("expires"), props.get("reply_to")]]
     except Exception:  # anything unexpected: Celery's own path decides (and reports) what it is
         return None
+
+
+def _send(client: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
+    """Send a take (EVALSHA of :data:`TAKE`) on a connection of its own; its reply is read by :func:`_receive`."""
+    try:
+        conn = client.connection_pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants a command name
+        conn = client.connection_pool.get_connection("EVALSHA")
+    try:
+        conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+    except BaseException:
+        _discard(client, conn)
+        raise
+    return conn
+
+
+def _receive(client: Any, conn: Any) -> Any:
+    """The reply of a take sent by :func:`_send` (None when Redis lost the script: nothing was taken)."""
+    try:
+        got = client.parse_response(conn, "EVALSHA")
+    except redis.exceptions.NoScriptError:
+        client.connection_pool.release(conn)
+        return None
+    except BaseException:
+        _discard(client, conn)
+        raise
+    client.connection_pool.release(conn)
+    return got
+
+
+def _discard(client: Any, conn: Any) -> None:
+    conn.disconnect()  # a reply may be on its way on it
+    client.connection_pool.release(conn)
 
 
 def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
@@ -275,18 +401,23 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             client.pexpire(lease_key(name), int(lease * 1000))
             renewed[0] = time.monotonic()
 
+    def take(ids: list[Any], tags: list[Any]) -> list[Any]:
+        return [settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES, len(ids), *ids, *tags]
+
+    ahead: Any = None  # the connection of the next take, sent before the messages of this one run
     try:
-        while time.monotonic() < deadline:
-            try:
-                got = script(keys=keys, args=[settings.worker_drain, time.time(), name, int(lease * 1000)])
-            except redis.ResponseError as exc:  # no scripting, or RPOP without a count (Redis < 6.2)
-                _unsupported.add(id(client))
-                log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
-                return total
-            if not got:
-                break
-            messages, tags = got
+        try:
+            got = script(keys=keys, args=take([], []))
+        except redis.ResponseError as exc:  # no scripting, or RPOP without a count (Redis < 6.2)
+            _unsupported.add(id(client))
+            log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
+            return total
+        while got:
+            messages, tags, waiting, ids, by_bytes = got
             renewed[0] = time.monotonic()
+            more = bool(waiting) and time.monotonic() < deadline
+            if more and by_bytes:  # large messages: Redis takes the next while these run (see DRAIN_BYTES)
+                ahead = _send(client, script.sha, keys, take(ids, tags))
             replies = Replies(settings.result_ttl, settings.reply_secret)
             back: list[tuple[bytes, bytes]] = []
             for raw, tag in zip(messages, tags, strict=True):
@@ -303,10 +434,17 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.hdel(UNACKED_KEY, *tags)
             pipe.execute()
-            if back or len(messages) < settings.worker_drain:
-                break
+            if ahead is not None:  # the take already made runs too (it is recorded as delivered here)
+                sent, ahead = ahead, None  # _receive releases its connection, whatever happens
+                got = _receive(client, sent)
+            else:
+                got = script(keys=keys, args=take([], [])) if more and not back else None
+            if back:  # no more
+                deadline = 0.0
     finally:  # the lease now names nothing and lives on: deleting it would read as this process's death to a
         # producer whose reply is still on its way (it would send that chunk again)
+        if ahead is not None:  # failed while a take was on its way: what it took is in kombu's unacked set
+            _discard(client, ahead)
         try:
             client.set(lease_key(name), wire.dumps({"worker": name, "tasks": [], "tags": []}), px=int(lease * 1000))
         except Exception:  # it lapses

@@ -13,7 +13,6 @@ broker dying under it: see :func:`register_transports`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import warnings
@@ -24,10 +23,9 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import CPendingDeprecationWarning, TaskRevokedError
 from kombu.transport import redis as kombu_redis
 
-from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
-from .batch import describe, drain, encode_record, run_batch
+from .batch import chunk_kwargs, describe, drain, encode_record, payload_size, run_batch
 from .lease import install_lease
 from .protocol import (
     BATCH_HEADER,
@@ -55,10 +53,7 @@ def _client(url: str, master_name: str | None = None) -> Any:
     return _clients[url]
 
 
-def payload_size(value: Any) -> int:
-    """Bytes of a chunk value (bytes-like, str or numpy array)."""
-    nbytes = getattr(value, "nbytes", None)
-    return int(nbytes) if nbytes is not None else len(value)
+__all__ = ["ChunkTask", "ReplyBackend", "make_app", "payload_size"]
 
 
 class ChunkTask(Task):  # type: ignore[misc]
@@ -79,14 +74,15 @@ class ChunkTask(Task):  # type: ignore[misc]
             if raw is None:
                 raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
             args = (wire.claimed(args[0], raw), *args[1:])
-        info = self.request.get(META_HEADER)
-        if info and args:
-            limit = app_settings(self.app).max_chunk_bytes
-            if payload_size(args[0]) > limit:
-                raise EncodeError(f"chunk of {payload_size(args[0])} bytes exceeds max_chunk_bytes={limit}")
-            if "meta" in inspect.signature(self.run).parameters:
-                kwargs["meta"] = Chunk(**{f: info[f] for f in Chunk._fields})
+        if args:
+            kwargs.update(chunk_kwargs(self, args[0], self.request.get(META_HEADER), self._ocycle_limit()))
         return super().__call__(*args, **kwargs)
+
+    _ocycle_call = __call__  # batch._call runs a chunk of a task whose class keeps this __call__ without it
+
+    def _ocycle_limit(self) -> int:
+        """``max_chunk_bytes`` of the app's settings."""
+        return app_settings(self.app).max_chunk_bytes
 
     def after_return(self, status: Any, retval: Any, task_id: Any, args: Any, kwargs: Any, einfo: Any) -> None:
         """Called by Celery's tracer in the pool process once the outcome is stored: drain the queue."""

@@ -4,6 +4,8 @@ a worker killed whole mid-batch (or mid-drain) costs no chunk and runs none twic
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import threading
 import time
@@ -11,14 +13,23 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis as redis_py
+from celery.app.task import Context
 
 import ocycle_dist as ocycle
+from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
+from ocycle_dist.remote import batch, wire
+from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
+from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
+from ocycle_dist.remote.spool import Entry
+from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
 from tests.helpers import wait_for
 
@@ -195,3 +206,137 @@ def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack
     assert not got.errors and executor.counts["resent"] >= 2
     backlog2 = [backlog.stream, executor.counts]
     print(f"\n[stock] batch fallback: {backlog2}")
+
+
+class CountingRedis(redis_py.Redis):  # type: ignore[misc]
+    """A client that notes how many messages each take of the drain script returned."""
+
+    takes: list[int]
+
+    def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
+        got = super().parse_response(connection, command_name, **options)
+        if command_name == "EVALSHA":
+            self.takes.append(len(got[0]) if got else 0)
+        return got
+
+
+def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
+    stack: ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = stack.enter_context(RedisServer())
+    settings = Settings(broker_url=redis.url)
+    app = make_app(settings, name=f"drain-bytes-{uuid.uuid4().hex[:6]}")
+
+    leased: dict[str, set[str]] = {}  # task id -> the delivery tags its pool process's lease named as it ran
+
+    @app.task(name="i.length", bind=True)
+    def length(self: Any, chunk: bytes, t0: float) -> int:
+        lease = wire.loads(client.get(f"ocycle:lease:t@h/{os.getpid()}"))
+        leased[self.request.id] = {t.decode() if isinstance(t, bytes) else t for t in lease["tags"]}
+        return len(chunk)
+
+    client = CountingRedis.from_url(redis.url)
+    client.takes = []
+    token, stream = "drainbytes01", f"s-{uuid.uuid4().hex[:6]}"
+    entries = [Entry(f"id{i}", "i.length", Chunk(stream, i, float(i), 32768, 0), wire.dumps(b"%05d" % i * 6554))
+               for i in range(256)]  # fmt: skip
+    sent = publish(client, entries, settings, token)
+    assert len(sent) >= 8  # batch messages of 1 MiB of chunks (1.4 MB in their envelope)
+    monkeypatch.setattr(batch, "DRAIN_SECONDS", 60.0)  # a slow machine: all of it, however long it takes
+    request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
+                      is_eager=False, timelimit=None)  # fmt: skip
+    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 256
+    # two messages a take at most (~2 MB: Redis is never busy with one take for long), and on while more wait
+    assert len(client.takes) >= 4 and max(client.takes) <= 2 and sum(client.takes) == len(sent), client.takes
+    replies = client.lrange(reply_key(stream, token), 0, -1)
+    records = [unseal(wire.loads(r), mac_key("", token)) for r in replies]
+    assert sorted((r["id"], r["result"]) for r in records if r) == sorted((f"id{i}", 32770) for i in range(256))
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0  # all acked
+    # while the next take was made ahead, the lease named both: every chunk's message was named as it ran
+    assert all(e.delivery_tag in leased[e.id] for e in entries)
+
+
+def test_a_take_says_how_many_wait_only_when_it_stopped_at_its_count_or_byte_limit(stack: ExitStack) -> None:
+    redis = stack.enter_context(RedisServer())
+    client = connect(redis.url)
+    script = client.register_script(batch.TAKE)
+    keys = ["q", "unacked", "unacked_index", "ocycle:lease:t@h/1", "ocycle:workers"]
+
+    def take(count: int, budget: int, held: tuple[list[str], list[str]] = ([], [])) -> list[Any]:
+        return script(keys=keys, args=[count, time.time(), "t@h/1", 5000, budget, len(held[0]), *held[0], *held[1]])
+
+    def message(i: int, size: int = 10) -> bytes:
+        props = {"correlation_id": f"id{i}", "delivery_tag": f"tag{i}"}
+        return json.dumps({"body": "x" * size, "properties": props}).encode()
+
+    client.lpush("q", *[message(i) for i in range(8)])
+    messages, _, waiting, ids, by_bytes = take(5, 1 << 20)
+    assert len(messages) == 5 and waiting == 3 and ids == [b"id0", b"id1", b"id2", b"id3", b"id4"]
+    assert by_bytes == 0  # cut at its count: the drain takes the next after these ran
+    messages, _, waiting, _, _ = take(5, 1 << 20, (["id0"], ["tag0"]))
+    assert len(messages) == 3 and waiting == 0  # the queue ran dry: the drain ends
+    lease = wire.loads(client.get("ocycle:lease:t@h/1"))
+    assert lease["tasks"] == ["id0", "id5", "id6", "id7"] and lease["tags"] == ["tag0", "tag5", "tag6", "tag7"]
+    assert client.hlen("unacked") == 8 and client.zcard("unacked_index") == 8
+    client.lpush("q", *[message(i, 1000) for i in range(8, 12)])
+    messages, _, waiting, _, by_bytes = take(64, 1500)  # over the byte budget after the second
+    assert len(messages) == 2 and waiting == 2 and by_bytes == 1  # the drain sends the next take ahead
+    assert take(64, 1 << 20)[2] == 0 and take(64, 1 << 20) == []
+
+
+def test_a_drain_that_fails_with_a_take_on_its_way_leaves_no_connection_behind(
+    stack: ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = stack.enter_context(RedisServer())
+    settings = Settings(broker_url=redis.url)
+    app = make_app(settings, name=f"drain-fail-{uuid.uuid4().hex[:6]}")
+
+    @app.task(name="i.same")
+    def same(chunk: bytes, t0: float) -> bytes:
+        return chunk
+
+    client = connect(redis.url)
+    stream = f"s-{uuid.uuid4().hex[:6]}"
+    entries = [Entry(f"id{i}", "i.same", Chunk(stream, i, float(i), 4, 0), wire.dumps(b"x" * 30000)) for i in range(8)]
+    publish(client, entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainfail001")
+    real = redis_py.client.Pipeline.execute
+
+    def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(cmd[0][0] == "HDEL" for cmd in self.command_stack):
+            raise redis_py.ConnectionError("the acks' connection broke")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis_py.client.Pipeline, "execute", failing)
+    monkeypatch.setattr(batch, "DRAIN_BYTES", 60_000)  # two messages a take: a second take is sent ahead
+    request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
+                      is_eager=False, timelimit=None)  # fmt: skip
+    with pytest.raises(redis_py.ConnectionError):
+        batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0)
+    pool = client.connection_pool
+    assert not pool._in_use_connections  # the take sent ahead was read or its connection dropped: none leaks
+    # what was taken stays recorded as delivered (kombu restores it, producers send it again): nothing is lost
+    assert client.hlen("unacked") + client.llen(settings.queue) == 8
+
+
+def test_takes_of_small_messages_are_made_one_after_another(stack: ExitStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis = stack.enter_context(RedisServer())
+    settings = Settings(broker_url=redis.url, worker_drain=4)
+    app = make_app(settings, name=f"drain-small-{uuid.uuid4().hex[:6]}")
+    client = connect(redis.url)
+    queued: list[int] = []  # messages still in the queue as each chunk runs
+
+    @app.task(name="i.small")
+    def small(chunk: bytes, t0: float) -> bytes:
+        queued.append(client.llen(settings.queue))
+        return chunk
+
+    stream = f"s-{uuid.uuid4().hex[:6]}"
+    entries = [Entry(f"id{i}", "i.small", Chunk(stream, i, float(i), 4, 0), wire.dumps(b"abcd")) for i in range(10)]
+    publish(client, entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainsmall01")
+    sent: list[Any] = []
+    monkeypatch.setattr(batch, "_send", lambda *args: sent.append(args))
+    request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
+                      is_eager=False, timelimit=None)  # fmt: skip
+    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 10
+    assert not sent  # never a take sent ahead: another worker may run what waits meanwhile
+    assert queued == [6, 6, 6, 6, 2, 2, 2, 2, 0, 0]  # takes of 4, 4 and 2, each after the previous one ran

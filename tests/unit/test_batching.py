@@ -6,6 +6,7 @@ The real processes (a worker killed mid-batch, draining, stock workers) are in t
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import time
 import uuid
@@ -14,16 +15,17 @@ from typing import Any
 
 import fakeredis
 import pytest
+from celery import current_task
 
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.batch import Replies, run_items
+from ocycle_dist.remote.batch import Replies, envelope_of, run_items
 from ocycle_dist.remote.lease import LeaseWatch
 from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, lease_key, mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import groups, publish
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.spool import Entry
-from ocycle_dist.remote.worker import make_app
+from ocycle_dist.remote.worker import ChunkTask, make_app
 from tests.helpers import wait_for
 
 TOKEN = "unittoken0001"
@@ -137,6 +139,19 @@ def app() -> Any:
     def unencodable(chunk: bytes, t0: float) -> Any:
         return object()
 
+    @app.task(name="u.request", bind=True)
+    def own_request(self: Any, chunk: bytes, t0: float) -> list[Any]:
+        r, current = self.request, current_task._get_current_object()
+        return [r.id, r.correlation_id, r.get("ocycle")["seq"], r.headers, current is self, r.called_directly]
+
+    class Wrapped(ChunkTask):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return ["wrapped", super().__call__(*args, **kwargs)]
+
+    @app.task(name="u.wrapped", base=Wrapped)
+    def wrapped(chunk: bytes, t0: float, meta: Any) -> list[Any]:
+        return [chunk, meta.seq]
+
     return app
 
 
@@ -197,6 +212,38 @@ def test_unknown_expired_unencodable_and_lost_claims_are_each_that_chunks_error(
     assert got["id6"]["result"] == b"ff"
 
 
+def test_each_chunk_runs_in_a_request_of_its_own_not_in_the_draining_messages(app: Any, admin: Any) -> None:
+    task = app.tasks["u.request"]
+    task.push_request(id="parent", correlation_id="parent", headers={"x": 1}, called_directly=False)
+    try:  # as drain() runs them: in the after_return of the message that ran first
+        got = run(app, admin, [item("u.request", b"a", 0), item("u.request", b"b", 1)])
+    finally:
+        task.pop_request()
+    for seq in (0, 1):
+        meta = item("u.request", b"", seq)[4]
+        assert got[f"id{seq}"].get("result") == [f"id{seq}", f"id{seq}", seq, {"ocycle": meta}, True, False]
+
+
+def test_a_task_class_with_its_own_call_is_called_through_it(app: Any, admin: Any) -> None:
+    got = run(app, admin, [item("u.wrapped", b"a", 0), item("u.wrapped", b"b", 1)])
+    assert got["id0"]["result"] == ["wrapped", [b"a", 0]] and got["id1"]["result"] == ["wrapped", [b"b", 1]]
+
+
+def test_whether_a_task_takes_meta_is_looked_up_once(app: Any, admin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    real = inspect.signature
+
+    def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(inspect, "signature", counting)
+    app.tasks["u.meta"].__dict__.pop("_ocycle_wants_meta", None)
+    got = run(app, admin, [item("u.meta", b"x", i) for i in range(5)])
+    assert [got[f"id{i}"]["result"] for i in range(5)] == [["s", i, 100.0 + i] for i in range(5)]
+    assert len(calls) == 1
+
+
 def test_a_chunk_over_the_workers_size_limit_fails_alone(admin: Any) -> None:
     settings = Settings(broker_url="redis://127.0.0.1:9/0", max_chunk_bytes=10)
     app = make_app(settings, name=f"unit-strict-{uuid.uuid4().hex[:6]}")
@@ -253,3 +300,37 @@ def test_executors_on_one_broker_share_a_recent_reading_of_the_leases(admin: Any
     assert client.readings == 2  # another broker: a reading of its own
     admin.delete(lease_key("w9/1"))  # the worker died; once the shared reading is old enough, both see it
     wait_for(lambda: first.check({"x": "T"}, {"T": ["x"]}) == [("x", "the lease of worker w9/1 lapsed")], 3.0)
+
+
+# ---- decoding what drain takes -----------------------------------------------------------------------------
+
+
+def test_a_taken_envelope_is_read_as_json_would_read_it_its_body_cut_out_unparsed(admin: Any) -> None:
+    entries = [entry(b"x" * 3000, seq=i) for i in range(3)]
+    publish(admin, entries, Settings(), TOKEN)  # one batch message
+    publish(admin, [entry(b"lone", seq=9)], Settings(), TOKEN)  # one plain one
+    for raw in admin.lrange("celery", 0, -1):
+        envelope, body = envelope_of(raw)
+        full = json.loads(raw)
+        assert isinstance(body, memoryview) and bytes(body) == full["body"].encode()
+        assert {**envelope, "body": full["body"]} == full
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"body": "YWJj\\/", "content-type": "x"}',  # an escape in the body
+        b'{"body": "YWJj", "content-type": "x", "body": "ZGVm"}',  # a second body: JSON's is the last
+        b'{"content-type": "x", "body": "YWJj"}',  # not first
+        b'{"body": "YWJj"',  # truncated
+    ],
+)
+def test_any_other_envelope_is_parsed_whole(raw: bytes) -> None:
+    try:
+        full = json.loads(raw)
+    except ValueError:
+        with pytest.raises(ValueError):
+            envelope_of(raw)
+        return
+    envelope, body = envelope_of(raw)
+    assert envelope == full and body == full["body"]
