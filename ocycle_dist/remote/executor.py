@@ -237,7 +237,7 @@ class CeleryExecutor(Dispatch, Outcomes, ChunkExecutor):
                 old.cancel()
         if not future.cancelled():
             future.add_done_callback(partial(self._discard, entry.id))
-            self._listener.listen(reply_key(entry.meta.stream, self.token))
+            self._listener.listen(reply_key(entry.meta.stream, self.token), self._on_reply)
         return future
 
     def _make_room(self, nbytes: int, evicted: list[Future[Any]]) -> bool:

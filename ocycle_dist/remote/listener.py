@@ -57,6 +57,7 @@ class ReplyListener:
         self._check_every = check_every
         self._keys: list[str] = []
         self._handlers: list[Handler] = []
+        self._owner: dict[str, Handler] = {}  # reply key -> the handler that listens to it: offered first
         self._on_server: dict[Handler, ServerHandler] = {}
         self._has_info = True  # False for a server without INFO (fakeredis): restarts go unseen
         self._multipop = True  # BLMPOP, until the server says it does not know it
@@ -82,13 +83,17 @@ class ReplyListener:
     def detach(self, handler: Handler) -> bool:
         """Remove ``handler`` (and its ``on_server``); True when none is left."""
         self._handlers = [h for h in self._handlers if h != handler]
+        self._owner = {k: h for k, h in self._owner.items() if h != handler}
         self._on_server = {h: f for h, f in self._on_server.items() if h != handler}
         return not self._handlers
 
-    def listen(self, key: str) -> None:
-        """Also pop replies from ``key``; starts the thread on the first key (again, should it have ended)."""
+    def listen(self, key: str, handler: Handler | None = None) -> None:
+        """Also pop replies from ``key``, offered first to ``handler`` (then to the others); starts the thread on
+        the first key (again, should it have ended)."""
         if key not in self._keys and key not in self.bad_keys:
             self._keys = [*self._keys, key]
+        if handler is not None and self._owner.get(key) != handler:
+            self._owner = {**self._owner, key: handler}
         with self._lock:
             if (self._thread is None or not self._thread.is_alive()) and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="ocycle-listener", daemon=True)
@@ -206,14 +211,22 @@ class ReplyListener:
             self.unreadable += 1
             log.error("unreadable reply dropped from %r (%d bytes): %s", key, len(raw), str(exc)[:200])
             return
+        owner = self._owner.get(key.decode() if isinstance(key, bytes) else key)
+        if owner is not None and self._offer(owner, key, record):
+            return
         for handler in self._handlers:
-            try:
-                if handler(record):
-                    return
-            except Exception as exc:
-                log.error("reply handler failed for a reply from %r: %s", key, str(exc)[:200], exc_info=exc)
+            if handler != owner and self._offer(handler, key, record):
                 return
         self.unclaimed += 1
+
+    @staticmethod
+    def _offer(handler: Handler, key: bytes, record: dict[str, Any]) -> bool:
+        """Whether ``handler`` took the reply (a failing handler takes it: it is logged, not offered again)."""
+        try:
+            return bool(handler(record))
+        except Exception as exc:
+            log.error("reply handler failed for a reply from %r: %s", key, str(exc)[:200], exc_info=exc)
+            return True
 
 
 _shared: dict[str, ReplyListener] = {}

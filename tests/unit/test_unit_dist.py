@@ -352,6 +352,37 @@ def test_listener_takes_every_waiting_reply_in_one_round_trip(broker: str, admin
         client.close()
 
 
+def test_a_reply_is_offered_first_to_the_handler_listening_to_its_key(broker: str, admin: Any) -> None:
+    client = connect(broker)
+    reader = listener.ReplyListener(client, poll=0.05)
+    offered: list[tuple[str, Any]] = []
+
+    def handler(name: str) -> Any:
+        def take(record: dict[str, Any]) -> bool:
+            offered.append((name, record["id"]))
+            return record["id"].startswith(name)
+
+        return take
+
+    handlers = {name: handler(name) for name in ("a", "b", "c")}
+    for h in handlers.values():
+        reader.attach(h)
+    reader.listen("ocycle:reply:sa:t", handlers["a"])
+    reader.listen("ocycle:reply:sc:t", handlers["c"])
+    reader.listen("ocycle:reply:sc:t", handlers["c"])  # again: nothing changes
+    try:
+        admin.rpush("ocycle:reply:sc:t", wire.dumps({"id": "c1", "ok": True, "result": None}))
+        admin.rpush("ocycle:reply:sa:t", wire.dumps({"id": "a1", "ok": True, "result": None}))
+        admin.rpush("ocycle:reply:sa:t", wire.dumps({"id": "b1", "ok": True, "result": None}))  # not its owner's
+        wait_for(lambda: len(offered) >= 4, what="the replies offered")
+        by_reply = {i: [name for name, j in offered if j == i] for i in ("a1", "b1", "c1")}
+        assert by_reply == {"c1": ["c"], "a1": ["a"], "b1": ["a", "b"]}  # the owner first, then the others in turn
+        assert reader.unclaimed == 0
+    finally:
+        reader.stop()
+        client.close()
+
+
 def test_listener_on_a_redis_without_blmpop_pops_with_blpop_and_lpop(broker: str, admin: Any) -> None:
     client = connect(broker)
     server = Server(client)
