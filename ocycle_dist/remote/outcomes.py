@@ -126,7 +126,7 @@ class Outcomes(Ledger):
                 return
             self.spool.remove(entry.id)
             self._cond.notify_all()  # room in the budget; the dispatcher may be done
-        if is_claimed(entry, self.settings):
+        if entry.claimed or is_claimed(entry, self.settings):
             try:
                 self._client.delete(claim_key(entry.id))
             except Exception:  # it expires anyway

@@ -92,9 +92,11 @@ def lease_key(hostname: str) -> str:
     return LEASE_PREFIX + hostname
 
 
-def is_claimed(entry: Entry, settings: Settings) -> bool:
-    """Whether ``entry``'s chunk travels by claim check (stored under :func:`claim_key`) rather than inline."""
-    return entry.size > settings.claim_threshold
+def is_claimed(entry: Entry, settings: Settings, *, batch: bool = False) -> bool:
+    """Whether ``entry``'s chunk travels by claim check (stored under :func:`claim_key`) rather than inline, in
+    a task message of its own or (``batch``) in a batch message."""
+    threshold = min(settings.claim_threshold, settings.batch_claim_threshold) if batch else settings.claim_threshold
+    return entry.size > threshold
 
 
 def encode_chunk(value: Any, settings: Settings) -> bytes:
@@ -110,12 +112,13 @@ def check_size(nbytes: int, settings: Settings) -> None:
         raise EncodeError(f"chunk of {nbytes} bytes exceeds max_chunk_bytes={settings.max_chunk_bytes}")
 
 
-def _claim_or_inline(entry: Entry, settings: Settings) -> tuple[bytes, Any]:
+def _claim_or_inline(entry: Entry, settings: Settings, *, batch: bool = False) -> tuple[bytes, Any]:
     """The chunk's msgpack as it goes in the message (inline, or a claim), and the claimed value to SET under
     :func:`claim_key` (None when inline): a chunk not encoded yet (:meth:`.spool.Entry.encode`) goes as its
     raw bytes, not copied (:func:`.wire.raw_form`); an encoded one as its encoding."""
-    if not is_claimed(entry, settings):
+    if not is_claimed(entry, settings, batch=batch):
         return entry.chunk, None
+    entry.claimed = True
     if entry.value is not None and (raw := wire.raw_form(entry.value)) is not None:
         form, data = raw
         return wire.dumps(wire.Claim(claim_key(entry.id), form)), data
@@ -204,7 +207,7 @@ def batch_message(
     parts = [b"\x93\x91", _PACKER.pack_array_header(len(entries))]  # [[items], {}, embed]
     claimed = []
     for entry in entries:
-        chunk, raw = _claim_or_inline(entry, settings)
+        chunk, raw = _claim_or_inline(entry, settings, batch=True)
         if raw is not None:
             claimed.append((entry, raw))
         parts += [b"\x96", wire.dumps(entry.id), wire.dumps(entry.task), chunk, wire.dumps(entry.meta.t0),

@@ -34,7 +34,7 @@ def groups(entries: list[Entry], settings: Settings) -> list[list[Entry]]:
     current: list[Entry] = []
     nbytes = 0
     for entry in entries:
-        size = 64 if is_claimed(entry, settings) else entry.size
+        size = 64 if is_claimed(entry, settings, batch=True) else entry.size
         if current and (entry.task != current[0].task or len(current) >= cap or nbytes + size > budget):
             out.append(current)
             current, nbytes = [], 0

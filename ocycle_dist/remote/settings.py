@@ -76,6 +76,9 @@ class Settings(EnvSettings):
             its own outcome. A lone pending chunk goes as a plain task message. 0 or 1: never batch.
         batch_max_bytes: the most encoded chunk bytes in one batch message (a claimed chunk counts as its
             key: it stays in Redis under its own key).
+        batch_claim_threshold: in a batch message, a chunk larger than this travels by claim check (the
+            batch carries its key; the worker fetches all of a batch's in one MGET), so that neither side
+            base64s a backlog's data through the transport's JSON envelope.
         worker_drain: a worker's pool process, having run a short chunk, takes up to this many more waiting
             messages of the same queue in one Redis round trip and runs them in the same call (a fleet of
             producers each with one chunk in flight is then served at batch speed); they are recorded in the
@@ -102,6 +105,7 @@ class Settings(EnvSettings):
     reply_secret: str = ""
     batch_max_chunks: int = 64
     batch_max_bytes: int = 1024 * 1024
+    batch_claim_threshold: int = 4 * 1024
     worker_drain: int = 64
 
 

@@ -46,6 +46,7 @@ class Entry:
     delivery_tag: str = ""  # of the last message sent: kombu's key for it in the unacked bookkeeping
     value: Any = None  # the chunk's value until encode() (None once encoded)
     size: int = -1  # len(chunk), known before encoding (-1: take len(chunk))
+    claimed: bool = False  # sent by claim check at least once: its key is deleted once settled
 
     def __post_init__(self) -> None:
         if self.size < 0:

@@ -105,6 +105,25 @@ def test_a_batch_message_carries_each_chunk_with_its_id_task_t0_meta_and_expiry(
     assert items[2][5] == 1234.5
 
 
+def test_in_a_batch_message_chunks_over_batch_claim_threshold_go_by_claim_check_alone_they_go_inline(
+    admin: Any,
+) -> None:
+    s = Settings(batch_claim_threshold=1000)  # claim_threshold stays 128 KiB
+    small, big, bigger = entry(b"s" * 100, seq=0), entry(b"b" * 2000, seq=1), entry(b"B" * 5000, seq=2)
+    publish(admin, [small, big, bigger], s, TOKEN)
+    ((envelope, body),) = popped(admin)
+    (items,), _, _ = body
+    assert items[0][2] == b"s" * 100  # under the threshold: inline
+    assert [item[2] for item in items[1:]] == [wire.Claim(claim_key(big.id)), wire.Claim(claim_key(bigger.id))]
+    assert admin.get(claim_key(big.id)) == big.chunk and admin.get(claim_key(bigger.id)) == bigger.chunk
+    assert len(json.dumps(envelope)) < 2000  # the batch's data is not in its envelope (no base64 of it)
+    assert (small.claimed, big.claimed, bigger.claimed) == (False, True, True)  # their keys go once settled
+    alone = entry(b"a" * 2000)
+    publish(admin, [alone], s, TOKEN)  # a message of its own: claim_threshold applies, inline
+    ((_, (args, _, _)),) = popped(admin)
+    assert args[0] == b"a" * 2000 and not alone.claimed
+
+
 def test_a_lone_chunk_goes_as_a_plain_task_message(admin: Any) -> None:
     one = entry(b"abcd")
     publish(admin, [one], Settings(), TOKEN)
