@@ -34,6 +34,7 @@ class Ledger:
     _mac_key: bytes
     _cond: threading.Condition
     _closing: bool
+    _full: bool  # the spool's budget is full (an episode, logged once)
     _batch: int  # the most messages in one publish
     _batching: bool  # batch messages, until a worker says it lacks the batch task
     _futures: dict[str, Future[Any]]  # task id -> Future, until answered or dropped

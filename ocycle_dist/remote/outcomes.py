@@ -125,7 +125,8 @@ class Outcomes(Ledger):
             if entry is None:
                 return
             self.spool.remove(entry.id)
-            self._cond.notify_all()  # room in the budget; the dispatcher may be done
+            if self._closing or self._full:  # the publisher may be done; a writer may wait for room (block)
+                self._cond.notify_all()  # (not on every chunk: it would wake the publisher thread for nothing)
         if entry.claimed or is_claimed(entry, self.settings):
             try:
                 self._client.delete(claim_key(entry.id))
