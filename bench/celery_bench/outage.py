@@ -2,7 +2,9 @@
 
 Paced writes (2 KiB frames into 2 KiB chunks, and 64 KiB frames into 1 MiB chunks), redis-server killed after a
 moment and restarted empty a few seconds later; every write timed; ``echo`` tasks on 4 workers (queue ``q4``),
-``Settings(resend_after=5)`` so chunks lost with the old Redis are sent again. Reference: the goal itself.
+``Settings(resend_after=5)`` so chunks lost with the old Redis are sent again, and a spool budget that holds
+every chunk (~53 MiB of 1 MiB chunks: the default 32 MiB would drop the oldest, by design; this section is
+about latency and recovery, not the budget). Reference: the goal itself.
 Goals: p99 < 1000 µs while the broker is down, and every chunk's result arrives once, with its payload.
 """
 
@@ -25,10 +27,11 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
     rate, before, down, after = cfg.outage
     big_every = 6  # one 64 KiB frame every 6 ticks: ~10.7 MB/s at 1000 ticks/s, a 1 MiB chunk every 1.5 s
     n = int(rate * (before + down + after))
-    settings = Settings(broker_url=rig.url(OCYCLE_DB), queue="q4", resend_after=5.0)
     small_frames = [os.urandom(2 * KIB) for _ in range(n)]
     big_frames = [os.urandom(64 * KIB) for _ in range(n // big_every + 1)]
     n_big_chunks = len(big_frames) * 64 * KIB // MIB
+    budget = (n_big_chunks + 2) * (MIB + 4096)
+    settings = Settings(broker_url=rig.url(OCYCLE_DB), queue="q4", resend_after=5.0, spool_max_bytes=budget)
     cols = {"small": Collector(n), "big": Collector(n_big_chunks)}
     emitters = {
         "small": ocycle_dist.BufferEmit(TASK, 2 * KIB, clip=True, mode="celery", settings=settings,
