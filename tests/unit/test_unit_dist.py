@@ -8,6 +8,7 @@ taken from the message the producer LPUSHed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -16,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -336,41 +338,46 @@ def test_listener_tells_each_new_server_run_id_at_start_and_within_check_every(b
         client.close()
 
 
+@contextlib.contextmanager
+def reading(source: Any, poll: float) -> Iterator[listener.ReplyListener]:
+    """A reply listener on ``source`` (a client, or a :class:`Server` around one), stopped (its client closed) after."""
+    reader = listener.ReplyListener(source, poll=poll)
+    try:
+        yield reader
+    finally:
+        reader.stop()
+
+
 def test_listener_takes_every_waiting_reply_in_one_round_trip(broker: str, admin: Any) -> None:
     client = connect(broker)
     server = Server(client)
-    reader = listener.ReplyListener(server, poll=5.0)
-    got: list[tuple[Any, int]] = []  # (id, round trips made when it was delivered)
-    reader.attach(lambda record: got.append((record["id"], server.calls["blmpop"] + server.calls["lpop"])) is None)
-    admin.rpush("ocycle:reply:many", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in range(300)))
-    reader.listen("ocycle:reply:many")
-    try:
+    with reading(server, 5.0) as reader:
+        got: list[tuple[Any, int]] = []  # (id, round trips made when it was delivered)
+        reader.attach(lambda record: got.append((record["id"], server.calls["blmpop"] + server.calls["lpop"])) is None)
+        admin.rpush("ocycle:reply:many", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in range(300)))
+        reader.listen("ocycle:reply:many")
         wait_for(lambda: len(got) == 300, what="every reply")
         assert got == [(i, 1) for i in range(300)]
-    finally:
-        reader.stop()
-        client.close()
 
 
 def test_a_reply_is_offered_first_to_the_handler_listening_to_its_key(broker: str, admin: Any) -> None:
     client = connect(broker)
-    reader = listener.ReplyListener(client, poll=0.05)
-    offered: list[tuple[str, Any]] = []
+    with reading(client, 0.05) as reader:
+        offered: list[tuple[str, Any]] = []
 
-    def handler(name: str) -> Any:
-        def take(record: dict[str, Any]) -> bool:
-            offered.append((name, record["id"]))
-            return record["id"].startswith(name)
+        def handler(name: str) -> Any:
+            def take(record: dict[str, Any]) -> bool:
+                offered.append((name, record["id"]))
+                return record["id"].startswith(name)
 
-        return take
+            return take
 
-    handlers = {name: handler(name) for name in ("a", "b", "c")}
-    for h in handlers.values():
-        reader.attach(h)
-    reader.listen("ocycle:reply:sa:t", handlers["a"])
-    reader.listen("ocycle:reply:sc:t", handlers["c"])
-    reader.listen("ocycle:reply:sc:t", handlers["c"])  # again: nothing changes
-    try:
+        handlers = {name: handler(name) for name in ("a", "b", "c")}
+        for h in handlers.values():
+            reader.attach(h)
+        reader.listen("ocycle:reply:sa:t", handlers["a"])
+        reader.listen("ocycle:reply:sc:t", handlers["c"])
+        reader.listen("ocycle:reply:sc:t", handlers["c"])  # again: nothing changes
         admin.rpush("ocycle:reply:sc:t", wire.dumps({"id": "c1", "ok": True, "result": None}))
         admin.rpush("ocycle:reply:sa:t", wire.dumps({"id": "a1", "ok": True, "result": None}))
         admin.rpush("ocycle:reply:sa:t", wire.dumps({"id": "b1", "ok": True, "result": None}))  # not its owner's
@@ -378,46 +385,35 @@ def test_a_reply_is_offered_first_to_the_handler_listening_to_its_key(broker: st
         by_reply = {i: [name for name, j in offered if j == i] for i in ("a1", "b1", "c1")}
         assert by_reply == {"c1": ["c"], "a1": ["a"], "b1": ["a", "b"]}  # the owner first, then the others in turn
         assert reader.unclaimed == 0
-    finally:
-        reader.stop()
-        client.close()
 
 
 def test_listener_on_a_redis_without_blmpop_pops_with_blpop_and_lpop(broker: str, admin: Any) -> None:
     client = connect(broker)
     server = Server(client)
     server.unknown.add("blmpop")  # Redis < 7.0
-    reader = listener.ReplyListener(server, poll=0.05)
-    got: list[Any] = []
-    reader.attach(lambda record: got.append(record["id"]) is None)
-    reader.listen("ocycle:reply:old")
-    try:
+    with reading(server, 0.05) as reader:
+        got: list[Any] = []
+        reader.attach(lambda record: got.append(record["id"]) is None)
+        reader.listen("ocycle:reply:old")
         wait_for(reader.connected.is_set, what="the listener connected")
         admin.rpush("ocycle:reply:old", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in "abc"))
         wait_for(lambda: sorted(got) == ["a", "b", "c"], what="every reply")
         assert server.calls["blpop"] >= 1 and reader.errors == 0
-    finally:
-        reader.stop()
-        client.close()
 
 
 def test_listener_delivers_a_popped_reply_when_the_next_command_fails(broker: str, admin: Any) -> None:
     client = connect(broker)
     server = Server(client)
     server.unknown.add("blmpop")  # the BLPOP + LPOP path (Redis < 7.0)
-    reader = listener.ReplyListener(server, poll=0.05)
-    got: list[Any] = []
-    reader.attach(lambda record: got.append(record["id"]) is None)
-    reader.listen("ocycle:reply:pop")
-    try:
+    with reading(server, 0.05) as reader:
+        got: list[Any] = []
+        reader.attach(lambda record: got.append(record["id"]) is None)
+        reader.listen("ocycle:reply:pop")
         wait_for(reader.connected.is_set, what="the listener connected")
         server.fail_next = "lpop"  # BLPOP took the first reply; the LPOP of the others fails
         admin.rpush("ocycle:reply:pop", *(wire.dumps({"id": i, "ok": True, "result": None}) for i in "abc"))
         wait_for(lambda: sorted(got) == ["a", "b", "c"], what="every reply, the popped one first")
         assert got[0] == "a" and reader.reconnects == 1
-    finally:
-        reader.stop()
-        client.close()
 
 
 def test_listener_without_info_on_the_server_still_delivers(broker: str, admin: Any) -> None:
