@@ -176,6 +176,37 @@ def assert_reconnected(worker: Worker, outages: int) -> None:
 # ---- 1. a worker SIGKILLed inside a task ---------------------------------------------------------------------
 
 
+class LiveSource:
+    """A live source on its own thread: writes ``b"fast" + seq`` as fast as ``write()`` lets it, until stopped."""
+
+    def __init__(self, emitter: Any) -> None:
+        self.emitter, self.written = emitter, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> LiveSource:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.emitter.write(b"fast" + self.written.to_bytes(12, "big"))
+                self.written += 1
+        except Exception:  # the emitter closed under a write blocked at max_inflight: the test failed already
+            if not self._stop.is_set():
+                raise
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def joined(self) -> int:
+        """Wait for the thread (its last write may wait for room); the number of frames written."""
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the source's last write() never returned"
+        return self.written
+
+
 def test_a_worker_killed_inside_a_task_loses_no_chunk(cluster: Any, emitters: Any, tmp_path: Path) -> None:
     c = cluster(2)
     n, slow = 1000, 150
@@ -359,26 +390,13 @@ def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_
         "contract.slow_echo", c.url, stream=stream, max_inflight=256, policy="block"
     )
     assert emitter.executor.settings.resend_after == 120.0
-    written = 0
-    stop = threading.Event()
-
-    def live_source() -> None:
-        nonlocal written
-        try:
-            while not stop.is_set():
-                emitter.write(b"fast" + written.to_bytes(12, "big"))
-                written += 1
-        except Exception:  # the emitter closed under a write blocked at max_inflight: the test failed already
-            if not stop.is_set():
-                raise
 
     def published_settles(executor: Any) -> bool:
         before = executor.counts["published"]
         time.sleep(0.5)
         return bool(executor.counts["published"] == before and emitter.stats().in_flight == 256)
 
-    writer = threading.Thread(target=live_source, daemon=True)
-    writer.start()
+    source = LiveSource(emitter).start()
     recoveries: list[tuple[int, float, float]] = []  # (chunks in flight at the kill, s to resent, s to done)
     try:
         for outage in range(1, 4):
@@ -413,11 +431,9 @@ def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_
             for worker in c.workers:
                 assert_reconnected(worker, outage)
     finally:
-        stop.set()
+        source.stop()
     assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
-    writer.join(10)
-    assert not writer.is_alive()
-    n = written
+    n = source.joined()
     assert_exactly_once(emitter, got, n)
     results = dict(got.done)
     assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
@@ -685,21 +701,7 @@ def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
                 worker.start()
             stream = f"failover-{uuid.uuid4().hex[:6]}"
             emitter, got = emitters("contract.slow_echo", sentinel.url, stream=stream, max_inflight=256, policy="block")
-            written = 0
-            stop = threading.Event()
-
-            def live_source() -> None:
-                nonlocal written
-                try:
-                    while not stop.is_set():
-                        emitter.write(b"fast" + written.to_bytes(12, "big"))
-                        written += 1
-                except Exception:  # the emitter closed under a blocked write: the test failed already
-                    if not stop.is_set():
-                        raise
-
-            writer = threading.Thread(target=live_source, daemon=True)
-            writer.start()
+            source = LiveSource(emitter).start()
             try:
                 wait_for(lambda: emitter.stats().in_flight == 256 and len(got.done) >= 200, 60, "streaming, blocked")
                 stats = emitter.stats()
@@ -716,10 +718,9 @@ def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
                 base = len(got.done)
                 wait_for(lambda: len(got.done) >= base + 200, 30, "200 more chunks done on the new master")
             finally:
-                stop.set()
+                source.stop()
             assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
-            writer.join(10)
-            n = written
+            n = source.joined()
             assert_exactly_once(emitter, got, n)
             results = dict(got.done)
             assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
