@@ -15,13 +15,14 @@ import math
 import os
 import pickle
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
 from .bufferio import BufferFactory, ListIO, NumpyIO
-from .callbacks import CallbackThread
+from .callbacks import Mailbox
 from .chunk import Chunk
 from .compat import OcycleCompat
 from .errors import ClosedError, ConfigError, ExpiredError
@@ -35,7 +36,13 @@ from .windows import Windows
 log = logging.getLogger("ocycle_dist")
 
 _HOST = socket.gethostname()
-LOCAL_MAX_INFLIGHT = 256  # max_inflight's default for executors that do not bound their own backlog
+LOCAL_MAX_INFLIGHT = 256  # max_inflight's default for executors without a budget of their own
+ORDER_HOLD = 10.0  # ordered=True: seconds an outcome may wait for those of earlier chunks
+
+
+def _seq_of(item: tuple[Any, ...]) -> int:
+    """The sequence number of an outcome queued for the callbacks (its Chunk first)."""
+    return int(item[0].seq)
 
 
 MAX_ELEMENTS = 2**40  # the largest size and hop: about 10**12 elements, a TiB of bytes per chunk
@@ -136,6 +143,9 @@ class BufferEmit(OcycleCompat):
             its length / rate) before it is a gap in the input (an audio driver's overflow drops blocks):
             the open windows are then emitted as partial chunks and new ones open at that frame, so that no
             chunk spans a gap; counted in ``stats().gaps``. 0 turns it off.
+        ordered: ``on_done``/``on_error`` in stream order: an outcome waits for those of earlier chunks still
+            in flight, up to ``ordered`` seconds (``True``: 10 s), after which it runs anyway (counted in
+            ``stats().out_of_order``). Default: in the order outcomes arrive.
         **executor_options: passed to the executor; for celery: ``broker=``, ``app=``, ``settings=``,
             ``queue=`` (this emitter's Celery queue), ``expires=`` (seconds after emit a chunk may still start),
             ``spool=``.
@@ -168,6 +178,7 @@ class BufferEmit(OcycleCompat):
         dtype: Any = None,
         shape: tuple[int, ...] | None = None,
         max_gap: float = 0.05,
+        ordered: bool | float = False,
         **executor_options: Any,
     ) -> None:
         self._config = {k: v for k, v in locals().items() if k not in ("self", "executor_options", "__class__")}
@@ -185,9 +196,16 @@ class BufferEmit(OcycleCompat):
         if isinstance(max_gap, bool) or not isinstance(max_gap, (int, float)) or not 0 <= max_gap < math.inf:
             raise ConfigError("max_gap", max_gap, "seconds >= 0 (0: no gap detection)")
         self.max_gap = float(max_gap)
+        if ordered is True:
+            ordered = ORDER_HOLD
+        if isinstance(ordered, bool):
+            ordered = float(ordered)
+        if not isinstance(ordered, (int, float)) or not 0 <= ordered < math.inf:
+            raise ConfigError("ordered", ordered, "True, False, or the seconds an outcome may wait for earlier ones")
+        self.ordered = float(ordered)
         check_mode(mode)
         if policy is None:
-            bounded = mode in REMOTE_MODES or (is_executor(mode) and as_chunk_executor(mode).bounds_backlog)
+            bounded = mode in REMOTE_MODES or (is_executor(mode) and as_chunk_executor(mode).budget is not None)
             policy = "drop_oldest" if bounded else "block"
         if policy not in POLICIES:
             raise ConfigError("policy", policy, f"one of {', '.join(map(repr, POLICIES))}")
@@ -217,8 +235,13 @@ class BufferEmit(OcycleCompat):
         self.stream = str(stream)
         self._meta_cb, self._meta_done, self._meta_err = map(_wants_meta, (callback, on_done, on_error))
 
-        self._inflight = InFlight(self.max_inflight, policy)
-        self._callbacks = CallbackThread(self._handle, f"ocycle-callbacks-{self.stream}")
+        self._inflight = InFlight(self.max_inflight, policy, name=f"stream {self.stream!r}")
+        self._callbacks = Mailbox(
+            self._handle,
+            order=_seq_of if self.ordered else None,
+            earlier_pending=self._inflight.waiting_before,
+            hold=self.ordered,
+        )
         self._expiry_logged = False
         self._free_buffers: list[Any] = []
         self._executor: ChunkExecutor | None = None
@@ -328,11 +351,22 @@ class BufferEmit(OcycleCompat):
             finally:
                 self._inflight.finished_inline(outcome, started)
             return
-        if not self._inflight.admit(meta.seq):
+        failure: Exception | None = None
+        cost = 0
+        if executor.budget is not None:
+            try:
+                cost = executor.cost(value)
+            except Exception as exc:  # EncodeError: this chunk's outcome, counted and reported in order
+                failure = exc
+        if failure is not None:
+            self._inflight.track(meta.seq)
+        elif not self._inflight.admit(meta.seq, cost):
             self._release(buffer)
             return
         kwargs = {"meta": meta} if self._meta_cb or executor.wants_meta else {}
         try:
+            if failure is not None:
+                raise failure
             future = executor.submit(self.callback, value, meta.t0, **kwargs)
         except Exception as exc:  # the chunk's outcome, counted and reported in order; the stream goes on
             future = Future()
@@ -348,7 +382,7 @@ class BufferEmit(OcycleCompat):
         """Done-callback of each chunk's Future, on whatever thread resolved it.
 
         A dropped chunk (cancelled) is counted at once: no callback runs for it. Any other outcome goes to
-        this emitter's callback thread, where its on_done/on_error runs.
+        this emitter's mailbox, where its on_done/on_error runs (:mod:`ocycle_dist.callbacks`).
         """
         if future.cancelled():
             self._handle(meta, buffer, executor, future)
@@ -356,7 +390,7 @@ class BufferEmit(OcycleCompat):
             self._callbacks.put(meta, buffer, executor, future)
 
     def _handle(self, meta: Chunk, buffer: Any, executor: ChunkExecutor, future: Future[Any]) -> None:
-        """On the emitter's callback thread: run on_done/on_error, tell the executor, count the outcome."""
+        """On a callback thread, one at a time per emitter: run on_done/on_error, tell the executor, count."""
         if future.cancelled():
             outcome, value = "dropped", None
         elif isinstance(future.exception(), ExpiredError):
@@ -430,13 +464,18 @@ class BufferEmit(OcycleCompat):
                 else:
                     self._executor = make_executor(self.mode, self.npool, self.policy, **self._executor_options)
                     self._owns_executor = True
+                executor = self._executor
+                budget = executor.budget
                 if self.max_inflight is None:
-                    self._inflight.max_inflight = None if self._executor.bounds_backlog else LOCAL_MAX_INFLIGHT
-                self.windows.lazy = self._executor.joins_later and not self.asbuffer
-                for meta, future in self._executor.adopt(self.stream):
-                    self._inflight.adopt(meta.seq, future)
+                    self._inflight.max_inflight = None if budget is not None else LOCAL_MAX_INFLIGHT
+                self._inflight.max_cost = budget
+                self._inflight.meter = (lambda: executor.spooled_bytes) if budget is not None else None
+                self.windows.lazy = executor.joins_later and not self.asbuffer
+                now = time.time()
+                for meta, future, emitted_at in executor.adopt(self.stream):
+                    self._inflight.adopt(meta.seq, future, age=now - emitted_at if emitted_at else 0.0)
                     self.windows.seq = max(self.windows.seq, meta.seq + 1)
-                    future.add_done_callback(partial(self._finished, meta, None, self._executor))
+                    future.add_done_callback(partial(self._finished, meta, None, executor))
             return self._executor
 
     def open(self, npool: int | None = None, mode: Any = None, reopen: bool = False) -> BufferEmit:
@@ -501,8 +540,6 @@ class BufferEmit(OcycleCompat):
             log.warning(
                 "close(timeout=%s): %d chunk(s) of stream %s still pending; %s", timeout, pending, self.stream, kept
             )
-        if finished:
-            self._callbacks.stop()
         return pending
 
     def stats(self) -> Stats:
@@ -522,6 +559,7 @@ class BufferEmit(OcycleCompat):
                 latency_p99=p99,
                 callback_backlog=self._callbacks.backlog,
                 callback_p99=callback_p99,
+                out_of_order=self._callbacks.out_of_order,
                 t0_overlaps=windows.t0_overlaps,
                 gaps=windows.gaps,
                 gap_seconds=windows.gap_seconds,

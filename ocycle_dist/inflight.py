@@ -1,23 +1,29 @@
-"""In-flight accounting: which chunks are out, the overload policy that bounds them, and the counters.
+"""In-flight accounting: which chunks are out, the one bound on them and its overload policy, the counters.
 
 Every chunk emitted ends in exactly one outcome, so that
-``emitted == in_flight + done + failed + dropped + expired`` at any moment. ``admit()`` applies the policy
-when ``max_inflight`` chunks are out: ``block`` the writer until one settles, ``drop_newest`` (the new
-chunk) or ``drop_oldest`` (cancel the oldest chunk whose Future can still be cancelled). With
-``max_inflight=None`` nothing is bounded here (an executor that bounds its own backlog, e.g. by bytes).
-Thread-safe: chunks settle on executor and callback threads.
+``emitted == in_flight + done + failed + dropped + expired`` at any moment.
+
+The bound is the only one of an emitter: ``admit()`` applies the policy when the backlog is full, by count
+(``max_inflight`` chunks out) or by cost (``max_cost``: a budget in the executor's units, measured by its
+``meter``; the celery mode's is bytes of chunks kept until their result is in). When full: ``block`` the
+writer until a chunk settles, ``drop_newest`` (the new chunk) or ``drop_oldest`` (cancel the oldest chunk
+whose Future can still be cancelled). Drops are counted and logged once per episode. Thread-safe: chunks
+settle on executor and callback threads.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
 OUTCOMES = ("done", "failed", "dropped", "expired")
+log = logging.getLogger("ocycle_dist")
 
 
 def p50_p99(values: deque[float] | list[float]) -> tuple[float, float]:
@@ -29,19 +35,33 @@ def p50_p99(values: deque[float] | list[float]) -> tuple[float, float]:
 
 
 class InFlight:
-    """The chunks of one emitter between emit and outcome.
+    """The chunks of one emitter between emit and outcome, and the bound on them.
 
     Args:
-        max_inflight: chunks out at most, or None for no bound.
+        max_inflight: chunks out at most, or None for no count bound.
         policy: one of :data:`POLICIES`.
+        max_cost: the most ``meter()`` may reach with a new chunk's cost added, or None.
+        meter: the cost of what is kept now (e.g. bytes waiting for results); read under the lock.
+        name: how the bound is named in the log line of a full episode.
     """
 
-    def __init__(self, max_inflight: int | None, policy: str) -> None:
+    def __init__(
+        self,
+        max_inflight: int | None,
+        policy: str,
+        *,
+        max_cost: int | None = None,
+        meter: Callable[[], int] | None = None,
+        name: str = "",
+    ) -> None:
         self.max_inflight, self.policy = max_inflight, policy
+        self.max_cost, self.meter = max_cost, meter
+        self.name = name
         self.lock = threading.RLock()
         self._idle = threading.Condition(self.lock)
-        self._futures: dict[int, Future[Any] | None] = {}  # seq -> its Future (None until submitted)
+        self._futures: dict[int, Future[Any] | None] = {}  # seq -> its Future (None until submitted), emit order
         self._emitted_at: dict[int, float] = {}  # seq -> monotonic time of emit, until the chunk settles
+        self._full = False  # an episode of a full bound: logged once
         self.latencies: deque[float] = deque(maxlen=1000)  # emit-to-outcome seconds of the last chunks
         self.counts = dict.fromkeys(("emitted", *OUTCOMES), 0)
 
@@ -74,17 +94,47 @@ class InFlight:
             self._futures.pop(seq, None)
             self._idle.notify_all()
 
-    def admit(self, seq: int) -> bool:
-        """Make room for chunk ``seq`` under the policy; False when it is dropped (and counted)."""
+    def admit(self, seq: int, cost: int = 0) -> bool:
+        """Make room for chunk ``seq`` (of ``cost``) under the policy; False when it is dropped (and counted)."""
         with self.lock:
-            while self.max_inflight is not None and len(self._futures) >= self.max_inflight:
+            if self.max_cost is not None and cost > self.max_cost:
+                self._episode(f"a chunk of cost {cost} is over the whole bound of {self.max_cost}: dropped")
+                self._count(seq, "dropped")
+                return False
+            while self._over(cost):
+                self._episode(f"policy {self.policy!r} acts")
                 if self.policy == "block":
-                    self._idle.wait()
+                    self._idle.wait(1.0)  # woken by a settled chunk; the timeout only re-reads the meter
                 elif self.policy == "drop_newest" or not self._cancel_oldest():
                     self._count(seq, "dropped")
                     return False
+            if self._full and not self._over(cost, slack=0.75):
+                self._full = False
+                log.info("the backlog bound of %s has room again", self.name or "an emitter")
             self._futures[seq] = None
             return True
+
+    def _over(self, cost: int, slack: float = 1.0) -> bool:
+        """Under the lock: whether a new chunk of ``cost`` would pass the bound (scaled by ``slack``)."""
+        if self.max_inflight is not None and len(self._futures) >= self.max_inflight * slack:
+            return True
+        return self.max_cost is not None and self.meter is not None and self.meter() + cost > self.max_cost * slack
+
+    def _episode(self, what: str) -> None:
+        if not self._full:
+            self._full = True
+            bound = []
+            if self.max_inflight is not None:
+                bound.append(f"max_inflight={self.max_inflight}")
+            if self.max_cost is not None:
+                bound.append(f"a budget of {self.max_cost} bytes")
+            log.warning(
+                "the backlog of %s is full (%s): %s; drops are counted in stats().dropped (logged once until it has"
+                " room again)",
+                self.name or "an emitter",
+                " and ".join(bound),
+                what,
+            )
 
     def _cancel_oldest(self) -> bool:
         """Cancel the oldest chunk whose Future is still pending; it is counted as dropped at once."""
@@ -96,16 +146,34 @@ class InFlight:
                 return True
         return False
 
+    def track(self, seq: int) -> None:
+        """Follow chunk ``seq`` without applying the bound (its outcome is already known: a failure)."""
+        with self.lock:
+            self._futures[seq] = None
+
+    def waiting_before(self, seq: int, arrived: set[int]) -> bool:
+        """Whether a chunk emitted before ``seq`` is still in flight and not in ``arrived`` (its outcome has not
+        reached the callbacks yet)."""
+        with self.lock:
+            for earlier in self._futures:  # in emit order
+                if earlier >= seq:
+                    return False
+                if earlier not in arrived:
+                    return True
+        return False
+
     def submitted(self, seq: int, future: Future[Any]) -> None:
         """Record the Future of an admitted chunk (unless it has already settled)."""
         with self.lock:
             if seq in self._futures:
                 self._futures[seq] = future
 
-    def adopt(self, seq: int, future: Future[Any]) -> None:
-        """Follow a chunk emitted by an earlier producer of the stream (taken over from a durable spool)."""
+    def adopt(self, seq: int, future: Future[Any], age: float = 0.0) -> None:
+        """Follow a chunk emitted ``age`` seconds ago by an earlier producer of the stream (taken over from a
+        durable spool): its latency counts from then."""
         with self.lock:
             self._futures[seq] = future
+            self._emitted_at[seq] = time.monotonic() - max(0.0, age)
             self.counts["emitted"] += 1
 
     def settle(self, seq: int, outcome: str) -> None:

@@ -26,6 +26,8 @@ class Stats:
             durable spool, the bytes they take on disk (its database pages in use).
         callback_backlog: outcomes waiting for their ``on_done``/``on_error`` to run (a slow callback shows here).
         callback_p99: seconds ``on_done``/``on_error`` took, 99th percentile of the last 1000 calls.
+        out_of_order: with ``ordered``, outcomes handed to ``on_done``/``on_error`` before an earlier chunk's
+            because that one did not come within the wait allowed.
         latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
         latency_p99: the same, 99th percentile.
         t0_overlaps: writes (with ``rate``) whose t0 fell before the end of the previous write (its t0 + its
@@ -49,6 +51,7 @@ class Stats:
     spooled_bytes: int = 0
     callback_backlog: int = 0
     callback_p99: float = 0.0
+    out_of_order: int = 0
     latency_p50: float = 0.0
     latency_p99: float = 0.0
     t0_overlaps: int = 0

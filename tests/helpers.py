@@ -25,3 +25,18 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str | Ca
 def footprint(directory: Path) -> int:
     """Bytes of every file in a spool's directory (database, WAL, shared-memory index)."""
     return sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file())
+
+
+class Owner:
+    """What the publisher reads of the executor that keeps an entry: its settings, its token, whether it batches."""
+
+    def __init__(self, settings: Any, token: str) -> None:
+        self.settings, self.token, self.batching = settings, token, True
+
+
+def owned(entries: list[Any], settings: Any, token: str) -> list[Any]:
+    """``entries`` as kept by one executor with ``settings`` and ``token`` (for publishing them directly)."""
+    owner = Owner(settings, token)
+    for entry in entries:
+        entry.owner = owner
+    return entries

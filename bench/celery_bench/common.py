@@ -120,11 +120,8 @@ def close_unconsumed(emitter: ocycle_dist.BufferEmit) -> None:
     emitter.close(wait=False)
     if executor is not None:
         executor.shutdown(wait=False, cancel_futures=True)
-        with executor._cond:  # cancelling does not wake the dispatcher: it would linger until resend_after
-            executor._cond.notify_all()
-        executor._dispatcher.join(10)
-        if executor._dispatcher.is_alive():
-            print("  note: an executor's dispatcher did not stop 10 s after shutdown(cancel_futures=True)",
+        if not executor.finished.wait(10):
+            print("  note: an executor did not finish 10 s after shutdown(cancel_futures=True)",
                   file=sys.stderr)  # fmt: skip
 
 

@@ -97,7 +97,7 @@ class Ocycle:
         pending = self.tap.close(flush=True, timeout=timeout)
         stats = {name: e.stats().as_dict() for name, e in zip(NAMES, self.emitters, strict=True)}
         counts = {name: dict(x.counts) for name, x in zip(NAMES, self.executors, strict=True)}
-        unclaimed = self.executors[0]._listener.unclaimed  # replies to no chunk of ours: e.g. of dropped chunks
+        unclaimed = self.executors[0].hub.listener.unclaimed  # replies to no chunk of ours: e.g. of dropped chunks
         return {"pending": pending, "stats": stats, "counts": counts, "budget": self.budget, "policy": self.policy,
                 "unclaimed": unclaimed}  # fmt: skip
 

@@ -22,7 +22,7 @@ def _celery(max_workers: int, policy: str, **options: Any) -> ChunkExecutor:
     from ..remote.executor import CeleryExecutor  # imports redis and msgpack: only when asked for
     from ..remote.settings import Settings
 
-    del max_workers  # one publisher thread per executor, whatever npool says
+    del max_workers, policy  # one publisher per process and broker; the emitter applies the policy
     known = [name for name in inspect.signature(CeleryExecutor).parameters if name != "self"]
     for name, value in options.items():
         if name not in known:
@@ -38,7 +38,7 @@ def _celery(max_workers: int, policy: str, **options: Any) -> ChunkExecutor:
         value = options.get(name)
         if value is not None and not ok(value):
             raise ConfigError(name, value, f"{expected} or None")
-    return CeleryExecutor(policy=policy, **options)
+    return CeleryExecutor(**options)
 
 
 def _local(cls: Callable[..., Any]) -> Callable[..., ChunkExecutor]:

@@ -12,10 +12,12 @@ The optional members, with their defaults:
 - ``inline`` (``False``): the executor runs a call at once in the caller's thread; the emitter then uses
   ``call(fn, *args, **kwargs)`` and takes the result or the exception directly, with no Future per chunk.
 - ``adopt(stream)`` (``[]``): chunks of ``stream`` left pending by an earlier producer (a durable spool), as
-  ``(Chunk, Future)`` pairs that the emitter follows like its own.
-- ``spooled_bytes`` (``0``): bytes of the chunks the executor keeps until their result is in.
-- ``bounds_backlog`` (``False``): the executor bounds the chunks waiting for their results itself (the celery
-  mode: by bytes, applying the emitter's ``policy``), so the emitter's ``max_inflight`` defaults to no bound.
+  ``(Chunk, Future, emitted_at)`` triples (``emitted_at``: the wall-clock time of its first emit) that the
+  emitter follows like its own.
+- ``budget`` (``None``) and ``cost(value)``: an executor that keeps its chunks (the celery mode) names a budget
+  in its own units (bytes) and what a chunk costs; the emitter's one bound (:mod:`ocycle_dist.inflight`) then
+  holds ``spooled_bytes`` under the budget with its ``policy``, and ``max_inflight`` defaults to no count bound.
+- ``spooled_bytes`` (``0``): what the executor keeps now, in the units of its budget.
 - ``joins_later`` (``False``): ``submit`` may be given a :class:`~ocycle_dist.pieces.Pieces` instead of the
   chunk's value, and joins it (``Pieces.join()``) on a thread of its own, not the writer's.
 - ``durable`` (``False``): chunks still pending at shutdown are kept for the next producer (a durable spool).
@@ -46,7 +48,7 @@ class ChunkExecutor:
 
     wants_meta: bool = False
     inline: bool = False
-    bounds_backlog: bool = False
+    budget: int | None = None
     durable: bool = False
     joins_later: bool = False
 
@@ -60,9 +62,13 @@ class ChunkExecutor:
         """Run ``fn`` now and return its result (inline executors only)."""
         raise NotImplementedError(f"{type(self).__name__} is not inline")
 
-    def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any]]]:
+    def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any], float]]:
         """Chunks of ``stream`` an earlier producer left pending: none by default."""
         return []
+
+    def cost(self, value: Any) -> int:
+        """What keeping ``value`` costs against :attr:`budget` (executors with a budget only)."""
+        return 0
 
     @property
     def spooled_bytes(self) -> int:

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import time
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -53,14 +52,11 @@ from .protocol import (
     claim_key,
     is_reply_key,
     lease_key,
-    mac_key,
     reply_error,
     reply_expired,
-    reply_key,
     reply_ok,
-    seal,
-    token_of,
 )
+from .replies import ReplyWriter
 
 log = logging.getLogger("ocycle_dist.worker")
 
@@ -139,34 +135,6 @@ def describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def encode_record(record: dict[str, Any], key: bytes) -> bytes:
-    """A reply record on the wire, sealed with ``key`` (:func:`.protocol.mac_key` of the reply list's token); a
-    result that cannot be encoded becomes an EncodeError reply."""
-    try:
-        return seal(record, key)
-    except EncodeError as exc:
-        return seal(reply_error(record["id"], "EncodeError", f"the task's result cannot be sent back: {exc}"), key)
-
-
-class Replies:
-    """Reply records by reply list, sent together (RPUSH + EXPIRE per list) in a pipeline."""
-
-    def __init__(self, ttl: float, secret: str) -> None:
-        self.ttl = max(1, int(ttl))
-        self.secret = secret
-        self.by_key: defaultdict[str, list[bytes]] = defaultdict(list)
-
-    def add(self, key: str | None, record: dict[str, Any]) -> None:
-        if isinstance(key, str) and is_reply_key(key):
-            self.by_key[key].append(encode_record(record, mac_key(self.secret, token_of(key))))
-
-    def into(self, pipe: Any) -> None:
-        for key, records in self.by_key.items():
-            pipe.rpush(key, *records)
-            pipe.expire(key, self.ttl)
-        self.by_key.clear()
-
-
 def _expires_at(value: Any) -> float | None:
     """An item's or a message's ``expires`` as epoch seconds (it is ISO 8601 in Celery's header)."""
     if value is None or isinstance(value, (int, float)):
@@ -230,11 +198,11 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
         _task_stack.pop()
 
 
-def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *, hostname: str | None,
-              delivery_info: dict[str, Any], renew: Any = None, token: str = "") -> int:  # fmt: skip
+def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWriter, *, hostname: str | None,
+              delivery_info: dict[str, Any], renew: Any = None, reply_to: str | None = None) -> int:  # fmt: skip
     """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
-    to ``replies`` (the item's reply list, else its stream's with ``token``). Claimed chunks are fetched in one
-    MGET first, and only the item's own claim (``claim_key(task id)``). Returns how many ran."""
+    to ``replies`` (the item's reply list, else ``reply_to``). Claimed chunks are fetched in one MGET first, and
+    only the item's own claim (``claim_key(task id)``). Returns how many ran."""
     claims = [
         i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
     ]
@@ -244,8 +212,8 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
             fetched[i] = raw
     ran = 0
     for i, item in enumerate(items):
-        task_id, name, chunk, _, meta = item[:5]
-        key = item[6] if len(item) > 6 else reply_key(str((meta or {}).get("stream")), token)
+        task_id, name, chunk = item[:3]
+        key = item[6] if len(item) > 6 else reply_to
         expires = _expires_at(item[5])
         if expires is not None and expires < time.time():
             replies.add(key, reply_expired(task_id))
@@ -273,20 +241,18 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
 
 def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> None:
     """The body of the batch task: run its chunks, reply for each (in a pipeline every ~10 ms, and at the end)
-    to their streams' lists with the producer token of the batch message's ``reply_to``."""
+    to the batch message's ``reply_to``. A reply that cannot be written is retried, then left to the producer's
+    recovery: it never fails the batch (:mod:`.replies`)."""
     request = task.request
-    replies = Replies(settings.result_ttl, settings.reply_secret)
-    reply_to = request.reply_to
-    token = token_of(reply_to) if isinstance(reply_to, str) and is_reply_key(reply_to) else ""
+    replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
+    reply_to = request.reply_to if is_reply_key(request.reply_to) else None
     delivery_info = dict(request.delivery_info or {})
     flush_at = time.monotonic() + 0.01
     for start in range(0, len(items), 16):
         run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
-                  delivery_info=delivery_info, token=token)  # fmt: skip
+                  delivery_info=delivery_info, reply_to=reply_to)  # fmt: skip
         if time.monotonic() >= flush_at or start + 16 >= len(items):  # a long batch: the answers so far go now
-            pipe = client.pipeline(transaction=False)
-            replies.into(pipe)
-            pipe.execute()
+            replies.send()
             flush_at = time.monotonic() + 0.01
 
 
@@ -322,12 +288,11 @@ def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
         args, kwargs, embed = wire.loads(binascii.a2b_base64(body))
         if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return None
-        if headers.get("task") == BATCH_TASK:  # each chunk replies to its stream's list, with the batch's token
+        if headers.get("task") == BATCH_TASK:  # each chunk replies to the batch's reply list
             reply_to = props.get("reply_to")
-            if not isinstance(reply_to, str) or not is_reply_key(reply_to):
+            if not is_reply_key(reply_to):
                 return None
-            token = token_of(reply_to)
-            return [[*item[:6], reply_key(str((item[4] or {}).get("stream")), token)] for item in args[0]]
+            return [[*item[:6], reply_to] for item in args[0]]
         if len(args) != 2:
             return None
         meta = headers.get(META_HEADER) or {}
@@ -418,7 +383,7 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             more = bool(waiting) and time.monotonic() < deadline
             if more and by_bytes:  # large messages: Redis takes the next while these run (see DRAIN_BYTES)
                 ahead = _send(client, script.sha, keys, take(ids, tags))
-            replies = Replies(settings.result_ttl, settings.reply_secret)
+            replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
             back: list[tuple[bytes, bytes]] = []
             for raw, tag in zip(messages, tags, strict=True):
                 items = _decode(task.app, raw)
@@ -427,13 +392,15 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
                     continue
                 total += run_items(task.app, client, items, replies, hostname=request.hostname,
                                    delivery_info=delivery_info, renew=renew)  # fmt: skip
-            pipe = client.pipeline(transaction=False)
-            replies.into(pipe)
-            for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
-                pipe.rpush(queue, raw)
-            pipe.zrem(UNACKED_INDEX_KEY, *tags)
-            pipe.hdel(UNACKED_KEY, *tags)
-            pipe.execute()
+
+            def acks(pipe: Any, back: list[tuple[bytes, bytes]] = back, tags: list[Any] = tags) -> None:
+                for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
+                    pipe.rpush(queue, raw)
+                pipe.zrem(UNACKED_INDEX_KEY, *tags)
+                pipe.hdel(UNACKED_KEY, *tags)
+
+            if not replies.send(also=acks):  # Redis stayed away: what was taken is in the unacked set and the
+                break  # lease, so the producers send it again; take nothing more
             if ahead is not None:  # the take already made runs too (it is recorded as delivered here)
                 sent, ahead = ahead, None  # _receive releases its connection, whatever happens
                 got = _receive(client, sent)

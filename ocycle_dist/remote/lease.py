@@ -9,11 +9,11 @@ a worker SIGKILLed whole (an OOM kill, a lost container) leaves its prefetched a
   ``lease`` seconds (server-side, so no clock is compared), holding the ids of the tasks it holds: prefetched
   and running. It runs beside the pool, so a long task does not stop the renewals. On a warm shutdown the lease
   is deleted; on a kill it lapses.
-- **Producer side** (:class:`LeaseWatch`, called by the executor's dispatcher about once a second): for each
-  chunk sent and not answered, it notes which worker holds it. When that worker's lease lapses, the chunk is
-  sent again at once. A chunk delivered (in ``unacked_index``) but named by no lease after a few renewals was
-  taken by a worker that died before naming it: sent again too. A chunk held by a live worker is never sent
-  again because of this, however long its task runs; a chunk held by nobody waits for ``resend_after``.
+- **Producer side** (:class:`.liveness.LeaseWatch`, one per process and broker): for each chunk sent and not
+  answered, it notes which worker holds it. When that worker's lease lapses, the chunk is sent again at once. A
+  chunk delivered (in ``unacked_index``) but named by no lease after a few renewals was taken by a worker that
+  died before naming it: sent again too. A chunk held by a live worker is never sent again because of this,
+  however long its task runs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from . import wire
-from .protocol import BATCH_HEADER, UNACKED_INDEX_KEY, UNACKED_KEY, WORKERS_KEY, lease_key
+from .protocol import BATCH_HEADER, UNACKED_INDEX_KEY, WORKERS_KEY, lease_key
 
 log = logging.getLogger("ocycle_dist.lease")
 
@@ -176,89 +176,3 @@ def read_leases(client: Any) -> Leases:
             continue
     tags = [tag.decode() if isinstance(tag, bytes) else str(tag) for tag in delivered]
     return Leases(held, tags, time.monotonic())
-
-
-_shared: dict[str, Leases] = {}  # broker -> the latest reading, shared by the executors of this process
-_shared_lock = threading.Lock()
-
-
-class LeaseWatch:
-    """The producer's view of the workers' leases, for the chunks it waits on.
-
-    Args:
-        client: the executor's ``redis.Redis``.
-        lease: the workers' lease time: a chunk delivered but named by no lease for longer than this has lost
-            its worker.
-        broker: the broker's URL: the executors of one process on the same broker share a reading of the leases
-            younger than ``lease / 6`` (each checks every ``lease / 3``), rather than each reading them.
-    """
-
-    def __init__(self, client: Any, lease: float, broker: str = "") -> None:
-        self.client, self.lease, self.broker = client, lease, broker
-        self._holder: dict[str, str] = {}  # task id -> the worker whose lease named it
-        self._unnamed_since: dict[str, float] = {}  # task id -> when it was first seen delivered, unnamed
-
-    def _read(self) -> Leases:
-        if not self.broker:
-            return read_leases(self.client)
-        with _shared_lock:
-            leases = _shared.get(self.broker)
-        if leases is None or time.monotonic() - leases.at > self.lease / 6:
-            leases = read_leases(self.client)
-            with _shared_lock:
-                _shared[self.broker] = leases
-        return leases
-
-    def check(self, tag_of: dict[str, str], task_of: dict[str, list[str]]) -> list[tuple[str, str]]:
-        """The producer's chunks whose worker is gone, as ``(task id, reason)``.
-
-        Args:
-            tag_of: task id -> delivery tag of the producer's chunks sent and not answered.
-            task_of: the reverse (delivery tag -> task ids: several for a batch message).
-
-        The cost does not grow with the producer's backlog: it reads the leases and the deliveries (bounded
-        by the workers' prefetch windows), then looks each up in these dicts.
-        """
-        leases = self._read()
-        alive: dict[str, set[str]] = {}
-        for worker, (tasks, tags) in leases.held.items():
-            held = set(tasks)
-            for tag in tags:  # a pool process's lease names the messages it took
-                held.update(task_of.get(tag, ()))
-            alive[worker] = held
-        named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
-        now = time.monotonic()
-        lost: list[tuple[str, str]] = []
-        for task_id, worker in named.items():
-            self._holder[task_id] = worker
-            self._unnamed_since.pop(task_id, None)
-        for task_id in list(self._holder):
-            if task_id in named:
-                continue
-            gone = self._holder.pop(task_id)
-            if task_id in tag_of and gone not in alive:
-                lost.append((task_id, f"the lease of worker {gone} lapsed"))
-        seen: set[str] = set()
-        already = {t for t, _ in lost}
-        for tag in leases.delivered:
-            for task_id in list(task_of.get(tag, ())):
-                if task_id in named:
-                    continue
-                seen.add(task_id)  # delivered to a worker that does not name it: dead before its first renewal?
-                since = self._unnamed_since.setdefault(task_id, now)
-                if now - since > self.lease and task_id not in already:
-                    del self._unnamed_since[task_id]
-                    lost.append((task_id, "delivered to a worker that died before naming it in its lease"))
-        for task_id in list(self._unnamed_since):
-            if task_id not in seen:
-                del self._unnamed_since[task_id]
-        return lost
-
-    def forget_delivery(self, tags: list[str]) -> None:
-        """Remove a dead worker's deliveries from kombu's unacked bookkeeping, so they are not run again later."""
-        if not tags:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(UNACKED_INDEX_KEY, *tags)
-        pipe.hdel(UNACKED_KEY, *tags)
-        pipe.execute()

@@ -1,21 +1,15 @@
-"""The result listener: one thread per broker that pops the workers' replies from Redis lists.
+"""The result listener: one thread per process and broker that pops the workers' replies from Redis lists.
 
 Replies are stored in a list (RPUSH by the worker), not published, so none is lost while the producer is
 disconnected: after a reconnect the listener picks up where it stopped. One BLMPOP waits for replies and
 takes up to :data:`POP_COUNT` of those waiting in one round trip (on a Redis older than 7.0, which lacks
-it: a BLPOP for the first reply, then an LPOP with a count for the rest). Every executor
-of a process that uses the same broker shares the listener; a reply goes to the one that knows its id.
+it: a BLPOP for the first reply, then an LPOP with a count for the rest). It also waits on a wake-up list of
+its own, so that stopping it or listening to a new list takes one round trip, not a poll interval.
 
 The thread survives every error: an outage or an error reply (out of memory, read-only, loading) is retried
-with back-off; a key of another type (WRONGTYPE) is dropped from the keys listened to and reported; an
-unreadable or oversized reply is dropped and counted. Should the thread ever end, ``listen()`` starts a new one.
-
-The listener also watches which Redis server it talks to: after every reconnect, and every ``check_every``
-seconds (redis-py retries a failed command on a new connection by itself, so a quick restart can pass
-unseen), it reads the server's ``run_id`` and tells the executors when it changed: a Redis restarted empty,
-or a Sentinel failover, lost the tasks and replies the old server held, and the executors send their
-unanswered chunks again at once. The producer's publisher may be idle (``write()`` blocked at
-``max_inflight``) and never see the restart; the listener always talks to Redis.
+with back-off; a reply list turned into another type (WRONGTYPE: a foreign or hostile writer) is taken back
+(deleted: it is the producer's own key), reported and counted; an unreadable or oversized reply is dropped and
+counted. Should the thread ever end, ``listen()`` starts a new one.
 """
 
 from __future__ import annotations
@@ -27,11 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import wire
-from .redis_client import CONFIG, WRONGTYPE, classify, connect
+from .redis_client import CONFIG, WRONGTYPE, classify
 
 log = logging.getLogger("ocycle_dist.listener")
-Handler = Callable[[dict[str, Any]], bool]  # True when the reply was its own
-ServerHandler = Callable[[str], object]  # told the run_id of each new Redis server the listener sees
+Handler = Callable[[str, dict[str, Any]], bool]  # (reply key, envelope) -> True when it was a chunk's reply
 POP_COUNT = 500  # replies taken in one round trip at most
 
 
@@ -43,92 +36,96 @@ def _unknown_command(exc: Exception) -> bool:
 
 
 class ReplyListener:
-    """Pop replies from the lists named with ``listen()`` and offer each to the attached handlers.
+    """Pop replies from the lists named with ``listen()`` and hand each to ``handler``.
 
     Args:
         client: a ``redis.Redis`` used only by this listener (BLMPOP holds its connection).
-        poll: seconds a BLMPOP waits before the listener checks whether it should stop.
-        check_every: seconds between two reads of the server's ``run_id`` (also read after every reconnect).
+        handler: called with each reply's list and its envelope, on the listener's thread.
+        wake_key: a list of its own; anything pushed there wakes the listener.
+        poll: seconds a BLMPOP waits at most (below the client's socket timeout).
     """
 
-    def __init__(self, client: Any, *, poll: float = 0.5, check_every: float = 1.0) -> None:
+    def __init__(self, client: Any, handler: Handler, wake_key: str, *, poll: float = 5.0) -> None:
         self._client = client
+        self._handler = handler
+        self._wake_key = wake_key
         self._poll = poll
-        self._check_every = check_every
         self._keys: list[str] = []
-        self._handlers: list[Handler] = []
-        self._owner: dict[str, Handler] = {}  # reply key -> the handler that listens to it: offered first
-        self._on_server: dict[Handler, ServerHandler] = {}
-        self._has_info = True  # False for a server without INFO (fakeredis): restarts go unseen
         self._multipop = True  # BLMPOP, until the server says it does not know it
-        self._checked_at = float("-inf")
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._quick = True  # the next pop does not wait: tells when what was waiting has been taken
         self.connected = threading.Event()
+        self.drained_at = float("-inf")  # monotonic time the listener last found every list empty
         self.reconnects = 0
-        self.unclaimed = 0  # replies no handler knew: a second reply, or one for a producer gone
+        self.unclaimed = 0  # replies no chunk waited for: a second reply, or one for a chunk dropped
         self.unreadable = 0  # replies that could not be decoded (corrupt, oversized, a bomb): dropped
-        self.bad_keys: list[str] = []  # reply keys of another type than a list: not listened to
+        self.retyped = 0  # reply lists found holding another type, taken back (deleted)
         self.errors = 0  # errors the thread survived
-        self.run_id: str | None = None  # the Redis server's, as last read
-        self.new_servers = 0  # times the run_id changed: restarts and failovers seen
 
-    def attach(self, handler: Handler, on_server: ServerHandler | None = None) -> None:
-        """Offer replies to ``handler``; tell ``on_server(run_id)`` each new server's run_id (the first too)."""
-        self._handlers = [*self._handlers, handler]
-        if on_server is not None:
-            self._on_server = {**self._on_server, handler: on_server}
-
-    def detach(self, handler: Handler) -> bool:
-        """Remove ``handler`` (and its ``on_server``); True when none is left."""
-        self._handlers = [h for h in self._handlers if h != handler]
-        self._owner = {k: h for k, h in self._owner.items() if h != handler}
-        self._on_server = {h: f for h, f in self._on_server.items() if h != handler}
-        return not self._handlers
-
-    def listen(self, key: str, handler: Handler | None = None) -> None:
-        """Also pop replies from ``key``, offered first to ``handler`` (then to the others); starts the thread on
-        the first key (again, should it have ended)."""
-        if key not in self._keys and key not in self.bad_keys:
-            self._keys = [*self._keys, key]
-        if handler is not None and self._owner.get(key) != handler:
-            self._owner = {**self._owner, key: handler}
+    def listen(self, key: str) -> None:
+        """Also pop replies from ``key``; starts the thread on the first key (again, should it have ended)."""
         with self._lock:
+            if key not in self._keys:
+                self._keys = [*self._keys, key]
+                self._quick = True
+                self._wake()
             if (self._thread is None or not self._thread.is_alive()) and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="ocycle-listener", daemon=True)
                 self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread (after at most one poll interval)."""
+    def forget(self, key: str) -> None:
+        """Stop popping replies from ``key``."""
+        with self._lock:
+            self._keys = [k for k in self._keys if k != key]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (woken at once where Redis answers; else after at most one poll) and close the client."""
         self._stop.set()
+        self._wake()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout)
         self._client.close()
+
+    def _wake(self) -> None:
+        """Push to the wake-up list, so that a waiting BLMPOP returns (best effort: at worst one poll later)."""
+        if self._thread is None or not self.connected.is_set():
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)  # another connection of the pool: the BLMPOP holds its own
+            pipe.rpush(self._wake_key, b"")
+            pipe.expire(self._wake_key, 60)
+            pipe.execute()
+        except Exception as exc:
+            log.debug("could not wake the result listener: %s", exc)
 
     def _run(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
-            if not self._keys:
-                self._stop.wait(self._poll)
+            keys = self._keys
+            if not keys:
+                self._stop.wait(0.05)
                 continue
+            quick, self._quick = self._quick, False
+            timeout = 0.01 if quick else self._poll
             try:
-                if not self.connected.is_set() or time.monotonic() - self._checked_at >= self._check_every:
-                    self._check_server()
                 if self._multipop:  # up to POP_COUNT replies in one round trip (Redis >= 7)
-                    got = self._client.blmpop(self._poll, len(self._keys), *self._keys, direction="LEFT",
+                    got = self._client.blmpop(timeout, len(keys) + 1, self._wake_key, *keys, direction="LEFT",
                                               count=POP_COUNT)  # fmt: skip
                     self.connected.set()
                     backoff = 0.05
                     if got is None:
+                        self.drained_at = time.monotonic()
                         continue
                     key, more = got
                 else:
-                    got = self._client.blpop(self._keys, timeout=self._poll)
+                    got = self._client.blpop([self._wake_key, *keys], timeout=timeout)
                     self.connected.set()
                     backoff = 0.05
                     if got is None:
+                        self.drained_at = time.monotonic()
                         continue
                     key, first = got
                     self._deliver(key, first)  # popped: delivered even if the next command fails
@@ -141,7 +138,7 @@ class ReplyListener:
                 self.errors += 1
                 kind = classify(exc)
                 if kind == WRONGTYPE:
-                    self._drop_bad_keys()
+                    self._take_back_keys()
                     continue
                 if self.connected.is_set() or kind == CONFIG:
                     log.warning(
@@ -154,111 +151,45 @@ class ReplyListener:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 0.5)
                 continue
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if name == self._wake_key:
+                self._quick = True  # woken: look again at once
+                continue
             for raw in more:
-                self._deliver(key, raw)
+                self._deliver(name, raw)
         self.connected.clear()
 
-    def _drop_bad_keys(self) -> None:
-        """A key listened to is not a list (a foreign writer, a collision): stop listening to it, say so."""
+    def _take_back_keys(self) -> None:
+        """A list listened to holds another type (a foreign or hostile writer): it is this producer's own key,
+        so it is deleted and listened to again; what the workers could not reply meanwhile is recovered by the
+        producer (the chunks are looked for after ``resend_after``)."""
+        keys = [self._wake_key, *self._keys]
         try:
-            types = [self._client.type(k) for k in self._keys]
-        except Exception:  # the next round tries again
-            return
-        for key, kind in zip(list(self._keys), types, strict=True):
-            if kind not in (b"list", b"none", "list", "none"):
-                self._keys = [k for k in self._keys if k != key]
-                self.bad_keys.append(key)
-                log.error(
-                    "reply key %s holds a %s, not a list: its stream's results cannot arrive (remove the key);"
-                    " not listening to it",
-                    key,
-                    kind.decode() if isinstance(kind, bytes) else kind,
-                )
+            types = [self._client.type(k) for k in keys]
+            for key, kind in zip(keys, types, strict=True):
+                if kind not in (b"list", b"none", "list", "none"):
+                    self._client.delete(key)
+                    self.retyped += 1
+                    log.error(
+                        "reply key %s held a %s, not a list (a foreign writer?): deleted, listening to it again",
+                        key,
+                        kind.decode() if isinstance(kind, bytes) else kind,
+                    )
+        except Exception as exc:  # the next round tries again
+            log.debug("could not check the reply keys' types: %s", exc)
 
-    def _check_server(self) -> None:
-        """Read the server's run_id; tell the executors when it is a new one (raises connection errors)."""
-        import redis
-
-        self._checked_at = time.monotonic()
-        if not self._has_info:
-            return
+    def _deliver(self, key: str, raw: bytes) -> None:
         try:
-            run_id = self._client.info("server").get("run_id")
-        except redis.ResponseError as exc:
-            if not str(exc).lower().startswith(("unknown command", "noperm")) and classify(exc) != CONFIG:
-                raise  # a transient error reply: the loop retries
-            self._has_info = False  # no INFO here (fakeredis's TCP server then drops the connection too)
-            self._client.connection_pool.disconnect()
-            return
-        if not run_id or run_id == self.run_id:
-            return
-        if self.run_id is not None:
-            self.new_servers += 1
-            log.info("Redis is a new server (run_id %s, was %s)", run_id, self.run_id)
-        self.run_id = run_id
-        for on_server in list(self._on_server.values()):
-            try:
-                on_server(run_id)
-            except Exception:
-                log.exception("server handler failed for run_id %s", run_id)
-
-    def _deliver(self, key: bytes, raw: bytes) -> None:
-        try:
-            record = wire.loads(raw)
-            if not isinstance(record, dict):
-                raise TypeError(f"a reply is a map, this is a {type(record).__name__}")
+            envelope = wire.loads(raw)
+            if not isinstance(envelope, dict):
+                raise TypeError(f"a reply is a map, this is a {type(envelope).__name__}")
         except Exception as exc:  # a foreign, corrupt or oversized entry must not stop the listener
             self.unreadable += 1
             log.error("unreadable reply dropped from %r (%d bytes): %s", key, len(raw), str(exc)[:200])
             return
-        owner = self._owner.get(key.decode() if isinstance(key, bytes) else key)
-        if owner is not None and self._offer(owner, key, record):
-            return
-        for handler in self._handlers:
-            if handler != owner and self._offer(handler, key, record):
-                return
-        self.unclaimed += 1
-
-    @staticmethod
-    def _offer(handler: Handler, key: bytes, record: dict[str, Any]) -> bool:
-        """Whether ``handler`` took the reply (a failing handler takes it: it is logged, not offered again)."""
         try:
-            return bool(handler(record))
-        except Exception as exc:
+            if not self._handler(key, envelope):
+                self.unclaimed += 1
+        except Exception as exc:  # a handler's bug must not stop the listener
+            self.errors += 1
             log.error("reply handler failed for a reply from %r: %s", key, str(exc)[:200], exc_info=exc)
-            return True
-
-
-_shared: dict[str, ReplyListener] = {}
-_shared_lock = threading.Lock()
-
-
-def attach(
-    url: str,
-    handler: Handler,
-    *,
-    socket_timeout: float,
-    master_name: str | None = None,
-    on_server: ServerHandler | None = None,
-) -> ReplyListener:
-    """The process's listener for the broker at ``url``, with ``handler`` (and ``on_server``) attached.
-
-    ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
-    """
-    with _shared_lock:
-        listener = _shared.get(url)
-        if listener is None:
-            client = connect(url, socket_timeout=socket_timeout, master_name=master_name)
-            listener = _shared[url] = ReplyListener(client)
-        listener.attach(handler, on_server)
-        return listener
-
-
-def detach(url: str, handler: Handler) -> None:
-    """Detach ``handler``; the last one out stops the listener."""
-    with _shared_lock:
-        listener = _shared.get(url)
-        if listener is None or not listener.detach(handler):
-            return
-        del _shared[url]
-    listener.stop()

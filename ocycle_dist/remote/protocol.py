@@ -2,9 +2,9 @@
 
 Keys (all under :data:`PREFIX`):
 
-- ``ocycle:reply:<stream>:<producer token>``: a list; workers RPUSH each task's reply, the producer's listener
-  pops it. The token is the producer's own (kept in a durable spool's directory, so a restarted producer
-  takes over its replies): two producers with the same stream id each get exactly their own results.
+- ``ocycle:reply:<producer token>``: a list; workers RPUSH each task's reply, the producer's listener pops it.
+  The token is the producer process's own (a durable spool keeps one in its directory, so a producer restarted
+  on it takes over its replies): two producers, even with the same stream ids, each get exactly their own.
 - ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
 - ``ocycle:lease:<worker hostname>``: a worker's lease (msgpack ``{"worker", "tasks": [ids held]}``, a short
   time to live), and ``ocycle:workers``, the set of hostnames that keep one (:mod:`.lease`).
@@ -19,9 +19,9 @@ the header :data:`META_HEADER`, the reply list in ``reply_to``.
 A batch message (:func:`batch_message`) is a task message of :data:`BATCH_TASK` whose one argument is the
 list of its chunks, each ``[task id, task name, chunk, t0, metadata, expires at (epoch seconds or None)]``;
 its header :data:`BATCH_HEADER` names them (``[[task id, stream], ...]``) for the workers' leases; each
-chunk's outcome goes to its own stream's reply list. Its ``reply_to`` (its first chunk's reply list) and its
-task id (its delivery tag) are only for a worker that does not know the batch task: its NotRegistered reply
-for the batch tells the producer to send those chunks again one message each.
+chunk's outcome goes to the message's ``reply_to``. Its task id (its delivery tag) is only for a worker that
+does not know the batch task: its NotRegistered reply for the batch tells the producer to send those chunks
+again one message each.
 
 A reply record is a msgpack map
 ``{"id": task id, "ok": True, "result": ...}`` or ``{"id": ..., "ok": False, "error": [type name, message]}``,
@@ -49,8 +49,8 @@ import msgpack
 
 from ..errors import EncodeError
 from . import wire
+from .pending import Entry
 from .settings import Settings
-from .spool import Entry
 
 PREFIX = "ocycle:"
 REPLY_PREFIX = PREFIX + "reply:"
@@ -67,9 +67,9 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
-def reply_key(stream: str, token: str) -> str:
-    """The Redis list where the results of ``stream``'s chunks come back to the producer with ``token``."""
-    return f"{REPLY_PREFIX}{stream}:{token}"
+def reply_key(token: str) -> str:
+    """The Redis list where the results come back to the producer with ``token``."""
+    return f"{REPLY_PREFIX}{token}"
 
 
 def token_of(reply_to: str) -> str:
@@ -182,13 +182,13 @@ def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, A
     body = b"".join((b"\x93\x92", args, wire.dumps(meta.t0), b"\x80", _EMBED))  # [[chunk, t0], {}, embed]
     headers = {
         "expires": _expires_iso(entry.expires_at),
-        "retries": entry.attempts,
+        "retries": entry.sends,
         "timelimit": [settings.task_time_limit or None, None],  # Celery's order: [hard, soft]
         "argsrepr": f"(<chunk {meta.stream}#{meta.seq} len={meta.length}>, {meta.t0!r})",
         META_HEADER: meta._asdict(),
     }
-    tag = entry.delivery_tag or str(uuid.uuid4())
-    message = _envelope(entry.id, entry.task, body, headers, reply_key(meta.stream, token), tag, settings.queue)
+    tag = entry.tag or str(uuid.uuid4())
+    message = _envelope(entry.id, entry.task, body, headers, reply_key(token), tag, settings.queue)
     return message, claimed
 
 
@@ -220,8 +220,7 @@ def batch_message(
         "argsrepr": f"(<batch of {len(entries)} chunks: {first.stream}#{first.seq}..{last.stream}#{last.seq}>,)",
         BATCH_HEADER: [[entry.id, entry.meta.stream] for entry in entries],
     }
-    reply_to = reply_key(first.stream, token)  # its chunks' replies go to their streams' lists with this token
-    return _envelope(batch_id, BATCH_TASK, b"".join(parts), headers, reply_to, tag, settings.queue), claimed
+    return _envelope(batch_id, BATCH_TASK, b"".join(parts), headers, reply_key(token), tag, settings.queue), claimed
 
 
 def reply_ok(task_id: str, result: Any) -> dict[str, Any]:

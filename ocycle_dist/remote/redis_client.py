@@ -79,7 +79,7 @@ def _unquoted(value: str | None) -> str | None:
     return unquote(value) if value else None
 
 
-def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None = None) -> Any:
+def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None = None, on_connect: Any = None) -> Any:
     """A ``redis.Redis`` for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://`` or ``redis+socket://``
     for a Unix socket, ``sentinel://``); lazy, no I/O yet.
 
@@ -88,6 +88,8 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
         socket_timeout: seconds a command may take; connecting takes at most 5 s of it.
         master_name: for ``sentinel://`` URLs, the master's name (default ``OCYCLE_SENTINEL_MASTER``, else
             ``mymaster``).
+        on_connect: called with each new connection instead of its own handshake (redis-py's
+            ``redis_connect_func``: it must call ``conn.on_connect()``), e.g. to read the server's ``run_id``.
     """
     try:
         import redis
@@ -98,6 +100,8 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
         "socket_connect_timeout": min(socket_timeout, 5.0),
         "health_check_interval": 30,
     }
+    if on_connect is not None:
+        options["redis_connect_func"] = on_connect
     if is_sentinel(url):
         return _sentinel_master(url, master_name, options)
     if not isinstance(url, str) or not url.startswith(SCHEMES):

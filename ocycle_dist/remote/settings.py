@@ -54,11 +54,15 @@ class Settings(EnvSettings):
         worker_prefetch: tasks a worker process reserves ahead (Celery's prefetch multiplier). Short chunk
             tasks run much faster with a few; a killed worker's reserved tasks are re-sent by the producer.
         socket_timeout: seconds a Redis command may take before the connection is given up.
-        resend_after: seconds without a result after which the producer sends a chunk's task again, when
-            no worker's lease names it (a chunk held by a worker whose lease lapses is sent again at once).
+        resend_after: seconds without a result after which the producer looks for a chunk in Redis (its queue,
+            the unacknowledged deliveries), when no worker's lease names it: still there, it waits on; gone
+            (a purge, an evicting Redis, a worker that took it without replying), it is sent again, counted
+            as lost. A chunk lost with a restarted server or a dead worker is sent again at once instead.
         worker_lease: seconds a worker's lease lives in Redis (renewed every third of that, also while a
             long task runs); a worker killed whole is known dead that long after (0: no leases).
-        max_attempts: sends of one chunk before it fails with DeliveryError.
+        max_attempts: times one chunk may be lost with no known reason (see ``resend_after``) before it fails
+            with DeliveryError. Recoveries with a known reason (Redis a new server, a dead worker, a worker that
+            lost Redis mid-task) never count; a task's own error is its outcome at once.
         task_time_limit: seconds a chunk's task may run before its worker process is killed (0: no limit).
         spool_dir: a directory for the durable spool ("": chunks wait in memory only).
         spool_max_bytes: the budget of chunk bytes waiting for their result (0: no limit): in memory, of
@@ -67,7 +71,8 @@ class Settings(EnvSettings):
             32 MiB, holds about 8.7 minutes of worker outage for each consumer of a 16 kHz float32 microphone
             (each keeps 64 kB per second of audio; 17.5 minutes of int16): the canonical three consumers keep
             96 MiB at most. When it is full, the emitter's ``policy`` acts (counted in ``stats().dropped``).
-        spool_policy: for a ``CeleryExecutor`` made without an emitter: ``reject_newest`` or ``drop_oldest``.
+        spool_policy: removed: the emitter's ``policy`` (``block``, ``drop_oldest``, ``drop_newest``) is the one
+            policy of every bound; setting it is a ConfigError naming the replacement.
         reply_secret: a secret shared by the producers and workers of a deployment (never stored in Redis):
             it keys the MAC of every reply, so that whoever can write to Redis cannot forge a result.
             Empty: the producer's token alone keys it (see ``protocol``).
@@ -101,12 +106,22 @@ class Settings(EnvSettings):
     task_time_limit: float = 0.0
     spool_dir: str = ""
     spool_max_bytes: int = 32 * 1024 * 1024
-    spool_policy: str = "reject_newest"
+    spool_policy: str = ""
     reply_secret: str = ""
     batch_max_chunks: int = 64
     batch_max_bytes: int = 1024 * 1024
     batch_claim_threshold: int = 4 * 1024
     worker_drain: int = 64
+
+    def __post_init__(self) -> None:
+        if self.spool_policy:
+            replacement = {"reject_newest": "drop_newest"}.get(self.spool_policy, self.spool_policy)
+            raise ConfigError(
+                "spool_policy",
+                self.spool_policy,
+                f"nothing: it was removed; give the emitter policy={replacement!r} (block, drop_oldest, drop_newest),"
+                " the one policy of its backlog bound",
+            )
 
 
 def app_settings(app: Any) -> Settings:

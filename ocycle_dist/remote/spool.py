@@ -1,9 +1,10 @@
 """Where the producer keeps each chunk until its result has come back: memory, or a SQLite file on disk.
 
 The durable spool survives a producer crash or reboot: a new producer on the same directory finds the
-chunks that were pending and sends them again. A disk budget bounds it; when full, a named policy drops
-either the new chunk (``reject_newest``) or the oldest one (``drop_oldest``), and the drop is counted.
-Its directory deleted, or its disk full, are handled too (:class:`SqliteSpool`): never a raw sqlite3 error.
+chunks that were pending (with the delivery tag of their last message and the time of their first emit) and
+looks for them in Redis before it sends any again. Its size (``nbytes``) is what the emitter's budget
+measures; the emitter's policy acts when it is full. Its directory deleted, or its disk full, are handled too
+(:class:`SqliteSpool`): never a raw sqlite3 error.
 """
 
 from __future__ import annotations
@@ -15,90 +16,53 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..chunk import Chunk
 from ..errors import ConfigError, SpoolError
-from ..pieces import joined
-from . import wire
+from .pending import Entry
 
-SPOOL_POLICIES = ("reject_newest", "drop_oldest")
 log = logging.getLogger("ocycle_dist.spool")
 
 
-@dataclass
-class Entry:
-    """One chunk waiting for its result: everything needed to send its task again.
-
-    Its value is encoded (``chunk``) when kept, or, for ``bytes`` and numpy arrays in a memory spool, later, by
-    the publisher's thread (:meth:`encode`): then ``value`` holds it until then and ``size`` is the length its
-    encoding will have (:func:`.wire.encoded_size`), what the budget counts either way.
-    """
-
-    id: str
-    task: str
-    meta: Chunk
-    chunk: bytes  # the encoded value (wire.dumps); b"" while ``value`` waits to be encoded
-    attempts: int = 0
-    expires_at: float | None = None  # wall-clock time after which no worker may start it (None: never)
-    delivery_tag: str = ""  # of the last message sent: kombu's key for it in the unacked bookkeeping
-    value: Any = None  # the chunk's value until encode() (None once encoded)
-    size: int = -1  # len(chunk), known before encoding (-1: take len(chunk))
-    claimed: bool = False  # sent by claim check at least once: its key is deleted once settled
-
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            self.size = len(self.chunk)
-
-    def encode(self) -> None:
-        """Encode a value left for later (see the class), once; EncodeError if it cannot be."""
-        if self.value is not None:
-            self.chunk, self.value = wire.dumps(self.value), None  # Pieces are joined by dumps
-
-    def join(self) -> None:
-        """Join a value left as :class:`~ocycle_dist.pieces.Pieces` (once: a resend sends the joined value)."""
-        self.value = joined(self.value)
-
-
 class MemorySpool:
-    """Entries in memory (lost with the process): the default."""
+    """Chunks kept in memory (lost with the process), the default: only their bytes are counted here (the
+    entries themselves live in the pending table)."""
+
+    durable = False
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._entries: dict[str, Entry] = {}
+        self._count = 0
 
     def add(self, entry: Entry) -> None:
-        self._entries[entry.id] = entry
         self.nbytes += entry.size
+        self._count += 1
 
-    def remove(self, entry_id: str) -> Entry | None:
-        entry = self._entries.pop(entry_id, None)
-        if entry is not None:
-            self.nbytes -= entry.size
-        return entry
+    def remove(self, entry: Entry) -> None:
+        self.nbytes -= entry.size
+        self._count -= 1
 
-    def get(self, entry_id: str) -> Entry | None:
-        return self._entries.get(entry_id)
-
-    def oldest(self) -> Entry | None:
-        return next(iter(self._entries.values()), None)
+    def mark_sent(self, entries: Iterable[Entry]) -> None:
+        """Remember the delivery tags of the messages that carried ``entries`` (durable spools only)."""
 
     def stored(self, stream: str) -> list[Entry]:
         """Entries of ``stream`` kept by an earlier producer (none in memory)."""
         return []
 
     def close(self) -> None:
-        self._entries.clear()
+        """Nothing to release."""
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
 
 class SqliteSpool(MemorySpool):
-    """Entries in memory and in ``directory/spool.sqlite`` (WAL): each is on disk before submit() returns.
+    """Entries in ``directory/spool.sqlite`` (WAL), each on disk before submit() returns, with the delivery tag
+    of its last message and the time of its first emit.
 
     It fails clearly, never with a raw ``sqlite3`` exception:
 
@@ -118,8 +82,11 @@ class SqliteSpool(MemorySpool):
       fixed costs (the header and root pages, the 32 KiB shared-memory index, a transaction's own pages).
     """
 
+    durable = True
+
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int | None = None) -> None:
         super().__init__(max_bytes)
+        self._entries: dict[str, Entry] = {}  # what the file holds: written again if the file vanishes
         path = Path(directory)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -150,6 +117,10 @@ class SqliteSpool(MemorySpool):
         self._db.execute(f"PRAGMA wal_autocheckpoint={max(1, wal // self._page_size)}")
         self._db.execute(f"PRAGMA journal_size_limit={wal}")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        for name, kind in (("tag", "TEXT"), ("emitted_at", "REAL")):  # a spool written by an older version
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
         self._base_pages = _empty_pages(self._page_size)
         stat = os.stat(self.path)
         self._ident = (stat.st_dev, stat.st_ino)
@@ -193,9 +164,7 @@ class SqliteSpool(MemorySpool):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open()
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", map(_row, self._entries.values())
-            )
+            self._db.executemany(_INSERT, map(_row, self._entries.values()))
             self._db.execute("COMMIT")
             self._undeleted.clear()
             self._measure()
@@ -215,7 +184,7 @@ class SqliteSpool(MemorySpool):
             self._largest = max(self._largest, len(entry.chunk))
             try:
                 free, reserve = self._limit_pages()
-                self._db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", _row(entry))
+                self._db.execute(_INSERT, _row(entry))
             except (OSError, sqlite3.Error) as exc:
                 self._rollback()
                 why = str(exc)
@@ -225,26 +194,44 @@ class SqliteSpool(MemorySpool):
                     f"chunk {entry.meta.stream}#{entry.meta.seq} ({len(entry.chunk)} bytes) cannot be kept in the"
                     f" spool {self.path}: {why}"
                 ) from exc
-            super().add(entry)
+            self._entries[entry.id] = entry
+            self._count = len(self._entries)
             self._retry_deletes()
             self._measure()
 
-    def remove(self, entry_id: str) -> Entry | None:
-        """Forget ``entry_id``; a row that cannot be deleted now (disk full) is logged and deleted later."""
+    def remove(self, entry: Entry) -> None:
+        """Forget ``entry``; a row that cannot be deleted now (disk full) is logged and deleted later."""
         with self._lock:
-            entry = super().remove(entry_id)
+            if self._entries.pop(entry.id, None) is None:
+                return
+            self._count = len(self._entries)
             try:
                 self._check_file()
-                self._delete(entry_id)
+                self._delete(entry.id)
                 self._retry_deletes()
                 self._measure()
             except (SpoolError, sqlite3.Error) as exc:
                 self._rollback()
-                self._undeleted.add(entry_id)
+                self._undeleted.add(entry.id)
                 if not self._warned:
                     log.warning("the spool %s cannot delete done chunks for now (%s); will retry", self.path, exc)
                     self._warned = True
-            return entry
+
+    def mark_sent(self, entries: Iterable[Entry]) -> None:
+        """Record the delivery tag of each entry's last message (one transaction), so that a producer restarted
+        on this spool can look for the message in Redis before sending the chunk again. Best effort: a tag that
+        cannot be written only means the chunk is sent again after a restart."""
+        rows = [(e.tag, e.id) for e in entries if e.id in self._entries]
+        if not rows:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("UPDATE chunks SET tag = ? WHERE id = ?", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                log.debug("the spool %s could not record delivery tags: %s", self.path, exc)
 
     def _delete(self, entry_id: str) -> None:
         self._db.execute("DELETE FROM chunks WHERE id = ?", (entry_id,))
@@ -264,16 +251,21 @@ class SqliteSpool(MemorySpool):
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT id, task, meta, chunk FROM chunks WHERE stream = ? ORDER BY seq", (stream,)
+                    "SELECT id, task, meta, chunk, tag, emitted_at FROM chunks WHERE stream = ? ORDER BY seq",
+                    (stream,),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise SpoolError(f"the spool {self.path} cannot be read: {exc}") from exc
             found = []
-            for entry_id, task, meta, chunk in rows:
+            for entry_id, task, meta, chunk, tag, emitted_at in rows:
                 if entry_id not in self._entries:
-                    entry = Entry(entry_id, task, Chunk(**json.loads(meta)), bytes(chunk))
-                    MemorySpool.add(self, entry)
+                    entry = Entry(
+                        entry_id, task, Chunk(**json.loads(meta)), bytes(chunk), tag=tag or "",
+                        emitted_at=float(emitted_at or 0.0),
+                    )  # fmt: skip
+                    self._entries[entry_id] = entry
                     found.append(entry)
+            self._count = len(self._entries)
             self._measure()
         return found
 
@@ -283,18 +275,19 @@ class SqliteSpool(MemorySpool):
                 self._db.close()
             except sqlite3.Error:
                 log.exception("closing the spool %s", self.path)
-        super().close()
+        self._entries.clear()
 
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS chunks"
-    " (id TEXT PRIMARY KEY, stream TEXT, seq INTEGER, task TEXT, meta TEXT, chunk BLOB)"
+    " (id TEXT PRIMARY KEY, stream TEXT, seq INTEGER, task TEXT, meta TEXT, chunk BLOB, tag TEXT, emitted_at REAL)"
 )
+_INSERT = "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _row(entry: Entry) -> tuple[Any, ...]:
     meta = json.dumps(entry.meta._asdict())
-    return (entry.id, entry.meta.stream, entry.meta.seq, entry.task, meta, entry.chunk)
+    return (entry.id, entry.meta.stream, entry.meta.seq, entry.task, meta, entry.chunk, entry.tag, entry.emitted_at)
 
 
 def _free_bytes(directory: Path) -> int:

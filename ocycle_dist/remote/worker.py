@@ -25,7 +25,7 @@ from kombu.transport import redis as kombu_redis
 
 from ..errors import EncodeError
 from . import wire
-from .batch import chunk_kwargs, describe, drain, encode_record, payload_size, run_batch
+from .batch import chunk_kwargs, describe, drain, payload_size, run_batch
 from .lease import install_lease
 from .protocol import (
     BATCH_HEADER,
@@ -33,14 +33,12 @@ from .protocol import (
     META_HEADER,
     claim_key,
     is_reply_key,
-    mac_key,
     reply_error,
     reply_expired,
-    reply_key,
     reply_ok,
-    token_of,
 )
 from .redis_client import connect, is_sentinel, kombu_url, sentinel_hosts
+from .replies import ReplyWriter
 from .settings import Settings, app_settings
 
 log = logging.getLogger("ocycle_dist.worker")
@@ -108,7 +106,9 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
 
     Celery calls it for every way a task ends: returned, raised, killed by its hard time limit, and even
     for a task name the worker does not know, so the producer hears of each. Messages without an ocycle
-    reply list (plain ``apply_async``) are not stored: results of this app go to producers only.
+    reply list (plain ``apply_async``) are not stored: results of this app go to producers only. A reply that
+    cannot be written (Redis away) is retried, then left to the producer's recovery (:mod:`.replies`): it
+    never raises, so Celery never turns it into a failed task.
     """
 
     def store_result(
@@ -120,7 +120,7 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
         batch = getattr(request, BATCH_HEADER, None)
         if batch:  # a batch message: its chunks were answered one by one; a failure of the whole fails the rest
             if state in (states.FAILURE, states.REVOKED):
-                self._fail_batch(batch, result, token_of(reply))
+                self._fail_batch(batch, result, reply)
             return result
         if state == states.SUCCESS:
             record = reply_ok(task_id, result)
@@ -130,25 +130,23 @@ class ReplyBackend(DisabledBackend):  # type: ignore[misc]
             record = reply_error(task_id, type(result).__name__, _describe(result))
         else:  # STARTED, RETRY: not an outcome
             return result
-        settings = app_settings(self.app)
-        data = encode_record(record, mac_key(settings.reply_secret, token_of(reply)))
-        pipe = _client(self.app.conf.broker_url, settings.sentinel_master).pipeline(transaction=False)
-        pipe.rpush(reply, data)
-        pipe.expire(reply, max(1, int(settings.result_ttl)))
-        pipe.execute()
+        writer = self._writer()
+        writer.add(reply, record)
+        writer.send()
         return result
 
-    def _fail_batch(self, batch: list[Any], exc: Any, token: str) -> None:
-        """Every chunk of a failed batch message fails with its error (those already answered keep their first
-        outcome: the producer ignores a second reply)."""
+    def _writer(self) -> ReplyWriter:
         settings = app_settings(self.app)
-        mac = mac_key(settings.reply_secret, token)
-        pipe = _client(self.app.conf.broker_url, settings.sentinel_master).pipeline(transaction=False)
-        for task_id, stream in batch:
-            key = reply_key(str(stream), token)
-            pipe.rpush(key, encode_record(reply_error(str(task_id), type(exc).__name__, _describe(exc)), mac))
-            pipe.expire(key, max(1, int(settings.result_ttl)))
-        pipe.execute()
+        client = _client(self.app.conf.broker_url, settings.sentinel_master)
+        return ReplyWriter(client, settings.result_ttl, settings.reply_secret)
+
+    def _fail_batch(self, batch: list[Any], exc: Any, reply: str) -> None:
+        """Every chunk of a failed batch message (its time limit) fails with its error (those already answered
+        keep their first outcome: the producer ignores a second reply)."""
+        writer = self._writer()
+        for task_id, _stream in batch:
+            writer.add(reply, reply_error(str(task_id), type(exc).__name__, _describe(exc)))
+        writer.send()
 
 
 def _only_declared_tasks(sender: Any, **kwargs: Any) -> None:

@@ -24,14 +24,14 @@ import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote import batch, wire
+from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.remote.spool import Entry
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.helpers import owned, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
@@ -241,7 +241,7 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
     token, stream = "drainbytes01", f"s-{uuid.uuid4().hex[:6]}"
     entries = [Entry(f"id{i}", "i.length", Chunk(stream, i, float(i), 32768, 0), wire.dumps(b"%05d" % i * 6554))
                for i in range(256)]  # fmt: skip
-    sent = publish(client, entries, settings, token)
+    sent = publish(client, owned(entries, settings, token))
     assert len(sent) >= 8  # batch messages of 1 MiB of chunks (1.4 MB in their envelope)
     monkeypatch.setattr(batch, "DRAIN_SECONDS", 60.0)  # a slow machine: all of it, however long it takes
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
@@ -249,12 +249,12 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
     assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 256
     # two messages a take at most (~2 MB: Redis is never busy with one take for long), and on while more wait
     assert len(client.takes) >= 4 and max(client.takes) <= 2 and sum(client.takes) == len(sent), client.takes
-    replies = client.lrange(reply_key(stream, token), 0, -1)
+    replies = client.lrange(reply_key(token), 0, -1)
     records = [unseal(wire.loads(r), mac_key("", token)) for r in replies]
     assert sorted((r["id"], r["result"]) for r in records if r) == sorted((f"id{i}", 32770) for i in range(256))
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0  # all acked
     # while the next take was made ahead, the lease named both: every chunk's message was named as it ran
-    assert all(e.delivery_tag in leased[e.id] for e in entries)
+    assert all(e.tag in leased[e.id] for e in entries)
 
 
 def test_a_take_says_how_many_wait_only_when_it_stopped_at_its_count_or_byte_limit(stack: ExitStack) -> None:
@@ -299,7 +299,7 @@ def test_a_drain_that_fails_with_a_take_on_its_way_leaves_no_connection_behind(
     client = connect(redis.url)
     stream = f"s-{uuid.uuid4().hex[:6]}"
     entries = [Entry(f"id{i}", "i.same", Chunk(stream, i, float(i), 4, 0), wire.dumps(b"x" * 30000)) for i in range(8)]
-    publish(client, entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainfail001")
+    publish(client, owned(entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainfail001"))
     real = redis_py.client.Pipeline.execute
 
     def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -333,7 +333,7 @@ def test_takes_of_small_messages_are_made_one_after_another(stack: ExitStack, mo
 
     stream = f"s-{uuid.uuid4().hex[:6]}"
     entries = [Entry(f"id{i}", "i.small", Chunk(stream, i, float(i), 4, 0), wire.dumps(b"abcd")) for i in range(10)]
-    publish(client, entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainsmall01")
+    publish(client, owned(entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainsmall01"))
     sent: list[Any] = []
     monkeypatch.setattr(batch, "_send", lambda *args: sent.append(args))
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,

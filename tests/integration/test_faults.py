@@ -132,7 +132,7 @@ def emitters(cluster: Any) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Re
         emitter.close(wait=False)
         executor.shutdown(wait=False, cancel_futures=True)
     for _, executor in made:
-        executor._dispatcher.join(10)
+        executor.finished.wait(10)
 
 
 def assert_exactly_once(emitter: ocycle.BufferEmit, recorder: Recorder, n: int) -> None:
@@ -439,7 +439,7 @@ def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_
     assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
     counts = emitter.executor.counts
     assert counts["undelivered"] == 0 and counts["resent"] >= 3
-    assert emitter.executor._listener.new_servers >= 3
+    assert emitter.executor.hub.server.new_servers >= 3
     for worker in c.workers:
         assert_reconnected(worker, 3)
     assert all(seconds < 30 for _, _, seconds in recoveries), recoveries
@@ -726,7 +726,7 @@ def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
             assert all(results[i][0] == b"fast" + i.to_bytes(12, "big") for i in range(n))
             counts = emitter.executor.counts
             assert counts["undelivered"] == 0
-            listener = emitter.executor._listener
+            listener = emitter.executor.hub.server
             assert listener.new_servers == 1 and new is not old
             for worker in workers:
                 assert_reconnected(worker, 1)

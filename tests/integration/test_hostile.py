@@ -26,10 +26,10 @@ import pytest
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
+from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, task_message, token_of, unseal
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.remote.spool import Entry
 from ocycle_dist.testing import RedisServer, Worker, free_port
 from tests.helpers import wait_for
 
@@ -112,23 +112,24 @@ def test_misconf_replies_when_redis_cannot_persist_are_retried_and_the_stream_go
     assert e.close(timeout=60) == 0 and sorted(r[0] for r in done) == [b"abcd", b"efgh"]
 
 
-def test_a_reply_key_of_the_wrong_type_is_reported_and_other_streams_keep_their_results(
+def test_a_reply_list_of_the_wrong_type_is_taken_back_and_every_stream_keeps_its_results(
     stack: ExitStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis = server(stack)
     worker(stack, redis.url)
-    victim, _, _ = emitter(redis.url, stream="victim")
-    other, done, _ = emitter(redis.url, stream="other")
-    victim_exec = victim.executor
-    assert victim_exec is not None
-    connect(redis.url).set(reply_key("victim", victim_exec.token), "not a list")  # a foreign writer's key
-    victim.write(b"abcd")
-    wait_for(lambda: any("holds a string" in r.getMessage() for r in caplog.records), 10, "the bad key reported")
+    first, _, _ = emitter(redis.url, stream="first")
+    other, done2, _ = emitter(redis.url, stream="other")
+    executor = first.executor
+    assert executor is not None and other.executor is not None
+    assert executor.reply_key == other.executor.reply_key  # one reply list per process
+    connect(redis.url).set(executor.reply_key, "not a list")  # a foreign writer's
+    first.write(b"abcd")
+    wait_for(lambda: any("held a string" in r.getMessage() for r in caplog.records), 30, "the bad key reported")
     for i in range(5):
-        other.write(bytes([97 + i]) * 4)  # the shared listener still works for every other stream
+        other.write(bytes([97 + i]) * 4)  # the listener takes its list back: results come again
         assert other.wait(30)
-    assert len(done) == 5
-    victim.close(wait=False)
+    assert len(done2) == 5 and executor.hub.listener.retyped >= 1
+    first.close(wait=False)
     assert other.close(timeout=10) == 0
 
 
@@ -253,8 +254,8 @@ def test_a_msgpack_bomb_is_refused_unread_by_the_worker_and_by_the_producer(stac
     assert rss < 400_000, f"worker peak RSS {rss} kB"
     executor = e.executor
     assert executor is not None
-    listener = executor._listener
-    admin.rpush(reply_key(e.stream, executor.token), bomb)  # and a bomb in the producer's own reply list
+    listener = executor.hub.listener
+    admin.rpush(executor.reply_key, bomb)  # and a bomb in the producer's own reply list
     wait_for(lambda: listener.unreadable >= 1, 10, "the reply bomb refused")
     e.write(b"more")
     assert e.close(timeout=30) == 0 and [r[0] for r in done] == [b"good", b"more"]
@@ -268,7 +269,7 @@ def test_a_claim_check_naming_any_other_key_is_refused_and_its_value_never_sent_
     token, stream = "claimtoken12", "claims"
     message = raw_message(token, stream, "contract.echo_t0", wire.dumps(wire.Claim("some:secret")))
     admin.lpush("celery", message)
-    record = next_reply(admin, reply_key(stream, token), token)
+    record = next_reply(admin, reply_key(token), token)
     assert record["ok"] is False and record["error"][0] == "EncodeError" and "not this task" in record["error"][1]
     assert b"crown" not in wire.dumps(record)
 
@@ -280,5 +281,5 @@ def test_celerys_built_in_tasks_are_not_run_when_named_in_a_message(stack: ExitS
     token = "builtintoken"
     for i, name in enumerate(("celery.accumulate", "celery.backend_cleanup", "celery.map", "celery.starmap")):
         admin.lpush("celery", raw_message(token, f"b{i}", name, wire.dumps(b"x")))
-        record = next_reply(admin, reply_key(f"b{i}", token), token)
+        record = next_reply(admin, reply_key(token), token)
         assert record["ok"] is False and record["error"][0] == "NotRegistered", (name, record)

@@ -76,7 +76,7 @@ def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any, kind: 
                 b.write(data[i * size : (i + 1) * size])
                 assert b.wait(60)
         else:
-            with b.executor._cond:  # type: ignore[union-attr]  # the publisher waits: the three are pending together
+            with b.executor.hub.table.lock:  # type: ignore[union-attr]  # the publisher waits: the three are pending together
                 b.write(data)
             assert b.wait(60)
         spool = b.executor.spool  # type: ignore[union-attr]
@@ -109,7 +109,7 @@ def test_a_backlogs_chunks_travel_by_claim_check_in_their_batch_message_and_are_
         stream=f"backlog-{uuid.uuid4().hex[:6]}",
         on_done=lambda r: got.append(r[0]),
     ) as b:
-        with b.executor._cond:  # type: ignore[union-attr]  # the publisher waits: the ten are pending together
+        with b.executor.hub.table.lock:  # type: ignore[union-attr]  # the publisher waits: the ten are pending together
             b.write(data)
         assert b.wait(60)
         counts = b.executor.counts  # type: ignore[union-attr]
@@ -183,7 +183,7 @@ def test_listener_survives_a_broker_reconnect_without_losing_results(topology: A
     for i in range(20):
         b.write(i.to_bytes(4, "big"))
     assert gate.wait(30)
-    listener = b.executor._listener
+    listener = b.executor.hub.listener
     killed = admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     assert killed >= 1
     for i in range(20, 200):

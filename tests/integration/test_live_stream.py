@@ -275,7 +275,7 @@ def test_chunks_not_started_before_expires_are_discarded_by_the_worker_and_count
     )
     executor = emitter.executor
     assert executor is not None
-    with executor._cond:  # the publisher waits: the five are pending together
+    with executor.hub.table.lock:  # the publisher waits: the five are pending together
         emitter.write(b"x" * 20)
         deadline = time.time() + 0.5
     wait_for(lambda: executor.counts["published"] == 5, 10, "published")

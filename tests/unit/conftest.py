@@ -63,5 +63,4 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
         emitter.close(wait=False)
     for executor in executors:
         executor.shutdown(wait=False, cancel_futures=True)
-        executor._dispatcher.join(10)
-        assert not executor._dispatcher.is_alive(), "the dispatcher did not stop after shutdown(cancel_futures)"
+        assert executor.finished.wait(10), "the executor did not finish after shutdown(cancel_futures)"

@@ -37,9 +37,11 @@ def reply(
     )
     message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
                    if m["headers"]["id"] == task_id)  # fmt: skip
-    token = token_of(message["properties"]["reply_to"])
-    assert message["properties"]["reply_to"] == reply_key(stream, token)
-    admin.rpush(reply_key(stream, token), seal(record, mac_key(secret, token)))
+    reply_to = message["properties"]["reply_to"]
+    token = token_of(reply_to)
+    assert reply_to == reply_key(token)
+    assert message["headers"]["ocycle"]["stream"] == stream
+    admin.rpush(reply_to, seal(record, mac_key(secret, token)))
 
 
 def settled(emitter: ocycle.BufferEmit) -> None:
@@ -82,3 +84,10 @@ def assert_accounted(emitter: ocycle.BufferEmit, chunks: int) -> None:
     stats = emitter.stats()
     assert stats.in_flight == 0, stats
     assert stats.emitted == chunks == stats.done + stats.failed + stats.dropped, stats
+
+
+def warnings_of(caplog: Any, text: str) -> list[str]:
+    """The messages of the WARNING records captured that contain ``text``."""
+    import logging
+
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]

@@ -19,14 +19,14 @@ from celery import current_task
 
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.batch import Replies, envelope_of, run_items
-from ocycle_dist.remote.lease import LeaseWatch
-from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, lease_key, mac_key, reply_key, unseal
+from ocycle_dist.remote.batch import envelope_of, run_items
+from ocycle_dist.remote.pending import Entry
+from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import groups, publish
+from ocycle_dist.remote.replies import ReplyWriter
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.remote.spool import Entry
 from ocycle_dist.remote.worker import ChunkTask, make_app
-from tests.helpers import wait_for
+from tests.helpers import owned
 
 TOKEN = "unittoken0001"
 
@@ -87,16 +87,16 @@ def test_a_batch_message_carries_each_chunk_with_its_id_task_t0_meta_and_expiry(
     s = Settings(task_time_limit=2.0, claim_threshold=100)
     entries = [entry(b"abcd", seq=0, stream="one"), entry(b"z" * 500, seq=1, stream="two"), entry(b"efgh", seq=2)]
     entries[2].expires_at = 1234.5
-    sent = publish(admin, entries, s, TOKEN)
+    sent = publish(admin, owned(entries, s, TOKEN))
     assert sent == [entries]
     ((envelope, body),) = popped(admin)
     headers, props = envelope["headers"], envelope["properties"]
     assert headers["task"] == BATCH_TASK and envelope["content-type"] == wire.CONTENT_TYPE
     assert headers[BATCH_HEADER] == [[e.id, e.meta.stream] for e in entries]
     assert headers["timelimit"] == [6.0, None]  # per chunk x chunks
-    assert props["reply_to"] == reply_key("one", TOKEN)  # each chunk's reply goes to its stream's list, this token
+    assert props["reply_to"] == reply_key(TOKEN)  # each chunk's reply goes to the producer's list
     assert headers["id"] == props["delivery_tag"]  # such a worker's reply names the message
-    assert props["delivery_tag"] == entries[0].delivery_tag == entries[2].delivery_tag  # one message, one tag
+    assert props["delivery_tag"] == entries[0].tag == entries[2].tag  # one message, one tag
     (items,), kwargs, _ = body
     assert kwargs == {}
     assert items[0] == [entries[0].id, "workers.tasks.echo", b"abcd", 10.0, entries[0].meta._asdict(), None]
@@ -110,7 +110,7 @@ def test_in_a_batch_message_chunks_over_batch_claim_threshold_go_by_claim_check_
 ) -> None:
     s = Settings(batch_claim_threshold=1000)  # claim_threshold stays 128 KiB
     small, big, bigger = entry(b"s" * 100, seq=0), entry(b"b" * 2000, seq=1), entry(b"B" * 5000, seq=2)
-    publish(admin, [small, big, bigger], s, TOKEN)
+    publish(admin, owned([small, big, bigger], s, TOKEN))
     ((envelope, body),) = popped(admin)
     (items,), _, _ = body
     assert items[0][2] == b"s" * 100  # under the threshold: inline
@@ -119,17 +119,17 @@ def test_in_a_batch_message_chunks_over_batch_claim_threshold_go_by_claim_check_
     assert len(json.dumps(envelope)) < 2000  # the batch's data is not in its envelope (no base64 of it)
     assert (small.claimed, big.claimed, bigger.claimed) == (False, True, True)  # their keys go once settled
     alone = entry(b"a" * 2000)
-    publish(admin, [alone], s, TOKEN)  # a message of its own: claim_threshold applies, inline
+    publish(admin, owned([alone], s, TOKEN))  # a message of its own: claim_threshold applies, inline
     ((_, (args, _, _)),) = popped(admin)
     assert args[0] == b"a" * 2000 and not alone.claimed
 
 
 def test_a_lone_chunk_goes_as_a_plain_task_message(admin: Any) -> None:
     one = entry(b"abcd")
-    publish(admin, [one], Settings(), TOKEN)
+    publish(admin, owned([one], Settings(), TOKEN))
     ((envelope, body),) = popped(admin)
     assert envelope["headers"]["task"] == "workers.tasks.echo" and envelope["headers"]["id"] == one.id
-    assert envelope["properties"]["reply_to"] == reply_key("s", TOKEN)
+    assert envelope["properties"]["reply_to"] == reply_key(TOKEN)
     assert body[0] == [b"abcd", 10.0]
 
 
@@ -175,13 +175,12 @@ def app() -> Any:
 
 
 def run(app: Any, admin: Any, items: list[list[Any]]) -> dict[str, dict[str, Any]]:
-    replies = Replies(60, "")
-    run_items(app, admin, items, replies, hostname="unit@host", delivery_info={"routing_key": "celery"}, token=TOKEN)
-    pipe = admin.pipeline(transaction=False)
-    replies.into(pipe)
-    pipe.execute()
+    replies = ReplyWriter(admin, 60, "")
+    run_items(app, admin, items, replies, hostname="unit@host", delivery_info={"routing_key": "celery"},
+              reply_to=reply_key(TOKEN))  # fmt: skip
+    assert replies.send()
     out = {}
-    for key in admin.keys(reply_key("*", TOKEN)):
+    for key in admin.keys(reply_key(TOKEN)):
         for raw in admin.lrange(key, 0, -1):
             record = unseal(wire.loads(raw), mac_key("", TOKEN))
             assert record is not None, "every reply is sealed with the producer token's key"
@@ -193,10 +192,10 @@ def item(task: str, chunk: Any, seq: int, *, stream: str = "s", expires: float |
     return [f"id{seq}", task, chunk, 100.0 + seq, Chunk(stream, seq, 100.0 + seq, 4, 0, False)._asdict(), expires]
 
 
-def test_each_chunk_of_a_batch_gets_its_own_outcome_on_its_own_stream(app: Any, admin: Any) -> None:
+def test_each_chunk_of_a_batch_gets_its_own_outcome_in_the_producers_reply_list(app: Any, admin: Any) -> None:
     got = run(app, admin, [item("u.double", b"ab", 0, stream="x"), item("u.meta", b"cd", 1, stream="y")])
-    assert got["id0"]["ok"] and got["id0"]["result"] == b"abab" and got["id0"]["key"] == reply_key("x", TOKEN)
-    assert got["id1"]["result"] == ["y", 1, 101.0] and got["id1"]["key"] == reply_key("y", TOKEN)
+    assert got["id0"]["ok"] and got["id0"]["result"] == b"abab" and got["id0"]["key"] == reply_key(TOKEN)
+    assert got["id1"]["result"] == ["y", 1, 101.0] and got["id1"]["key"] == reply_key(TOKEN)
 
 
 def test_a_failing_chunk_does_not_fail_its_neighbours(app: Any, admin: Any) -> None:
@@ -278,56 +277,13 @@ def test_a_chunk_over_the_workers_size_limit_fails_alone(admin: Any) -> None:
 # ---- leases over batches ---------------------------------------------------------------------------------
 
 
-def test_the_lease_watch_maps_a_batch_tag_to_all_its_chunks(admin: Any) -> None:
-    watch = LeaseWatch(admin, lease=0.05)
-    tag_of = {"a": "T1", "b": "T1", "c": "T2"}
-    task_of = {"T1": ["a", "b"], "T2": ["c"]}
-    admin.sadd("ocycle:workers", "w1/123")
-    admin.set(lease_key("w1/123"), wire.dumps({"worker": "w1/123", "tasks": [], "tags": ["T1"]}), px=60_000)
-    admin.zadd("unacked_index", {"T1": 1.0, "T2": 1.0})
-    assert watch.check(tag_of, task_of) == []  # a, b named through their message's tag; c not yet overdue
-    time.sleep(0.1)
-    assert watch.check(tag_of, task_of) == [("c", "delivered to a worker that died before naming it in its lease")]
-    admin.delete(lease_key("w1/123"))  # the pool process died: both chunks of its batch are lost
-    assert sorted(watch.check(tag_of, task_of)) == [
-        ("a", "the lease of worker w1/123 lapsed"),
-        ("b", "the lease of worker w1/123 lapsed"),
-    ]
-
-
-def test_executors_on_one_broker_share_a_recent_reading_of_the_leases(admin: Any) -> None:
-    class Counting:
-        """The client, counting the SMEMBERS that start each reading of the leases."""
-
-        def __init__(self) -> None:
-            self.readings = 0
-
-        def __getattr__(self, name: str) -> Any:
-            if name == "smembers":
-                self.readings += 1
-            return getattr(admin, name)
-
-    client = Counting()
-    broker = f"redis://shared-{uuid.uuid4().hex[:6]}"
-    first, second = LeaseWatch(client, lease=3.0, broker=broker), LeaseWatch(client, lease=3.0, broker=broker)
-    admin.sadd("ocycle:workers", "w9/1")
-    admin.set(lease_key("w9/1"), wire.dumps({"worker": "w9/1", "tasks": ["x"], "tags": []}), px=60_000)
-    assert first.check({"x": "T"}, {"T": ["x"]}) == [] and second.check({"y": "U"}, {"U": ["y"]}) == []
-    assert client.readings == 1  # the second executor used the first one's reading (younger than lease / 6)
-    alone = LeaseWatch(client, lease=3.0, broker=f"redis://other-{uuid.uuid4().hex[:6]}")
-    alone.check({}, {})
-    assert client.readings == 2  # another broker: a reading of its own
-    admin.delete(lease_key("w9/1"))  # the worker died; once the shared reading is old enough, both see it
-    wait_for(lambda: first.check({"x": "T"}, {"T": ["x"]}) == [("x", "the lease of worker w9/1 lapsed")], 3.0)
-
-
 # ---- decoding what drain takes -----------------------------------------------------------------------------
 
 
 def test_a_taken_envelope_is_read_as_json_would_read_it_its_body_cut_out_unparsed(admin: Any) -> None:
     entries = [entry(b"x" * 3000, seq=i) for i in range(3)]
-    publish(admin, entries, Settings(), TOKEN)  # one batch message
-    publish(admin, [entry(b"lone", seq=9)], Settings(), TOKEN)  # one plain one
+    publish(admin, owned(entries, Settings(), TOKEN))  # one batch message
+    publish(admin, owned([entry(b"lone", seq=9)], Settings(), TOKEN))  # one plain one
     for raw in admin.lrange("celery", 0, -1):
         envelope, body = envelope_of(raw)
         full = json.loads(raw)

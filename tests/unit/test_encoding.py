@@ -20,7 +20,7 @@ from ocycle_dist.pieces import Pieces, joined
 from ocycle_dist.remote import wire
 from tests.helpers import wait_for
 from tests.unit.dist_helpers import assert_accounted, queued, reply, settled
-from tests.unit.test_unit_dist import ARRAYS
+from tests.unit.test_wire import ARRAYS
 
 
 def generic(value: Any) -> bytes:

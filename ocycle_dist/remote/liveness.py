@@ -1,0 +1,224 @@
+"""What the producer knows of the Redis server and the workers: one owner of recovery per process and broker.
+
+A chunk sent and not answered can be lost in three ways, each seen here and nowhere else; the
+:class:`~.hub.Hub` then queues it again, ahead of new chunks, and a recovery never counts against
+``max_attempts``:
+
+- **A new server** (:class:`ServerWatch`): every connection the hub's clients open first reads the server's
+  ``run_id``. A Redis restarted empty, or a Sentinel failover, closes every connection, so the first command
+  after it reconnects and sees the new ``run_id``: what the old server held (queued, delivered, replies) is
+  gone. Nothing is polled: a quiet producer costs nothing.
+- **A dead worker** (:class:`LeaseWatch`): each worker keeps a short lease naming the chunks it holds
+  (:mod:`.lease`); when it lapses, its chunks are lost with it. Read only while a chunk has been out longer
+  than a third of the lease (a chunk answered within that never costs a read).
+- **A message gone** (:func:`locate`): a chunk unanswered after ``resend_after``, named by no lease, is
+  looked for in its queue and in kombu's unacknowledged set; not found anywhere (an evicting Redis, a purge,
+  a worker that acked it without replying), it is sent again and counted as lost; ``max_attempts`` losses
+  fail it with ``DeliveryError``. One still queued (no worker consumes its queue) is left where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .lease import read_leases
+from .protocol import UNACKED_INDEX_KEY, UNACKED_KEY
+
+log = logging.getLogger("ocycle_dist.liveness")
+
+
+def run_id_of(info: Any) -> str | None:
+    """The ``run_id`` in the raw reply of ``INFO server``."""
+    text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip() or None
+    return None
+
+
+class ServerWatch:
+    """Reads the server's ``run_id`` on every new connection of the clients it is given to (as redis-py's
+    ``redis_connect_func``) and calls ``on_new(run_id)`` when it changed (not for the first one seen).
+
+    A server without ``INFO`` (fakeredis) or an ACL that refuses it: restarts go unseen, logged once.
+    """
+
+    def __init__(self, on_new: Callable[[str], None]) -> None:
+        self._on_new = on_new
+        self._lock = threading.Lock()
+        self.run_id: str | None = None
+        self.new_servers = 0  # restarts and failovers seen
+        self.has_info = True
+
+    def on_connect(self, conn: Any) -> None:
+        """redis-py's connect hook: the usual handshake (AUTH, SELECT...), then ``INFO server``."""
+        import redis
+
+        conn.on_connect()
+        if not self.has_info:
+            return
+        try:
+            conn.send_command("INFO", "server")
+            raw = conn.read_response()
+        except redis.ResponseError as exc:  # an older or foreign server, or an ACL without +info
+            self.has_info = False
+            log.warning(
+                "Redis refuses INFO (%s): a restart of it will not be seen at once; chunks it loses are sent again"
+                " after resend_after",
+                exc,
+            )
+            return
+        run_id = run_id_of(raw)
+        if run_id is not None:
+            self.seen(run_id)
+
+    def seen(self, run_id: str) -> None:
+        """Note the server's ``run_id``; a change calls ``on_new``."""
+        with self._lock:
+            old, self.run_id = self.run_id, run_id
+            if old is None or old == run_id:
+                return
+            self.new_servers += 1
+        log.warning("Redis is a new server (run_id %s, was %s): what it held before is gone", run_id[:12], old[:12])
+        self._on_new(run_id)
+
+
+class LeaseWatch:
+    """The producer's view of the workers' leases, for the chunks it waits on.
+
+    Args:
+        client: a ``redis.Redis``.
+        lease: the workers' lease time: a chunk delivered but named by no lease for longer than this has lost
+            its worker.
+    """
+
+    def __init__(self, client: Any, lease: float) -> None:
+        self.client, self.lease = client, lease
+        self._holder: dict[str, str] = {}  # task id -> the worker whose lease named it
+        self._unnamed_since: dict[str, float] = {}  # task id -> when it was first seen delivered, unnamed
+        self.named: set[str] = set()  # task ids named by a live lease at the last check
+
+    def forget(self) -> None:
+        """Start over (a new server: the old leases are gone with it)."""
+        self._holder.clear()
+        self._unnamed_since.clear()
+        self.named = set()
+
+    def check(self, tag_of: dict[str, str], task_of: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """The producer's chunks whose worker is gone, as ``(task id, reason)``.
+
+        Args:
+            tag_of: task id -> delivery tag of the producer's chunks sent and not answered.
+            task_of: the reverse (delivery tag -> task ids: several for a batch message).
+
+        The cost does not grow with the producer's backlog: it reads the leases and the deliveries (bounded
+        by the workers' prefetch windows), then looks each up in these dicts.
+        """
+        leases = read_leases(self.client)
+        alive: dict[str, set[str]] = {}
+        for worker, (tasks, tags) in leases.held.items():
+            held = set(tasks)
+            for tag in tags:  # a pool process's lease names the messages it took
+                held.update(task_of.get(tag, ()))
+            alive[worker] = held
+        named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
+        self.named = set(named)
+        now = time.monotonic()
+        lost: list[tuple[str, str]] = []
+        for task_id, worker in named.items():
+            self._holder[task_id] = worker
+            self._unnamed_since.pop(task_id, None)
+        for task_id in list(self._holder):
+            if task_id in named:
+                continue
+            gone = self._holder.pop(task_id)
+            if task_id in tag_of and gone not in alive:
+                lost.append((task_id, f"the lease of worker {gone} lapsed"))
+        seen: set[str] = set()
+        already = {t for t, _ in lost}
+        for tag in leases.delivered:
+            for task_id in list(task_of.get(tag, ())):
+                if task_id in named:
+                    continue
+                seen.add(task_id)  # delivered to a worker that does not name it: dead before its first renewal?
+                since = self._unnamed_since.setdefault(task_id, now)
+                if now - since > self.lease and task_id not in already:
+                    del self._unnamed_since[task_id]
+                    lost.append((task_id, "delivered to a worker that died before naming it in its lease"))
+        for task_id in list(self._unnamed_since):
+            if task_id not in seen:
+                del self._unnamed_since[task_id]
+        return lost
+
+    def forget_delivery(self, tags: list[str]) -> None:
+        """Remove a dead worker's deliveries from kombu's unacked bookkeeping, so they are not run again later."""
+        if not tags:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(UNACKED_INDEX_KEY, *tags)
+        pipe.hdel(UNACKED_KEY, *tags)
+        pipe.execute()
+
+
+# Which of the delivery tags ARGV[3...] the messages KEYS[1][ARGV[1] .. ARGV[1] + ARGV[2] - 1] carry; and how
+# many messages that page held. The tag is read from a message's tail, where the envelope's properties are.
+_FIND = """
+local wanted = {}
+for i = 3, #ARGV do wanted[ARGV[i]] = true end
+local start = tonumber(ARGV[1])
+local page = redis.call('LRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
+local found = {}
+for _, m in ipairs(page) do
+  local tag = string.match(string.sub(m, -1024), '"delivery_tag": "([^"]+)"')
+  if tag and wanted[tag] then found[#found + 1] = tag end
+end
+return {found, #page}
+"""
+PAGE = 64  # messages read per call: a queue is looked through in pages, never blocking Redis for long
+_scripts: dict[int, Any] = {}
+
+
+def locate(client: Any, queues: dict[str, Iterable[str]]) -> set[str]:
+    """Of the delivery tags wanted per queue, those whose message is still in Redis: waiting in its queue, or
+    delivered and not acknowledged (kombu's ``unacked_index``).
+
+    Args:
+        client: a ``redis.Redis`` (Lua scripting; without it every tag counts as found: nothing is sent twice).
+        queues: queue name -> the delivery tags of messages sent to it.
+    """
+    import redis
+
+    wanted = {queue: set(tags) for queue, tags in queues.items() if tags}
+    everything = set().union(*wanted.values()) if wanted else set()
+    if not everything:
+        return set()
+    ordered = sorted(everything)
+    try:
+        scores = client.zmscore(UNACKED_INDEX_KEY, ordered)
+    except redis.ResponseError:  # Redis < 6.2
+        pipe = client.pipeline(transaction=False)
+        for tag in ordered:
+            pipe.zscore(UNACKED_INDEX_KEY, tag)
+        scores = pipe.execute()
+    found = {tag for tag, score in zip(ordered, scores, strict=True) if score is not None}
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_FIND)
+    for queue, tags in wanted.items():
+        left = tags - found
+        start = 0
+        while left:
+            try:
+                got, count = script(keys=[queue], args=[start, PAGE, *sorted(left)])
+            except redis.ResponseError:  # no scripting here: assume still queued, as before this check existed
+                return everything
+            found.update(t.decode() if isinstance(t, bytes) else str(t) for t in got)
+            left -= found
+            if count < PAGE:
+                break
+            start += PAGE
+    return found
