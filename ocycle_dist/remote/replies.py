@@ -45,11 +45,11 @@ class ReplyWriter:
 
     _outage_logged = False  # one warning per process while replies cannot be written
 
-    def __init__(self, client: Any, ttl: float, secret: str, *, give_up: float = GIVE_UP) -> None:
+    def __init__(self, client: Any, ttl: float, secret: str, *, give_up: float | None = None) -> None:
         self.client = client
         self.ttl = max(1, int(ttl))
         self.secret = secret
-        self.give_up = give_up
+        self.give_up = GIVE_UP if give_up is None else give_up
         self.by_key: defaultdict[str, list[bytes]] = defaultdict(list)
         self.retries = 0  # pipelines sent again because Redis was away
 

@@ -79,14 +79,14 @@ def test_out_of_memory_replies_are_retried_counted_and_the_stream_goes_on(stack:
         e.write(i.to_bytes(4, "big"))
     executor = e.executor
     assert executor is not None
-    wait_for(lambda: executor.counts["broker_errors"] >= 2, 10, "publishes refused")
+    wait_for(lambda: executor.hub.counts["broker_errors"] >= 2, 10, "publishes refused")
     assert executor.broker_error is not None and "maxmemory" in executor.broker_error  # OutOfMemoryError
     assert executor.counts["published"] == 0
     admin.config_set("maxmemory", "0")  # room again: the same publisher thread goes on
     worker(stack, redis.url)
     assert e.close(timeout=60) == 0
     assert sorted(r[0] for r in done) == [i.to_bytes(4, "big") for i in range(20)]
-    assert executor.broker_error is None and executor.counts["thread_errors"] == 0
+    assert executor.broker_error is None and executor.hub.counts["thread_errors"] == 0
 
 
 def test_misconf_replies_when_redis_cannot_persist_are_retried_and_the_stream_goes_on(stack: ExitStack) -> None:

@@ -202,7 +202,7 @@ def test_with_a_small_spool_budget_a_full_budget_drops_the_oldest_counted_and_ne
     s = emitter.stats()
     assert (s.emitted, s.dropped, s.in_flight) == (500, 450, 50)
     assert emitter.executor is not None and emitter.executor.spooled_bytes <= 50 * chunk
-    warnings = [r for r in caplog.records if "spool budget" in r.getMessage() and r.levelname == "WARNING"]
+    warnings = [r for r in caplog.records if "backlog" in r.getMessage() and r.levelname == "WARNING"]
     assert len(warnings) == 1  # logged once
     rig.worker()
     assert emitter.close(timeout=60) == 0
