@@ -79,3 +79,13 @@ def counted_sleep(value: bytes, t0: float, meta: Any) -> list[Any]:
     _redis().hincrby(f"ocycle:test:runs:{meta.stream}", str(meta.seq), 1)
     time.sleep(float(value))
     return [meta.seq]
+
+
+@app.task(name="contract.work", bind=True)
+def work(self: Any, value: bytes, t0: float, meta: Any) -> list[Any]:
+    """50 ms of work (a paced stream's task), counting its runs in ``ocycle:test:runs:<stream>`` when Redis is
+    there; returns ``[len(value), worker]``."""
+    with contextlib.suppress(Exception):  # best effort: Redis may be down (test_faults)
+        _redis().hincrby(f"ocycle:test:runs:{meta.stream}", str(meta.seq), 1)
+    time.sleep(0.05)
+    return [len(value), self.request.hostname]

@@ -451,6 +451,55 @@ def test_redis_killed_and_restarted_empty_three_times_in_one_stream_recovers_in_
     )
 
 
+def test_redis_killed_and_restarted_empty_three_times_in_a_paced_stream_every_chunk_done_once(
+    cluster: Any, emitters: Any
+) -> None:
+    """The stream of a live source: a 1000-byte chunk every 10 ms, a 50 ms task, two workers (one process each),
+    default settings. Redis is SIGKILLed and restarted empty three times, 1-2 s apart, while it streams. What a
+    server lost is sent again (not counted as an attempt), a worker's reply that could not be written is never
+    a failed task: every chunk is done exactly once, none fails."""
+    c = cluster(2)
+    stream = f"paced-{uuid.uuid4().hex[:6]}"
+    emitter, got = emitters("contract.work", c.url, size=1000, stream=stream)  # default settings
+    n = 600
+    writer_done = threading.Event()
+
+    def paced() -> None:
+        start = time.monotonic()
+        for i in range(n):
+            time.sleep(max(0.0, start + i * 0.01 - time.monotonic()))
+            emitter.write(bytes([i % 256]) * 1000)
+        writer_done.set()
+
+    writer = threading.Thread(target=paced, daemon=True)
+    writer.start()
+    kills = []
+    for gap in (1.0, 1.5, 1.5):
+        time.sleep(gap)  # the stream goes on meanwhile: a live source
+        c.redis.kill()
+        kills.append((time.monotonic(), emitter.stats().emitted))
+        c.restart_redis_empty()
+    assert writer_done.wait(30), "the writer was held up"
+    writer.join(10)
+    assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
+    assert got.errors == [], [(seq, repr(exc)) for seq, exc, _ in got.errors[:5]]
+    assert_exactly_once(emitter, got, n)
+    assert all(got_len == 1000 for _, (got_len, _) in got.done)
+    counts = emitter.executor.counts
+    assert counts["undelivered"] == 0 and counts["recovered"] >= 1
+    assert emitter.executor.hub.server.new_servers == 3
+    for worker in c.workers:  # a restart during a worker's reconnect back-off (2 s) is one outage to it
+        lost = log_count(worker, b"Connection to broker lost")
+        assert worker.alive() and worker.starts == 1 and 1 <= lost <= 3, log_tail(worker)
+        assert log_count(worker, b"Connected to ") == lost + 1, log_tail(worker)
+        assert b"Unrecoverable error" not in worker.log.read_bytes(), log_tail(worker)
+        assert b"Task handler raised error" not in worker.log.read_bytes(), log_tail(worker)
+    print(
+        f"\n[paced stream, redis restarted empty x3] {n} chunks done once each, 0 on_error; kills after"
+        f" {[k for _, k in kills]} chunks; counts={counts}"
+    )
+
+
 # ---- 3. the producer SIGKILLed and restarted on its spool ---------------------------------------------------
 
 
