@@ -182,7 +182,7 @@ class CeleryExecutor(ChunkExecutor):
     @property
     def broker_error(self) -> str | None:
         """The last publish error, until a publish succeeds."""
-        return self.hub.broker_error
+        return self.hub.publisher.broker_error
 
     @property
     def spooled_bytes(self) -> int:

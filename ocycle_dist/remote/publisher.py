@@ -1,5 +1,10 @@
 """Publishing: the task messages of many chunks, of every emitter of a process, to Redis in one round trip.
 
+:class:`Publisher` is the one thread per process and broker that does it: it takes what the pending table
+queues, encodes what the writers left to it, drops what expired, publishes, and runs the recovery's timed
+checks. A publish that fails (Redis away, or an error reply) is retried with back-off, counted, and logged once
+per episode; the chunks wait in their spools meanwhile.
+
 The messages are built by :mod:`.protocol` without Celery's per-message overhead, so what is pending goes out
 as one pipeline: per queue, one LPUSH of the new messages (behind what waits) and one RPUSH of the messages
 sent again by a recovery (ahead of what waits: the end the workers pop from), plus a SET for each claimed
@@ -14,14 +19,23 @@ are unchanged.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
-from .pending import Entry
+from ..errors import EncodeError, ExpiredError
+from .outcomes import expired_text
+from .pending import Entry, Pending
 from .protocol import batch_message, claim_key, is_claimed, task_message
+from .redis_client import CONFIG, classify, reason, redact
 from .settings import Settings
+
+log = logging.getLogger("ocycle_dist.celery")
+TAKE = 500  # chunks taken from the table per publish at most
 
 # Messages built between two yields of the GIL. A writer thread waiting for the GIL would otherwise wait
 # for the interpreter's switch interval (5 ms) while a batch of hundreds is built: write() p99 > 1 ms.
@@ -98,3 +112,165 @@ def _publish(client: Any, entries: list[Entry]) -> list[list[Entry]]:
         pipe.lpush(queue, *messages)
     pipe.execute()
     return sent
+
+
+class Publisher:
+    """The publisher thread of a process and broker; see the module.
+
+    Args:
+        table: the pending table.
+        client: its ``redis.Redis``.
+        url: the broker's URL (for messages).
+        settle: settles an entry with an error (:meth:`.outcomes.Outcomes.settle`).
+        recovery: its timed checks (:class:`.recovery.Recovery`).
+    """
+
+    def __init__(self, table: Pending, client: Any, url: str, settle: Callable[[Entry, BaseException], object],
+                 recovery: Any) -> None:  # fmt: skip
+        self.table, self.client, self.url = table, client, url
+        self._settle, self._recovery = settle, recovery
+        self._claims: list[str] = []  # claim keys of settled chunks, deleted with the next pipeline
+        self._stopping = False
+        self.broker_up = threading.Event()
+        self.broker_error: str | None = None
+        self.counts = dict.fromkeys(("broker_errors", "thread_errors"), 0)
+        self._thread = threading.Thread(target=self._run, name="ocycle-publisher", daemon=True)
+        self._thread.start()
+
+    def forget_claim(self, entry_id: str) -> None:
+        """Delete the claimed chunk of ``entry_id`` with the next pipeline (it expires anyway)."""
+        with self.table.lock:
+            self._claims.append(claim_key(entry_id))
+
+    def wake(self) -> None:
+        """Look at the table (and the checks' timers) again now."""
+        with self.table.lock:
+            self.table.changed.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current publish (the claims to delete are deleted first)."""
+        with self.table.lock:
+            self._stopping = True
+            self.table.changed.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        """Never dies of an error it did not expect: it logs it and goes on."""
+        while True:
+            try:
+                self._loop()
+                break
+            except Exception:
+                self.counts["thread_errors"] += 1
+                log.exception("the publisher of %s hit an unexpected error; it goes on", redact(self.url))
+                time.sleep(1.0)
+        try:
+            self.client.close()
+        except Exception:
+            log.debug("closing the publisher's client", exc_info=True)
+
+    def _loop(self) -> None:
+        backoff = 0.05
+        while True:
+            with self.table.lock:
+                while not self.table.has_queued() and not self._stopping:
+                    wait = (time.monotonic() + 1.0 if self._claims else self._recovery.next_check()) - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self.table.changed.wait(None if wait == float("inf") else wait)
+                claims, self._claims = self._claims, []
+                if self._stopping:
+                    self._delete(claims)
+                    return
+            self._recovery.check()
+            batch = self._prepare(self.table.take(TAKE))
+            if not batch and not claims:
+                continue
+            try:
+                sent = publish(self.client, batch) if batch else []
+                if claims:
+                    self.client.delete(*claims)
+            except Exception as exc:
+                self.table.untake(batch)
+                with self.table.lock:
+                    self._claims[:0] = claims
+                self._failed(exc, first=self.broker_up.is_set() or backoff == 0.05)
+                with self.table.lock:
+                    if not self._stopping:
+                        self.table.changed.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not self.broker_up.is_set() and backoff > 0.05:
+                log.warning("Redis reachable again at %s: sending the chunks kept meanwhile", redact(self.url))
+            self.broker_up.set()
+            self.broker_error = None
+            backoff = 0.05
+            self.table.sent(batch, time.monotonic())
+            _count_sent(sent)
+
+    def _delete(self, claims: list[str]) -> None:
+        if claims:
+            try:
+                self.client.delete(*claims)
+            except Exception as exc:  # they expire anyway
+                log.debug("could not delete %d claimed chunks: %s", len(claims), exc)
+
+    def _prepare(self, batch: list[Entry]) -> list[Entry]:
+        """Of the entries taken: settle as expired those past their deadline; encode those the writers left to
+        this thread (a claimed chunk is only joined: its raw bytes go to Redis). One that cannot be encoded fails
+        alone."""
+        now = time.time()
+        ok = []
+        for i, entry in enumerate(batch):
+            if entry.expires_at is not None and entry.expires_at < now:
+                self._settle(entry, ExpiredError(expired_text(entry, "expired before it could be sent")))
+                continue
+            if entry.value is not None:
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    time.sleep(0)  # let the writer's thread run between chunks
+                try:
+                    if is_claimed(entry, entry.owner.settings):
+                        entry.join()
+                    else:
+                        entry.encode()
+                except EncodeError as exc:
+                    self._settle(entry, exc)
+                    continue
+            ok.append(entry)
+        return ok
+
+    def _failed(self, exc: Exception, *, first: bool) -> None:
+        """A publish failed: count it, say why once per episode; the chunks wait in their spools meanwhile."""
+        why = f"{type(exc).__name__}: {reason(exc)}"
+        self.counts["broker_errors"] += 1
+        if first or why != self.broker_error:
+            if classify(exc) == CONFIG:
+                log.error(
+                    "Redis at %s refuses the producer (%s): check the password, ACL, db number or TLS in the URL;"
+                    " chunks wait in the spool, counted in stats()",
+                    redact(self.url),
+                    why,
+                )
+            else:
+                log.warning(
+                    "Redis unreachable at %s or cannot take chunks now (%s); they wait in the spool",
+                    redact(self.url),
+                    why,
+                )
+        self.broker_error = why
+        self.broker_up.clear()
+
+
+def _count_sent(sent: list[list[Entry]]) -> None:
+    """Count the messages and chunks sent per executor; a durable spool records their delivery tags."""
+    by_owner: dict[Any, list[Entry]] = {}
+    for group in sent:
+        owner = group[0].owner
+        by_owner.setdefault(owner, []).extend(group)
+        owner.counts["messages"] += 1
+        if len(group) > 1:
+            owner.counts["batched"] += len(group)
+    for owner, entries in by_owner.items():
+        owner.counts["published"] += len(entries)
+        owner.spool.mark_sent(entries)

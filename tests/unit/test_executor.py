@@ -242,7 +242,7 @@ def test_any_executor_whose_submit_raises_fails_that_chunk_and_the_stream_goes_o
 def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocycle_dist.remote import hub as celery_executor  # where the publisher thread calls publish()
+    from ocycle_dist.remote import publisher as celery_executor  # where the publisher thread calls publish()
 
     attempts = []
 
