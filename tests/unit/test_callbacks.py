@@ -100,8 +100,8 @@ def test_an_ordered_outcome_waits_for_an_earlier_one_only_as_long_as_allowed_and
 
 def test_a_dropped_chunk_never_holds_back_the_later_ones() -> None:
     executor, got = Manual(), []
-    b = ocycle.BufferEmit(lambda v, t0: v, 1, clip=True, mode=executor, ordered=True, on_done=got.append, max_inflight=2,
-                          policy="drop_oldest")  # fmt: skip
+    b = ocycle.BufferEmit(lambda v, t0: v, 1, clip=True, mode=executor, ordered=True, on_done=got.append,
+                          max_inflight=2, policy="drop_oldest")  # fmt: skip
     b.write(b"abc")  # the third drops chunk 0
     executor.futures[2].set_result(2)
     executor.futures[1].set_result(1)
@@ -112,5 +112,5 @@ def test_a_dropped_chunk_never_holds_back_the_later_ones() -> None:
 
 @pytest.mark.parametrize("ordered", [-1, "yes", float("inf")])
 def test_ordered_must_be_a_bool_or_seconds(ordered: Any) -> None:
-    with pytest.raises(ocycle.ConfigError, match="^ordered="):
+    with pytest.raises(ocycle.ConfigError, match=r"^ordered="):
         ocycle.BufferEmit(lambda v, t0: v, 1, ordered=ordered)
