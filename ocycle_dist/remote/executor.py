@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 import uuid
-from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..errors import ConfigError, EncodeError, SpoolError
 from ..executors.base import ChunkExecutor
 from ..pieces import joined
 from . import wire
+from .chunkfuture import ChunkFuture
 from .hub import Hub
 from .pending import Entry
 from .protocol import check_size, encode_chunk, is_claimed, mac_key, reply_key
@@ -75,18 +75,6 @@ def resolve_settings(app: Any = None, broker: str | None = None, settings: Setti
     if broker is not None and (not isinstance(broker, str) or "://" not in broker):
         raise ConfigError("broker", broker, "a URL such as redis://host:6379/0")
     return Settings.from_env(broker_url=broker)
-
-
-class ChunkFuture(Future):  # type: ignore[type-arg]
-    """The Future of one chunk: cancelling it (a drop by the emitter's policy) forgets the chunk at once."""
-
-    entry: Entry | None = None
-
-    def cancel(self) -> bool:
-        entry = self.entry
-        if entry is not None and not self.done():
-            entry.owner.dropped(entry)  # out of the table first: no reply can resolve it meanwhile
-        return super().cancel()
 
 
 class CeleryExecutor(ChunkExecutor):
@@ -236,8 +224,8 @@ class CeleryExecutor(ChunkExecutor):
             return failed
 
     def _keep(self, entry: Entry, *, adopted: bool) -> Future[Any]:
-        future = ChunkFuture()
-        future.entry, entry.future, entry.owner = entry, future, self
+        future = ChunkFuture(entry)
+        entry.future, entry.owner = future, self
         if not adopted:
             self.spool.add(entry)  # SpoolError: nothing kept
         with self._lock:
@@ -283,21 +271,21 @@ class CeleryExecutor(ChunkExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more chunks and stop once every result is in (and settled).
 
-        With ``wait``, block until then. Without, return at once: publishing and listening go on in the
-        background until the last result, as with the stdlib pools (a durable spool also keeps what is
-        pending for the next producer). ``cancel_futures`` drops what has not come back.
+        With ``wait``, block until then (every chunk settled by its emitter). Without, return at once: publishing
+        and listening go on in the background until the last result, as with the stdlib pools (a durable spool
+        also keeps what is pending for the next producer). ``cancel_futures`` drops what has not come back.
         """
-        pending = [e.future for e in self.hub.table.owned_by(self) if e.future is not None]
         if cancel_futures:
-            for future in pending:
-                future.cancel()
+            for entry in self.hub.table.owned_by(self):
+                if entry.future is not None:
+                    entry.future.cancel()
         with self._lock:
             self._closing = True
             last = self._live <= 0
         if last:
             self._detach()
         elif wait:
-            futures.wait(pending)
+            self.finished.wait()
 
     def abandon(self) -> None:
         """Stop following this executor's chunks at once, as a process exit would: nothing is settled, and a

@@ -6,6 +6,7 @@ for the producer and the workers alike.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -156,11 +157,11 @@ def encoded_size(value: Any) -> int | None:
         first = parts[0]
         if value.kind.name != "numpy" or not _is_plain(first, "ndarray") or first.ndim == 0:
             return None
-        return _array_size(first.dtype, [sum(len(part) for part in parts), *first.shape[1:]])
+        return _array_size(first.dtype, (sum(len(part) for part in parts), *first.shape[1:]))
     if type(value) is bytes:
         return _bin_size(len(value))
     if _is_plain(value, "ndarray"):
-        return _array_size(value.dtype, list(value.shape))
+        return _array_size(value.dtype, value.shape)
     return None
 
 
@@ -168,16 +169,22 @@ def _bin_size(n: int) -> int:
     return n + (2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
 
 
-def _array_size(dtype: Any, shape: list[int]) -> int:
+def _array_size(dtype: Any, shape: tuple[int, ...]) -> int:
     """The encoded size of an array of ``dtype`` and ``shape``; EncodeError for a dtype dumps refuses."""
     if dtype.hasobject:
         raise EncodeError("numpy arrays of dtype object cannot be sent (no pickle on the wire)")
     if problem := unsendable_dtype(dtype):
         raise EncodeError(f"a numpy array of dtype {dtype} cannot be sent faithfully: {problem}")
+    return _sized(dtype.str, dtype.itemsize, shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _sized(dtype: str, itemsize: int, shape: tuple[int, ...]) -> int:
+    """:func:`_array_size` of a dtype the wire carries (a stream's chunks have a few shapes: cached)."""
     count = 1
     for n in shape:
         count *= n
-    size = len(msgpack.packb([dtype.str, shape])) + count * dtype.itemsize
+    size = len(msgpack.packb([dtype, list(shape)])) + count * itemsize
     return len(_ext_header(_NDARRAY, size)) + size
 
 

@@ -301,3 +301,32 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
         emitter.close(wait=False)
         executor.shutdown(wait=False, cancel_futures=True)
     assert executor.finished.wait(10)
+
+
+def test_a_chunk_future_resolves_once_runs_its_callbacks_and_a_waiter_wakes() -> None:
+    import threading
+
+    from ocycle_dist.remote.chunkfuture import ChunkFuture
+
+    future = ChunkFuture()
+    seen: list[Any] = []
+    future.add_done_callback(lambda f: seen.append(f.result()))
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(future.result(timeout=10)))
+    waiter.start()
+    future.set_result(42)
+    waiter.join(10)
+    assert got == [42] and seen == [42] and future.done() and not future.cancelled()
+    with pytest.raises(RuntimeError):
+        future.set_exception(ValueError("late"))  # resolved once
+    assert not future.cancel() and future.exception() is None
+    future.add_done_callback(lambda f: seen.append("after"))  # on a done future: at once
+    assert seen == [42, "after"]
+    failed = ChunkFuture()
+    failed.set_exception(ValueError("x"))
+    with pytest.raises(ValueError, match="x"):
+        failed.result()
+    pending = ChunkFuture()
+    with pytest.raises(TimeoutError):
+        pending.result(timeout=0.05)
+    assert pending.cancel() and pending.cancelled()
