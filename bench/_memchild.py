@@ -114,7 +114,7 @@ def main() -> int:
     sampler = Sampler(emitters)
     tap = ocycle_dist.Tap(*emitters).open()
     for e in emitters:
-        e.executor._client.ping()  # connected before the baseline
+        e.executor.hub.publisher.client.ping()  # connected before the baseline
     n_frames = -(-int(args.seconds * RATE) // 1024)
     frames = synthetic(args.seconds, RATE)  # generated as they are written, as a microphone would
     sampler.thread.start()

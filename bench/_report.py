@@ -77,18 +77,12 @@ class Verdicts:
 
     def print(self) -> None:
         rows = [[v.goal, v.what, v.reference, v.measured, v.ratio, "PASS" if v.ok else "MISS", v.margin]
-                for v in sorted(self.items, key=lambda v: v.goal)]  # fmt: skip
+                for v in self.items]  # fmt: skip
         table("Summary: the goals", ["goal", "what, target", "reference", "ocycle_dist", "ratio", "verdict",
                                      "margin"], rows)  # fmt: skip
-        mine = [v for v in self.items if v.goal.startswith("12")]
-        if mine:  # issue 12's goals, side by side
-            rows = [[v.goal, v.what, v.reference, v.measured, v.ratio, "PASS" if v.ok else "MISS", v.margin]
-                    for v in sorted(mine, key=lambda v: v.goal)]  # fmt: skip
-            table("Issue 12: batching, side by side", ["goal", "what, target", "reference", "ocycle_dist", "ratio",
-                                                       "verdict", "margin"], rows)  # fmt: skip
         print()
-        for goal in sorted({v.goal.rstrip("abcdefgh") for v in self.items}, key=int):
-            mine = [v for v in self.items if v.goal.rstrip("abcdefgh") == goal]
+        for goal in dict.fromkeys(v.goal for v in self.items):  # in the order measured
+            mine = [v for v in self.items if v.goal == goal]
             misses = [v for v in mine if not v.ok]
             detail = "; ".join(f"{v.what}: {v.margin}" for v in misses)
             print(f"goal {goal}: {'PASS' if not misses else 'MISS'} ({len(mine) - len(misses)}/{len(mine)} met"

@@ -38,7 +38,7 @@ import redis  # noqa: E402
 
 import ocycle_dist  # noqa: E402
 from bench._report import Verdicts  # noqa: E402
-from bench.celery_bench import fleet, latency, memory, outage, publish, scaling, write_latency  # noqa: E402
+from bench.celery_bench import fleet, gateway, latency, memory, outage, publish, scaling, write_latency  # noqa: E402
 from bench.celery_bench.common import OCYCLE_DB, BenchError, config  # noqa: E402
 from bench.celery_bench.rig import Rig, interrupts_as_exceptions, scan_logs, worker_log_summary  # noqa: E402
 
@@ -47,6 +47,7 @@ SECTIONS = {
     "3a": write_latency,
     "4": latency,
     "12": fleet,
+    "gateway": gateway,
     "5": scaling,
     "3b": outage,
     "6": memory,

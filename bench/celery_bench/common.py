@@ -101,7 +101,7 @@ def unconsumed_emitter(url: str, size: int, n: int) -> ocycle_dist.BufferEmit:
         settings=Settings(broker_url=url, queue=PUB_QUEUE, resend_after=3600.0, spool_max_bytes=budget),
     )  # fmt: skip
     emitter.open()
-    emitter.executor._client.ping()  # connect outside the timing, as the others are
+    emitter.executor.hub.publisher.client.ping()  # connect outside the timing, as the others are
     return emitter
 
 

@@ -43,7 +43,7 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
     }  # fmt: skip
     for e in emitters.values():
         e.open()
-        e.executor._client.ping()
+        e.executor.hub.publisher.client.ping()
     lat_small: list[tuple[float, float]] = []  # (start, seconds)
     lat_big: list[tuple[float, float]] = []
     marks: dict[str, float] = {}

@@ -42,7 +42,7 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
             settings=Settings(broker_url=rig.url(OCYCLE_DB), queue=q),
         )  # fmt: skip
         emitter.open()
-        emitter.executor._client.ping()
+        emitter.executor.hub.publisher.client.ping()
         try:
             t0 = time.time()
             t = perf()

@@ -72,7 +72,7 @@ class Ocycle:
         ]  # fmt: skip
         self.executors: list[Any] = [e.executor for e in self.emitters]  # CeleryExecutors
         for x in self.executors:
-            x._client.ping()  # connected before the baseline
+            x.hub.publisher.client.ping()  # connected before the baseline
         self.tap = ocycle_dist.Tap(*self.emitters).open()
         self.budget = settings.spool_max_bytes
         self.policy = self.emitters[0].policy
