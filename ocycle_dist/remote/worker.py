@@ -13,6 +13,7 @@ broker dying under it: see :func:`register_transports`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -21,6 +22,7 @@ from typing import Any
 from celery import Celery, Task, signals, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import CPendingDeprecationWarning, TaskRevokedError
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 
 from ..errors import EncodeError
@@ -206,6 +208,22 @@ class SentinelChannel(_ClosingChannel, kombu_redis.SentinelChannel):
     """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
 
 
+RECONNECT_EVERY = (0.2, 0.2, 1.0)  # seconds: the first retry, the step, the most between two (Celery's: 2, 2, 30)
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, reconnecting to a lost broker within a second of its return (or of Sentinel naming a
+    promoted master), rather than on Celery's back-off of 2, 4, 6... seconds: a worker away from a broker that is
+    back runs nothing, and what it held waits meanwhile."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        start, step, most = RECONNECT_EVERY
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection, interval_start=start, interval_step=step, interval_max=most
+        )
+        return super().ensure_connected(conn)
+
+
 class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
 
@@ -265,6 +283,7 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         worker_prefetch_multiplier=settings.worker_prefetch,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        worker_consumer=f"{__name__}:Consumer",  # reconnects within a second (RECONNECT_EVERY)
         # A task running when Redis goes away finishes and replies (its reply list does not need the lost
         # connection); cancelling it kills its pool process, and the worker then runs nothing until Celery's
         # pool maintenance replaces it (up to 5 s: measured recovery 1.3-5.3 s with True, 1.0-1.4 s without).
