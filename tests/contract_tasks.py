@@ -89,3 +89,10 @@ def work(self: Any, value: bytes, t0: float, meta: Any) -> list[Any]:
         _redis().hincrby(f"ocycle:test:runs:{meta.stream}", str(meta.seq), 1)
     time.sleep(0.05)
     return [len(value), self.request.hostname]
+
+
+@app.task(name="contract.counted_echo")
+def counted_echo(value: bytes, t0: float, meta: Any) -> list[Any]:
+    """Count the run in ``ocycle:test:runs:<stream>``, then return ``[value]`` (for the producer-restart test)."""
+    _redis().hincrby(f"ocycle:test:runs:{meta.stream}", str(meta.seq), 1)
+    return [value]

@@ -788,3 +788,112 @@ def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
             for worker in workers:
                 worker.stop()
                 worker.log.unlink(missing_ok=True)
+
+
+# ---- 7. recovery without waste: a failover under a paced stream, a producer restarted on its spool -------------
+
+
+def test_a_sentinel_failover_under_a_paced_stream_recovers_what_was_written_before_it_within_10_s(
+    emitters: Any,
+) -> None:
+    """A paced stream (a 1000-byte chunk every 10 ms, a 50 ms task), producer and two workers on ``sentinel://``,
+    default settings; the primary SIGKILLed after 200 of 600 chunks. What the workers held and what the old
+    master lost is sent again ahead of what was written during the outage, the workers reconnect within a
+    second of the promotion: every chunk written before the kill is done within 10 s of it, every chunk once."""
+    with SentinelCluster(password=PASSWORD) as sentinel:
+        env = {"OCYCLE_SENTINEL_MASTER": sentinel.master_name}
+        workers = [Worker(sentinel.url, name=f"p{i}", include=("tests.contract_tasks",), env=env) for i in range(2)]
+        try:
+            for worker in workers:
+                worker.start()
+            stream = f"paced-failover-{uuid.uuid4().hex[:6]}"
+            emitter, got = emitters("contract.work", sentinel.url, size=1000, stream=stream)  # default settings
+            n, kill_at = 600, 200
+            killed: dict[str, float] = {}
+            old: list[Any] = []
+
+            def paced() -> None:
+                start = time.monotonic()
+                for i in range(n):
+                    time.sleep(max(0.0, start + i * 0.01 - time.monotonic()))
+                    if i == kill_at:
+                        old.append(sentinel.kill_master())
+                        killed["at"] = time.monotonic()
+                    emitter.write(bytes([i % 256]) * 1000)
+
+            writer = threading.Thread(target=paced, daemon=True)
+            writer.start()
+            writer.join(60)
+            assert not writer.is_alive(), "the writer was held up"
+            new = wait_for(lambda: sentinel.failed_over(old[0]), 30, "the sentinels to promote the replica")
+            promoted = time.monotonic() - killed["at"]
+            wait_for(
+                lambda: set(range(kill_at)) <= set(got.done_seqs()),
+                10.0 - (time.monotonic() - killed["at"]),  # within 10 s of the kill
+                lambda: f"every chunk written before the kill done within 10 s: {emitter.stats()}",
+            )
+            before_done = time.monotonic() - killed["at"]
+            assert emitter.wait(60), f"chunks still in flight: {emitter.stats()}"
+            assert got.errors == [], [(seq, repr(exc)) for seq, exc, _ in got.errors[:5]]
+            assert_exactly_once(emitter, got, n)
+            assert new is not old[0] and emitter.executor.hub.server.new_servers == 1
+            for worker in workers:
+                log = worker.log.read_bytes()
+                assert worker.alive() and worker.starts == 1 and b"Unrecoverable error" not in log, log_tail(worker)
+                assert b"Task handler raised error" not in log, log_tail(worker)
+            print(
+                f"\n[sentinel failover, paced] master SIGKILLed after {kill_at} of {n} chunks; replica promoted after"
+                f" {promoted:.1f} s; every chunk written before the kill done {before_done:.1f} s after it;"
+                f" counts={emitter.executor.counts}"
+            )
+        finally:
+            for worker in workers:
+                worker.stop()
+                worker.log.unlink(missing_ok=True)
+
+
+def test_a_producer_restarted_on_its_spool_sends_again_only_what_redis_lost(cluster: Any, tmp_path: Path) -> None:
+    """A producer with a durable spool writes 400 chunks with no worker running and is SIGKILLed; a new one on the
+    same stream and spool takes them over: their messages still wait in Redis, so it sends (almost) none again,
+    and every chunk runs once; the adopted chunks' latency counts from their first emit. Default settings."""
+    c = cluster(0)
+    n = 400
+    stream = f"restart-{uuid.uuid4().hex[:6]}"
+    spool = tmp_path / "spool"
+    files = {name: tmp_path / name for name in ("results1", "progress1", "results2", "progress2", "stderr")}
+    common = ["--broker", c.url, "--spool", str(spool), "--stream", stream, "--count", str(n), "--task",
+              "contract.counted_echo"]  # fmt: skip
+    first = run_producer([*common, "--results", str(files["results1"]), "--progress", str(files["progress1"])],
+                         files["stderr"])  # fmt: skip
+    try:
+        wait_for(lambda: len(lines(files["progress1"])) == n, 60, "every chunk written")
+        admin = connect(c.url)
+        wait_for(lambda: queued_chunks(admin) == n, 30, "every chunk in Redis")  # published, no worker to run them
+    finally:
+        first.kill()  # SIGKILL: its chunks are in its spool and in Redis
+    assert first.wait(10) == -signal.SIGKILL
+    first.stdout.close()
+    c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
+    second = run_producer(
+        [*common, "--results", str(files["results2"]), "--progress", str(files["progress2"]), "--first", str(n)],
+        files["stderr"],
+    )
+    try:
+        out, _ = second.communicate(timeout=120)
+    finally:
+        second.kill()
+    assert second.returncode == 0, files["stderr"].read_text()[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    runs = {int(k): int(v) for k, v in admin.hgetall(f"ocycle:test:runs:{stream}").items()}
+    admin.close()
+    twice = sorted(seq for seq, k in runs.items() if k > 1)
+    assert report["adopted"] == n and report["stats"]["done"] == n and report["stats"]["failed"] == 0
+    assert sorted(seq for seq, _ in results_of(files["results2"])) == list(range(n))  # on_done once each
+    assert sorted(runs) == list(range(n))
+    assert len(twice) <= n * 0.05, f"{len(twice)} of {n} adopted chunks ran twice: {twice[:20]}"
+    assert report["counts"]["resent"] <= n * 0.05, report["counts"]
+    assert report["stats"]["latency_p50"] > 0.0  # counted from the first producer's emit
+    print(
+        f"\n[producer restart] adopted {report['adopted']} of {n}; sent again {report['counts']['resent']};"
+        f" ran twice {len(twice)}; stats={report['stats']}"
+    )
