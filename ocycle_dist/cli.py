@@ -31,8 +31,27 @@ def status(broker: str | None) -> int:
     return 0
 
 
+COMMANDS = ("demo", "stream", "status")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script. A package the command needs and this install lacks (a device's
+    install has no Celery) is named, with the extra to install (``demo``'s own for the demo), exit code 2."""
+    from .extras import install_hint
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        command = next((a for a in argv if a in COMMANDS), None)
+        hint = install_hint(exc.name, "demo" if command == "demo" else None)
+        if hint is None:  # not an optional package: a broken install, shown as it is
+            raise
+        print(f"ocycle-dist{' ' + command if command else ''}: {hint}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ocycle-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="stream audio through three consumers (SPL 0.5 s, model 2 s, FLAC 10 s)")

@@ -161,7 +161,7 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     import workers
 
     from .remote.redis_client import reachable, redact
-    from .testing.embedded import embedded
+    from .testing.embedded import embedded, lacks
 
     rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
@@ -173,6 +173,10 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
+        return 2
+    lacking = lacks()
+    if lacking:
+        print(f"no broker reachable at {redact(url)}, and no embedded one can start here: {'; '.join(lacking)}")
         return 2
     print(f"no broker reachable at {redact(url)}: starting an embedded broker and worker", flush=True)
     with embedded(QUEUES) as local:

@@ -43,7 +43,7 @@ EXIT_CODES = {
     EXIT_OK: "every chunk done",
     EXIT_FAILED: "a chunk failed (its task raised, or no result came), the source failed,\n"
     "       or the embedded broker or worker could not start",
-    EXIT_USAGE: "usage or configuration error (flags, TOML, source, broker): nothing streamed",
+    EXIT_USAGE: "usage or configuration error (flags, TOML, source, broker, a package missing): nothing streamed",
     EXIT_INCOMPLETE: "no failure, but chunks not done: left after --drain-timeout, dropped or expired",
     EXIT_INTERRUPTED: "a second SIGINT/SIGTERM (or one while draining): stopped without draining",
 }
@@ -385,7 +385,7 @@ def _check(args: argparse.Namespace) -> None:
 def main_stream(args: argparse.Namespace) -> int:
     """The ``ocycle-dist stream`` command; returns its exit code."""
     from .remote.redis_client import reachable
-    from .testing.embedded import embedded
+    from .testing.embedded import embedded, lacks
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -418,6 +418,12 @@ def main_stream(args: argparse.Namespace) -> int:
             return run(source, consumers, Settings.from_env(broker_url=url), **options).code
         if args.broker:
             err(f"ocycle-dist stream: broker {redact(args.broker)} is not reachable")
+            return EXIT_USAGE
+        lacking = lacks()
+        if lacking:
+            err(f"ocycle-dist stream: no broker reachable at {redact(url)}, and no embedded one can start here:")
+            err(f"  {'; '.join(lacking)}")
+            err("  a device streams to its broker: --broker redis://HOST:6379/0 (or OCYCLE_BROKER_URL)")
             return EXIT_USAGE
         err(f"no broker reachable at {redact(url)}: starting an embedded broker and worker")
         with ExitStack() as stack:
