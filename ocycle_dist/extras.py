@@ -10,6 +10,7 @@ missing module into the line to run.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 # top-level module -> (its distribution on PyPI, the smallest extra that brings it)
 EXTRA_OF: dict[str, tuple[str, str]] = {
@@ -44,6 +45,8 @@ def missing(*modules: str) -> list[str]:
     """Those of ``modules`` (top-level names) that cannot be imported here, in order."""
     out = []
     for name in modules:
+        if sys.modules.get(name) is not None:  # imported already (kombu's module object has no __spec__)
+            continue
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):
