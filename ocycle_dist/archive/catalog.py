@@ -30,6 +30,9 @@ class Span:
     def seconds(self) -> float:
         return (self.end_us - self.start_us) / 1e6
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": format_time(round(self.start_us)), "seconds": round(self.seconds, 6)}
+
     def describe(self) -> str:
         return f"{format_time(round(self.start_us))} .. {format_time(round(self.end_us))} ({self.seconds:.3f} s)"
 
@@ -69,8 +72,8 @@ class StreamSummary:
             "files": len(self.files),
             "encrypted": sum(e.name.encrypted for e in self.files),
             "rates": self.rates,
-            "gaps": [{"start": format_time(round(g.start_us)), "seconds": round(g.seconds, 6)} for g in self.gaps],
-            "overlaps": [{"start": format_time(round(o.start_us)), "seconds": round(o.seconds, 6)} for o in self.overlaps],
+            "gaps": [span.as_dict() for span in self.gaps],
+            "overlaps": [span.as_dict() for span in self.overlaps],
         }
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,15 @@ def parse_recipients(value: str, setting: str = RECIPIENTS_SETTING) -> list[str]
     return keys
 
 
-def recipients(keys: list[str]) -> list[Any]:
+def recipients(keys: Sequence[str]) -> list[Any]:
     """pyrage recipient objects of checked keys (:func:`parse_recipients`)."""
+    return list(_recipients(tuple(keys)))
+
+
+@lru_cache(maxsize=16)
+def _recipients(keys: tuple[str, ...]) -> tuple[Any, ...]:
     x25519 = pyrage().x25519
-    return [x25519.Recipient.from_str(k) for k in keys]
+    return tuple(x25519.Recipient.from_str(k) for k in keys)
 
 
 def plaintext_allowed(value: str, setting: str = PLAINTEXT_SETTING) -> bool:
@@ -92,17 +98,34 @@ def plaintext_allowed(value: str, setting: str = PLAINTEXT_SETTING) -> bool:
 def archive_keys(recipients_value: str, plaintext_value: str) -> list[str] | None:
     """The recipients to encrypt to, or None when unencrypted archives were asked for explicitly.
 
+    Read once per value (a recipients file: again when it changes), as the archive task asks for every chunk.
+
     Raises:
         ConfigError: naming the setting: neither given (so nothing is written unencrypted by default), both
             given, or either invalid.
     """
+    found = _archive_keys(recipients_value, plaintext_value, _stamp(recipients_value))
+    return None if found is None else list(found)
+
+
+def _stamp(value: str) -> tuple[int, int, int] | None:
+    """A recipients file's identity and version (inode, size, mtime), so that a changed file is read again."""
+    try:
+        st = os.stat(value.strip())
+    except (OSError, ValueError):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=16)
+def _archive_keys(recipients_value: str, plaintext_value: str, stamp: object) -> tuple[str, ...] | None:
     plain = plaintext_allowed(plaintext_value)
     if recipients_value.strip():
         if plain:
             raise ConfigError(
                 PLAINTEXT_SETTING, plaintext_value, f"unset, or {RECIPIENTS_SETTING} unset: not both (which one?)"
             )
-        return parse_recipients(recipients_value)
+        return tuple(parse_recipients(recipients_value))
     if plain:
         return None
     raise ConfigError(

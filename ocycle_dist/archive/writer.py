@@ -22,6 +22,8 @@ import io
 import os
 import tempfile
 import time
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import numpy as np
 from .keys import pyrage, recipients
 from .names import ArchiveName, is_temporary, make_name, pcm_digest
 
-BLOCK = 16384  # samples per channel handed to the encoder at a time
+BLOCK = 65536  # samples per channel handed to the encoder at a time (its FLAC is what is in memory at once)
 STALE_TEMP = 60.0  # seconds: a temporary file of the same chunk older than this was left by a killed worker
 HEAD = 42  # bytes: "fLaC", the STREAMINFO block's header (4) and body (34)
 _FRAME_SIZES = range(12, 18)  # STREAMINFO's min/max frame size: left 0 (unknown)
@@ -71,7 +73,7 @@ class _FlacSink:
         self.pos = self.length = 0
         self.head = bytearray()
         self.sent_head: bytes | None = None
-        self.out = bytearray()
+        self.out: deque[bytes] = deque()  # what age reads next, in the pieces the encoder wrote
         self.error: BaseException | None = None
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
@@ -113,8 +115,9 @@ class _FlacSink:
             data = data[take:]
             if len(self.head) == HEAD:
                 self.sent_head = patch_streaminfo(bytes(self.head), self.frames, self.rate, self.channels, self.md5)
-                self.out += self.sent_head
-        self.out += data
+                self.out.append(self.sent_head)
+        if data:
+            self.out.append(data)
         self.pos = self.length = self.pos + size
 
     def _rewrite(self, data: bytes) -> None:
@@ -147,15 +150,17 @@ class _FlacReader:
         self.flac = sf.SoundFile(self.sink, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16")
 
     def read(self, size: int = -1) -> bytes:
+        """The next bytes of the FLAC stream, up to ``size`` (fewer is allowed: one piece the encoder wrote)."""
         try:
-            want = size if size is not None and size > 0 else 1 << 62
             out = self.sink.out
-            while len(out) < want and not self.done:
+            while not out and not self.done:
                 self._encode_more()
-            if self.sink.error is not None:
-                raise self.sink.error
-            piece = bytes(out[:want])
-            del out[:want]
+            if not out:
+                return b""
+            piece = out.popleft()
+            if size is not None and 0 < size < len(piece):
+                out.appendleft(piece[size:])
+                piece = piece[:size]
             return piece
         except BaseException as exc:  # age sees an I/O error; the caller re-raises this one
             self.error = self.error or exc
@@ -178,7 +183,7 @@ class _FlacReader:
             self.flac.close()
 
 
-def _encrypt_flac(pcm: np.ndarray, rate: int, md5: bytes, keys: list[str], out: Any) -> None:
+def _encrypt_flac(pcm: np.ndarray, rate: int, md5: bytes, keys: Sequence[str], out: Any) -> None:
     reader = _FlacReader(pcm, rate, md5)
     try:
         pyrage().encrypt_io(reader, out, recipients(keys))
@@ -198,7 +203,7 @@ def write_chunk(
     stream: str,
     t0: float,
     seq: int | None,
-    keys: list[str] | None,
+    keys: Sequence[str] | None,
 ) -> dict[str, Any]:
     """Archive 16-bit samples as ``<name>.flac.age`` encrypted to ``keys`` (or ``<name>.flac`` when ``keys`` is
     None: unencrypted, only when asked for) in ``directory`` (made if missing).

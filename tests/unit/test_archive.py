@@ -165,7 +165,7 @@ def test_an_encoder_rewrite_that_differs_from_what_was_encrypted_fails_the_chunk
     head = io.BytesIO()
     sf.write(head, np.zeros(10, dtype=np.int16), RATE, format="FLAC", subtype="PCM_16")
     sink.write(head.getvalue())
-    assert sink.error is None and bytes(sink.out[:4]) == b"fLaC"
+    assert sink.error is None and sink.out[0][:4] == b"fLaC"
     sink.seek(12)
     sink.write(b"\x00\x00\x10\x00\x00\x20")  # frame sizes: left "unknown", accepted
     assert sink.error is None
@@ -297,3 +297,20 @@ def test_times_are_iso_8601_or_epoch_seconds(text: str, us: int) -> None:
 def test_a_bad_time_names_its_flag() -> None:
     with pytest.raises(ConfigError, match="from='noon' is invalid: expected a time"):
         export.parse_time("noon", "from")
+
+
+def test_the_list_command_prints_json_and_names_a_missing_directory(
+    tmp_path: Path, public: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from ocycle_dist.cli import main
+
+    archive_of(tmp_path, public, [(0, 1), (2, 1)])
+    assert main(["archive", "list", "--dir", str(tmp_path), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    [mic] = listing["streams"]
+    assert (mic["stream"], mic["files"], mic["encrypted"], mic["seconds"]) == ("mic", 2, 2, 2.0)
+    assert mic["gaps"] == [{"start": "2023-11-14T22:13:21.000000Z", "seconds": 1.0}]
+    assert main(["archive", "list", "--dir", str(tmp_path / "none")]) == 2
+    assert "dir=" in capsys.readouterr().err
