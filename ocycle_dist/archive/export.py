@@ -194,6 +194,12 @@ def export(
     if gaps not in GAP_POLICIES:
         raise ConfigError("gaps", gaps, f"one of {', '.join(GAP_POLICIES)}")
     todo = plan(catalog, stream=stream, start_us=start_us, end_us=end_us)
+    slack = 500_000 / todo.rate
+    if start_us is not None and todo.start_us > start_us + slack:
+        say(f"no audio before {format_time(round(todo.start_us))}: the output starts there, not at --from")
+    last_us = todo.time_of(todo.frames)
+    if end_us is not None and last_us < end_us - slack:
+        say(f"no audio after {format_time(round(last_us))}: the output ends there, not at --to")
     for gap in todo.gaps:
         say(f"gap {gap.describe()}" + (": filled with silence" if gaps == "silence" else ""))
     for overlap in todo.overlaps:

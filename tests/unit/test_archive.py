@@ -252,6 +252,15 @@ def test_export_joins_sample_exactly_and_fills_gaps_with_silence(tmp_path: Path,
     np.testing.assert_array_equal(data[: 30 * RATE], source[: 30 * RATE])
     np.testing.assert_array_equal(data[32 * RATE :], source[32 * RATE :])
     assert said == ["gap 2023-11-14T22:13:50.000000Z .. 2023-11-14T22:13:52.000000Z (2.000 s): filled with silence"]
+    said.clear()  # a range that starts in a gap and ends after the archive: both ends said
+    start, end = names.to_us(T0 + 31), names.to_us(T0 + 40)
+    done = export.export(
+        found, tmp_path / "ends.wav", identities=[identity], start_us=start, end_us=end, say=said.append
+    )
+    assert done.frames == 3 * RATE and said == [
+        "no audio before 2023-11-14T22:13:52.000000Z: the output starts there, not at --from",
+        "no audio after 2023-11-14T22:13:55.000000Z: the output ends there, not at --to",
+    ]
     with pytest.raises(export.ExportError, match=r"1 gap\(s\) in the range \(--gaps fail\): nothing written"):
         export.export(found, tmp_path / "x.wav", identities=[identity], gaps="fail")
     assert not (tmp_path / "x.wav").exists()
