@@ -38,11 +38,12 @@ $(VENV)/.installed-%: pyproject.toml $(VENV)/.headers | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[$*]'
 	@touch $@
 
-system-deps:  ## redis-server, redis-sentinel, espeak-ng, PortAudio and JACK (Debian), for the integration tests
-	@{ command -v redis-server && command -v redis-sentinel && command -v espeak-ng && command -v jackd && { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q libportaudio; } >/dev/null || { \
+# age: the age CLI, which reads the encrypted archive back (the tests decrypt the workers' files with it)
+system-deps:  ## redis-server, redis-sentinel, espeak-ng, PortAudio, JACK and age (Debian), for the integration tests
+	@{ command -v redis-server && command -v redis-sentinel && command -v espeak-ng && command -v jackd && command -v age && { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q libportaudio; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null; then $(APT_GET) update -qq && $(APT_INSTALL) \
-	    redis-server redis-sentinel libsndfile1 espeak-ng libportaudio2 jackd2; \
-	  else echo "missing: sudo apt-get install redis-server redis-sentinel espeak-ng libportaudio2 jackd2" >&2; fi; }
+	    redis-server redis-sentinel libsndfile1 espeak-ng libportaudio2 jackd2 age; \
+	  else echo "missing: sudo apt-get install redis-server redis-sentinel espeak-ng libportaudio2 jackd2 age" >&2; fi; }
 
 deps: system-deps $(VENV)/.installed-test  ## the system packages and the virtualenv the tests need
 

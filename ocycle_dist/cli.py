@@ -1,4 +1,4 @@
-"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer) and ``status``."""
+"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer), ``status``, ``archive``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ def _main(argv: list[str]) -> int:
     add_arguments(stream)
     st = sub.add_parser("status", help="queue depth, workers seen, results pending")
     st.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL")
+    from .archive.cli import add_arguments as add_archive_arguments
+
+    add_archive_arguments(sub.add_parser("archive", help="the encrypted FLAC archive: list it, export a time range"))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import main_demo
@@ -82,6 +85,10 @@ def _main(argv: list[str]) -> int:
         from .stream import main_stream
 
         return main_stream(args)
+    if args.command == "archive":
+        from .archive.cli import main_archive
+
+        return main_archive(args)
     return status(args.broker)
 
 

@@ -69,7 +69,9 @@ def describe(stream: str, result: Any) -> str:
         return f"{result['dbfs']:7.1f} dBFS  ({result['db_spl']:.1f} dB SPL)"
     if stream == "classify":
         return f"{result['label']:<8} p={result['scores'][result['label']]:.2f}"
-    return f"{result['path']} ({result['bytes']:,} bytes, {result['frames'] / result.get('rate', 1):.1f} s)"
+    seconds = result["frames"] / result.get("rate", 1)
+    again = ", written before: kept" if result.get("existed") else ""
+    return f"{result['path']} ({result['bytes']:,} bytes, {seconds:.1f} s{again})"
 
 
 def _progress(emitters: list[NumpyEmit], stop: threading.Event, every: float, out: Callable[[str], None]) -> None:
@@ -160,6 +162,7 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
+    from .archive.keys import embedded_archive_env
     from .remote.redis_client import reachable, redact
     from .testing.embedded import embedded, lacks
 
@@ -179,7 +182,8 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
         print(f"no broker reachable at {redact(url)}, and no embedded one can start here: {'; '.join(lacking)}")
         return 2
     print(f"no broker reachable at {redact(url)}: starting an embedded broker and worker", flush=True)
-    with embedded(QUEUES) as local:
+    env = embedded_archive_env(lambda line: print(line, flush=True))
+    with embedded(QUEUES, env=env) as local:
         print(f"embedded broker: {local.server} on {local.url}")
         print(f"embedded workers: {local.workers}", flush=True)
         run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)

@@ -19,6 +19,7 @@ EXTRA_OF: dict[str, tuple[str, str]] = {
     "msgpack": ("msgpack", "device"),
     "numpy": ("numpy", "device"),
     "soundfile": ("soundfile", "device"),
+    "pyrage": ("pyrage", "audio"),
     "tomli": ("tomli", "device"),
     "sounddevice": ("sounddevice", "mic"),
     "celery": ("celery", "worker"),

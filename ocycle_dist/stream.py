@@ -384,6 +384,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def main_stream(args: argparse.Namespace) -> int:
     """The ``ocycle-dist stream`` command; returns its exit code."""
+    from .archive.keys import embedded_archive_env
     from .remote.redis_client import reachable
     from .testing.embedded import embedded, lacks
 
@@ -428,7 +429,10 @@ def main_stream(args: argparse.Namespace) -> int:
         err(f"no broker reachable at {redact(url)}: starting an embedded broker and worker")
         with ExitStack() as stack:
             try:
-                local = stack.enter_context(embedded(queues, env={"OCYCLE_SAMPLE_RATE": str(source.rate)}))
+                env = {"OCYCLE_SAMPLE_RATE": str(source.rate)}
+                if any(c.task.endswith(".archive_flac") for c in consumers):
+                    env.update(embedded_archive_env(err))
+                local = stack.enter_context(embedded(queues, env=env))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 err(f"ocycle-dist stream: the embedded broker or worker could not start: {exc}")
                 return EXIT_FAILED

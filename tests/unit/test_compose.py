@@ -96,6 +96,19 @@ def test_worker_can_scale_and_stop_gracefully() -> None:
     assert any(str(v).split(":")[1] == archive for v in worker.get("volumes", []))
 
 
+def test_the_archive_worker_takes_its_recipients_from_the_environment_with_no_default() -> None:
+    from workers import ARCHIVE_QUEUE
+
+    archivers = [n for n in SERVICES if ARCHIVE_QUEUE in _command(n).split("-Q ", 1)[-1].split()[0].split(",")]
+    assert archivers == ["worker"]
+    env = _env("worker")
+    # given as `OCYCLE_ARCHIVE_RECIPIENTS=age1... docker compose up`; unset, both are empty and the worker
+    # refuses to start (tests/integration/test_archive.py), rather than archive unencrypted
+    assert env["OCYCLE_ARCHIVE_RECIPIENTS"] == "${OCYCLE_ARCHIVE_RECIPIENTS:-}"
+    assert env["OCYCLE_ARCHIVE_PLAINTEXT"] == "${OCYCLE_ARCHIVE_PLAINTEXT:-}"
+    assert _interpolate(env["OCYCLE_ARCHIVE_RECIPIENTS"]) == _interpolate(env["OCYCLE_ARCHIVE_PLAINTEXT"]) == ""
+
+
 @pytest.mark.parametrize("name", CLIENTS)
 def test_redis_clients_get_the_password(name: str) -> None:
     assert set(_networks(name)) & set(_networks("redis")), "cannot reach redis"
