@@ -21,6 +21,7 @@ import numpy as np
 
 from .chunk import Chunk
 from .emit import NumpyEmit
+from .metrics import serve_address
 from .remote.settings import Settings
 from .tap import Tap
 
@@ -96,8 +97,11 @@ def run(
     rate: int = 16000,
     settings: Settings | None = None,
     out: Callable[[str], None] = print,
+    metrics: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters."""
+    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters.
+    With ``metrics`` (``(host, port)``), their Prometheus metrics are served there meanwhile."""
+
     settings = settings or Settings.from_env(broker_url=broker)
     lock = threading.Lock()
     start_t = time.time()
@@ -130,6 +134,12 @@ def run(
         )
         for name, task, secs, queue in CONSUMERS
     ]
+    try:
+        stop_metrics = serve_address(emitters, metrics)
+    except BaseException:
+        for e in emitters:
+            e.close(wait=False)
+        raise
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
     stop = threading.Event()
@@ -145,6 +155,7 @@ def run(
         tap.close(flush=True)
     stop.set()
     reporter.join()
+    stop_metrics()
     stats = {name: e.stats() for (name, *_), e in zip(CONSUMERS, emitters, strict=True)}
     out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
     for name, _, secs, queue in CONSUMERS:
@@ -156,7 +167,9 @@ def run(
     return {name: stats[name] for name, *_ in CONSUMERS}
 
 
-def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: bool) -> int:
+def main_demo(
+    broker: str | None, seconds: float, wav: str | None, realtime: bool, metrics: tuple[str, int] | None = None
+) -> int:
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
@@ -169,7 +182,7 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
         print(
             f"broker: {redact(url)} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)"
         )
-        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
+        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
@@ -178,5 +191,5 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     with embedded(QUEUES) as local:
         print(f"embedded broker: {local.server} on {local.url}")
         print(f"embedded workers: {local.workers}", flush=True)
-        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
+        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
     return 0
