@@ -116,7 +116,11 @@ def run(
         return on_done
 
     def on_error(exc: BaseException, meta: Chunk) -> None:
-        out(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+        say(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+
+    def say(line: str) -> None:  # one line at a time: print() from two threads can interleave within a line
+        with lock:
+            out(line)
 
     emitters = [
         NumpyEmit(
@@ -143,7 +147,7 @@ def run(
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
     stop = threading.Event()
-    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, out), daemon=True)
+    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, say), daemon=True)
     reporter.start()
     with Tap(*emitters) as tap:
         for frame in frames:
