@@ -22,23 +22,18 @@ from ocycle_dist import cli
 from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app
-from ocycle_dist.testing import RedisServer, Worker
+from ocycle_dist.testing import RedisServer
 from tests.helpers import wait_for
+from tests.integration.test_batching import start_worker
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
 
 @pytest.fixture
-def stack() -> Iterator[ExitStack]:
+def rig() -> Iterator[ExitStack]:
+    """What a test starts (servers, workers), stopped at its end."""
     with ExitStack() as s:
         yield s
-
-
-def start_worker(stack: ExitStack, url: str, name: str, **options: Any) -> Worker:
-    options.setdefault("include", ("tests.contract_tasks",))
-    w = Worker(url, name=name, **options)
-    stack.callback(w.stop)
-    return w.start()
 
 
 def free_port() -> int:
@@ -59,8 +54,8 @@ def backlog(url: str, n: int, *, queue: str = "celery", **options: Any) -> ocycl
     return emitter
 
 
-def test_each_chunk_of_batches_and_drains_sends_its_own_task_events_and_is_counted(stack: ExitStack) -> None:
-    redis = stack.enter_context(RedisServer())
+def test_each_chunk_of_batches_and_drains_sends_its_own_task_events_and_is_counted(rig: ExitStack) -> None:
+    redis = rig.enter_context(RedisServer())
     events: list[dict[str, Any]] = []
     app = make_app(Settings(broker_url=redis.url))
     ready, stop = threading.Event(), threading.Event()
@@ -75,15 +70,15 @@ def test_each_chunk_of_batches_and_drains_sends_its_own_task_events_and_is_count
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    stack.callback(listener.join, 10)
-    stack.callback(stop.set)  # before the server stops
+    rig.callback(listener.join, 10)
+    rig.callback(stop.set)  # before the server stops
     assert ready.wait(10)
     time.sleep(0.5)  # the receiver's subscription is made once capture() runs
     emitter = backlog(redis.url, 60, stream=f"ev-{uuid.uuid4().hex[:6]}")
     port = free_port()
     executor = emitter.executor
     assert executor is not None
-    start_worker(stack, redis.url, "eventful", extra=["-E"], env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
+    start_worker(rig, redis.url, "eventful", extra=["-E"], env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
     assert emitter.close(timeout=60) == 0
     assert executor.counts["batched"] >= 40  # the chunks travelled in batch messages
 
@@ -112,12 +107,12 @@ def test_each_chunk_of_batches_and_drains_sends_its_own_task_events_and_is_count
 
 
 def test_status_lists_every_queue_with_its_backlog_and_the_oldest_age(
-    stack: ExitStack, capsys: pytest.CaptureFixture[str]
+    rig: ExitStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    redis = stack.enter_context(RedisServer())
-    gone = start_worker(stack, redis.url, "gone", queues="retired")
+    redis = rig.enter_context(RedisServer())
+    gone = start_worker(rig, redis.url, "gone", queues="retired")
     gone.stop()  # a queue a worker once consumed: its binding stays in Redis
-    start_worker(stack, redis.url, "spl", queues="spl")
+    start_worker(rig, redis.url, "spl", queues="spl")
     emitter = ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery",
                                 settings=Settings(broker_url=redis.url, queue="model", batch_max_chunks=0))  # fmt: skip
     for i in range(3):
@@ -135,8 +130,8 @@ def test_status_lists_every_queue_with_its_backlog_and_the_oldest_age(
     emitter.close(wait=False)
 
 
-def test_purge_tells_each_producer_at_once(stack: ExitStack, capsys: pytest.CaptureFixture[str]) -> None:
-    redis = stack.enter_context(RedisServer())
+def test_purge_tells_each_producer_at_once(rig: ExitStack, capsys: pytest.CaptureFixture[str]) -> None:
+    redis = rig.enter_context(RedisServer())
     errors: list[BaseException] = []
     emitter = backlog(redis.url, 40, queue="model", on_error=errors.append)
     assert emitter.executor is not None
