@@ -21,6 +21,7 @@ import numpy as np
 
 from .chunk import Chunk
 from .emit import NumpyEmit
+from .metrics import serve_address
 from .remote.settings import Settings
 from .tap import Tap
 
@@ -98,8 +99,11 @@ def run(
     rate: int = 16000,
     settings: Settings | None = None,
     out: Callable[[str], None] = print,
+    metrics: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters."""
+    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters.
+    With ``metrics`` (``(host, port)``), their Prometheus metrics are served there meanwhile."""
+
     settings = settings or Settings.from_env(broker_url=broker)
     lock = threading.Lock()
     start_t = time.time()
@@ -114,7 +118,11 @@ def run(
         return on_done
 
     def on_error(exc: BaseException, meta: Chunk) -> None:
-        out(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+        say(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+
+    def say(line: str) -> None:  # one line at a time: print() from two threads can interleave within a line
+        with lock:
+            out(line)
 
     emitters = [
         NumpyEmit(
@@ -132,10 +140,16 @@ def run(
         )
         for name, task, secs, queue in CONSUMERS
     ]
+    try:
+        stop_metrics = serve_address(emitters, metrics)
+    except BaseException:
+        for e in emitters:
+            e.close(wait=False)
+        raise
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
     stop = threading.Event()
-    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, out), daemon=True)
+    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, say), daemon=True)
     reporter.start()
     with Tap(*emitters) as tap:
         for frame in frames:
@@ -147,6 +161,7 @@ def run(
         tap.close(flush=True)
     stop.set()
     reporter.join()
+    stop_metrics()
     stats = {name: e.stats() for (name, *_), e in zip(CONSUMERS, emitters, strict=True)}
     out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
     for name, _, secs, queue in CONSUMERS:
@@ -158,7 +173,9 @@ def run(
     return {name: stats[name] for name, *_ in CONSUMERS}
 
 
-def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: bool) -> int:
+def main_demo(
+    broker: str | None, seconds: float, wav: str | None, realtime: bool, metrics: tuple[str, int] | None = None
+) -> int:
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
@@ -172,7 +189,7 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
         print(
             f"broker: {redact(url)} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)"
         )
-        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
+        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
@@ -186,5 +203,5 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
     with embedded(QUEUES, env=env) as local:
         print(f"embedded broker: {local.server} on {local.url}")
         print(f"embedded workers: {local.workers}", flush=True)
-        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
+        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
     return 0

@@ -44,6 +44,7 @@ from celery.exceptions import NotRegistered, TimeLimitExceeded
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
+from .events import ChunkEvents, for_run
 from .protocol import (
     BATCH_TASK,
     META_HEADER,
@@ -61,6 +62,7 @@ from .protocol import (
     seal,
     token_of,
 )
+from .worker_metrics import count
 
 log = logging.getLogger("ocycle_dist.worker")
 
@@ -231,10 +233,12 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
 
 
 def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *, hostname: str | None,
-              delivery_info: dict[str, Any], renew: Any = None, token: str = "") -> int:  # fmt: skip
+              delivery_info: dict[str, Any], renew: Any = None, token: str = "",
+              events: ChunkEvents | None = None) -> int:  # fmt: skip
     """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
     to ``replies`` (the item's reply list, else its stream's with ``token``). Claimed chunks are fetched in one
-    MGET first, and only the item's own claim (``claim_key(task id)``). Returns how many ran."""
+    MGET first, and only the item's own claim (``claim_key(task id)``). Returns how many ran. With ``events``,
+    each chunk's task events are buffered there (:mod:`.events`)."""
     claims = [
         i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
     ]
@@ -249,8 +253,12 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
         expires = _expires_at(item[5])
         if expires is not None and expires < time.time():
             replies.add(key, reply_expired(task_id))
+            if events is not None:
+                events.expired(item)
             continue
         task = app.tasks.get(name) if name != BATCH_TASK else None
+        if events is not None:
+            events.begin(item)
         try:
             if task is None:
                 raise NotRegistered(name)
@@ -263,8 +271,12 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
             result = _call(task, item, hostname, delivery_info)
         except Exception as exc:
             replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
+            if events is not None:
+                events.failed(task_id, exc)
         else:
             replies.add(key, reply_ok(task_id, result))
+            if events is not None:
+                events.succeeded(task_id, result)
         ran += 1
         if renew is not None:
             renew()
@@ -279,14 +291,18 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
     reply_to = request.reply_to
     token = token_of(reply_to) if isinstance(reply_to, str) and is_reply_key(reply_to) else ""
     delivery_info = dict(request.delivery_info or {})
+    events = for_run(task.app, request.hostname)
     flush_at = time.monotonic() + 0.01
     for start in range(0, len(items), 16):
-        run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
-                  delivery_info=delivery_info, token=token)  # fmt: skip
+        ran = run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
+                        delivery_info=delivery_info, token=token, events=events)  # fmt: skip
+        count("chunks", ran, "batch")
         if time.monotonic() >= flush_at or start + 16 >= len(items):  # a long batch: the answers so far go now
             pipe = client.pipeline(transaction=False)
             replies.into(pipe)
             pipe.execute()
+            if events is not None:
+                events.flush()
             flush_at = time.monotonic() + 0.01
 
 
@@ -405,6 +421,7 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
         return [settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES, len(ids), *ids, *tags]
 
     ahead: Any = None  # the connection of the next take, sent before the messages of this one run
+    events = for_run(task.app, request.hostname)
     try:
         try:
             got = script(keys=keys, args=take([], []))
@@ -425,8 +442,10 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
                 if items is None:
                     back.append((raw, tag))
                     continue
-                total += run_items(task.app, client, items, replies, hostname=request.hostname,
-                                   delivery_info=delivery_info, renew=renew)  # fmt: skip
+                ran = run_items(task.app, client, items, replies, hostname=request.hostname,
+                                delivery_info=delivery_info, renew=renew, events=events)  # fmt: skip
+                count("chunks", ran, "drain")
+                total += ran
             pipe = client.pipeline(transaction=False)
             replies.into(pipe)
             for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
@@ -434,6 +453,8 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.hdel(UNACKED_KEY, *tags)
             pipe.execute()
+            if events is not None:
+                events.flush()
             if ahead is not None:  # the take already made runs too (it is recorded as delivered here)
                 sent, ahead = ahead, None  # _receive releases its connection, whatever happens
                 got = _receive(client, sent)
