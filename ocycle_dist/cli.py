@@ -1,4 +1,5 @@
-"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer), ``status``, ``purge``, ``archive``."""
+"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer), ``status``, ``purge``,
+``archive``."""
 
 from __future__ import annotations
 
