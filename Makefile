@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 APT_GET ?= apt-get
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends
 
-.PHONY: test test-unit test-integration deps venv system-deps lint demo bench bench-live clean-venv
+.PHONY: test test-unit test-integration test-deploy deps venv system-deps lint demo bench bench-live clean-venv
 
 venv: $(PY)  ## the virtualenv, made from $(PYTHON)
 
@@ -38,11 +38,12 @@ $(VENV)/.installed-%: pyproject.toml $(VENV)/.headers | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[$*]'
 	@touch $@
 
-system-deps:  ## redis-server, redis-sentinel, espeak-ng, PortAudio and JACK (Debian), for the integration tests
-	@{ command -v redis-server && command -v redis-sentinel && command -v espeak-ng && command -v jackd && { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q libportaudio; } >/dev/null || { \
+# age: the age CLI, which reads the encrypted archive back (the tests decrypt the workers' files with it)
+system-deps:  ## redis-server, redis-sentinel, espeak-ng, PortAudio, JACK and age (Debian), for the integration tests
+	@{ command -v redis-server && command -v redis-sentinel && command -v espeak-ng && command -v jackd && command -v age && { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q libportaudio; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null; then $(APT_GET) update -qq && $(APT_INSTALL) \
-	    redis-server redis-sentinel libsndfile1 espeak-ng libportaudio2 jackd2; \
-	  else echo "missing: sudo apt-get install redis-server redis-sentinel espeak-ng libportaudio2 jackd2" >&2; fi; }
+	    redis-server redis-sentinel libsndfile1 espeak-ng libportaudio2 jackd2 age; \
+	  else echo "missing: sudo apt-get install redis-server redis-sentinel espeak-ng libportaudio2 jackd2 age" >&2; fi; }
 
 deps: system-deps $(VENV)/.installed-test  ## the system packages and the virtualenv the tests need
 
@@ -59,6 +60,12 @@ test-unit: $(VENV)/.installed-test  ## the fast dev loop: no redis-server, no wo
 
 test-integration: deps  ## real redis-server and celery worker processes
 	$(PY) -m pytest -q -m integration
+
+# The deployment for real (CI runs it after `make test`; root, minutes): installs Docker and Compose when
+# missing, starts a daemon when none runs, makes the base images from Debian packages when they cannot be
+# pulled, builds, runs docker-compose.yml and docker-compose.ha.yml with their faults. tests/deploy/.
+test-deploy: $(VENV)/.installed-test
+	OCYCLE_DEPLOY_TEST=1 $(PY) -m pytest -q tests/deploy
 
 demo: $(VENV)/.installed-demo  ## the main job (the README's first command)
 	@command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v $(APT_GET) >/dev/null || \

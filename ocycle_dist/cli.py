@@ -1,4 +1,5 @@
-"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer) and ``status``."""
+"""The ``ocycle-dist`` command: ``demo`` (the main job), ``stream`` (a device's producer), ``status``, ``purge``,
+``archive``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ import argparse
 import sys
 
 
-def status(broker: str | None) -> int:
-    """Print queue depth per task queue, workers seen, tasks running and results pending on ``broker``."""
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "oldest sent at an unknown time (not a producer's message)"
+    return f"oldest waiting {seconds:.1f} s"
+
+
+def status(broker: str | None, queues: list[str] | None = None) -> int:
+    """Print, for every queue (the default one, the demo's, every queue a worker ever declared on the broker,
+    those running workers consume, and ``queues``), the messages waiting and the age of the oldest; then
+    deliveries not yet acknowledged, results pending, and the workers that answer."""
+    from .demo import QUEUES
+    from .remote.backlog import known_queues, read_backlog
     from .remote.protocol import CHUNK_PREFIX, REPLY_PREFIX
     from .remote.redis_client import connect, redact
     from .remote.settings import Settings
@@ -15,14 +26,19 @@ def status(broker: str | None) -> int:
 
     settings = Settings.from_env(broker_url=broker)
     client = connect(settings.broker_url, socket_timeout=3.0, master_name=settings.sentinel_master)
-    inspect = make_app(settings).control.inspect(timeout=1.0)
+    app = make_app(settings)
+    inspect = app.control.inspect(timeout=1.0)
     replies = inspect.ping() or {}
-    queues = {settings.queue}
-    for worker_queues in (inspect.active_queues() or {}).values():
-        queues.update(q["name"] for q in worker_queues)
+    consumed: dict[str, list[str]] = {}
+    for worker, worker_queues in (inspect.active_queues() or {}).items():
+        for q in worker_queues:
+            consumed.setdefault(q["name"], []).append(worker)
+    names = known_queues(client, [settings.queue, *QUEUES, *(queues or ()), *consumed])
     print(f"broker: {redact(settings.broker_url)}")
-    for queue in sorted(queues):
-        print(f"queue {queue!r}: {client.llen(queue)} tasks waiting")
+    for item in read_backlog(client, names):
+        readers = consumed.get(item.queue)
+        who = f"{len(readers)} worker(s) consume it" if readers else "NO running worker consumes it"
+        print(f"queue {item.queue!r}: {item.messages} messages waiting, {_age(item.oldest_age)}; {who}")
     print(f"tasks delivered to workers, not yet acknowledged: {client.hlen('unacked')}")
     for key in sorted(client.scan_iter(REPLY_PREFIX + "*")):
         print(f"results waiting for their producer in {key.decode()}: {client.llen(key)}")
@@ -31,8 +47,47 @@ def status(broker: str | None) -> int:
     return 0
 
 
+def purge(broker: str | None, queues: str) -> int:
+    """Empty the queues (comma-separated), each chunk's producer told at once (:mod:`.remote.purge`)."""
+    from .remote.purge import purge_queue
+    from .remote.redis_client import connect, redact
+    from .remote.settings import Settings
+    from .remote.worker import make_app
+
+    settings = Settings.from_env(broker_url=broker)
+    client = connect(settings.broker_url, socket_timeout=10.0, master_name=settings.sentinel_master)
+    app = make_app(settings)
+    print(f"broker: {redact(settings.broker_url)}")
+    for queue in dict.fromkeys(q.strip() for q in queues.split(",") if q.strip()):
+        done = purge_queue(app, client, queue, settings)
+        print(
+            f"queue {queue!r}: {done.messages} messages purged, {done.chunks} chunks answered 'Purged' to their"
+            f" producers, {done.other} other messages deleted"
+        )
+    return 0
+
+
+COMMANDS = ("demo", "stream", "status", "purge", "archive")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script. A package the command needs and this install lacks (a device's
+    install has no Celery) is named, with the extra to install (``demo``'s own for the demo), exit code 2."""
+    from .extras import install_hint
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        command = next((a for a in argv if a in COMMANDS), None)
+        hint = install_hint(exc.name, "demo" if command == "demo" else None)
+        if hint is None:  # not an optional package: a broken install, shown as it is
+            raise
+        print(f"ocycle-dist{' ' + command if command else ''}: {hint}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ocycle-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="stream audio through three consumers (SPL 0.5 s, model 2 s, FLAC 10 s)")
@@ -42,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=12.0, help="seconds of synthetic audio (default 12)")
     demo.add_argument("--wav", help="stream this WAV/FLAC file instead of a synthetic signal")
     demo.add_argument("--realtime", action="store_true", help="pace the source at real time")
-    from .stream import EPILOG, add_arguments
+    from .stream import EPILOG, add_arguments, add_metrics_arguments, metrics_address
+
+    add_metrics_arguments(demo)
 
     stream = sub.add_parser(
         "stream",
@@ -52,18 +109,36 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(stream)
-    st = sub.add_parser("status", help="queue depth, workers seen, results pending")
+    st = sub.add_parser("status", help="per queue: messages waiting, the oldest's age; workers seen, results pending")
     st.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL")
+    st.add_argument("--queue", action="append", help="a queue to report besides the known ones (repeatable)")
+    pu = sub.add_parser("purge", help="empty queues; each chunk's producer is told at once (counted failed: Purged)")
+    pu.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL")
+    pu.add_argument("-Q", "--queues", required=True, help="the queues to empty, comma-separated (e.g. model)")
+    from .archive.cli import add_arguments as add_archive_arguments
+
+    add_archive_arguments(sub.add_parser("archive", help="the encrypted FLAC archive: list it, export a time range"))
     args = parser.parse_args(argv)
+    if args.command == "purge":
+        return purge(args.broker, args.queues)
     if args.command == "demo":
         from .demo import main_demo
+        from .errors import ConfigError
 
-        return main_demo(args.broker, args.seconds, args.wav, args.realtime)
+        try:
+            return main_demo(args.broker, args.seconds, args.wav, args.realtime, metrics_address(args))
+        except ConfigError as exc:
+            print(f"ocycle-dist demo: {exc}", file=sys.stderr)
+            return 2
     if args.command == "stream":
         from .stream import main_stream
 
         return main_stream(args)
-    return status(args.broker)
+    if args.command == "archive":
+        from .archive.cli import main_archive
+
+        return main_archive(args)
+    return status(args.broker, args.queue)
 
 
 if __name__ == "__main__":

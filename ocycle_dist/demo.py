@@ -21,6 +21,7 @@ import numpy as np
 
 from .chunk import Chunk
 from .emit import NumpyEmit
+from .metrics import serve_address
 from .remote.settings import Settings
 from .tap import Tap
 
@@ -69,7 +70,9 @@ def describe(stream: str, result: Any) -> str:
         return f"{result['dbfs']:7.1f} dBFS  ({result['db_spl']:.1f} dB SPL)"
     if stream == "classify":
         return f"{result['label']:<8} p={result['scores'][result['label']]:.2f}"
-    return f"{result['path']} ({result['bytes']:,} bytes, {result['frames'] / result.get('rate', 1):.1f} s)"
+    seconds = result["frames"] / result.get("rate", 1)
+    again = ", written before: kept" if result.get("existed") else ""
+    return f"{result['path']} ({result['bytes']:,} bytes, {seconds:.1f} s{again})"
 
 
 def _progress(emitters: list[NumpyEmit], stop: threading.Event, every: float, out: Callable[[str], None]) -> None:
@@ -96,8 +99,11 @@ def run(
     rate: int = 16000,
     settings: Settings | None = None,
     out: Callable[[str], None] = print,
+    metrics: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters."""
+    """Stream the source (``rate`` samples/s) through the three consumers on ``broker``; return their counters.
+    With ``metrics`` (``(host, port)``), their Prometheus metrics are served there meanwhile."""
+
     settings = settings or Settings.from_env(broker_url=broker)
     lock = threading.Lock()
     start_t = time.time()
@@ -112,7 +118,11 @@ def run(
         return on_done
 
     def on_error(exc: BaseException, meta: Chunk) -> None:
-        out(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+        say(f"[{meta.stream:<8} #{meta.seq:<3}] FAILED: {exc}")
+
+    def say(line: str) -> None:  # one line at a time: print() from two threads can interleave within a line
+        with lock:
+            out(line)
 
     emitters = [
         NumpyEmit(
@@ -130,10 +140,16 @@ def run(
         )
         for name, task, secs, queue in CONSUMERS
     ]
+    try:
+        stop_metrics = serve_address(emitters, metrics)
+    except BaseException:
+        for e in emitters:
+            e.close(wait=False)
+        raise
     frames = wav_frames(wav, rate) if wav else synthetic(seconds, rate)
     written = 0
     stop = threading.Event()
-    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, out), daemon=True)
+    reporter = threading.Thread(target=_progress, args=(emitters, stop, progress, say), daemon=True)
     reporter.start()
     with Tap(*emitters) as tap:
         for frame in frames:
@@ -145,6 +161,7 @@ def run(
         tap.close(flush=True)
     stop.set()
     reporter.join()
+    stop_metrics()
     stats = {name: e.stats() for (name, *_), e in zip(CONSUMERS, emitters, strict=True)}
     out(f"streamed {written / rate:.1f} s of audio at {rate} Hz in {time.time() - start_t:.1f} s")
     for name, _, secs, queue in CONSUMERS:
@@ -156,12 +173,15 @@ def run(
     return {name: stats[name] for name, *_ in CONSUMERS}
 
 
-def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: bool) -> int:
+def main_demo(
+    broker: str | None, seconds: float, wav: str | None, realtime: bool, metrics: tuple[str, int] | None = None
+) -> int:
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
+    from .archive.keys import embedded_archive_env
     from .remote.redis_client import reachable, redact
-    from .testing.embedded import embedded
+    from .testing.embedded import embedded, lacks
 
     rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
@@ -169,14 +189,19 @@ def main_demo(broker: str | None, seconds: float, wav: str | None, realtime: boo
         print(
             f"broker: {redact(url)} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)"
         )
-        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
+        run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
         return 0
     if broker:
         print(f"broker {broker} is not reachable")
         return 2
+    lacking = lacks()
+    if lacking:
+        print(f"no broker reachable at {redact(url)}, and no embedded one can start here: {'; '.join(lacking)}")
+        return 2
     print(f"no broker reachable at {redact(url)}: starting an embedded broker and worker", flush=True)
-    with embedded(QUEUES) as local:
+    env = embedded_archive_env(lambda line: print(line, flush=True))
+    with embedded(QUEUES, env=env) as local:
         print(f"embedded broker: {local.server} on {local.url}")
         print(f"embedded workers: {local.workers}", flush=True)
-        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate)
+        run(local.url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
     return 0

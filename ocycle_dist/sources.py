@@ -229,8 +229,11 @@ class FileSource(Source):
     """
 
     def __init__(self, path: str, *, realtime: bool = False, frame: int = 1024) -> None:
-        import soundfile as sf
-
+        try:
+            import soundfile as sf
+        except OSError as exc:  # soundfile is there, the libsndfile library is not (no wheel bundles it here)
+            need = f"libsndfile, to read sound files: apt-get install libsndfile1 ({exc})"
+            raise ConfigError("source", path, need) from None
         try:
             info = sf.info(path)
         except Exception as exc:  # libsndfile's errors, missing files

@@ -33,6 +33,7 @@ from .chunk import Chunk
 from .consumers import SPEC, Consumer, default_consumers, load_config, parse_consumer, unique_names
 from .emit import NumpyEmit
 from .errors import ConfigError
+from .metrics import serve_address
 from .remote.settings import Settings
 from .sources import END, PCM_FORMATS, FileSource, Microphone, Source, StdinPCM
 from .stats import Stats
@@ -43,7 +44,7 @@ EXIT_CODES = {
     EXIT_OK: "every chunk done",
     EXIT_FAILED: "a chunk failed (its task raised, or no result came), the source failed,\n"
     "       or the embedded broker or worker could not start",
-    EXIT_USAGE: "usage or configuration error (flags, TOML, source, broker): nothing streamed",
+    EXIT_USAGE: "usage or configuration error (flags, TOML, source, broker, a package missing): nothing streamed",
     EXIT_INCOMPLETE: "no failure, but chunks not done: left after --drain-timeout, dropped or expired",
     EXIT_INTERRUPTED: "a second SIGINT/SIGTERM (or one while draining): stopped without draining",
 }
@@ -150,6 +151,7 @@ def run(
     stopper: Stopper | None = None,
     out: Callable[[str], None] = print,
     err: Callable[[str], None] | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> Outcome:
     """Stream ``source`` through ``consumers`` on ``settings.broker_url``; flush and drain at the end.
 
@@ -165,6 +167,7 @@ def run(
         stopper: asks the stream to stop (signals); a new one, not installed, by default.
         out: where results go (stdout).
         err: where progress and the summary go (stderr).
+        metrics: ``(host, port)`` to serve the consumers' Prometheus metrics on while streaming.
     """
     err = err or (lambda line: print(line, file=sys.stderr, flush=True))
     stopper = stopper or Stopper()
@@ -213,6 +216,7 @@ def run(
                 )
             )
         tap = Tap(*emitters)
+        stop_metrics = serve_address(emitters, metrics)
         start = time.time()
         source.start()
     except BaseException:
@@ -251,6 +255,7 @@ def run(
         done.set()
         if reporter.is_alive():
             reporter.join()
+        stop_metrics()
     stats = {c.name: e.stats() for c, e in zip(consumers, emitters, strict=True)}
     left = {name: s.in_flight for name, s in stats.items()}
     for c in consumers:
@@ -268,6 +273,25 @@ def run(
             code = EXIT_OK
     say(f"exit {code}: {' '.join(EXIT_CODES[code].split())}", err)
     return Outcome(code, reason, stats, left)
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` and ``--metrics-host`` (``stream`` and ``demo``)."""
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve the consumers' Prometheus metrics on this port (/metrics)"
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="--metrics-port: the address to bind (default 127.0.0.1)"
+    )
+
+
+def metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """``(host, port)`` from ``--metrics-host``/``--metrics-port``, or None; raises ConfigError for a bad port."""
+    if args.metrics_port is None:
+        return None
+    if not 0 < args.metrics_port < 65536:
+        raise ConfigError("metrics_port", args.metrics_port, "a TCP port, 1-65535")
+    return args.metrics_host, args.metrics_port
 
 
 def _write(
@@ -338,6 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--id", dest="prefix", help="prefix of the stream ids (default <host>-<pid>)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no line per result")
+    add_metrics_arguments(parser)
 
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
@@ -384,8 +409,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def main_stream(args: argparse.Namespace) -> int:
     """The ``ocycle-dist stream`` command; returns its exit code."""
+    from .archive.keys import embedded_archive_env
     from .remote.redis_client import reachable
-    from .testing.embedded import embedded
+    from .testing.embedded import embedded, lacks
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -396,6 +422,7 @@ def main_stream(args: argparse.Namespace) -> int:
         _check(args)
         consumers = _consumers(args)
         default_rate = int(os.environ.get("OCYCLE_SAMPLE_RATE") or 16000)
+        metrics = metrics_address(args)
         source = _source(args, default_rate)
     except ConfigError as exc:
         err(f"ocycle-dist stream: {exc}")
@@ -412,6 +439,7 @@ def main_stream(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             stopper=stopper,
             err=err,
+            metrics=metrics,
         )
         if reachable(url):
             err(f"broker: {redact(url)} (workers must consume queues {','.join(queues)}: celery -A workers worker -Q)")
@@ -419,10 +447,19 @@ def main_stream(args: argparse.Namespace) -> int:
         if args.broker:
             err(f"ocycle-dist stream: broker {redact(args.broker)} is not reachable")
             return EXIT_USAGE
+        lacking = lacks()
+        if lacking:
+            err(f"ocycle-dist stream: no broker reachable at {redact(url)}, and no embedded one can start here:")
+            err(f"  {'; '.join(lacking)}")
+            err("  a device streams to its broker: --broker redis://HOST:6379/0 (or OCYCLE_BROKER_URL)")
+            return EXIT_USAGE
         err(f"no broker reachable at {redact(url)}: starting an embedded broker and worker")
         with ExitStack() as stack:
             try:
-                local = stack.enter_context(embedded(queues, env={"OCYCLE_SAMPLE_RATE": str(source.rate)}))
+                env = {"OCYCLE_SAMPLE_RATE": str(source.rate)}
+                if any(c.task.endswith(".archive_flac") for c in consumers):
+                    env.update(embedded_archive_env(err))
+                local = stack.enter_context(embedded(queues, env=env))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 err(f"ocycle-dist stream: the embedded broker or worker could not start: {exc}")
                 return EXIT_FAILED

@@ -93,22 +93,29 @@ def redis_server_required() -> None:
 def topology(redis_server_required: None) -> Iterator[Any]:
     """A real redis-server (with a password) and the compose file's worker services as processes (2 + 1).
 
-    Skipped when redis-server is not installed, except in CI (``CI`` set), where it fails.
+    The archive (``topology.archive_dir``) is encrypted to an identity made for the session
+    (``topology.archive_identity``, its path). Skipped when redis-server is not installed, except in CI (``CI``
+    set), where it fails.
     """
     import shutil
     import tempfile
 
+    from ocycle_dist.archive.keys import ensure_identity
     from ocycle_dist.testing import Topology
 
     archive = tempfile.mkdtemp(prefix="ocycle-archive-")
-    env = {"OCYCLE_ARCHIVE_DIR": archive}
+    keys = Path(tempfile.mkdtemp(prefix="ocycle-keys-"))
+    identity, public, _ = ensure_identity(keys / "identity.txt")
+    env = {"OCYCLE_ARCHIVE_DIR": archive, "OCYCLE_ARCHIVE_RECIPIENTS": public}
     groups = {"worker": 2, "worker-model": 1}  # the compose file's services, as processes
     with Topology(
         0, groups=groups, concurrency=2, password="test-pw", include=("tests.contract_tasks",), env=env
     ) as topo:
         topo.archive_dir = archive
+        topo.archive_identity = identity
         yield topo
     shutil.rmtree(archive, ignore_errors=True)
+    shutil.rmtree(keys, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,15 +16,10 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from numpy.typing import DTypeLike
 
 Chunk = np.ndarray | bytes | bytearray | memoryview
@@ -52,7 +47,6 @@ WEIGHTS.flags.writeable = False
 
 LOUDNESS_RANGE_DB = 60.0
 _PCM16_SCALE = 32768.0
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def as_float(chunk: Chunk) -> np.ndarray:
@@ -122,52 +116,48 @@ def spl(chunk: Chunk, *, offset_db: float = 94.0) -> dict[str, float | int]:
     }
 
 
-def archive_flac(chunk: Chunk, *, rate: int, directory: str | Path, name: str) -> dict[str, str | int]:
-    """Write a chunk atomically to ``directory/name.flac`` as 16-bit FLAC.
+def archive_flac(
+    chunk: Chunk,
+    *,
+    rate: int,
+    directory: str | Path,
+    stream: str,
+    t0: float,
+    seq: int | None = None,
+    recipients: list[str] | None,
+) -> dict[str, str | int | bool]:
+    """Archive a chunk as 16-bit FLAC encrypted to age ``recipients`` (``<name>.flac.age``), or unencrypted
+    (``<name>.flac``) when ``recipients`` is None, in ``directory``.
 
-    The file is written to a hidden temporary file in ``directory`` and renamed over the
-    target, so readers never see a partial file. The same inputs give the same bytes, so
-    a redelivered task may simply run again.
+    The name says the chunk's stream, t0, number, length and a digest of its samples
+    (:mod:`ocycle_dist.archive.names`): the same chunk gets the same name and is found written, a chunk of another
+    run gets a name of its own; no file is ever overwritten, and a final name only ever holds a complete file
+    (:func:`ocycle_dist.archive.writer.write_chunk`: encrypted as it is encoded, no plaintext on disk).
 
     Args:
         chunk: Audio, see :func:`as_float`; float values are clipped to [-1, 1).
         rate: Sample rate in Hz.
         directory: Target directory, created if missing.
-        name: File stem: letters, digits, ``.``, ``_`` and ``-``, starting with a letter
-            or digit, at most 200 characters, no ``..``.
+        stream: The chunk's stream id (made safe for a file name).
+        t0: Seconds since the epoch of the chunk's first sample.
+        seq: The chunk's number in its stream (None: unknown).
+        recipients: age X25519 public keys (``age1...``, checked by
+            :func:`ocycle_dist.archive.keys.parse_recipients`), or None: unencrypted.
 
     Returns:
-        ``{"path": str, "bytes": file size, "frames": frames, "rate": rate}``.
+        ``{"path", "bytes", "frames", "rate", "encrypted", "existed"}``.
 
     Raises:
-        ValueError: If ``chunk``, ``rate`` or ``name`` is invalid.
+        ValueError: If ``chunk``, ``rate``, ``t0`` or ``recipients`` is invalid.
         soundfile.LibsndfileError: If libsndfile refuses the data (e.g. > 8 channels).
     """
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"name must be a plain file stem ([A-Za-z0-9._-], no '..' or path separators), got {name!r}")
+    from ocycle_dist.archive.writer import write_chunk
+
     rate = _check_rate(rate)
+    if recipients is not None and not recipients:
+        raise ValueError("recipients must hold at least one age public key, or be None for an unencrypted archive")
     pcm = _to_pcm16(as_float(chunk))
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.flac"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            sf.write(fh, pcm, rate, format="FLAC", subtype="PCM_16")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return {
-        "path": str(target),
-        "bytes": target.stat().st_size,
-        "frames": int(pcm.shape[0]),
-        "rate": rate,
-    }
+    return write_chunk(pcm, rate=rate, directory=directory, stream=stream, t0=t0, seq=seq, keys=recipients)
 
 
 def classify(chunk: Chunk, *, rate: int) -> dict[str, object]:

@@ -4,13 +4,15 @@ The model is Silero VAD (:mod:`workers.vad`, ``pip install 'ocycle-dist[model]'`
 process; where it is not installed, ``classify`` falls back to a hand-set classifier and says so.
 
 Each task is a function of ``(chunk, t0)`` and is safe to run twice on the same chunk: the results are
-pure functions of the chunk, and the archive's file name comes from the chunk's stream and sequence number.
+pure functions of the chunk, and the archive's file name comes from the chunk's stream, t0, sequence number and
+samples (the same chunk finds its file written; nothing is overwritten).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ocycle_dist.archive.keys import archive_keys
 from ocycle_dist.remote.protocol import META_HEADER
 
 from . import app, audio, settings, vad
@@ -40,12 +42,20 @@ def classify(chunk: Any, t0: float) -> dict[str, Any]:
 
 @app.task(name="workers.tasks.archive_flac", bind=True)
 def archive_flac(self: Any, chunk: Any, t0: float) -> dict[str, Any]:
-    """Write a chunk (e.g. 10 s) as a FLAC file under ``OCYCLE_ARCHIVE_DIR``; return its path and size."""
+    """Archive a chunk (e.g. 10 s) as FLAC encrypted to ``OCYCLE_ARCHIVE_RECIPIENTS`` under ``OCYCLE_ARCHIVE_DIR``.
+
+    Unencrypted only with ``OCYCLE_ARCHIVE_PLAINTEXT=1``; with neither, the chunk is refused (``ConfigError`` naming
+    ``OCYCLE_ARCHIVE_RECIPIENTS``). Returns the file's path and size (:func:`workers.audio.archive_flac`).
+    """
+    keys = archive_keys(settings.archive_recipients, settings.archive_plaintext)
     info = self.request.get(META_HEADER) or {}
-    stream, seq = info.get("stream", "chunk"), info.get("seq")
-    name = f"{stream}-{seq:08d}" if seq is not None else f"{stream}-{t0:.6f}"
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-    return {"t0": t0, **audio.archive_flac(chunk, rate=settings.sample_rate, directory=settings.archive_dir, name=safe)}
+    stream, seq = info.get("stream"), info.get("seq")
+    stream = stream if isinstance(stream, str) and stream else "chunk"
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None
+    result = audio.archive_flac(
+        chunk, rate=settings.sample_rate, directory=settings.archive_dir, stream=stream, t0=t0, seq=seq, recipients=keys
+    )
+    return {"t0": t0, **result}
 
 
 @app.task(name="workers.tasks.fail")

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ocycle_dist.archive.keys import ensure_identity
 from ocycle_dist.testing import RedisServer, Worker, wait_all_ready
 
 from .common import OCYCLE_DB, REF_DB, WORKER_QUEUES, BenchError
@@ -45,7 +46,8 @@ class Rig:
         """Start the 8 workers together; returns the seconds until every one answered a ping."""
         os.environ["BENCH_REF_URL"] = self.url(REF_DB)
         self.ref = importlib.import_module("bench.refapp")
-        ocycle_env = {"OCYCLE_ARCHIVE_DIR": str(self.tmp / "archive")}
+        _, public, _ = ensure_identity(self.tmp / "archive-identity.txt")
+        ocycle_env = {"OCYCLE_ARCHIVE_DIR": str(self.tmp / "archive"), "OCYCLE_ARCHIVE_RECIPIENTS": public}
         ref_env = {"BENCH_REF_URL": self.url(REF_DB)}
         for prefix, app, db, env, group in (("w", "workers", OCYCLE_DB, ocycle_env, self.w),
                                             ("r", "bench.refapp", REF_DB, ref_env, self.rw)):  # fmt: skip

@@ -44,4 +44,7 @@ def classify(chunk: bytes, t0: float) -> dict[str, Any]:
 @app.task(name="bench.live.ref_archive_flac")
 def archive_flac(chunk: bytes, t0: float) -> dict[str, Any]:
     directory = os.environ.get("BENCH_ARCHIVE_DIR", "archive")
-    return {"t0": t0, **_audio().archive_flac(_samples(chunk), rate=RATE, directory=directory, name=f"ref-{t0:.6f}")}
+    keys = [os.environ["BENCH_ARCHIVE_RECIPIENTS"]]  # encrypted as ocycle_dist's workers do
+    samples = _samples(chunk)
+    result = _audio().archive_flac(samples, rate=RATE, directory=directory, stream="ref", t0=t0, recipients=keys)
+    return {"t0": t0, **result}

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from ocycle_dist.archive.keys import ensure_identity
 from ocycle_dist.testing import Topology, Worker, wait_all_ready
 from ocycle_dist.testing.topology import COMPOSE_GROUPS
 
@@ -53,7 +54,9 @@ class Rig:
 
     def __init__(self, tmp: Path, plan: Plan) -> None:
         self.tmp, self.plan = tmp, plan
-        env = {"OCYCLE_ARCHIVE_DIR": str(tmp / "archive-ocycle"), "BENCH_MODEL_SECONDS": str(plan.model_seconds)}
+        _, self.recipient, _ = ensure_identity(tmp / "archive-identity.txt")  # both contenders encrypt to it
+        env = {"OCYCLE_ARCHIVE_DIR": str(tmp / "archive-ocycle"), "BENCH_MODEL_SECONDS": str(plan.model_seconds),
+               "OCYCLE_ARCHIVE_RECIPIENTS": self.recipient}  # fmt: skip
         self.topology = Topology(workers=0, env=env, include=("bench.live_bench.tasks",), restart=False)
         self.topology.redis.log = tmp / "redis-server.log"
         self.stock: list[Worker] = []
@@ -64,7 +67,8 @@ class Rig:
             self.topology.add_worker(queues=COMPOSE_GROUPS[service], start=False, cwd=ROOT, loglevel="WARNING",
                                      log=self.tmp / f"{service}.log")  # fmt: skip
         env = {"BENCH_REF_URL": self.url("celery"), "BENCH_ARCHIVE_DIR": str(self.tmp / "archive-stock"),
-               "BENCH_MODEL_SECONDS": str(self.plan.model_seconds)}  # fmt: skip
+               "BENCH_MODEL_SECONDS": str(self.plan.model_seconds),
+               "BENCH_ARCHIVE_RECIPIENTS": self.recipient}  # fmt: skip
         self.stock = [Worker(self.url("celery"), name=f"stock{i}", app="bench.refapp", env=env, loglevel="WARNING",
                              include=("bench.live_bench.reftasks",), log=self.tmp / f"stock{i}.log", cwd=ROOT)
                       for i in range(2)]  # fmt: skip

@@ -43,6 +43,7 @@ from celery.exceptions import NotRegistered, TimeLimitExceeded
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
+from .events import ChunkEvents, for_run
 from .protocol import (
     BATCH_TASK,
     META_HEADER,
@@ -57,6 +58,7 @@ from .protocol import (
     reply_ok,
 )
 from .replies import ReplyWriter
+from .worker_metrics import count
 
 log = logging.getLogger("ocycle_dist.worker")
 
@@ -199,10 +201,12 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
 
 
 def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWriter, *, hostname: str | None,
-              delivery_info: dict[str, Any], renew: Any = None, reply_to: str | None = None) -> int:  # fmt: skip
+              delivery_info: dict[str, Any], renew: Any = None, reply_to: str | None = None,
+              events: ChunkEvents | None = None) -> int:  # fmt: skip
     """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
     to ``replies`` (the item's reply list, else ``reply_to``). Claimed chunks are fetched in one MGET first, and
-    only the item's own claim (``claim_key(task id)``). Returns how many ran."""
+    only the item's own claim (``claim_key(task id)``). Returns how many ran. With ``events``, each chunk's task
+    events are buffered there (:mod:`.events`)."""
     claims = [
         i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
     ]
@@ -217,8 +221,12 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWrite
         expires = _expires_at(item[5])
         if expires is not None and expires < time.time():
             replies.add(key, reply_expired(task_id))
+            if events is not None:
+                events.expired(item)
             continue
         task = app.tasks.get(name) if name != BATCH_TASK else None
+        if events is not None:
+            events.begin(item)
         try:
             if task is None:
                 raise NotRegistered(name)
@@ -231,8 +239,12 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWrite
             result = _call(task, item, hostname, delivery_info)
         except Exception as exc:
             replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
+            if events is not None:
+                events.failed(task_id, exc)
         else:
             replies.add(key, reply_ok(task_id, result))
+            if events is not None:
+                events.succeeded(task_id, result)
         ran += 1
         if renew is not None:
             renew()
@@ -247,12 +259,16 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
     replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
     reply_to = request.reply_to if is_reply_key(request.reply_to) else None
     delivery_info = dict(request.delivery_info or {})
+    events = for_run(task.app, request.hostname)
     flush_at = time.monotonic() + 0.01
     for start in range(0, len(items), 16):
-        run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
-                  delivery_info=delivery_info, reply_to=reply_to)  # fmt: skip
+        ran = run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
+                        delivery_info=delivery_info, reply_to=reply_to, events=events)  # fmt: skip
+        count("chunks", ran, "batch")
         if time.monotonic() >= flush_at or start + 16 >= len(items):  # a long batch: the answers so far go now
             replies.send()
+            if events is not None:
+                events.flush()
             flush_at = time.monotonic() + 0.01
 
 
@@ -370,6 +386,7 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
         return [settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES, len(ids), *ids, *tags]
 
     ahead: Any = None  # the connection of the next take, sent before the messages of this one run
+    events = for_run(task.app, request.hostname)
     try:
         try:
             got = script(keys=keys, args=take([], []))
@@ -390,8 +407,10 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
                 if items is None:
                     back.append((raw, tag))
                     continue
-                total += run_items(task.app, client, items, replies, hostname=request.hostname,
-                                   delivery_info=delivery_info, renew=renew)  # fmt: skip
+                ran = run_items(task.app, client, items, replies, hostname=request.hostname,
+                                delivery_info=delivery_info, renew=renew, events=events)  # fmt: skip
+                count("chunks", ran, "drain")
+                total += ran
 
             def acks(pipe: Any, back: list[tuple[bytes, bytes]] = back, tags: list[Any] = tags) -> None:
                 for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
@@ -401,6 +420,8 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
 
             if not replies.send(also=acks):  # Redis stayed away: what was taken is in the unacked set and the
                 break  # lease, so the producers send it again; take nothing more
+            if events is not None:
+                events.flush()
             if ahead is not None:  # the take already made runs too (it is recorded as delivered here)
                 sent, ahead = ahead, None  # _receive releases its connection, whatever happens
                 got = _receive(client, sent)

@@ -41,6 +41,7 @@ import hmac
 import json
 import os
 import socket
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -59,9 +60,12 @@ LEASE_PREFIX = PREFIX + "lease:"
 WORKERS_KEY = PREFIX + "workers"
 UNACKED_KEY = "unacked"  # kombu's Redis transport defaults (transport options unacked_key, unacked_index_key)
 UNACKED_INDEX_KEY = "unacked_index"
+BINDING_PREFIX = "_kombu.binding."  # kombu's: a set per exchange of "routing key\x06\x16pattern\x06\x16queue"
+BINDING_SEP = "\x06\x16"
 META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata (Chunk._asdict())
 BATCH_TASK = "ocycle.batch"  # the task of a batch message (registered by make_app)
 BATCH_HEADER = "ocycle_batch"  # a batch message's header: [[task id, stream], ...] of its chunks
+SENT_HEADER = "ocycle_sent"  # every message's header: when it was sent (epoch seconds), for the queue's backlog age
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
@@ -148,6 +152,7 @@ def _envelope(
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
+        SENT_HEADER: time.time(),
         **headers,
     }
     envelope = {

@@ -94,7 +94,7 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
     try:
         import redis
     except ImportError:  # pragma: no cover - depends on the install
-        raise ImportError("mode='celery' needs redis-py: pip install 'ocycle-dist[celery]'") from None
+        raise ImportError("mode='celery' needs redis-py: pip install 'ocycle-dist[device]'") from None
     options = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(socket_timeout, 5.0),

@@ -100,6 +100,7 @@ class ReplyWriter:
                         self.give_up,
                     )
                 self.retries += 1
+                _count_retry()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -108,6 +109,12 @@ class ReplyWriter:
                 log.info("Redis takes replies again")
             self.by_key.clear()
             return True
+
+
+def _count_retry() -> None:
+    from .worker_metrics import count  # the worker's counters (imports Celery: only on a worker, only here)
+
+    count("reply_retries")
 
 
 def _is_redis_error(exc: BaseException) -> bool:

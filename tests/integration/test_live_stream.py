@@ -15,12 +15,14 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import ocycle_dist as ocycle
+from ocycle_dist.archive.keys import ensure_identity
 from ocycle_dist.remote.protocol import BATCH_HEADER
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
@@ -34,10 +36,12 @@ RATE = 16000
 class Rig:
     """A redis-server and workers started on demand (``worker(queues)``), all stopped at the end."""
 
-    def __init__(self, stack: ExitStack) -> None:
+    def __init__(self, stack: ExitStack, tmp: Path) -> None:
         self.redis = stack.enter_context(RedisServer(password="live-pw"))
         self.stack = stack
         self.workers: list[Worker] = []
+        _, public, _ = ensure_identity(tmp / "identity.txt")
+        self.env = {"OCYCLE_ARCHIVE_DIR": str(tmp / "archive"), "OCYCLE_ARCHIVE_RECIPIENTS": public}
 
     @property
     def url(self) -> str:
@@ -50,6 +54,7 @@ class Rig:
             queues=queues,
             concurrency=concurrency,
             include=("tests.contract_tasks",),
+            env=self.env,
         )
         self.workers.append(w)
         self.stack.callback(w.stop)
@@ -57,9 +62,9 @@ class Rig:
 
 
 @pytest.fixture
-def rig() -> Iterator[Rig]:
+def rig(tmp_path: Path) -> Iterator[Rig]:
     with ExitStack() as stack:
-        yield Rig(stack)
+        yield Rig(stack, tmp_path)
 
 
 def p99(values: list[float]) -> float:

@@ -7,6 +7,7 @@ a JACK server on its dummy driver (timer-paced, no sound hardware), fed by ``jac
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -93,6 +94,12 @@ class Stream:
         return [float(spl[k][1].split()[0]) for k in sorted(spl)]
 
 
+def decrypted(path: Path, identity: Path) -> Any:
+    """``soundfile.info`` of an archive file decrypted by the age CLI."""
+    flac = subprocess.run(["age", "-d", "-i", str(identity), str(path)], capture_output=True, check=True).stdout
+    return sf.info(io.BytesIO(flac))
+
+
 def audio(seconds: float) -> np.ndarray:
     """The demo's test signal: 4 s of a 440 Hz tone, 4 s of noise, 4 s of silence."""
     return np.concatenate(list(synthetic(seconds, RATE)))
@@ -116,8 +123,8 @@ def test_a_file_as_fast_as_the_workers_take_it(topology: Any, tmp_path: Path) ->
     assert sorted(run.results("classify")) == list(range(6))
     archives = run.results("archive")
     assert sorted(archives) == [0, 1]
-    files = sorted(Path(topology.archive_dir).glob("t-file-archive-*.flac"))
-    assert [sf.info(f).frames for f in files] == [10 * RATE, 2 * RATE]  # the last one flushed at the end
+    files = sorted(Path(topology.archive_dir).glob("t-file-archive_*.flac.age"))
+    assert [decrypted(f, topology.archive_identity).frames for f in files] == [10 * RATE, 2 * RATE]  # last: flushed
     in_flight = [int(n) for n in re.findall(r"(\d+) in flight", run.stderr)]
     assert in_flight and max(in_flight) <= 2  # paced by the workers: never more than --max-inflight
     for line in ("spl        every 0.5 s, queue 'spl': 24 chunks: 24 done, 0 left, 0 failed, 0 dropped, 0 expired",
@@ -190,7 +197,9 @@ def test_a_signal_while_draining_stops_at_once(topology: Any) -> None:
 
 
 def test_without_a_broker_it_starts_a_server_and_a_worker(redis_server_required: None, tmp_path: Path) -> None:
-    env = {"OCYCLE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "OCYCLE_ARCHIVE_DIR": str(tmp_path)}
+    archive = tmp_path / "archive"
+    env = {"OCYCLE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "OCYCLE_ARCHIVE_DIR": str(archive),
+           "XDG_CONFIG_HOME": str(tmp_path / "config"), "OCYCLE_ARCHIVE_RECIPIENTS": ""}  # fmt: skip
     run = Stream("-", "--id", "t-embedded", env=env)
     run.feed(s16(audio(2.0)))
     assert run.wait(120) == 0, run.stderr
@@ -199,7 +208,12 @@ def test_without_a_broker_it_starts_a_server_and_a_worker(redis_server_required:
     assert "embedded workers: 1 celery worker child process" in run.stderr
     assert "consuming celery,spl,model,archive" in run.stderr
     assert len(run.dbfs()) == 4 and sorted(run.results("classify")) == [0]
-    assert [f.name for f in tmp_path.glob("*.flac")] == ["t-embedded-archive-00000000.flac"]
+    [archived] = archive.iterdir()  # encrypted to the identity made for the user, as the demo does
+    assert archived.name.startswith("t-embedded-archive_") and archived.name.endswith(".flac.age")
+    assert "_00000000_32000@16000_" in archived.name  # chunk 0, 2 s at 16 kHz
+    identity = tmp_path / "config" / "ocycle-dist" / "archive-identity.txt"
+    assert f"encrypting to your identity {identity} (made now" in run.stderr
+    assert decrypted(archived, identity).frames == 2 * RATE
 
 
 def test_a_microphone_on_a_real_portaudio_device(topology: Any) -> None:

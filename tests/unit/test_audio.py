@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,80 +111,116 @@ def test_spl_rejects_non_finite_offset() -> None:
 # --- archive_flac ---------------------------------------------------------------------
 
 
-def test_archive_flac_round_trip(tmp_path) -> None:
+T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+
+
+@pytest.fixture(scope="module")
+def identity() -> object:
+    from pyrage import x25519
+
+    return x25519.Identity.generate()
+
+
+def _decrypted(path: str, identity: object) -> tuple[np.ndarray, int]:
+    import io
+
+    import pyrage
+
+    with open(path, "rb") as f:
+        return sf.read(io.BytesIO(pyrage.decrypt(f.read(), [identity])), dtype="int16")
+
+
+def test_archive_flac_round_trip_encrypted(tmp_path, identity) -> None:
     chunk = tone(1.0, RATE, amplitude=0.5)
     folder = tmp_path / "new" / "dir"
-    result = archive_flac(chunk, rate=RATE, directory=folder, name="mic0-000001")
-    path = folder / "mic0-000001.flac"
+    result = archive_flac(
+        chunk, rate=RATE, directory=folder, stream="mic0", t0=T0, seq=1, recipients=[str(identity.to_public())]
+    )
+    name = f"mic0_20231114T221320.000000Z_00000001_{RATE}@{RATE}_"
+    path = folder / result["path"].rsplit("/", 1)[1]
+    assert path.name.startswith(name) and path.name.endswith(".flac.age")
     assert result == {
         "path": str(path),
         "bytes": path.stat().st_size,
         "frames": RATE,
         "rate": RATE,
+        "encrypted": True,
+        "existed": False,
     }
-    assert _plain(result)
-    info = sf.info(str(path))
-    assert (info.format, info.subtype, info.samplerate, info.channels) == (
-        "FLAC",
-        "PCM_16",
-        RATE,
-        1,
-    )
-    data, rate = sf.read(str(path), dtype="float64")
+    assert _plain({k: v for k, v in result.items() if not isinstance(v, bool)})
+    assert path.read_bytes().startswith(b"age-encryption.org/v1\n")
+    data, rate = _decrypted(str(path), identity)
+    assert rate == RATE
+    np.testing.assert_array_equal(data, audio._to_pcm16(as_float(chunk)))
+    assert sorted(p.name for p in folder.iterdir()) == [path.name]
+
+
+def test_archive_flac_plaintext_only_when_asked(tmp_path) -> None:
+    chunk = tone(1.0, RATE, amplitude=0.5)
+    result = archive_flac(chunk, rate=RATE, directory=tmp_path, stream="mic0", t0=T0, seq=1, recipients=None)
+    assert result["path"].endswith(".flac") and result["encrypted"] is False
+    info = sf.info(result["path"])
+    assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", RATE, 1)
+    data, rate = sf.read(result["path"], dtype="float64")
     assert rate == RATE and data.shape == chunk.shape
     np.testing.assert_allclose(data, chunk, rtol=0, atol=0.5 / 32768 + 1e-7)
-    assert sorted(p.name for p in folder.iterdir()) == ["mic0-000001.flac"]
+    with pytest.raises(ValueError, match="recipients"):  # an empty list is not "plaintext"
+        archive_flac(chunk, rate=RATE, directory=tmp_path, stream="mic0", t0=T0 + 1, seq=2, recipients=[])
 
 
-def test_archive_flac_int16_stereo_is_lossless(tmp_path) -> None:
+def test_archive_flac_int16_stereo_is_lossless(tmp_path, identity) -> None:
     pcm = np.stack(
         [tone(0.5, RATE, dtype=np.int16), noise(0.5, RATE, dtype=np.int16, seed=3)],
         axis=1,
     )
-    result = archive_flac(pcm, rate=RATE, directory=tmp_path, name="stereo")
-    data, _ = sf.read(result["path"], dtype="int16")
+    keys = [str(identity.to_public())]
+    result = archive_flac(pcm, rate=RATE, directory=tmp_path, stream="stereo", t0=T0, recipients=keys)
+    data, _ = _decrypted(result["path"], identity)
     np.testing.assert_array_equal(data, pcm)
 
 
-def test_archive_flac_is_idempotent(tmp_path) -> None:
+def test_archive_flac_same_chunk_is_recognised_as_written_and_never_rewritten(tmp_path, identity) -> None:
     chunk = noise(2.0, RATE, seed=7)
-    first = archive_flac(chunk, rate=RATE, directory=tmp_path, name="n")
-    content = (tmp_path / "n.flac").read_bytes()
-    second = archive_flac(chunk, rate=RATE, directory=str(tmp_path), name="n")
-    assert second == first
-    assert (tmp_path / "n.flac").read_bytes() == content
-    assert [p.name for p in tmp_path.iterdir()] == ["n.flac"]
+    keys = [str(identity.to_public())]
+    first = archive_flac(chunk, rate=RATE, directory=tmp_path, stream="n", t0=T0, seq=0, recipients=keys)
+    content = Path(first["path"]).read_bytes()
+    second = archive_flac(chunk, rate=RATE, directory=str(tmp_path), stream="n", t0=T0, seq=0, recipients=keys)
+    assert second == {**first, "existed": True}
+    assert Path(first["path"]).read_bytes() == content  # age output is random: the same bytes mean not rewritten
+    other_run = archive_flac(chunk, rate=RATE, directory=tmp_path, stream="n", t0=T0 + 60, seq=0, recipients=keys)
+    other_samples = archive_flac(noise(2.0, RATE, seed=8), rate=RATE, directory=tmp_path, stream="n", t0=T0, seq=0,
+                                 recipients=keys)  # fmt: skip
+    paths = {first["path"], other_run["path"], other_samples["path"]}
+    assert len(paths) == 3 and sorted(p.name for p in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[1] for p in paths)
 
 
-def test_archive_flac_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch) -> None:
-    archive_flac(tone(0.5, RATE), rate=RATE, directory=tmp_path, name="a")
-    before = (tmp_path / "a.flac").read_bytes()
+def test_archive_flac_failure_leaves_no_file_and_no_temp(tmp_path, monkeypatch, identity) -> None:
+    from ocycle_dist.archive import writer
 
-    def broken_write(*args: object, **kwargs: object) -> None:
+    keys = [str(identity.to_public())]
+    kept = archive_flac(tone(0.5, RATE), rate=RATE, directory=tmp_path, stream="a", t0=T0, recipients=keys)
+
+    def broken_encrypt(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(audio.sf, "write", broken_write)
+    monkeypatch.setattr(writer, "_encrypt_flac", broken_encrypt)
     with pytest.raises(OSError, match="disk full"):
-        archive_flac(noise(0.5, RATE, seed=1), rate=RATE, directory=tmp_path, name="a")
-    assert (tmp_path / "a.flac").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["a.flac"]
+        archive_flac(noise(0.5, RATE, seed=1), rate=RATE, directory=tmp_path, stream="a", t0=T0 + 1, recipients=keys)
+    assert [p.name for p in tmp_path.iterdir()] == [kept["path"].rsplit("/", 1)[1]]
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["../evil", "a/b", "..", "a..b", "", ".hidden", "a\\b", "/abs", "x" * 201, None],
-)
-def test_archive_flac_rejects_unsafe_names(tmp_path, name: object) -> None:
+@pytest.mark.parametrize("stream", ["../evil", "a/b", "..", "", ".hidden", "a\\b", "/abs", "x" * 300])
+def test_archive_flac_makes_any_stream_id_a_plain_file_name(tmp_path, stream: str) -> None:
     inner = tmp_path / "inner"
-    with pytest.raises(ValueError, match="name"):
-        archive_flac(tone(0.1, RATE), rate=RATE, directory=inner, name=name)  # type: ignore[arg-type]
-    assert list(tmp_path.iterdir()) == []
+    result = archive_flac(tone(0.1, RATE), rate=RATE, directory=inner, stream=stream, t0=T0, recipients=None)
+    assert [str(p) for p in inner.iterdir()] == [result["path"]]
+    assert len(result["path"].rsplit("/", 1)[1]) < 200 and not result["path"].rsplit("/", 1)[1].startswith(".")
 
 
 @pytest.mark.parametrize("rate", [0, -8000, 16000.0, True])
 def test_archive_flac_rejects_bad_rate(tmp_path, rate: object) -> None:
     with pytest.raises(ValueError, match="rate"):
-        archive_flac(tone(0.1, RATE), rate=rate, directory=tmp_path, name="r")  # type: ignore[arg-type]
+        archive_flac(tone(0.1, RATE), rate=rate, directory=tmp_path, stream="r", t0=T0, recipients=None)  # type: ignore[arg-type]
 
 
 # --- classify -------------------------------------------------------------------------

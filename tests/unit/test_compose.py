@@ -96,6 +96,19 @@ def test_worker_can_scale_and_stop_gracefully() -> None:
     assert any(str(v).split(":")[1] == archive for v in worker.get("volumes", []))
 
 
+def test_the_archive_worker_takes_its_recipients_from_the_environment_with_no_default() -> None:
+    from workers import ARCHIVE_QUEUE
+
+    archivers = [n for n in SERVICES if ARCHIVE_QUEUE in _command(n).split("-Q ", 1)[-1].split()[0].split(",")]
+    assert archivers == ["worker"]
+    env = _env("worker")
+    # given as `OCYCLE_ARCHIVE_RECIPIENTS=age1... docker compose up`; unset, both are empty and the worker
+    # refuses to start (tests/integration/test_archive.py), rather than archive unencrypted
+    assert env["OCYCLE_ARCHIVE_RECIPIENTS"] == "${OCYCLE_ARCHIVE_RECIPIENTS:-}"
+    assert env["OCYCLE_ARCHIVE_PLAINTEXT"] == "${OCYCLE_ARCHIVE_PLAINTEXT:-}"
+    assert _interpolate(env["OCYCLE_ARCHIVE_RECIPIENTS"]) == _interpolate(env["OCYCLE_ARCHIVE_PLAINTEXT"]) == ""
+
+
 @pytest.mark.parametrize("name", CLIENTS)
 def test_redis_clients_get_the_password(name: str) -> None:
     assert set(_networks(name)) & set(_networks("redis")), "cannot reach redis"
@@ -108,7 +121,7 @@ def test_redis_clients_get_the_password(name: str) -> None:
 
 def test_flower_publishes_5555_from_a_non_internal_network() -> None:
     flower = SERVICES["flower"]
-    assert _command("flower").startswith("celery -A workers flower")
+    assert re.match(r"celery -A workers (--config workers\.flower_config )?flower\b", _command("flower"))
     ports = [_interpolate(str(p)) for p in flower["ports"]]
     assert any(p == "5555:5555" or p.endswith(":5555:5555") for p in ports), ports
     assert any(not (NETWORKS[n] or {}).get("internal") for n in _networks("flower"))
@@ -141,12 +154,18 @@ def test_console_script_is_declared() -> None:
     assert "ocycle-dist" in project["scripts"]
 
 
-def test_dockerfile_installs_libsndfile_and_the_repo() -> None:
+def test_dockerfile_installs_libsndfile_and_the_built_package_not_the_source_tree() -> None:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     assert re.search(r"apt-get install[^\n]*\blibsndfile1\b", text)
     assert re.search(r"^COPY \. ", text, re.MULTILINE)
-    assert re.search(r"pip install [\"']?\.\[celery,audio,model,flower\]", text)
+    # a source tree on the path would shadow the installed package and its C hot path
+    assert not re.search(r"^ENV [^\n]*PYTHONPATH", text, re.MULTILINE)
+    assert re.search(r"pip wheel [^\n]*/src", text) and re.search(r"pip install --no-deps /wheels/", text)
+    assert re.search(r"for x in \('celery', 'audio', 'model', 'flower', 'metrics'\)", text)
+    assert "appender_class().__module__ == 'ocycle_dist._speedups'" in text
+    workdir = re.findall(r"^WORKDIR (\S+)", text, re.MULTILINE)[-1]
+    assert workdir not in ("/src", "/app")  # `celery -A workers` puts the working directory on sys.path
 
 
 def test_dockerignore_keeps_secrets_and_git_out() -> None:
@@ -212,7 +231,7 @@ def test_ha_redis_servers_replicate_each_other_with_the_password() -> None:
     assert "ports" not in replica
     assert any(str(v).split(":")[-1] == "/data" for v in replica["volumes"])
     assert str(replica["volumes"][0]).split(":")[0] in HA["volumes"]
-    assert all((NETWORKS[n] or {}).get("internal") for n in replica["networks"])
+    assert replica["networks"] == _networks("redis")
 
 
 def test_ha_three_sentinels_watch_the_master_with_a_majority_quorum() -> None:
@@ -227,8 +246,15 @@ def test_ha_three_sentinels_watch_the_master_with_a_majority_quorum() -> None:
         assert "port 26379" in conf
         service = HA_SERVICES[name]
         assert "ports" not in service
-        assert all((NETWORKS[n] or {}).get("internal") for n in service["networks"])
+        assert service["networks"] == _networks("redis")
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_ha_backend_is_not_internal_so_sentinels_resolve_names_at_once() -> None:
+    # On Docker < 26 a lookup of an unknown name on an internal-only network takes 20 s (moby/moby#43430):
+    # the sentinels go into TILT and never fail over. Nothing of Redis is published instead.
+    assert (HA["networks"]["backend"] or {}).get("internal") is False
+    assert all("ports" not in HA_SERVICES[name] for name in ("redis", "redis-replica", *SENTINELS))
 
 
 REDIS_CLIENTS = [n for n in SERVICES if "OCYCLE_BROKER_URL" in _env(n) or "--broker" in _command(n)]
@@ -251,3 +277,32 @@ def test_ha_clients_find_the_master_through_every_sentinel(name: str) -> None:
     monitored = _sentinel_conf(SENTINELS[0])
     assert f"sentinel monitor {env['OCYCLE_SENTINEL_MASTER']} redis 6379 2" in monitored
     assert "sentinel1" in HA_SERVICES[name]["depends_on"]
+
+
+def test_no_producer_identity_is_fixed_so_runs_never_share_stream_ids() -> None:
+    # stream ids are <hostname>-<consumer>: a fixed hostname made every run's archive file names the same
+    assert "hostname" not in SERVICES["producer"] and "container_name" not in SERVICES["producer"]
+    assert "--id" not in shlex.split(_command("producer"))
+
+
+def test_metrics_are_served_by_the_workers_and_the_producer() -> None:
+    for name in ("worker", "worker-model"):
+        assert int(_env(name)["OCYCLE_WORKER_METRICS_PORT"]) > 0
+    args = shlex.split(_interpolate(_command("producer")))
+    assert _option(args, "--metrics-port") and _option(args, "--metrics-host") == "0.0.0.0"
+    assert _option(_ha_args("producer"), "--metrics-port") == _option(args, "--metrics-port")
+
+
+def test_flower_lists_every_queue_of_the_deployment_before_it_has_seen_a_worker() -> None:
+    from ocycle_dist.demo import QUEUES
+
+    assert "--config workers.flower_config" in _command("flower")
+    from workers import flower_config
+
+    assert {q.name for q in flower_config.task_queues} == {"celery", *QUEUES}
+
+
+def test_the_services_share_one_image_built_from_the_dockerfile() -> None:
+    built = {name for name, s in SERVICES.items() if "build" in s}
+    assert built == {"worker", "worker-model", "flower", "producer"}
+    assert len({SERVICES[name]["image"] for name in built}) == 1

@@ -330,3 +330,14 @@ def test_a_chunk_future_resolves_once_runs_its_callbacks_and_a_waiter_wakes() ->
     with pytest.raises(TimeoutError):
         pending.result(timeout=0.05)
     assert pending.cancel() and pending.cancelled()
+
+
+def test_the_removed_spool_policy_setting_is_a_config_error_naming_the_emitters_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match=r"spool_policy='reject_newest'.*policy='drop_newest'") as excinfo:
+        Settings(spool_policy="reject_newest")
+    assert excinfo.value.param == "spool_policy"
+    monkeypatch.setenv("OCYCLE_SPOOL_POLICY", "drop_oldest")
+    with pytest.raises(ConfigError, match=r"policy='drop_oldest'"):
+        Settings.from_env()

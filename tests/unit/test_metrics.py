@@ -61,3 +61,39 @@ def test_metrics_without_prometheus_client_says_which_extra(monkeypatch: pytest.
     monkeypatch.setattr(builtins, "__import__", no_prometheus)
     with pytest.raises(ImportError, match=r"ocycle-dist\[metrics\]"):
         register(ocycle.BufferEmit(lambda v, t0: None, 2))
+
+
+def test_serve_answers_a_scrape_and_stops() -> None:
+    import socket
+    import urllib.request
+
+    from ocycle_dist.metrics import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a = ocycle.BufferEmit(lambda v, t0: v, 2, clip=True, stream="served")
+    a.write(b"abcd")
+    stop = serve(a, port=port)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        stop()
+    assert 'ocycle_done_chunks_total{stream="served"} 2.0' in text
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_a_metrics_port_that_cannot_be_served_is_a_config_error_naming_it() -> None:
+    import socket
+
+    from ocycle_dist.errors import ConfigError
+    from ocycle_dist.metrics import serve_address
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"metrics_port.*{port}"):
+            serve_address([ocycle.BufferEmit(lambda v, t0: v, 2)], ("127.0.0.1", port))
+    assert serve_address([], None)() is None

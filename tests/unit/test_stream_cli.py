@@ -40,6 +40,7 @@ def wav(tmp_path: Path) -> str:
         (["-", "--max-inflight", "0"], "max_inflight=0 is invalid"),
         (["-", "--rate", "0"], "rate=0 is invalid"),
         (["-", "--channels", "0"], "channels=0 is invalid"),
+        (["-", "--metrics-port", "70000"], "metrics_port=70000 is invalid: expected a TCP port"),
     ],
 )
 def test_usage_errors_exit_2_naming_the_parameter(
