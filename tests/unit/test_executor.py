@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist.errors import DeliveryError, EncodeError, RemoteTaskError
+from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
