@@ -19,6 +19,7 @@ import time
 import warnings
 from typing import Any
 
+import redis
 from celery import Celery, Task, signals, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import CPendingDeprecationWarning, TaskRevokedError
@@ -39,7 +40,7 @@ from .protocol import (
     reply_expired,
     reply_ok,
 )
-from .redis_client import connect, is_sentinel, kombu_url, sentinel_hosts
+from .redis_client import TRANSIENT, classify, connect, is_sentinel, kombu_url, reason, sentinel_hosts
 from .replies import ReplyWriter
 from .settings import Settings, app_settings
 from .worker_metrics import count
@@ -99,8 +100,11 @@ class ChunkTask(Task):  # type: ignore[misc]
                 settings,
                 time.monotonic() - self._started,
             )
-        except Exception:  # the taken messages are recorded as delivered: their producers send them again
-            log.exception("draining the queue after task %s failed", task_id)
+        except Exception as exc:  # the taken messages are recorded as delivered: their producers send them again
+            if classify(exc) == TRANSIENT and isinstance(exc, (redis.RedisError, OSError)):
+                log.warning("not draining after task %s: Redis is away (%s)", task_id, reason(exc))
+            else:
+                log.exception("draining the queue after task %s failed", task_id)
 
 
 _describe = describe
