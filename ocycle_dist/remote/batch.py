@@ -20,8 +20,11 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
 
 Either way each chunk is run as its task would be (the task's function, ``ChunkTask``'s claim fetch, size
 check and ``meta``), its exception caught, and its outcome RPUSHed to its stream's reply list: one failing
-chunk does not fail its neighbours. What Celery does per message and not per chunk: signals
-(``task_prerun``...), retries (``self.retry()`` is an error of that chunk), rate limits and revocation.
+chunk does not fail its neighbours. The chunks of a batched task (:func:`ocycle_dist.batched`: a model that runs
+many inputs at once) are checked one by one, then run in one call of the batch function (:func:`run_items`):
+a batch message's all together, a drain's take's all together, up to the task's ``max_chunks`` a call.
+What Celery does per message and not per chunk: signals (``task_prerun``...), retries (``self.retry()`` is an
+error of that chunk), rate limits and revocation.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import os
 import time
 from collections import defaultdict
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery._state import _task_stack
 from celery.app.task import Context
 from celery.exceptions import NotRegistered, TimeLimitExceeded
 
+from ..batched import Batch, batch_of, call_batch
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
@@ -234,7 +238,9 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
               delivery_info: dict[str, Any], renew: Any = None, token: str = "") -> int:  # fmt: skip
     """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
     to ``replies`` (the item's reply list, else its stream's with ``token``). Claimed chunks are fetched in one
-    MGET first, and only the item's own claim (``claim_key(task id)``). Returns how many ran."""
+    MGET first, and only the item's own claim (``claim_key(task id)``). The chunks of a batched task
+    (:func:`ocycle_dist.batched`) run together, in calls of up to its ``max_chunks``, after the others; every
+    other chunk runs alone. Returns how many ran."""
     claims = [
         i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
     ]
@@ -243,6 +249,7 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
         for i, raw in zip(claims, client.mget([items[i][2].key for i in claims]), strict=True):
             fetched[i] = raw
     ran = 0
+    together: dict[str, list[Ready]] = {}  # batched task name -> its chunks, ready to run
     for i, item in enumerate(items):
         task_id, name, chunk, _, meta = item[:5]
         key = item[6] if len(item) > 6 else reply_key(str((meta or {}).get("stream")), token)
@@ -260,6 +267,10 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
                 if fetched[i] is None:
                     raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
                 item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
+            if batch_spec(task) is not None:  # checked now (size, meta), run below with the others of its task
+                kwargs = chunk_kwargs(task, item[2], meta, task._ocycle_limit())
+                together.setdefault(name, []).append(Ready(task_id, key, item, kwargs.get("meta")))
+                continue
             result = _call(task, item, hostname, delivery_info)
         except Exception as exc:
             replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
@@ -268,7 +279,64 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
         ran += 1
         if renew is not None:
             renew()
+    for name, ready in together.items():
+        task = app.tasks[name]
+        step = batch_spec(task).max_chunks or len(ready)  # type: ignore[union-attr]
+        for start in range(0, len(ready), step):
+            ran += _call_together(task, ready[start : start + step], replies, hostname, delivery_info)
+            if renew is not None:
+                renew()
     return ran
+
+
+class Ready(NamedTuple):
+    """A chunk of a batched task, checked and ready to run with the others: its id, reply list, item and meta."""
+
+    task_id: Any
+    key: str | None
+    item: list[Any]
+    meta: Chunk | None
+
+
+def batch_spec(task: Any) -> Batch | None:
+    """The :class:`~ocycle_dist.batched.Batch` of a task whose chunks may run together: a task of a
+    :func:`~ocycle_dist.batched` function, its class's ``__call__`` ``ChunkTask``'s (a task class with a
+    ``__call__`` of its own is called as Celery would, one chunk at a time). Looked up once per task."""
+    cached = task.__dict__.get("_ocycle_batch", False)
+    if cached is False:
+        cls = type(task)
+        spec = batch_of(task.run) if cls.__call__ is getattr(cls, "_ocycle_call", None) else None
+        cached = task.__dict__["_ocycle_batch"] = spec
+    return cached  # type: ignore[no-any-return]
+
+
+def _call_together(task: Any, ready: list[Ready], replies: Replies, hostname: str | None,
+                   delivery_info: dict[str, Any]) -> int:  # fmt: skip
+    """Run chunks of a batched task in one call, in a request context of their own (``ids``: their task ids);
+    each result, or exception object, is its chunk's outcome; an exception raised fails them all."""
+    spec = batch_spec(task)
+    assert spec is not None
+    ids = [r.task_id for r in ready]
+    request = {
+        "id": None, "ids": ids, "task": task.name, "args": [], "kwargs": {}, "hostname": hostname,
+        "delivery_info": delivery_info, "is_eager": False, "called_directly": False, "retries": 0,
+    }  # fmt: skip
+    _task_stack.push(task)
+    task.request_stack.push(Context(request))
+    try:
+        metas = [r.meta for r in ready] if spec.wants_metas else None
+        results = call_batch(spec, [r.item[2] for r in ready], [r.item[3] for r in ready], metas)
+    except Exception as exc:
+        results = [exc] * len(ready)
+    finally:
+        task.request_stack.pop()
+        _task_stack.pop()
+    for r, result in zip(ready, results, strict=True):
+        if isinstance(result, BaseException):
+            replies.add(r.key, reply_error(r.task_id, type(result).__name__, describe(result)))
+        else:
+            replies.add(r.key, reply_ok(r.task_id, result))
+    return len(ready)
 
 
 def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> None:
@@ -280,14 +348,25 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
     token = token_of(reply_to) if isinstance(reply_to, str) and is_reply_key(reply_to) else ""
     delivery_info = dict(request.delivery_info or {})
     flush_at = time.monotonic() + 0.01
-    for start in range(0, len(items), 16):
-        run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
+    step = _run_size(task.app, items)
+    for start in range(0, len(items), step):
+        run_items(task.app, client, items[start : start + step], replies, hostname=request.hostname,
                   delivery_info=delivery_info, token=token)  # fmt: skip
-        if time.monotonic() >= flush_at or start + 16 >= len(items):  # a long batch: the answers so far go now
+        if time.monotonic() >= flush_at or start + step >= len(items):  # a long batch: the answers so far go now
             pipe = client.pipeline(transaction=False)
             replies.into(pipe)
             pipe.execute()
             flush_at = time.monotonic() + 0.01
+
+
+def _run_size(app: Any, items: list[list[Any]]) -> int:
+    """How many of a batch message's chunks :func:`run_batch` runs before it sends their replies: 16, or those
+    of a batched task all together (its ``max_chunks`` at most; a batch message holds chunks of one task)."""
+    task = app.tasks.get(items[0][1]) if items and items[0][1] != BATCH_TASK else None
+    spec = batch_spec(task) if task is not None else None
+    if spec is None:
+        return 16
+    return max(1, min(len(items), spec.max_chunks or len(items)))
 
 
 _BODY_FIRST = b'{"body": "'
@@ -420,13 +499,15 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
                 ahead = _send(client, script.sha, keys, take(ids, tags))
             replies = Replies(settings.result_ttl, settings.reply_secret)
             back: list[tuple[bytes, bytes]] = []
+            taken: list[list[Any]] = []  # the chunks of every message of the take: a batched task's run together
             for raw, tag in zip(messages, tags, strict=True):
                 items = _decode(task.app, raw)
                 if items is None:
                     back.append((raw, tag))
                     continue
-                total += run_items(task.app, client, items, replies, hostname=request.hostname,
-                                   delivery_info=delivery_info, renew=renew)  # fmt: skip
+                taken += items
+            total += run_items(task.app, client, taken, replies, hostname=request.hostname,
+                               delivery_info=delivery_info, renew=renew)  # fmt: skip
             pipe = client.pipeline(transaction=False)
             replies.into(pipe)
             for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
