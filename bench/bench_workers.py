@@ -8,7 +8,8 @@ Run from the repository root (needs ``redis-server`` on PATH and ``pip install -
 
 Self-contained: starts its own redis-server and four ``celery -A workers worker --pool prefork -c 1``
 processes (``w0``-``w3``, each idle on a queue of its own until told to consume a backlog's queue with
-``add_consumer``), stopped at the end. Machines are shared and noisy: read ratios and medians.
+``add_consumer``; each has loaded the model before anything is timed), stopped at the end. Machines are
+shared and noisy: read ratios and medians.
 
 **classify** (goals): 1,000 chunks of 2 s of 16 kHz float32 (the demo's synthetic signal: tone, noise, silence)
 wait in a queue as a producer's backlog (``NumpyEmit(..., mode='celery')`` with no worker: batch messages of 64
@@ -104,6 +105,23 @@ class Rig:
             w.start(wait=False)
         return wait_all_ready(self.workers, 120)
 
+    def warm(self) -> None:
+        """Load the model in every worker's pool process (once per process), out of the timings: each gets a few
+        chunks of each model task."""
+        chunks = classify_chunks(4)
+        for nodes in range(1, len(self.workers) + 1):
+            name = self.workers[nodes - 1].name
+            for task in ("workers.tasks.classify", "bench.onechunk.classify"):
+                queue, col = f"warm-{name}-{uuid.uuid4().hex[:6]}", Collector(len(chunks))
+                e = emitter(self, task, CHUNK, queue, col)
+                try:
+                    for i, c in enumerate(chunks):
+                        e.write(c, t0=1e9 + 2 * i)
+                    wait_published([e], len(chunks))
+                    drain(self, queue, 1, [col], len(chunks), names=[name])
+                finally:
+                    e.close(wait=False)
+
     def check(self) -> None:
         if not self.redis.alive():
             raise BenchError("redis-server exited")
@@ -133,7 +151,8 @@ def wait_published(emitters: list[ocycle_dist.NumpyEmit], n: int) -> None:
         time.sleep(0.01)
 
 
-def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeout: float = 600) -> float:
+def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeout: float = 600,
+          names: list[str] | None = None) -> float:  # fmt: skip
     """Tell ``nodes`` workers to consume ``queue``, then wake them; seconds from the wake-up to the last of the
     ``n`` results.
 
@@ -141,7 +160,7 @@ def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeo
     returns (kombu's ``brpop_timeout``, up to 1 s): a message on its own queue (a one-byte ``echo``) makes it
     return at once, so that the time measured is the backlog's alone, whatever the model's batching does to
     when the first result comes."""
-    names = [w.name for w in rig.workers[:nodes]]
+    names = names or [w.name for w in rig.workers[:nodes]]
     wakers = [ocycle_dist.BufferEmit("workers.tasks.echo", 1, mode="celery", stream=f"wake-{uuid.uuid4().hex}",
                                      settings=Settings(broker_url=rig.redis.url, queue=f"idle-{name}"))
               for name in names]  # fmt: skip
@@ -376,6 +395,7 @@ def main() -> int:
         rig = Rig(Path(tmp))
         try:
             print(f"4 workers ready after {rig.start():.1f} s")
+            rig.warm()
             for name in chosen:
                 t = perf()
                 SECTIONS[name](rig, cfg, verdicts)

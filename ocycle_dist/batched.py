@@ -40,12 +40,12 @@ class Batch:
 
     Attributes:
         fn: the function of lists, ``fn(chunks, t0s)`` or ``fn(chunks, t0s, metas)``.
-        max_chunks: chunks per call at most (None: any number).
+        max_chunks: chunks per call at most.
         wants_metas: whether ``fn`` has a ``metas`` parameter.
     """
 
     fn: Callable[..., Any]
-    max_chunks: int | None
+    max_chunks: int
     wants_metas: bool
 
     @property
@@ -53,7 +53,11 @@ class Batch:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
 
-def batched(fn: Callable[..., Any] | None = None, *, max_chunks: int | None = None) -> Any:
+MAX_CHUNKS = 64
+"""Chunks per call of a batched function at most, unless it says otherwise (a batch message's most)."""
+
+
+def batched(fn: Callable[..., Any] | None = None, *, max_chunks: int = MAX_CHUNKS) -> Any:
     """Declare ``fn(chunks, t0s[, metas]) -> list`` a function of many chunks; return it as a function of one.
 
     Usable bare (``@batched``) or with options (``@batched(max_chunks=64)``).
@@ -62,7 +66,8 @@ def batched(fn: Callable[..., Any] | None = None, *, max_chunks: int | None = No
         fn: called with a list of chunks, the list of their t0s and, when it has a ``metas`` parameter, the list
             of their :class:`~ocycle_dist.chunk.Chunk` (items None where unknown); returns a list of one result per
             chunk, in order, where an exception object fails that chunk alone.
-        max_chunks: at most this many chunks per call (a caller with more splits them); None for no bound.
+        max_chunks: at most this many chunks per call (a caller with more splits them): the chunks held at once
+            for a call.
 
     Returns:
         A function ``(chunk, t0)`` (``(chunk, t0, meta=None)`` when ``fn`` takes ``metas``) returning ``fn``'s
@@ -72,8 +77,8 @@ def batched(fn: Callable[..., Any] | None = None, *, max_chunks: int | None = No
     Raises:
         ConfigError: ``fn`` is not callable or ``max_chunks`` is not a positive int.
     """
-    if max_chunks is not None and (isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1):
-        raise ConfigError("max_chunks", max_chunks, "a positive int, or None for no bound")
+    if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1:
+        raise ConfigError("max_chunks", max_chunks, "a positive int")
     if fn is None:
         return functools.partial(batched, max_chunks=max_chunks)
     if not callable(fn):
@@ -135,4 +140,4 @@ def _single(result: Any) -> Any:
     return result
 
 
-__all__ = ["BATCH_ATTRIBUTE", "Batch", "batch_of", "batched", "call_batch"]
+__all__ = ["BATCH_ATTRIBUTE", "MAX_CHUNKS", "Batch", "batch_of", "batched", "call_batch"]

@@ -75,6 +75,7 @@ DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
 # ~7 ms of Redis's time per batch message, spent on the other core meanwhile. A take of small messages, cut at
 # worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
 DRAIN_BYTES = 2 << 20
+FETCH = 64  # run_items fetches the claimed chunks of this many items at a time, in one MGET
 
 # Pop up to ARGV[1] messages from the queue KEYS[1], one at a time, stopping once ARGV[5] bytes are taken, and
 # record each as delivered to this pool process, in one atomic step: kombu's unacked hash (KEYS[2]: tag ->
@@ -237,53 +238,64 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
 def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *, hostname: str | None,
               delivery_info: dict[str, Any], renew: Any = None, token: str = "") -> int:  # fmt: skip
     """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
-    to ``replies`` (the item's reply list, else its stream's with ``token``). Claimed chunks are fetched in one
-    MGET first, and only the item's own claim (``claim_key(task id)``). The chunks of a batched task
-    (:func:`ocycle_dist.batched`) run together, in calls of up to its ``max_chunks``, after the others; every
-    other chunk runs alone. Returns how many ran."""
-    claims = [
-        i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
-    ]
-    fetched: dict[int, Any] = {}
-    if claims:
-        for i, raw in zip(claims, client.mget([items[i][2].key for i in claims]), strict=True):
-            fetched[i] = raw
+    to ``replies`` (the item's reply list, else its stream's with ``token``). Claimed chunks are fetched
+    :data:`FETCH` items at a time, each window in one MGET, and only the item's own claim (``claim_key(task
+    id)``). The chunks of a batched task (:func:`ocycle_dist.batched`) run together, in calls of its
+    ``max_chunks`` (a call as soon as that many are ready, the rest at the end); every other chunk runs alone.
+    So at most a window and a call's worth of chunks are held at once, however many items. Returns how many
+    ran."""
     ran = 0
     together: dict[str, list[Ready]] = {}  # batched task name -> its chunks, ready to run
-    for i, item in enumerate(items):
-        task_id, name, chunk, _, meta = item[:5]
-        key = item[6] if len(item) > 6 else reply_key(str((meta or {}).get("stream")), token)
-        expires = _expires_at(item[5])
-        if expires is not None and expires < time.time():
-            replies.add(key, reply_expired(task_id))
-            continue
-        task = app.tasks.get(name) if name != BATCH_TASK else None
-        try:
-            if task is None:
-                raise NotRegistered(name)
-            if isinstance(chunk, wire.Claim) and i not in fetched:  # only this task's own chunk, nothing else
-                raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
-            if i in fetched:
-                if fetched[i] is None:
-                    raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
-                item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
-            if batch_spec(task) is not None:  # checked now (size, meta), run below with the others of its task
-                kwargs = chunk_kwargs(task, item[2], meta, task._ocycle_limit())
-                together.setdefault(name, []).append(Ready(task_id, key, item, kwargs.get("meta")))
+    for first in range(0, len(items), FETCH):
+        window = items[first : first + FETCH]
+        claims = [
+            i
+            for i, item in enumerate(window)
+            if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
+        ]
+        fetched: dict[int, Any] = {}
+        if claims:
+            for i, raw in zip(claims, client.mget([window[i][2].key for i in claims]), strict=True):
+                fetched[i] = raw
+        for i, item in enumerate(window):
+            task_id, name, chunk, _, meta = item[:5]
+            key = item[6] if len(item) > 6 else reply_key(str((meta or {}).get("stream")), token)
+            expires = _expires_at(item[5])
+            if expires is not None and expires < time.time():
+                replies.add(key, reply_expired(task_id))
                 continue
-            result = _call(task, item, hostname, delivery_info)
-        except Exception as exc:
-            replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
-        else:
-            replies.add(key, reply_ok(task_id, result))
-        ran += 1
-        if renew is not None:
-            renew()
+            task = app.tasks.get(name) if name != BATCH_TASK else None
+            try:
+                if task is None:
+                    raise NotRegistered(name)
+                if isinstance(chunk, wire.Claim) and i not in fetched:  # only this task's own chunk, nothing else
+                    raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
+                if i in fetched:
+                    if fetched[i] is None:
+                        raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
+                    item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
+                spec = batch_spec(task)
+                if spec is not None:  # checked now (size, meta), run with the others of its task
+                    kwargs = chunk_kwargs(task, item[2], meta, task._ocycle_limit())
+                    ready = together.setdefault(name, [])
+                    ready.append(Ready(task_id, key, item, kwargs.get("meta")))
+                    if len(ready) >= spec.max_chunks:
+                        ran += _call_together(task, ready, replies, hostname, delivery_info)
+                        ready.clear()
+                        if renew is not None:
+                            renew()
+                    continue
+                result = _call(task, item, hostname, delivery_info)
+            except Exception as exc:
+                replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
+            else:
+                replies.add(key, reply_ok(task_id, result))
+            ran += 1
+            if renew is not None:
+                renew()
     for name, ready in together.items():
-        task = app.tasks[name]
-        step = batch_spec(task).max_chunks or len(ready)  # type: ignore[union-attr]
-        for start in range(0, len(ready), step):
-            ran += _call_together(task, ready[start : start + step], replies, hostname, delivery_info)
+        if ready:
+            ran += _call_together(app.tasks[name], ready, replies, hostname, delivery_info)
             if renew is not None:
                 renew()
     return ran
@@ -360,13 +372,11 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
 
 
 def _run_size(app: Any, items: list[list[Any]]) -> int:
-    """How many of a batch message's chunks :func:`run_batch` runs before it sends their replies: 16, or those
-    of a batched task all together (its ``max_chunks`` at most; a batch message holds chunks of one task)."""
+    """How many of a batch message's chunks :func:`run_batch` runs before it sends their replies: 16, or a
+    batched task's ``max_chunks`` (one call; a batch message holds chunks of one task)."""
     task = app.tasks.get(items[0][1]) if items and items[0][1] != BATCH_TASK else None
     spec = batch_spec(task) if task is not None else None
-    if spec is None:
-        return 16
-    return max(1, min(len(items), spec.max_chunks or len(items)))
+    return 16 if spec is None else spec.max_chunks
 
 
 _BODY_FIRST = b'{"body": "'

@@ -15,7 +15,7 @@ import pytest
 from celery import current_task
 
 import ocycle_dist as ocycle
-from ocycle_dist.batched import batch_of, call_batch
+from ocycle_dist.batched import MAX_CHUNKS, batch_of, call_batch
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import ConfigError
 from ocycle_dist.remote import wire
@@ -50,7 +50,7 @@ def test_a_batched_function_is_a_function_of_one_chunk() -> None:
     assert described(b"x", 3.0, meta=Chunk("s", 4, 3.0, 1, 0)) == [b"x", 3.0, ("s", 4)]
     assert upper.__name__ == "upper" and upper.__module__ == __name__
     spec = batch_of(upper)
-    assert spec is not None and spec.max_chunks is None and not spec.wants_metas
+    assert spec is not None and spec.max_chunks == MAX_CHUNKS == 64 and not spec.wants_metas
     assert batch_of(described).max_chunks == 3 and batch_of(described).wants_metas  # type: ignore[union-attr]
     assert batch_of(lambda chunk, t0: chunk) is None
 
@@ -77,7 +77,7 @@ def test_what_a_batch_function_returns_is_checked() -> None:
         not_a_list(b"a", 0.0)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4", None])
 def test_max_chunks_must_be_a_positive_int(bad: Any) -> None:
     with pytest.raises(ConfigError, match=r"max_chunks=.* is invalid: expected a positive int"):
         ocycle.batched(max_chunks=bad)
@@ -230,3 +230,26 @@ def test_a_batch_message_of_a_batched_task_runs_in_calls_of_max_chunks(app: Any,
     app.calls.clear()
     run_batch(SimpleNamespace(app=app, request=request), meta_items, admin, Settings(reply_secret=""))
     assert [len(c[1]) for c in app.calls] == [2, 2, 1]
+
+
+def test_a_long_run_of_items_is_fetched_and_run_a_window_at_a_time(app: Any, admin: Any) -> None:
+    """However many items (a drain's take of 64 batch messages), claims are fetched FETCH items at a time and a
+    batched task's chunks run as soon as max_chunks are ready: the chunks held at once stay bounded."""
+    mgets: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            if name == "mget":
+                return lambda keys: mgets.append(len(keys)) or admin.mget(keys)
+            return getattr(admin, name)
+
+    items = []
+    for i in range(150):
+        admin.set(claim_key(f"id{i}"), wire.dumps(b"c%03d" % i))
+        items.append(item("b.upper" if i % 10 else "b.plain", wire.Claim(claim_key(f"id{i}")), i))
+    app.calls.clear()
+    replies = Replies(60, "")
+    assert run_items(app, Counting(), items, replies, hostname="h", delivery_info={}, token=TOKEN) == 150
+    assert mgets == [64, 64, 22]
+    assert [len(c[1]) for c in app.calls if c[0] == "upper"] == [64, 64, 7]  # as soon as 64 are ready; the rest
+    assert [len(c[1]) for c in app.calls if c[0] == "plain"] == [1] * 15
