@@ -14,9 +14,10 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
   them records each, in the same atomic step, in kombu's ``unacked`` hash and ``unacked_index`` as a
   delivery would, and names them in a lease of the pool process (``ocycle:lease:<worker>/<pid>``, a few
   seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
-  and, with no producer left, restored by kombu after the visibility timeout. Replies and acks of what it
-  ran go in one pipeline. Messages it cannot run itself (another content type, an ``eta``, callbacks) are
-  put back where they were, for Celery.
+  and, with no producer left, restored by kombu after the visibility timeout. The replies of what it ran go
+  every ~10 ms (:data:`REPLY_EVERY`: the producers handle them meanwhile), the acks once the whole take ran.
+  Messages it cannot run itself (another content type, an ``eta``, callbacks) are put back where they were,
+  for Celery.
 
 Either way each chunk is run as its task would be (the task's function, ``ChunkTask``'s claim fetch, size
 check and ``meta``), its exception caught, and its outcome RPUSHed to its stream's reply list: one failing
@@ -76,6 +77,7 @@ DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
 # worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
 DRAIN_BYTES = 2 << 20
 FETCH = 64  # run_items fetches the claimed chunks of this many items at a time, in one MGET
+REPLY_EVERY = 0.01  # a long take (a backlog of batch messages) sends the replies of what ran at least this often
 
 # Pop up to ARGV[1] messages from the queue KEYS[1], one at a time, stopping once ARGV[5] bytes are taken, and
 # record each as delivered to this pool process, in one atomic step: kombu's unacked hash (KEYS[2]: tag ->
@@ -196,6 +198,14 @@ def wants_meta(task: Any) -> bool:
     return bool(cached)
 
 
+def chunk_limit(task: Any) -> int:
+    """``max_chunk_bytes`` of ``task``'s app (looked up once per task: the app's settings, ~5 us a lookup)."""
+    cached = task.__dict__.get("_ocycle_limit_value")
+    if cached is None:
+        cached = task.__dict__["_ocycle_limit_value"] = task._ocycle_limit()
+    return int(cached)
+
+
 def chunk_kwargs(task: Any, chunk: Any, info: dict[str, Any] | None, limit: int) -> dict[str, Any]:
     """What a chunk task is called with besides ``(chunk, t0)``: ``meta`` when its function takes it. Raises
     EncodeError for a chunk over ``limit`` (``max_chunk_bytes``). ``info``: the message's metadata header."""
@@ -225,7 +235,7 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
             return task(chunk, t0)
         finally:
             task.pop_request()
-    kwargs = chunk_kwargs(task, chunk, meta, task._ocycle_limit())
+    kwargs = chunk_kwargs(task, chunk, meta, chunk_limit(task))
     _task_stack.push(task)
     task.request_stack.push(Context(request))
     try:
@@ -276,7 +286,7 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: Replies, *
                     item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
                 spec = batch_spec(task)
                 if spec is not None:  # checked now (size, meta), run with the others of its task
-                    kwargs = chunk_kwargs(task, item[2], meta, task._ocycle_limit())
+                    kwargs = chunk_kwargs(task, item[2], meta, chunk_limit(task))
                     ready = together.setdefault(name, [])
                     ready.append(Ready(task_id, key, item, kwargs.get("meta")))
                     if len(ready) >= spec.max_chunks:
@@ -484,16 +494,25 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
     keys = [queue, UNACKED_KEY, UNACKED_INDEX_KEY, lease_key(name), WORKERS_KEY]
     total, deadline = 0, time.monotonic() + DRAIN_SECONDS
     renewed = [time.monotonic()]
+    current: list[Replies] = []  # the replies of the take running
+    flush_at = [time.monotonic() + REPLY_EVERY]
 
-    def renew() -> None:  # a long run of taken chunks: keep the lease alive
-        if time.monotonic() - renewed[0] > lease / 3:
+    def renew() -> None:  # after each chunk (or call) of a take: keep the lease alive, send the replies so far
+        now = time.monotonic()
+        if now - renewed[0] > lease / 3:
             client.pexpire(lease_key(name), int(lease * 1000))
-            renewed[0] = time.monotonic()
+            renewed[0] = now
+        if now >= flush_at[0] and current and current[0].by_key:  # a long take: its producers hear as it runs
+            pipe = client.pipeline(transaction=False)
+            current[0].into(pipe)
+            pipe.execute()
+            flush_at[0] = time.monotonic() + REPLY_EVERY
 
     def take(ids: list[Any], tags: list[Any]) -> list[Any]:
         return [settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES, len(ids), *ids, *tags]
 
     ahead: Any = None  # the connection of the next take, sent before the messages of this one run
+    took = False  # whether a take took anything (and so named it in the lease)
     try:
         try:
             got = script(keys=keys, args=take([], []))
@@ -502,12 +521,14 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
             return total
         while got:
+            took = True
             messages, tags, waiting, ids, by_bytes = got
             renewed[0] = time.monotonic()
             more = bool(waiting) and time.monotonic() < deadline
             if more and by_bytes:  # large messages: Redis takes the next while these run (see DRAIN_BYTES)
                 ahead = _send(client, script.sha, keys, take(ids, tags))
             replies = Replies(settings.result_ttl, settings.reply_secret)
+            current[:] = [replies]
             back: list[tuple[bytes, bytes]] = []
             taken: list[list[Any]] = []  # the chunks of every message of the take: a batched task's run together
             for raw, tag in zip(messages, tags, strict=True):
@@ -536,8 +557,11 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
         # producer whose reply is still on its way (it would send that chunk again)
         if ahead is not None:  # failed while a take was on its way: what it took is in kombu's unacked set
             _discard(client, ahead)
+            took = True
         try:
-            client.set(lease_key(name), wire.dumps({"worker": name, "tasks": [], "tags": []}), px=int(lease * 1000))
+            if took:  # else the take found the queue empty and left the lease as it was: one round trip less
+                lease_clear = wire.dumps({"worker": name, "tasks": [], "tags": []})
+                client.set(lease_key(name), lease_clear, px=int(lease * 1000))
         except Exception:  # it lapses
             log.debug("could not clear the lease of %s", name)
     return total
