@@ -32,7 +32,10 @@ workers' labels and probabilities must agree (within 1e-5), else the bench fails
 what a fleet of devices sends: every chunk its own task message (``batch_max_chunks=0``), so the workers' pool
 processes drain them; timed as the classify backlog is. A device streams one chunk per chunk length
 per consumer, so the devices served in real time are chunks/s x seconds per chunk; "all three" is one device's
-audio (a Tap feeding the three consumers, one queue) and its devices are seconds of audio done per second.
+audio (a Tap feeding the three consumers, one queue) and its devices are seconds of audio done per second. The
+workers' CPU per chunk (main and pool processes, from /proc) gives what one worker process serves with a core to
+itself; the rates measured here also pay for this process (the producer and listener of every chunk) and Redis
+on the same 2 cores.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ import ocycle_dist  # noqa: E402
 from bench._report import Verdicts, fmt, table  # noqa: E402
 from bench.celery_bench.common import BenchError, Collector  # noqa: E402
 from bench.celery_bench.fleet import consume  # noqa: E402
+from bench.celery_bench.rig import group_cpu  # noqa: E402
 from ocycle_dist.demo import CONSUMERS, synthetic  # noqa: E402
 from ocycle_dist.remote import wire  # noqa: E402
 from ocycle_dist.remote.settings import Settings  # noqa: E402
@@ -84,7 +88,7 @@ class Config:
 def config(quick: bool, rounds: int) -> Config:
     if quick:
         return Config(1, 200, {"spl": 400, "classify": 100, "archive": 12}, 60.0, (1, 2))
-    return Config(max(1, rounds), 1000, {"spl": 3000, "classify": 600, "archive": 60}, 600.0, (1, 2, 4))
+    return Config(max(1, rounds), 1000, {"spl": 4000, "classify": 800, "archive": 160}, 1200.0, (1, 2, 4))
 
 
 class Rig:
@@ -106,19 +110,21 @@ class Rig:
         return wait_all_ready(self.workers, 120)
 
     def warm(self) -> None:
-        """Load the model in every worker's pool process (once per process), out of the timings: each gets a few
-        chunks of each model task."""
-        chunks = classify_chunks(4)
-        for nodes in range(1, len(self.workers) + 1):
-            name = self.workers[nodes - 1].name
-            for task in ("workers.tasks.classify", "bench.onechunk.classify"):
-                queue, col = f"warm-{name}-{uuid.uuid4().hex[:6]}", Collector(len(chunks))
-                e = emitter(self, task, CHUNK, queue, col)
+        """Load the model (and soundfile, numpy's code paths...) in every worker's pool process, out of the timings:
+        each runs a few chunks of every task measured."""
+        signal = np.concatenate(list(synthetic(20.0, RATE)))
+        work = [("workers.tasks.classify", 2.0, 4), ("bench.onechunk.classify", 2.0, 4), ("workers.tasks.spl", 0.5, 4),
+                ("workers.tasks.archive_flac", 10.0, 2)]  # fmt: skip
+        for worker in self.workers:
+            for task, seconds, count in work:
+                size = int(seconds * RATE)
+                queue, col = f"warm-{worker.name}-{uuid.uuid4().hex[:6]}", Collector(count)
+                e = emitter(self, task, size, queue, col)
                 try:
-                    for i, c in enumerate(chunks):
-                        e.write(c, t0=1e9 + 2 * i)
-                    wait_published([e], len(chunks))
-                    drain(self, queue, 1, [col], len(chunks), names=[name])
+                    for i in range(count):
+                        e.write(signal[(i * size) % (signal.size - size) :][:size], t0=1e9 + i * seconds)
+                    wait_published([e], count)
+                    drain(self, queue, 1, [col], count, names=[worker.name])
                 finally:
                     e.close(wait=False)
 
@@ -152,15 +158,16 @@ def wait_published(emitters: list[ocycle_dist.NumpyEmit], n: int) -> None:
 
 
 def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeout: float = 600,
-          names: list[str] | None = None) -> float:  # fmt: skip
+          names: list[str] | None = None) -> tuple[float, float]:  # fmt: skip
     """Tell ``nodes`` workers to consume ``queue``, then wake them; seconds from the wake-up to the last of the
-    ``n`` results.
+    ``n`` results, and the CPU seconds the workers (main and pool processes) used meanwhile.
 
     A worker told to consume another queue starts reading it only once its pending BRPOP on its own queue
     returns (kombu's ``brpop_timeout``, up to 1 s): a message on its own queue (a one-byte ``echo``) makes it
     return at once, so that the time measured is the backlog's alone, whatever the model's batching does to
     when the first result comes."""
     names = names or [w.name for w in rig.workers[:nodes]]
+    pgids = [w.proc.pid for w in rig.workers if w.name in names and w.proc is not None and w.proc.pid is not None]
     wakers = [ocycle_dist.BufferEmit("workers.tasks.echo", 1, mode="celery", stream=f"wake-{uuid.uuid4().hex}",
                                      settings=Settings(broker_url=rig.redis.url, queue=f"idle-{name}"))
               for name in names]  # fmt: skip
@@ -169,6 +176,7 @@ def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeo
         waker.open()
         waker.executor._client.ping()  # connected before the clock starts
     try:
+        cpu = group_cpu(pgids)
         start = perf()
         for waker in wakers:
             waker.write(b"w")
@@ -178,12 +186,13 @@ def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeo
                 raise BenchError(f"{queue}: {sum(len(c.done) for c in cols)} of {n} results in {timeout:.0f} s")
             if col.errors:
                 raise BenchError(f"{queue}: {col.errors[0]}")
+        cpu = group_cpu(pgids) - cpu
     finally:
         for name in names:
             consume(rig.redis.url, wire.SERIALIZER, name, queue, False)
         for waker in wakers:
             waker.close(timeout=10)
-    return max(t for col in cols for t in col.done.values()) - start
+    return max(t for col in cols for t in col.done.values()) - start, cpu
 
 
 # ---- classify: the goals ---------------------------------------------------------------------------------
@@ -204,7 +213,7 @@ def worker_backlog(rig: Rig, task: str, chunks: list[np.ndarray]) -> tuple[float
         for i, c in enumerate(chunks):
             e.write(c, t0=t0 + 2.0 * i)
         wait_published([e], n)
-        elapsed = drain(rig, queue, 1, [col], n)
+        elapsed, _ = drain(rig, queue, 1, [col], n)
     finally:
         e.close(wait=False)
     return n / elapsed, [col.results[i] for i in range(n)]
@@ -296,8 +305,26 @@ def run_classify(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
 # ---- capacity: the canonical three consumers ------------------------------------------------------------
 
 
-def consumer_backlog(rig: Rig, task: str, seconds: float, count: int, workers: int) -> float:
-    """chunks/s of ``workers`` worker processes on ``count`` chunks of ``seconds``, a message each."""
+@dataclass
+class Drained:
+    """A backlog drained: its work (chunks, or seconds of audio), wall seconds and the workers' CPU seconds."""
+
+    work: float
+    seconds: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.work / self.seconds
+
+    @property
+    def per_cpu(self) -> float:
+        """Work per CPU second of the workers: what one worker process does with a core to itself."""
+        return self.work / self.cpu if self.cpu > 0 else float("nan")
+
+
+def consumer_backlog(rig: Rig, task: str, seconds: float, count: int, workers: int) -> Drained:
+    """``count`` chunks of ``seconds``, a message each, drained by ``workers`` worker processes."""
     size, queue = int(seconds * RATE), f"cap-{uuid.uuid4().hex[:6]}"
     col = Collector(count)
     e = emitter(rig, task, size, queue, col, batch_max_chunks=0)
@@ -306,13 +333,13 @@ def consumer_backlog(rig: Rig, task: str, seconds: float, count: int, workers: i
         for i in range(count):
             e.write(frames[i * size : (i + 1) * size], t0=1e9 + i * seconds)
         wait_published([e], count)
-        return count / drain(rig, queue, workers, [col], count)
+        return Drained(count, *drain(rig, queue, workers, [col], count))
     finally:
         e.close(wait=False)
 
 
-def together_backlog(rig: Rig, seconds: float, workers: int) -> float:
-    """Seconds of one device's audio through the three consumers (one queue) done per second of wall time."""
+def together_backlog(rig: Rig, seconds: float, workers: int) -> Drained:
+    """``seconds`` of one device's audio through the three consumers (one queue), drained."""
     queue = f"cap-all-{uuid.uuid4().hex[:6]}"
     counts = [int(seconds / chunk) for _, _, chunk, _ in CONSUMERS]
     cols = [Collector(n) for n in counts]
@@ -323,42 +350,48 @@ def together_backlog(rig: Rig, seconds: float, workers: int) -> float:
         for i, frame in enumerate(synthetic(seconds, RATE)):
             tap.write(frame, t0=1e9 + i * 1024 / RATE)
         wait_published(emitters, sum(counts))
-        return seconds / drain(rig, queue, workers, cols, sum(counts))
+        return Drained(seconds, *drain(rig, queue, workers, cols, sum(counts)))
     finally:
         for e in emitters:
             e.close(wait=False)
 
 
 def run_capacity(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
-    rows_of: dict[str, dict[int, float]] = {}  # consumer -> workers -> chunks/s (or audio s/s for all three)
+    runs: dict[str, dict[int, list[Drained]]] = {}  # consumer -> workers -> its runs
     for workers in cfg.workers:
         for name, task, seconds, _ in CONSUMERS:
-            runs = [consumer_backlog(rig, task, seconds, cfg.counts[name], workers) for _ in range(cfg.rounds)]
-            rows_of.setdefault(name, {})[workers] = statistics.median(runs)
+            runs.setdefault(name, {})[workers] = [consumer_backlog(rig, task, seconds, cfg.counts[name], workers)
+                                                 for _ in range(cfg.rounds)]  # fmt: skip
             rig.check()
-        runs = [together_backlog(rig, cfg.together, workers) for _ in range(cfg.rounds)]
-        rows_of.setdefault("all three", {})[workers] = statistics.median(runs)
+        runs.setdefault("all three", {})[workers] = [together_backlog(rig, cfg.together, workers)
+                                                     for _ in range(cfg.rounds)]  # fmt: skip
         print(f"  capacity: {workers} worker(s) done", file=sys.stderr, flush=True)
     rows = []
+    one = cfg.workers[0]
     for name, task, seconds, _ in [*CONSUMERS, ("all three", "", 1.0, "")]:
-        cells = []
+        unit = "s of audio" if name == "all three" else "chunks"
+        per_cpu = statistics.median(d.per_cpu for d in runs[name][one])
+        cells = [f"{fmt(1e3 / per_cpu)} ms" if name != "all three" else f"{fmt(1e3 / per_cpu)} ms per s of audio",
+                 f"**{fmt(per_cpu * seconds)}**"]  # fmt: skip
         for workers in cfg.workers:
-            rate = rows_of[name][workers]
-            speedup = rate / rows_of[name][cfg.workers[0]]
-            unit = "s of audio/s" if name == "all three" else "chunks/s"
-            cells.append(f"{fmt(rate)} {unit}: **{fmt(rate * seconds)}** devices ({speedup:.2f}x)")
-        what = (
-            "one device's audio through all three (one queue)"
-            if name == "all three"
-            else (f"{name}: {task}, {seconds:g} s chunks")
-        )
+            rate = statistics.median(d.rate for d in runs[name][workers])
+            speedup = rate / statistics.median(d.rate for d in runs[name][one])
+            cells.append(f"{fmt(rate)} {unit}/s: {fmt(rate * seconds)} ({speedup:.2f}x)")
+        what = "one device's audio through all three (one queue)" if name == "all three" else (
+            f"{name}: {task}, {seconds:g} s chunks")  # fmt: skip
         rows.append([what, *cells])
-    table(f"capacity: devices' real-time streams served, canonical consumers (16 kHz float32, real model), "
-          f"every chunk its own message; median of {cfg.rounds} run(s); in brackets the speed-up over one worker",
-          ["consumer", *[f"{w} worker process{'es' if w > 1 else ''} (-c 1)" for w in cfg.workers]], rows)  # fmt: skip
+    table(f"capacity: devices' real-time streams served, canonical consumers (16 kHz float32, real model), every "
+          f"chunk its own message; median of {cfg.rounds} run(s). Worker CPU: the worker processes' (main and pool) "
+          f"CPU per chunk, with {one} worker; devices per worker process: what one worker process serves with a "
+          f"core to itself (seconds of audio per CPU second); then measured here, devices (speed-up over one worker)",
+          ["consumer", "worker CPU per chunk", "devices per worker process",
+           *[f"{w} worker process{'es' if w > 1 else ''} (-c 1)" for w in cfg.workers]], rows)  # fmt: skip
     cpus = os.cpu_count() or 1
-    print(f"- this machine has {cpus} CPUs, shared by the workers, redis-server and this process (the producer "
-          f"and its listener): more worker processes than CPUs cannot add throughput")  # fmt: skip
+    print(
+        f"- this machine has {cpus} CPUs, shared by the workers, redis-server and this process (the producer of "
+        f"every chunk and the listener of every reply): more worker processes than CPUs cannot add throughput, "
+        f"and where the workers use less than the CPUs, this process or Redis is the limit of the measured rate"
+    )
 
 
 SECTIONS = {"classify": run_classify, "capacity": run_capacity}
