@@ -6,10 +6,10 @@ Two ways to hold a stream between chunks, each in Python here (the reference) an
 
 - :class:`Appender` keeps the frames as they were written (``segs``, their end positions in ``ends``) and calls
   back into Python when a window may open or be complete: any stream, overlapping windows, a sampler.
-- :class:`Filler`, for windows back to back (``hop == size``) of bytes, or of numpy arrays with ``clip``,
-  copies each frame's elements straight into the chunk they belong to, and calls back once per chunk, with
-  the chunk: a frame is copied once, when it is written, never kept nor joined. A ``bytes`` chunk that lies
-  within one frame is cut from it directly (the frame itself when it is the whole chunk).
+- :class:`Filler`, for windows back to back (``hop == size``) of bytes (chunks up to 256 KiB), or of numpy
+  arrays with ``clip``, copies each frame's elements straight into the chunk they belong to, and calls back once
+  per chunk, with the chunk: a frame is copied once, when it is written, never kept nor joined. A ``bytes``
+  chunk that lies within one frame is cut from it directly (the frame itself when it is the whole chunk).
 
 Only a frame whose ``t0`` is plainly good takes the fast path: None, or an exact ``float``/``int`` that is
 finite, not before ``last_end`` (the end time of the previous write) and not after ``max_t0`` (with a rate,

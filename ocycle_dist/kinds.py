@@ -1,8 +1,9 @@
 """What a stream is made of: bytes, text, lists or numpy arrays.
 
 A *kind* checks and freezes each frame written (so that a caller reusing its buffer cannot change data
-already written), measures it in elements and joins pieces of frames (cut by slicing) into a chunk.
-The emitter keeps frames as they were written and copies each element once, when its chunk is built.
+already written), measures it in elements and joins pieces of frames (cut by slicing) into a chunk; it also
+says whether a stream of it is filled (each frame copied into its chunk as it is written) or keeps its frames
+(each element copied once, when its chunk is built): see :mod:`ocycle_dist.windows`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from .bufferio import ListIO, NumpyIO
 from .errors import ConfigError, FrameError
 
+FILL_MAX_BYTES = 256 * 1024  # bytes streams with chunks up to this many bytes are filled (see BytesKind.fills)
+
 
 class Kind:
     """Base of the four kinds. ``fast_type`` is the exact type accepted without any check."""
@@ -26,9 +29,9 @@ class Kind:
     buffer_factory: Callable[[], Any] = io.BytesIO
     wire = False  # frames go to a remote task: see for_wire()
 
-    def fills(self, clip: bool) -> bool:
-        """Whether a stream of windows back to back is cut by copying each frame into its chunk
-        (:class:`~ocycle_dist.hotpath.Filler`); else its frames are kept until their chunk is taken."""
+    def fills(self, clip: bool, size: int) -> bool:
+        """Whether a stream of windows back to back (chunks of ``size`` elements) is cut by copying each frame into
+        its chunk (:class:`~ocycle_dist.hotpath.Filler`); else its frames are kept until their chunk is taken."""
         return False
 
     def accept(self, data: Any) -> tuple[Any, int]:
@@ -74,8 +77,11 @@ class BytesKind(Kind):
     fast_type = bytes
     fill_type = bytes
 
-    def fills(self, clip: bool) -> bool:
-        return True
+    def fills(self, clip: bool, size: int) -> bool:
+        # A larger chunk keeps its frames: bytes frames are kept as they are (no copy), and a large chunk's fresh
+        # memory costs page faults as it fills; an executor that joins later (the celery mode) joins them on its
+        # own thread, so the writer never copies a large frame.
+        return size <= FILL_MAX_BYTES
 
     def accept(self, data: Any) -> tuple[bytes, int]:
         if isinstance(data, str):
@@ -144,8 +150,8 @@ class NumpyKind(Kind):
         self.fill_type = np.ndarray
         self.new_rows = self._new_rows
 
-    def fills(self, clip: bool) -> bool:
-        return clip  # an unclipped chunk's length is known only at its last write
+    def fills(self, clip: bool, size: int) -> bool:
+        return clip  # an unclipped chunk's length is known only at its last write; frames are copied anyway
 
     def _new_rows(self, rows: int) -> Any:
         """A new C-contiguous array of ``rows`` elements of the stream's dtype and shape (to fill a chunk in)."""

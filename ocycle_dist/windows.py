@@ -9,8 +9,8 @@ after each chunk: writes are skipped (and counted) until its delay has passed.
 Two ways to hold the stream (:mod:`ocycle_dist.hotpath`, whose ``write()`` is the hot path):
 
 - *filling* (:class:`~ocycle_dist.hotpath.Filler`), for windows back to back (``hop == size``, no sampler) of
-  bytes, or of numpy arrays with ``clip``: each frame is copied, as it is written, into the chunk it belongs to;
-  Python is called once per chunk, with the chunk.
+  bytes (chunks up to 256 KiB), or of numpy arrays with ``clip``: each frame is copied, as it is written, into
+  the chunk it belongs to; Python is called once per chunk, with the chunk.
 - *keeping* (:class:`~ocycle_dist.hotpath.Appender`), for everything else: the frames are kept as they were
   written (``segs``, with their end positions in ``ends``) and copied once, when a chunk is taken; Python is
   called when a window may open or be complete.
@@ -94,7 +94,7 @@ class Windows:
         self.t0_overlaps = 0  # writes whose t0 fell inside the previous write's span (rate set)
         self.gaps = 0  # writes whose t0 came later than the rate predicts by more than max_gap
         self.gap_seconds = 0.0  # the input those gaps skipped
-        self.fill = hop == size and sampler is None and kind.fills(clip)  # see the module's docstring
+        self.fill = hop == size and sampler is None and kind.fills(clip, size)  # see the module's docstring
         self._fast = None if self.fill else kind.fast_type  # the hot path's fast type, while accepting
         self._on = True
         if self.fill:

@@ -28,7 +28,7 @@ def appender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         assert hotpath.appender_class() is not hotpath.Appender, "the C hot path is not built"
         assert hotpath.filler_class() is not hotpath.Filler, "the C hot path is not built"
     if how == "keeping":
-        monkeypatch.setattr(kinds.BytesKind, "fills", lambda self, clip: False)
+        monkeypatch.setattr(kinds.BytesKind, "fills", lambda self, clip, size: False)
 
 
 def run(writes: list[tuple[bytes, float]], **options: Any) -> tuple[list[tuple[bytes, ocycle.Chunk]], Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,8 @@ def emitter(mp: pytest.MonkeyPatch, impl: str, fill: bool, cls: Any = ocycle.Buf
     mp.setattr(windows, "appender_class", lambda: appender)
     mp.setattr(windows, "filler_class", lambda: filler)
     if not fill:
-        mp.setattr(kinds.BytesKind, "fills", lambda self, clip: False)
-        mp.setattr(kinds.NumpyKind, "fills", lambda self, clip: False)
+        mp.setattr(kinds.BytesKind, "fills", lambda self, clip, size: False)
+        mp.setattr(kinds.NumpyKind, "fills", lambda self, clip, size: False)
     b = cls(**kwargs)
     assert type(b.windows.hot) is (filler if fill else appender)
     return b
@@ -261,3 +262,15 @@ def test_c_and_python_check_t0_the_same_keeping_or_filling(frames, size, clip, r
     if C_BUILT:
         assert run_with_t0s("c", False, frames, **kwargs) == want
         assert run_with_t0s("c", True, frames, **kwargs) == want
+
+
+def test_which_streams_fill_and_which_keep_their_frames() -> None:
+    def fills(cls: Any = ocycle.BufferEmit, **kwargs: Any) -> bool:
+        return bool(cls(lambda v, t0: None, **kwargs).windows.fill)
+
+    assert fills(size=4096) and fills(size=65536, clip=True) and fills(size=256 * 1024)
+    assert not fills(size=256 * 1024 + 1)  # a large bytes chunk keeps its frames: the writer never copies them
+    assert not fills(size=8, hop=4) and not fills(size=8, sampler=1.0)
+    assert fills(ocycle.NumpyEmit, size=1 << 20, clip=True)  # numpy frames are copied on write anyway
+    assert not fills(ocycle.NumpyEmit, size=8)  # unclipped: the chunk's length is known at its last write
+    assert not fills(ocycle.ListEmit, size=8, clip=True) and not fills(size=8, clip=True, new=io.StringIO)
