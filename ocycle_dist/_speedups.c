@@ -15,6 +15,73 @@
 #include <structmember.h>
 #include <float.h>
 
+/* The t0 checks both types share (hotpath.Clock): a frame takes the fast path only with a plainly good t0. */
+typedef struct {
+    double last_t0;
+    double last_end;
+    double inv_rate;
+    double max_gap;
+    double max_t0;
+} Clock;
+
+/* write()'s arguments: data and an optional t0, by position or keyword. 0, or -1 with an exception. */
+static int
+parse_write(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **data, PyObject **t0)
+{
+    *data = nargs > 0 ? args[0] : NULL;
+    *t0 = nargs > 1 ? args[1] : Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(name, "t0") == 0 && nargs < 2)
+            *t0 = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, "data") == 0 && nargs < 1)
+            *data = args[nargs + i];
+        else {
+            PyErr_Format(PyExc_TypeError, "write() got an unexpected or repeated keyword argument '%U'", name);
+            return -1;
+        }
+    }
+    if (*data == NULL || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "write() takes data and an optional t0");
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether t0 lets a frame take the fast path (Clock.plain): None, or an exact float/int that is finite and in
+ * [last_end, max_t0]; its value in *t. */
+static int
+clock_plain(Clock *clock, PyObject *t0, double *t)
+{
+    *t = 0.0;
+    if (t0 == Py_None)
+        return 1;
+    if (PyFloat_CheckExact(t0)) {
+        *t = PyFloat_AS_DOUBLE(t0);
+    } else if (PyLong_CheckExact(t0)) {
+        *t = PyLong_AsDouble(t0);
+        if (*t == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear(); /* too large for a double: `other` says so */
+            return 0;
+        }
+    } else {
+        return 0;
+    }
+    return *t >= clock->last_end && *t <= clock->max_t0; /* NaN fails both; past max_t0: a gap */
+}
+
+/* A fast write of n elements at t0 (value t) went in (Clock.wrote). */
+static void
+clock_wrote(Clock *clock, PyObject *t0, double t, Py_ssize_t n)
+{
+    if (t0 != Py_None) {
+        clock->last_t0 = t;
+        clock->last_end = t + (double)n * clock->inv_rate;
+        clock->max_t0 = clock->max_gap > 0.0 ? clock->last_end + clock->max_gap : DBL_MAX;
+    }
+}
+
 typedef struct {
     PyObject_HEAD
     PyObject *segs;
@@ -23,11 +90,7 @@ typedef struct {
     Py_ssize_t threshold;
     PyObject *due;
     PyObject *other;
-    double last_t0;
-    double last_end;
-    double inv_rate;
-    double max_gap;
-    double max_t0;
+    Clock clock;
 } Appender;
 
 static int
@@ -75,50 +138,19 @@ Appender_init(Appender *self, PyObject *args, PyObject *kwds)
     Py_INCREF(due); Py_XSETREF(self->due, due);
     Py_INCREF(other); Py_XSETREF(self->other, other);
     self->threshold = threshold;
-    self->max_gap = 0.0;
-    self->max_t0 = DBL_MAX;
+    self->clock.max_gap = 0.0;
+    self->clock.max_t0 = DBL_MAX;
     return 0;
 }
 
 static PyObject *
 Appender_write(Appender *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *data = nargs > 0 ? args[0] : NULL;
-    PyObject *t0 = nargs > 1 ? args[1] : Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(name, "t0") == 0 && nargs < 2)
-            t0 = args[nargs + i];
-        else if (PyUnicode_CompareWithASCIIString(name, "data") == 0 && nargs < 1)
-            data = args[nargs + i];
-        else {
-            PyErr_Format(PyExc_TypeError, "write() got an unexpected or repeated keyword argument '%U'", name);
-            return NULL;
-        }
-    }
-    if (data == NULL || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "write() takes data and an optional t0");
+    PyObject *data, *t0;
+    if (parse_write(args, nargs, kwnames, &data, &t0) < 0)
         return NULL;
-    }
-    double t = 0.0;
-    int fast = (PyObject *)Py_TYPE(data) == self->fast_type;
-    if (fast && t0 != Py_None) {
-        if (PyFloat_CheckExact(t0)) {
-            t = PyFloat_AS_DOUBLE(t0);
-        } else if (PyLong_CheckExact(t0)) {
-            t = PyLong_AsDouble(t0);
-            if (t == -1.0 && PyErr_Occurred()) {
-                PyErr_Clear(); /* too large for a double: `other` says so */
-                fast = 0;
-            }
-        } else {
-            fast = 0;
-        }
-        if (fast && !(t >= self->last_end && t <= self->max_t0)) /* NaN fails both; past max_t0: a gap */
-            fast = 0;
-    }
-    if (fast) {
+    double t;
+    if ((PyObject *)Py_TYPE(data) == self->fast_type && clock_plain(&self->clock, t0, &t)) {
         Py_ssize_t n = PyObject_Length(data);
         if (n < 0)
             return NULL;
@@ -155,11 +187,7 @@ Appender_write(Appender *self, PyObject *const *args, Py_ssize_t nargs, PyObject
                 return NULL; /* last_t0, last_end as they were */
             Py_DECREF(result);
         }
-        if (t0 != Py_None) {
-            self->last_t0 = t;
-            self->last_end = t + (double)n * self->inv_rate;
-            self->max_t0 = self->max_gap > 0.0 ? self->last_end + self->max_gap : DBL_MAX;
-        }
+        clock_wrote(&self->clock, t0, t, n);
         Py_RETURN_NONE;
     }
     PyObject *call[2] = {data, t0};
@@ -179,11 +207,11 @@ static PyMemberDef Appender_members[] = {
     {"threshold", T_PYSSIZET, offsetof(Appender, threshold), 0, "due(n, t0) is called when the end reaches it"},
     {"due", T_OBJECT_EX, offsetof(Appender, due), 0, "called as due(n, t0)"},
     {"other", T_OBJECT_EX, offsetof(Appender, other), 0, "called as other(data, t0) for other frames"},
-    {"last_t0", T_DOUBLE, offsetof(Appender, last_t0), 0, "the t0 of the last write that gave one"},
-    {"last_end", T_DOUBLE, offsetof(Appender, last_end), 0, "when that write ended: a fast t0 is at least this"},
-    {"inv_rate", T_DOUBLE, offsetof(Appender, inv_rate), 0, "1 / rate, or 0.0 without a rate"},
-    {"max_gap", T_DOUBLE, offsetof(Appender, max_gap), 0, "seconds after last_end a fast t0 may be (0.0: any)"},
-    {"max_t0", T_DOUBLE, offsetof(Appender, max_t0), 0, "a fast t0 is at most this: later is a gap"},
+    {"last_t0", T_DOUBLE, offsetof(Appender, clock.last_t0), 0, "the t0 of the last write that gave one"},
+    {"last_end", T_DOUBLE, offsetof(Appender, clock.last_end), 0, "when that write ended: a fast t0 is at least this"},
+    {"inv_rate", T_DOUBLE, offsetof(Appender, clock.inv_rate), 0, "1 / rate, or 0.0 without a rate"},
+    {"max_gap", T_DOUBLE, offsetof(Appender, clock.max_gap), 0, "seconds after last_end a fast t0 may be (0.0: any)"},
+    {"max_t0", T_DOUBLE, offsetof(Appender, clock.max_t0), 0, "a fast t0 is at most this: later is a gap"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -221,11 +249,7 @@ typedef struct {
     Py_ssize_t row_dims;    /* len(row_shape), or -1 */
     Py_ssize_t rows[MAX_ROW_DIMS];
     Py_ssize_t row_bytes;
-    double last_t0;
-    double last_end;
-    double inv_rate;
-    double max_gap;
-    double max_t0;
+    Clock clock;
     Py_ssize_t end;
     Py_ssize_t start;       /* -1: no chunk open */
     Py_ssize_t filled;
@@ -311,7 +335,7 @@ Filler_init(Filler *self, PyObject *args, PyObject *kwds)
     self->size = size;
     self->clip = clip;
     self->rate = rate;
-    self->inv_rate = rate > 0.0 ? 1.0 / rate : 0.0;
+    self->clock.inv_rate = rate > 0.0 ? 1.0 / rate : 0.0;
     Py_INCREF(fast_type); self->fast_type = fast_type;
     Py_INCREF(emit); self->emit = emit;
     Py_INCREF(other); self->other = other;
@@ -321,8 +345,8 @@ Filler_init(Filler *self, PyObject *args, PyObject *kwds)
     Py_INCREF(Py_None); self->chunk_t0 = Py_None;
     self->row_dims = -1;
     self->row_bytes = 1;
-    self->last_t0 = self->last_end = self->max_gap = 0.0;
-    self->max_t0 = DBL_MAX;
+    self->clock.last_t0 = self->clock.last_end = self->clock.max_gap = 0.0;
+    self->clock.max_t0 = DBL_MAX;
     self->end = 0;
     self->start = -1;
     self->filled = 0;
@@ -554,42 +578,11 @@ Filler_fits(Filler *self, Py_buffer *view)
 static PyObject *
 Filler_write(Filler *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *data = nargs > 0 ? args[0] : NULL;
-    PyObject *t0 = nargs > 1 ? args[1] : Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(name, "t0") == 0 && nargs < 2)
-            t0 = args[nargs + i];
-        else if (PyUnicode_CompareWithASCIIString(name, "data") == 0 && nargs < 1)
-            data = args[nargs + i];
-        else {
-            PyErr_Format(PyExc_TypeError, "write() got an unexpected or repeated keyword argument '%U'", name);
-            return NULL;
-        }
-    }
-    if (data == NULL || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "write() takes data and an optional t0");
+    PyObject *data, *t0;
+    if (parse_write(args, nargs, kwnames, &data, &t0) < 0)
         return NULL;
-    }
-    double t = 0.0;
-    int fast = (PyObject *)Py_TYPE(data) == self->fast_type;
-    if (fast && t0 != Py_None) {
-        if (PyFloat_CheckExact(t0)) {
-            t = PyFloat_AS_DOUBLE(t0);
-        } else if (PyLong_CheckExact(t0)) {
-            t = PyLong_AsDouble(t0);
-            if (t == -1.0 && PyErr_Occurred()) {
-                PyErr_Clear(); /* too large for a double: `other` says so */
-                fast = 0;
-            }
-        } else {
-            fast = 0;
-        }
-        if (fast && !(t >= self->last_end && t <= self->max_t0)) /* NaN fails both; past max_t0: a gap */
-            fast = 0;
-    }
-    if (fast) {
+    double t;
+    if ((PyObject *)Py_TYPE(data) == self->fast_type && clock_plain(&self->clock, t0, &t)) {
         Py_ssize_t n;
         int rc;
         if (self->new_buffer == Py_None) {
@@ -618,11 +611,7 @@ Filler_write(Filler *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         }
         if (rc < 0)
             return NULL; /* last_t0, last_end as they were */
-        if (t0 != Py_None) {
-            self->last_t0 = t;
-            self->last_end = t + (double)n * self->inv_rate;
-            self->max_t0 = self->max_gap > 0.0 ? self->last_end + self->max_gap : DBL_MAX;
-        }
+        clock_wrote(&self->clock, t0, t, n);
         Py_RETURN_NONE;
     }
 slow:;
@@ -733,11 +722,11 @@ static PyMemberDef Filler_members[] = {
     {"new_buffer", T_OBJECT_EX, offsetof(Filler, new_buffer), READONLY, "arrays: new_buffer(rows); None: bytes"},
     {"dtype", T_OBJECT_EX, offsetof(Filler, dtype), 0, "arrays: a fast frame's dtype is this object"},
     {"row_bytes", T_PYSSIZET, offsetof(Filler, row_bytes), 0, "bytes per element"},
-    {"last_t0", T_DOUBLE, offsetof(Filler, last_t0), 0, "the t0 of the last write that gave one"},
-    {"last_end", T_DOUBLE, offsetof(Filler, last_end), 0, "when that write ended: a fast t0 is at least this"},
-    {"inv_rate", T_DOUBLE, offsetof(Filler, inv_rate), 0, "1 / rate, or 0.0 without a rate"},
-    {"max_gap", T_DOUBLE, offsetof(Filler, max_gap), 0, "seconds after last_end a fast t0 may be (0.0: any)"},
-    {"max_t0", T_DOUBLE, offsetof(Filler, max_t0), 0, "a fast t0 is at most this: later is a gap"},
+    {"last_t0", T_DOUBLE, offsetof(Filler, clock.last_t0), 0, "the t0 of the last write that gave one"},
+    {"last_end", T_DOUBLE, offsetof(Filler, clock.last_end), 0, "when that write ended: a fast t0 is at least this"},
+    {"inv_rate", T_DOUBLE, offsetof(Filler, clock.inv_rate), 0, "1 / rate, or 0.0 without a rate"},
+    {"max_gap", T_DOUBLE, offsetof(Filler, clock.max_gap), 0, "seconds after last_end a fast t0 may be (0.0: any)"},
+    {"max_t0", T_DOUBLE, offsetof(Filler, clock.max_t0), 0, "a fast t0 is at most this: later is a gap"},
     {"end", T_PYSSIZET, offsetof(Filler, end), READONLY, "the stream's length so far, in elements"},
     {"start", T_PYSSIZET, offsetof(Filler, start), READONLY, "where the chunk being filled starts (-1: none)"},
     {"filled", T_PYSSIZET, offsetof(Filler, filled), READONLY, "elements in the chunk being filled"},

@@ -30,7 +30,36 @@ NEVER = sys.maxsize  # a threshold never reached
 MAX_T0 = sys.float_info.max  # a finite t0 is at most this
 
 
-class Appender:
+class Clock:
+    """The t0 checks of a hot path (base of :class:`Appender` and :class:`Filler`).
+
+    Attributes:
+        last_t0: the t0 of the last write that gave one (0.0 before any).
+        last_end: the time that write ended: ``last_t0 + n * inv_rate``; a fast t0 is at least this.
+        inv_rate: ``1 / rate``, or 0.0 without a rate.
+        max_gap: seconds after ``last_end`` a fast t0 may be (0.0: any).
+        max_t0: a fast t0 is at most this: ``last_end + max_gap`` once a write gave a t0 (with ``max_gap``).
+    """
+
+    __slots__ = ("inv_rate", "last_end", "last_t0", "max_gap", "max_t0")
+
+    def __init__(self) -> None:
+        self.last_t0 = self.last_end = self.inv_rate = self.max_gap = 0.0
+        self.max_t0 = MAX_T0
+
+    def plain(self, t0: Any) -> bool:
+        """Whether ``t0`` may take the fast path: None, or an exact float/int in ``[last_end, max_t0]``."""
+        return t0 is None or ((type(t0) is float or type(t0) is int) and self.last_end <= t0 <= self.max_t0)
+
+    def wrote(self, t0: Any, n: int) -> None:
+        """A fast write of ``n`` elements at ``t0`` went in (called after it, so one that raised changes none)."""
+        if t0 is not None:
+            self.last_t0 = float(t0)
+            self.last_end = t0 + n * self.inv_rate
+            self.max_t0 = self.last_end + self.max_gap if self.max_gap > 0.0 else MAX_T0
+
+
+class Appender(Clock):
     """Append frames of ``fast_type`` to ``segs`` (end positions to ``ends``); call back otherwise.
 
     Args:
@@ -42,26 +71,10 @@ class Appender:
         other: called as ``other(data, t0)`` for any frame not of ``fast_type``, or whose t0 needs a check.
 
     Attributes:
-        last_t0: the t0 of the last write that gave one (0.0 before any).
-        last_end: the time that write ended: ``last_t0 + n * inv_rate``; a fast t0 is at least this.
-        inv_rate: ``1 / rate``, or 0.0 without a rate.
-        max_gap: seconds after ``last_end`` a fast t0 may be (0.0: any).
-        max_t0: a fast t0 is at most this: ``last_end + max_gap`` once a write gave a t0 (with ``max_gap``).
+        last_t0, last_end, inv_rate, max_gap, max_t0: the t0 checks (:class:`Clock`).
     """
 
-    __slots__ = (
-        "due",
-        "ends",
-        "fast_type",
-        "inv_rate",
-        "last_end",
-        "last_t0",
-        "max_gap",
-        "max_t0",
-        "other",
-        "segs",
-        "threshold",
-    )
+    __slots__ = ("due", "ends", "fast_type", "other", "segs", "threshold")
     fast_type: Any
 
     def __init__(
@@ -73,16 +86,13 @@ class Appender:
         due: Callable[[int, Any], None],
         other: Callable[[Any, Any], None],
     ) -> None:
+        super().__init__()
         self.segs, self.ends, self.fast_type = segs, ends, fast_type
         self.threshold, self.due, self.other = threshold, due, other
-        self.last_t0 = self.last_end = self.inv_rate = self.max_gap = 0.0
-        self.max_t0 = MAX_T0
 
     def write(self, data: Any, t0: float | None = None) -> None:
         """Append ``data`` if it is of ``fast_type`` and ``t0`` plainly good, else hand both to ``other``."""
-        if type(data) is self.fast_type and (
-            t0 is None or ((type(t0) is float or type(t0) is int) and self.last_end <= t0 <= self.max_t0)
-        ):
+        if type(data) is self.fast_type and self.plain(t0):
             ends = self.ends
             n = len(data)
             end = ends[-1] + n
@@ -90,15 +100,12 @@ class Appender:
             ends.append(end)
             if end >= self.threshold:
                 self.due(n, t0)
-            if t0 is not None:  # after due(): a write that raised there leaves them as they were
-                self.last_t0 = float(t0)
-                self.last_end = t0 + n * self.inv_rate
-                self.max_t0 = self.last_end + self.max_gap if self.max_gap > 0.0 else MAX_T0
+            self.wrote(t0, n)
             return
         self.other(data, t0)
 
 
-class Filler:
+class Filler(Clock):
     """Copy each frame into the chunk it belongs to; call ``emit(chunk, start, t0)`` for each complete one.
 
     Windows back to back: a chunk opens at the element after the previous one (at the stream's start, or where
@@ -123,7 +130,7 @@ class Filler:
         end: the stream's length so far, in elements.
         start: where the chunk being filled starts (-1: none is open).
         chunk_t0: its t0.
-        last_t0, last_end, inv_rate, max_gap, max_t0: the t0 checks, as :class:`Appender`'s.
+        last_t0, last_end, inv_rate, max_gap, max_t0: the t0 checks (:class:`Clock`).
     """
 
     __slots__ = (
@@ -135,11 +142,6 @@ class Filler:
         "end",
         "fast_type",
         "filled",
-        "inv_rate",
-        "last_end",
-        "last_t0",
-        "max_gap",
-        "max_t0",
         "new_buffer",
         "other",
         "rate",
@@ -170,23 +172,15 @@ class Filler:
         self.end, self.start, self.chunk_t0 = 0, -1, None
         self.buf: Any = None
         self.filled = 0
-        self.last_t0 = self.last_end = self.max_gap = 0.0
+        super().__init__()
         self.inv_rate = 1.0 / rate if rate else 0.0
-        self.max_t0 = MAX_T0
 
     def write(self, data: Any, t0: float | None = None) -> None:
         """Take ``data`` if it is of ``fast_type`` and ``t0`` plainly good, else hand both to ``other``."""
-        if (
-            type(data) is self.fast_type
-            and (t0 is None or ((type(t0) is float or type(t0) is int) and self.last_end <= t0 <= self.max_t0))
-            and (self.new_buffer is None or self._fits(data))
-        ):
+        if type(data) is self.fast_type and self.plain(t0) and (self.new_buffer is None or self._fits(data)):
             n = len(data)
             self.put(data, t0)
-            if t0 is not None:  # after put(): a write that raised there leaves them as they were
-                self.last_t0 = float(t0)
-                self.last_end = t0 + n * self.inv_rate
-                self.max_t0 = self.last_end + self.max_gap if self.max_gap > 0.0 else MAX_T0
+            self.wrote(t0, n)
             return
         self.other(data, t0)
 
