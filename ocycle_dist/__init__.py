@@ -3,6 +3,7 @@
 A drop-in for ocycle 0.1.0: ``import ocycle_dist as ocycle``.
 """
 
+from .batched import batched
 from .bufferio import ListIO, NumpyIO
 from .chunk import Chunk
 from .emit import POLICIES, BufferEmit, ListEmit, NumpyEmit
@@ -51,4 +52,5 @@ __all__ = [
     "Stats",
     "Tap",
     "__version__",
+    "batched",
 ]

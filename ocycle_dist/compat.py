@@ -50,8 +50,8 @@ class OcycleCompat:
 
         ocycle gave the time of the write that emitted the previous chunk (its chunks' t0 defect).
         """
-        starts = self.windows.starts
-        return starts[0][1] if starts and self.windows.buffered else 0
+        t0 = self.windows.first_t0()
+        return t0 if t0 is not None and self.windows.buffered else 0
 
     @property
     def pause_until(self) -> float:
@@ -125,9 +125,9 @@ class OcycleCompat:
         windows = self.windows
         keep = int(size or self.size)
         begin, end = windows.end - windows.buffered, windows.end
-        if begin + keep >= end or not windows.starts:
+        t0 = windows.first_t0()
+        if begin + keep >= end or t0 is None:
             return self._new_buffer().getvalue()
-        t0 = windows.starts[0][1]
         kept = windows.take(begin, begin + keep) if keep > 0 else None
         overhang = windows.take(begin + keep, end)
         windows.skipped += end - begin - max(keep, 0)

@@ -1,8 +1,9 @@
 """What a stream is made of: bytes, text, lists or numpy arrays.
 
 A *kind* checks and freezes each frame written (so that a caller reusing its buffer cannot change data
-already written), measures it in elements and joins pieces of frames (cut by slicing) into a chunk.
-The emitter keeps frames as they were written and copies each element once, when its chunk is built.
+already written), measures it in elements and joins pieces of frames (cut by slicing) into a chunk; it also
+says whether a stream of it is filled (each frame copied into its chunk as it is written) or keeps its frames
+(each element copied once, when its chunk is built): see :mod:`ocycle_dist.windows`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ from typing import Any
 from .bufferio import ListIO, NumpyIO
 from .errors import ConfigError, FrameError
 
+FILL_MAX_BYTES = 256 * 1024  # bytes streams with chunks up to this many bytes are filled (see BytesKind.fills)
+
 
 class Kind:
     """Base of the four kinds. ``fast_type`` is the exact type accepted without any check."""
 
     name = ""
     fast_type: type | None = None
+    fill_type: type | None = None  # the exact frame type a Filler copies without a check (see fills())
+    new_rows: Callable[[int], Any] | None = None  # arrays: a new chunk of that many elements, for a Filler
     buffer_factory: Callable[[], Any] = io.BytesIO
     wire = False  # frames go to a remote task: see for_wire()
+
+    def fills(self, clip: bool, size: int) -> bool:
+        """Whether a stream of windows back to back (chunks of ``size`` elements) is cut by copying each frame into
+        its chunk (:class:`~ocycle_dist.hotpath.Filler`); else its frames are kept until their chunk is taken."""
+        return False
 
     def accept(self, data: Any) -> tuple[Any, int]:
         """Check ``data`` and return it frozen, with its length in elements."""
@@ -35,6 +45,18 @@ class Kind:
     def compatible(self, other: Kind) -> bool:
         """Whether frames accepted by ``other`` fit this kind too (for a shared tap)."""
         return type(self) is type(other)
+
+    def adopt(self, frozen: Any) -> None:
+        """Check a frame frozen by another, compatible kind (a Tap's) as :meth:`accept` would, and learn what the
+        first frame teaches (a numpy stream's dtype and shape), without copying it.
+
+        Raises:
+            FrameError: the frame does not fit this stream.
+        """
+
+    def same_as(self, other: Kind) -> bool:
+        """Whether every frame ``other`` accepts fits this kind as it is now (:meth:`adopt` has nothing to do)."""
+        return True
 
     def for_wire(self) -> None:
         """From now on accept only frames the wire carries faithfully (remote modes; see NumpyKind).
@@ -53,6 +75,13 @@ class BytesKind(Kind):
 
     name = "bytes"
     fast_type = bytes
+    fill_type = bytes
+
+    def fills(self, clip: bool, size: int) -> bool:
+        # A larger chunk keeps its frames: bytes frames are kept as they are (no copy), and a large chunk's fresh
+        # memory costs page faults as it fills; an executor that joins later (the celery mode) joins them on its
+        # own thread, so the writer never copies a large frame.
+        return size <= FILL_MAX_BYTES
 
     def accept(self, data: Any) -> tuple[bytes, int]:
         if isinstance(data, str):
@@ -118,13 +147,37 @@ class NumpyKind(Kind):
         self._masked = np.ma.MaskedArray
         self.dtype = _dtype(np, dtype) if dtype is not None else None
         self.shape = _shape(shape) if shape is not None else None
+        self.fill_type = np.ndarray
+        self.new_rows = self._new_rows
+
+    def fills(self, clip: bool, size: int) -> bool:
+        return clip  # an unclipped chunk's length is known only at its last write; frames are copied anyway
+
+    def _new_rows(self, rows: int) -> Any:
+        """A new C-contiguous array of ``rows`` elements of the stream's dtype and shape (to fill a chunk in)."""
+        return self._np.empty((rows, *(self.shape or ())), dtype=self.dtype)
 
     def for_wire(self) -> None:
         if self.dtype is not None and (problem := unsendable_dtype(self.dtype)):
             raise ConfigError("dtype", self.dtype, f"a dtype the wire carries faithfully ({problem})")
         self.wire = True
 
+    def adopt(self, frozen: Any) -> None:
+        self._check(frozen)
+
+    def same_as(self, other: Kind) -> bool:
+        return (
+            isinstance(other, NumpyKind)
+            and other.dtype is not None
+            and (self.dtype, self.shape) == (other.dtype, other.shape)
+        )
+
     def accept(self, data: Any) -> tuple[Any, int]:
+        self._check(data)
+        return data.copy(), len(data)
+
+    def _check(self, data: Any) -> None:
+        """Refuse what does not fit the stream; the first frame fixes the dtype and shape not declared."""
         np = self._np
         if not isinstance(data, np.ndarray):
             raise self._reject(data, "expected a numpy.ndarray whose first axis is time")
@@ -148,7 +201,6 @@ class NumpyKind(Kind):
             if self.wire and (problem := unsendable_dtype(dtype)):
                 raise FrameError(f"data has dtype {dtype}, which cannot be sent to a remote task: {problem}")
             self.dtype, self.shape = dtype, shape
-        return data.copy(), len(data)
 
     def join(self, pieces: list[Any]) -> Any:
         # dtype given: concatenate alone would turn a big-endian stream's chunks native-endian

@@ -35,9 +35,19 @@ class Tap:
             if not emitters[0].kind.compatible(e.kind):
                 raise ConfigError("emitters", e, f"emitters of one kind ({emitters[0].kind.name})")
         self.emitters = emitters
-        # the frames are checked once, by the strictest kind: a remote emitter's refuses what the wire cannot carry
-        self._kind = next((e.kind for e in emitters if e.kind.wire), emitters[0].kind)
+        # the frames are checked once, by the strictest kind: a remote emitter's refuses what the wire cannot carry,
+        # one with a declared dtype refuses any other
+        self._kind = next((e.kind for e in emitters if e.kind.wire), None) or next(
+            (e.kind for e in emitters if getattr(e.kind, "dtype", None) is not None), emitters[0].kind
+        )
+        self._unsure = self._kinds_to_check()
         self._closed = False
+
+    def _kinds_to_check(self) -> list[Any]:
+        """The emitters' kinds that may not take every frame the checking kind takes, as they are now (a numpy
+        stream whose dtype or shape is not yet that kind's): a frame is checked by them too, before any emitter
+        gets it (and teaches them the dtype and shape). Soon none: then a frame is checked once."""
+        return [e.kind for e in self.emitters if e.kind is not self._kind and not e.kind.same_as(self._kind)]
 
     def write(self, data: Any, t0: float | None = None) -> None:
         """Write one frame to every emitter; ``t0`` is ``time.time()`` when None, the same for all.
@@ -48,6 +58,10 @@ class Tap:
         if self._closed:
             raise ClosedError("write() on a closed Tap")
         frozen, n = self._kind.accept(data)
+        if self._unsure:
+            for kind in self._unsure:
+                kind.adopt(frozen)
+            self._unsure = self._kinds_to_check()
         if t0 is None:  # now, for all; like BufferEmit.write(t0=None), not compared with the previous write's
             now = time.time()
             for e in self.emitters:

@@ -6,9 +6,16 @@ gets its t0 from the write that reaches it, and is complete once the stream's en
 that filled it (ocycle 0.1.0's default), and the next window opens after it. A sampler pauses the cutting
 after each chunk: writes are skipped (and counted) until its delay has passed.
 
-The frames are kept as they were written (``segs``, with their end positions in ``ends``) and copied once,
-when a chunk is taken. ``write()`` is the hot path (:mod:`ocycle_dist.hotpath`): it appends and only calls
-back into Python when a window may be complete. Knows nothing of executors: complete chunks go to ``emit``.
+Two ways to hold the stream (:mod:`ocycle_dist.hotpath`, whose ``write()`` is the hot path):
+
+- *filling* (:class:`~ocycle_dist.hotpath.Filler`), for windows back to back (``hop == size``, no sampler) of
+  bytes (chunks up to 256 KiB), or of numpy arrays with ``clip``: each frame is copied, as it is written, into
+  the chunk it belongs to; Python is called once per chunk, with the chunk.
+- *keeping* (:class:`~ocycle_dist.hotpath.Appender`), for everything else: the frames are kept as they were
+  written (``segs``, with their end positions in ``ends``) and copied once, when a chunk is taken; Python is
+  called when a window may open or be complete.
+
+Both cut the same chunks with the same t0s. Knows nothing of executors: complete chunks go to ``emit``.
 
 A write's ``t0`` is None (now: ``time.time()``) or seconds: a real number, finite and >= 0 (``time.time()``,
 ``time.monotonic()`` or the time since the stream's start), not earlier than the previous write's t0 (time
@@ -29,11 +36,12 @@ from typing import Any
 
 from .chunk import Chunk
 from .errors import ConfigError, FrameError
-from .hotpath import MAX_T0, NEVER, appender_class
+from .hotpath import MAX_T0, NEVER, appender_class, filler_class
 from .kinds import Kind
 from .pieces import Pieces
 
 Emit = Callable[[Any, Chunk], None]
+_new_chunk = tuple.__new__  # Chunk(*fields) in a third of the time of Chunk.__new__ (a namedtuple's, in Python)
 
 
 def _show(value: Any) -> str:
@@ -86,26 +94,61 @@ class Windows:
         self.t0_overlaps = 0  # writes whose t0 fell inside the previous write's span (rate set)
         self.gaps = 0  # writes whose t0 came later than the rate predicts by more than max_gap
         self.gap_seconds = 0.0  # the input those gaps skipped
-        self.hot = appender_class()(self.segs, self.ends, kind.fast_type, 1, self._advance, other)
+        self.fill = hop == size and sampler is None and kind.fills(clip, size)  # see the module's docstring
+        self._fast = None if self.fill else kind.fast_type  # the hot path's fast type, while accepting
+        self._on = True
+        if self.fill:
+            self.hot = filler_class()(size, clip, float(rate or 0.0), None, self._chunk, other, kind.new_rows)
+            self._arm()
+        else:
+            self.hot = appender_class()(self.segs, self.ends, self._fast, 1, self._advance, other)
         self.hot.inv_rate = 1.0 / rate if rate else 0.0
         self.hot.max_gap = max_gap if rate else 0.0  # gaps are seen against the rate's prediction
 
     @property
     def end(self) -> int:
         """The stream's length so far, in elements."""
-        return self.ends[-1]
+        return self.hot.end if self.fill else self.ends[-1]  # type: ignore[no-any-return]
 
     @property
     def buffered(self) -> int:
         """Elements held, not yet part of an emitted chunk."""
+        if self.fill:
+            return self.hot.end - self.hot.start if self.hot.start >= 0 else 0  # type: ignore[no-any-return]
         return self.end - (self.starts[0][0] if self.starts else min(self.next_start, self.end))
 
+    def first_t0(self) -> float | None:
+        """The t0 of the oldest open window (the chunk being collected), None when none is open."""
+        if self.fill:
+            return self.hot.chunk_t0 if self.hot.start >= 0 else None  # type: ignore[no-any-return]
+        return self.starts[0][1] if self.starts else None
+
     def accepting(self, on: bool) -> None:
-        """Let the hot path append frames of the fast type (or send every frame to ``other``)."""
-        self.hot.fast_type = self.kind.fast_type if on and not self.paused else None
+        """Let the hot path take frames of the fast type (or send every frame to ``other``)."""
+        self._on = on
+        self.hot.fast_type = self._fast if on and not self.paused else None
+
+    def _arm(self) -> None:
+        """Filling numpy arrays: once the stream's dtype and element shape are known (declared, or taken from the
+        first frame), frames of exactly them take the fast path."""
+        kind = self.kind
+        if kind.new_rows is not None:
+            dtype, shape = getattr(kind, "dtype", None), getattr(kind, "shape", None)
+            if dtype is None or shape is None:
+                return
+            self.hot.dtype, self.hot.row_shape = dtype, shape
+            self.hot.row_bytes = dtype.itemsize * math.prod(shape)
+        self._armed = True
+        self._fast = kind.fill_type
+        self.accepting(self._on)
+
+    _armed = False
 
     def reset(self, end: int) -> None:
         """Forget every frame and open window; the stream goes on from position ``end``."""
+        if self.fill:
+            self.hot.drop(end)
+            return
         self.segs.clear()
         self.ends[:] = [end]
         self.next_start = end
@@ -150,6 +193,13 @@ class Windows:
         t0, overlaps = self.check_t0(t0) if compare else (t0, False)
         if compare and t0 is not None and t0 > self.hot.max_t0:  # later than the rate predicts: a gap
             self._gap(t0 - self.hot.last_end)
+        if self.fill:
+            if not self._armed:  # a numpy stream's first frame, checked by this kind, or a Tap's (checked by it too)
+                self.kind.adopt(frozen)
+                self._arm()
+            self.hot.put(frozen, t0)
+            self._written(t0 if compare else None, n, overlaps)
+            return
         when, resumed = t0, self.paused
         if self.paused:
             when = time.time() if t0 is None else t0
@@ -237,8 +287,15 @@ class Windows:
         self.emit(self.take(s, e, self.lazy), Chunk(self.stream, self.seq, t0, e - s, s, partial))
         self.seq += 1
 
+    def _chunk(self, value: Any, start: int, t0: float) -> None:
+        """A complete chunk from the Filler (its Chunk made as ``Chunk(...)`` would, without its ``__new__``)."""
+        self.emit(value, _new_chunk(Chunk, (self.stream, self.seq, t0, len(value), start, False)))
+        self.seq += 1
+
     def take(self, s: int, e: int, lazy: bool = False) -> Any:
         """The elements ``s:e`` of the stream as one value (with ``lazy``, :class:`.Pieces` to join later)."""
+        if self.fill:
+            return self.hot.peek(s, e)
         ends, segs = self.ends, self.segs
         i = bisect_right(ends, s) - 1  # segs[i] holds element s
         j = bisect_left(ends, e, i) - 1  # segs[j] holds element e - 1
@@ -285,6 +342,12 @@ class Windows:
     def flush(self) -> int:
         """Emit the open windows now, even if shorter than ``size`` (marked ``partial``); returns how many."""
         count = 0
+        if self.fill:
+            if self.hot.start >= 0 and self.hot.end > self.hot.start:
+                self._emit(self.hot.start, self.hot.end, self.hot.chunk_t0, True)
+                count = 1
+            self.reset(self.end)
+            return count
         if not self.starts and self.next_start < self.end:
             self.starts.append((self.next_start, time.time()))
         for s, t in list(self.starts):

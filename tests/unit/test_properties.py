@@ -223,6 +223,7 @@ def test_a_tap_gives_each_emitter_what_a_standalone_one_gets(kind, lengths):
         {"size": 3, "clip": True},
         {"size": 7},
         {"size": 16, "hop": 5, "rate": 10.0},
+        {"size": 5, "clip": True, "rate": 10.0},  # fills, and has not checked the Tap's first frame itself
     ]
     tapped = [Recorder() for _ in configs]
     alone = [Recorder() for _ in configs]
@@ -248,21 +249,57 @@ def test_a_tap_gives_each_emitter_what_a_standalone_one_gets(kind, lengths):
     assert {s: counts(st) for s, st in tap.stats().items()} == {e.stream: counts(e.stats()) for e in solo}
 
 
-def test_a_tap_keeps_one_frame_object_for_every_emitter():
+def test_a_tap_keeps_one_frame_object_for_every_emitter_that_keeps_frames():
     recs = [Recorder() for _ in range(3)]
-    emitters = [ocycle.BufferEmit(r, size, clip=True) for r, size in zip(recs, (3, 7, 16), strict=True)]
+    emitters = [ocycle.ListEmit(r, size, clip=True) for r, size in zip(recs, (3, 7, 16), strict=True)]
     tap = ocycle.Tap(*emitters)
+    written = []
     for k in range(5):
-        tap.write(bytearray(b"%d%d%d-" % (k, k, k)), t0=float(k))  # 000-111-222-333-444-
+        written.append(list(f"{k}{k}{k}-"))  # 000-111-222-333-444-
+        tap.write(written[-1], t0=float(k))
     # every emitter still holds the last frames; map each held frame by the position it ends at
     held = [dict(zip(e.windows.ends[1:], e.windows.segs, strict=True)) for e in emitters]
     common = set(held[0]) & set(held[1]) & set(held[2])
     assert common, "the emitters should share frames that are still buffered"
     for end in common:
         frame = held[0][end]
-        assert type(frame) is bytes  # frozen once (the caller's bytearray is not kept)
+        assert type(frame) is list and all(frame is not w for w in written)  # frozen once: the caller's is not kept
         assert held[1][end] is frame
         assert held[2][end] is frame
+    assert [["".join(v) for v in r.values] for r in recs] == [
+        ["000", "-11", "1-2", "22-", "333", "-44"],
+        ["000-111", "-222-33"],
+        ["000-111-222-333-"],
+    ]
+
+
+def test_a_tap_checks_each_frame_against_every_emitters_dtype_before_any_gets_it():
+    recs = [Recorder() for _ in range(3)]
+    free = ocycle.NumpyEmit(recs[0], 4, clip=True)  # takes its dtype from the first frame
+    declared = ocycle.NumpyEmit(recs[1], 4, clip=True, dtype="float32", shape=())
+    kept = ocycle.NumpyEmit(recs[2], 4)  # keeps its frames (unclipped)
+    tap = ocycle.Tap(free, declared, kept)
+    with pytest.raises(ocycle.FrameError, match="dtype float64"):
+        tap.write(np.zeros(4, dtype=np.float64))
+    assert [e.stats().written for e in (free, declared, kept)] == [0, 0, 0]
+    tap.write(np.arange(6, dtype=np.float32))
+    tap.write(np.arange(6, 8, dtype=np.float32))
+    for rec in recs:
+        assert [v.tolist() for v in rec.values] == ([[0, 1, 2, 3, 4, 5]] if rec is recs[2] else
+                                                    [[0, 1, 2, 3], [4, 5, 6, 7]])  # fmt: skip
+        assert all(v.dtype == np.float32 for v in rec.values)
+
+
+def test_emitters_that_fill_copy_each_frame_as_it_is_written():
+    recs = [Recorder() for _ in range(3)]
+    emitters = [ocycle.BufferEmit(r, size, clip=True) for r, size in zip(recs, (3, 7, 16), strict=True)]
+    assert all(e.windows.fill for e in emitters)
+    tap, alone = ocycle.Tap(*emitters[:2]), emitters[2]
+    frame = bytearray(4)
+    for k in range(5):
+        frame[:] = b"%d%d%d-" % (k, k, k)  # 000-111-222-333-444-, the caller reusing one buffer
+        tap.write(frame, t0=float(k))
+        alone.write(frame, t0=float(k))
     assert [r.values for r in recs] == [
         [b"000", b"-11", b"1-2", b"22-", b"333", b"-44"],
         [b"000-111", b"-222-33"],

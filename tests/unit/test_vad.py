@@ -153,6 +153,120 @@ def test_short_chunks_are_padded(model: vad.Model, speech: dict[int, np.ndarray]
     assert half_second["windows"] == 16 and half_second["label"] == "speech"
 
 
+# --- many chunks in one run of the model ---------------------------------------------------
+
+
+def reference(model: vad.Model, chunk: Any, rate: int) -> dict[str, Any]:
+    """:func:`vad.detect` of one chunk written out the plain way: window after window, a batch of one."""
+    x = audio.as_float(chunk)
+    mono = np.clip(x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x, -1.0, 1.0)
+    window, context = vad.WINDOW[rate], vad.CONTEXT[rate]
+    n = -(-mono.size // window)
+    padded = np.zeros(context + n * window, dtype=np.float32)
+    padded[context : context + mono.size] = mono
+    state, probs = np.zeros((2, 1, 128), dtype=np.float32), []
+    for i in range(n):
+        frame = padded[None, i * window : (i + 1) * window + context]
+        out, state = model.session.run(None, {"input": frame, "state": state, "sr": np.array(rate, dtype=np.int64)})
+        probs.append(float(out[0, 0]))
+    p = np.array(probs)
+    k = min(n, int(np.ceil(vad.MIN_SPEECH_S * rate / window)))
+    return {"speech_prob": float(np.sort(p)[-k]), "speech_ratio": float(np.mean(p > vad.THRESHOLD)),
+            "max_prob": float(p.max()), "mean_prob": float(p.mean()), "windows": n}  # fmt: skip
+
+
+def assert_same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    assert got["windows"] == want["windows"], what
+    for key in ("speech_prob", "max_prob", "mean_prob"):
+        assert abs(got[key] - want[key]) <= 1e-5, (what, key, got[key], want[key])
+    assert got["speech_ratio"] == want["speech_ratio"], what
+    assert got["label"] == ("speech" if want["speech_prob"] > vad.THRESHOLD else "no_speech"), what
+
+
+def mixed_chunks(speech: dict[int, np.ndarray], rate: int) -> dict[str, Any]:
+    """Speech, noise, tones and silence, whole and cut short at different lengths (partial last chunks)."""
+    n = 2 * rate
+    return {
+        "speech": speech[rate],
+        "noise": audio.noise(2.0, rate, amplitude=0.3, seed=11),
+        "440 Hz tone": audio.tone(2.0, rate, freq=440.0),
+        "silence": np.zeros(n, dtype=np.float32),
+        "speech, first 0.7 s": speech[rate][: int(0.7 * rate)],
+        "speech from 0.5 s, 1.1 s, int16": np.rint(speech[rate][rate // 2 : rate // 2 + int(1.1 * rate)] * 32767)
+        .astype(np.int16),
+        "stereo speech, 1.5 s": np.stack([speech[rate][: int(1.5 * rate)]] * 2, axis=1),
+        "noise, 777 samples": audio.noise(2.0, rate, seed=12)[:777],
+        "tone, one sample": audio.tone(2.0, rate, freq=1000.0)[:1],
+        "speech, one window and one sample": speech[rate][rate // 4 : rate // 4 + vad.WINDOW[rate] + 1],
+        "int16 bytes of noise": (audio.noise(2.0, rate, seed=13) * 20000).astype("<i2").tobytes(),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("rate", [16_000, 8_000])
+def test_chunks_run_together_get_what_each_gets_alone(
+    model: vad.Model, speech: dict[int, np.ndarray], rate: int
+) -> None:
+    chunks = mixed_chunks(speech, rate)
+    names = list(chunks)
+    together = vad.detect_many([chunks[k] for k in names], rate=rate)
+    for name, got in zip(names, together, strict=True):
+        assert isinstance(got, dict), (name, got)
+        want = reference(model, chunks[name], rate)
+        assert_same(got, want, name)
+        assert_same(vad.detect(chunks[name], rate=rate), want, f"{name}, alone")
+    assert together[names.index("speech")]["label"] == "speech"
+    assert together[names.index("noise")]["label"] == "no_speech"
+
+
+def test_the_chunks_share_each_run_of_the_model(model: vad.Model, speech: dict[int, np.ndarray],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    runs: list[int] = []
+
+    class Counting:
+        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+            runs.append(feeds["input"].shape[0])
+            return model.session.run(names, feeds)
+
+    monkeypatch.setattr(vad, "_model", vad.Model(Counting(), model.name, model.path))
+    chunks = list(mixed_chunks(speech, RATE).values())
+    vad.detect_many(chunks, rate=RATE)
+    assert runs == [len(chunks)] * 63  # one run per window of the longest chunk (2 s: 63), every chunk in it
+    runs.clear()
+    short = [speech[RATE][i * 100 : i * 100 + 400] for i in range(vad.MAX_BATCH + 6)]  # one window each
+    got = vad.detect_many(short, rate=RATE)
+    assert runs == [vad.MAX_BATCH, 6]
+    for chunk, result in zip(short, got, strict=True):
+        assert_same(result, reference(model, chunk, RATE), "short")  # in their order, whatever the runs
+
+
+def test_an_invalid_chunk_fails_alone(model: vad.Model, speech: dict[int, np.ndarray]) -> None:
+    chunks = [speech[RATE], "not audio", np.zeros(0, dtype=np.float32), b"odd", np.zeros(RATE, dtype=np.float32)]
+    got = vad.detect_many(chunks, rate=RATE)
+    assert got[0]["label"] == "speech" and got[4]["label"] == "no_speech"
+    assert all(isinstance(got[i], ValueError) and "chunk" in str(got[i]) for i in (1, 2, 3))
+    assert vad.detect_many([], rate=RATE) == []
+    with pytest.raises(ValueError, match="rate must be 16000 or 8000"):
+        vad.detect_many(chunks, rate=44_100)
+
+
+def test_the_task_runs_a_batch_as_it_runs_each_chunk(model: vad.Model, speech: dict[int, np.ndarray]) -> None:
+    from ocycle_dist.batched import batch_of
+    from workers import tasks
+
+    chunks = [*mixed_chunks(speech, RATE).values(), "not audio"]
+    t0s = [10.0 + 2 * i for i in range(len(chunks))]
+    spec = batch_of(tasks.classify)
+    assert spec is not None and spec.max_chunks == vad.MAX_BATCH
+    together = spec.fn(chunks, t0s)
+    for chunk, t0, got in zip(chunks[:-1], t0s, together, strict=False):
+        alone = tasks.classify(chunk, t0)
+        assert got["t0"] == alone["t0"] == t0 and got["model"] == alone["model"] == model.name
+        assert_same(got, alone, str(t0))
+    assert isinstance(together[-1], ValueError)
+    with pytest.raises(ValueError, match="chunk must be"):
+        tasks.classify("not audio", 1.0)
+
+
 # --- loading once per process ---------------------------------------------------------
 
 
@@ -265,6 +379,9 @@ def test_without_the_model_classify_falls_back(monkeypatch: pytest.MonkeyPatch) 
     assert tasks.settings.sample_rate == RATE
     task_result = tasks.classify(audio.noise(2.0, RATE, seed=9), 3.0)
     assert task_result["t0"] == 3.0 and task_result["label"] == "noise" and task_result["model"] == vad.FALLBACK
+    many = vad.classify_many([audio.noise(2.0, RATE, seed=9), "not audio", audio.tone(2.0, RATE)], rate=RATE)
+    assert [r["label"] for r in (many[0], many[2])] == ["noise", "tone"] and isinstance(many[1], ValueError)
+    assert many[0]["model"] == vad.FALLBACK
 
 
 def test_model_package_without_the_onnx_file_is_a_clear_error(
