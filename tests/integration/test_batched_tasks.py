@@ -22,10 +22,10 @@ from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.remote.spool import Entry
+from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.helpers import owned, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 TASK = "contract.batch_reverse"
@@ -128,7 +128,7 @@ def test_a_drain_runs_the_taken_chunks_of_a_batched_task_in_one_call(stack: Exit
     names = ["i.plain" if i % 5 == 4 else "i.batched" for i in range(40)]
     entries = [Entry(f"id{i}", name, Chunk(stream, i, float(i), 4, 0), wire.dumps(b"c%03d" % i))
                for i, name in enumerate(names)]  # fmt: skip
-    publish(client, entries, Settings(broker_url=redis.url, batch_max_chunks=0), token)  # a message each: a fleet
+    publish(client, owned(entries, Settings(broker_url=redis.url, batch_max_chunks=0), token))  # a message each: a fleet
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
     assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 40
@@ -136,7 +136,7 @@ def test_a_drain_runs_the_taken_chunks_of_a_batched_task_in_one_call(stack: Exit
     assert [len(c) for c in calls["batched"]] == [13, 13, 6], calls
     assert [len(c) for c in calls["plain"]] == [1] * 8
     assert sorted(x for c in calls["batched"] + calls["plain"] for x in c) == [b"c%03d" % i for i in range(40)]
-    records = [unseal(wire.loads(r), mac_key("", token)) for r in client.lrange(reply_key(stream, token), 0, -1)]
+    records = [unseal(wire.loads(r), mac_key("", token)) for r in client.lrange(reply_key(token), 0, -1)]
     assert sorted((r["id"], r["result"]) for r in records if r) == sorted(
         (f"id{i}", b"C%03d" % i if names[i] == "i.batched" else b"c%03d" % i) for i in range(40)
     )

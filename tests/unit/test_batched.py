@@ -19,8 +19,9 @@ from ocycle_dist.batched import MAX_CHUNKS, batch_of, call_batch
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import ConfigError
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.batch import Replies, run_batch, run_items
+from ocycle_dist.remote.batch import run_batch, run_items
 from ocycle_dist.remote.protocol import claim_key, mac_key, reply_key, unseal
+from ocycle_dist.remote.replies import ReplyWriter
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import ChunkTask, make_app
 
@@ -149,7 +150,7 @@ def item(task: str, chunk: Any, seq: int, *, stream: str = "s", expires: float |
 
 def outcomes(admin: Any) -> dict[str, dict[str, Any]]:
     out = {}
-    for key in admin.keys(reply_key("*", TOKEN)):
+    for key in admin.keys(reply_key(TOKEN)):
         for raw in admin.lrange(key, 0, -1):
             record = unseal(wire.loads(raw), mac_key("", TOKEN))
             assert record is not None
@@ -159,11 +160,10 @@ def outcomes(admin: Any) -> dict[str, dict[str, Any]]:
 
 def run(app: Any, admin: Any, items: list[list[Any]]) -> dict[str, dict[str, Any]]:
     app.calls.clear()
-    replies = Replies(60, "")
-    ran = run_items(app, admin, items, replies, hostname="h", delivery_info={"routing_key": "celery"}, token=TOKEN)
-    pipe = admin.pipeline(transaction=False)
-    replies.into(pipe)
-    pipe.execute()
+    replies = ReplyWriter(admin, 60, "")
+    ran = run_items(app, admin, items, replies, hostname="h", delivery_info={"routing_key": "celery"},
+                    reply_to=reply_key(TOKEN))  # fmt: skip
+    assert replies.send()
     got = outcomes(admin)
     assert ran == len([i for i in items if i[5] is None])
     return got
@@ -219,14 +219,14 @@ def test_a_task_class_with_its_own_call_runs_one_chunk_at_a_time(app: Any, admin
 
 
 def test_a_batch_message_of_a_batched_task_runs_in_calls_of_max_chunks(app: Any, admin: Any) -> None:
-    items = [[*item("b.upper", b"c%02d" % i, i), reply_key("s", TOKEN)] for i in range(40)]
-    request = SimpleNamespace(reply_to=reply_key("s", TOKEN), hostname="h", delivery_info={"routing_key": "celery"})
+    items = [[*item("b.upper", b"c%02d" % i, i), reply_key(TOKEN)] for i in range(40)]
+    request = SimpleNamespace(reply_to=reply_key(TOKEN), hostname="h", delivery_info={"routing_key": "celery"})
     app.calls.clear()
     run_batch(SimpleNamespace(app=app, request=request), items, admin, Settings(reply_secret=""))
     assert [len(c[1]) for c in app.calls] == [40]  # not in slices of 16: one model run
     got = outcomes(admin)
     assert [got[f"id{i}"]["result"] for i in range(40)] == [b"C%02d" % i for i in range(40)]
-    meta_items = [[*item("b.meta", b"m", i), reply_key("s", TOKEN)] for i in range(5)]
+    meta_items = [[*item("b.meta", b"m", i), reply_key(TOKEN)] for i in range(5)]
     app.calls.clear()
     run_batch(SimpleNamespace(app=app, request=request), meta_items, admin, Settings(reply_secret=""))
     assert [len(c[1]) for c in app.calls] == [2, 2, 1]
@@ -248,8 +248,8 @@ def test_a_long_run_of_items_is_fetched_and_run_a_window_at_a_time(app: Any, adm
         admin.set(claim_key(f"id{i}"), wire.dumps(b"c%03d" % i))
         items.append(item("b.upper" if i % 10 else "b.plain", wire.Claim(claim_key(f"id{i}")), i))
     app.calls.clear()
-    replies = Replies(60, "")
-    assert run_items(app, Counting(), items, replies, hostname="h", delivery_info={}, token=TOKEN) == 150
+    replies = ReplyWriter(admin, 60, "")
+    assert run_items(app, Counting(), items, replies, hostname="h", delivery_info={}, reply_to=reply_key(TOKEN)) == 150
     assert mgets == [64, 64, 22]
     assert [len(c[1]) for c in app.calls if c[0] == "upper"] == [64, 64, 7]  # as soon as 64 are ready; the rest
     assert [len(c[1]) for c in app.calls if c[0] == "plain"] == [1] * 15
