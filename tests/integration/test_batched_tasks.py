@@ -18,11 +18,11 @@ import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote import batch, wire
+from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
 from tests.helpers import owned, wait_for
@@ -128,7 +128,9 @@ def test_a_drain_runs_the_taken_chunks_of_a_batched_task_in_one_call(stack: Exit
     names = ["i.plain" if i % 5 == 4 else "i.batched" for i in range(40)]
     entries = [Entry(f"id{i}", name, Chunk(stream, i, float(i), 4, 0), wire.dumps(b"c%03d" % i))
                for i, name in enumerate(names)]  # fmt: skip
-    publish(client, owned(entries, Settings(broker_url=redis.url, batch_max_chunks=0), token))  # a message each: a fleet
+    publish(
+        client, owned(entries, Settings(broker_url=redis.url, batch_max_chunks=0), token)
+    )  # a message each: a fleet
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
     assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 40
