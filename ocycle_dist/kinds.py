@@ -178,7 +178,7 @@ class NumpyKind(Kind):
 
     def _check(self, data: Any) -> None:
         """Refuse what does not fit the stream; the first frame fixes the dtype and shape not declared."""
-        if type(data) is self.fill_type and data.dtype is self.dtype and data.shape[1:] == self.shape and data.ndim:
+        if type(data) is self._np.ndarray and data.dtype is self.dtype and data.shape[1:] == self.shape and data.ndim:
             return  # a plain array of the stream's own dtype object (numpy's are shared) and shape: it fits
         np = self._np
         if not isinstance(data, np.ndarray):

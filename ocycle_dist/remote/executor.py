@@ -147,6 +147,7 @@ class CeleryExecutor(ChunkExecutor):
         self._lock = threading.Lock()
         self._live = 0  # chunks submitted (or adopted) and not yet settled
         self._closing = False
+        self._listening = False
         self.finished = threading.Event()  # shut down and every chunk settled: detached from the hub
         self._encoded: tuple[Any, bytes] | None = None  # cost() of a value only encoding measures, for submit()
         self.token = ""
@@ -231,7 +232,17 @@ class CeleryExecutor(ChunkExecutor):
         with self._lock:
             self._live += 1
         self.hub.table.add(entry, sent=adopted and bool(entry.tag))
+        if not adopted:
+            self._listen()
         return future
+
+    def _listen(self) -> None:
+        """Pop the replies of this executor's list. A durable spool's list may hold replies for the chunks an
+        earlier producer left: it is listened to only once those are taken over (adopt(), or the first chunk),
+        else they would find no chunk waiting, be dropped, and the chunks run again."""
+        if not self._listening:
+            self._listening = True
+            self.hub.listener.listen(self.reply_key)
 
     def adopt(self, stream: str) -> list[tuple[Chunk, Future[Any], float]]:
         """Take over the chunks of ``stream`` an earlier producer left in the spool: ``(meta, Future, emitted_at)``.
@@ -241,6 +252,7 @@ class CeleryExecutor(ChunkExecutor):
         adopted = [(entry.meta, self._keep(entry, adopted=True), entry.emitted_at) for entry in entries]
         if entries:
             self.hub.adopted()
+        self._listen()
         return adopted
 
     def dropped(self, entry: Entry) -> None:

@@ -58,7 +58,8 @@ class Hub:
                 hub = cls._hubs[key] = Hub(executor)
             hub._executors.append(executor)
             executor.bind(hub)
-            hub.listener.listen(executor.reply_key)
+            if executor.reply_key == hub.reply_key:  # a durable spool's own list: once its chunks are taken over
+                hub.listener.listen(executor.reply_key)
             return hub
 
     def __init__(self, first: Executor) -> None:

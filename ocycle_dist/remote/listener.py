@@ -157,6 +157,7 @@ class ReplyListener:
                 continue
             for raw in more:
                 self._deliver(name, raw)
+            self._quick = True  # the next pop does not wait: whether more wait (drained_at) is known at once
         self.connected.clear()
 
     def _take_back_keys(self) -> None:

@@ -193,7 +193,7 @@ def embedded_broker(port: int | None = None) -> Iterator[str]:
     if port is None:
         port = free_port()
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-    thread = threading.Thread(target=server.serve_forever, name="ocycle-embedded-redis", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="ocycle-embedded-redis", daemon=True)
     thread.start()
     try:
         yield f"redis://127.0.0.1:{port}/0"
