@@ -16,6 +16,7 @@ stops at once.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -217,6 +218,7 @@ def run(
             )
         tap = Tap(*emitters)
         stop_metrics = serve_address(emitters, metrics)
+        gc.freeze()  # what was set up lives as long as the stream: the collector need not look at it again
         start = time.time()
         source.start()
     except BaseException:

@@ -146,18 +146,25 @@ class Pending:
         """Whether something waits to be sent (under the lock or not: a hint)."""
         return bool(self._again) or bool(self._new)
 
-    def take(self, limit: int) -> list[Entry]:
-        """Up to ``limit`` queued entries to publish: those queued again by recovery first (in stream order), then
-        new ones (in emit order). They stay queued until :meth:`sent`."""
+    def take(self, limit: int, max_bytes: int) -> list[Entry]:
+        """Up to ``limit`` queued entries, and about ``max_bytes`` of chunks, to publish: those queued again by
+        recovery first (in stream order), then new ones (in emit order). They stay queued until :meth:`sent`."""
         with self.lock:
             out: list[Entry] = []
+            nbytes = 0
             if self._again:
                 self._again.sort(key=_stream_order)
-                out, self._again = self._again[:limit], self._again[limit:]
-            while self._new and len(out) < limit:
+                taken = 0
+                while taken < len(self._again) and len(out) < limit and (not out or nbytes < max_bytes):
+                    out.append(self._again[taken])
+                    nbytes += self._again[taken].size
+                    taken += 1
+                del self._again[:taken]
+            while self._new and len(out) < limit and (not out or nbytes < max_bytes):
                 entry = self._new.popleft()
                 if entry.state == QUEUED and entry.id in self._entries:
                     out.append(entry)
+                    nbytes += entry.size
             return [e for e in out if e.id in self._entries]
 
     def untake(self, entries: list[Entry]) -> None:

@@ -36,6 +36,9 @@ from .settings import Settings
 
 log = logging.getLogger("ocycle_dist.celery")
 TAKE = 500  # chunks taken from the table per publish at most
+# ... and about this many bytes of chunks: redis-py packs a pipeline's commands in one C call, holding the GIL
+# (a writer's thread waits meanwhile): 20 MB of a gateway's backlog took tens of milliseconds, 1 MiB takes one.
+TAKE_BYTES = 1 << 20
 
 # Messages built between two yields of the GIL. A writer thread waiting for the GIL would otherwise wait
 # for the interpreter's switch interval (5 ms) while a batch of hundreds is built: write() p99 > 1 ms.
@@ -184,7 +187,7 @@ class Publisher:
                     self._delete(claims)
                     return
             self._recovery.check()
-            batch = self._prepare(self.table.take(TAKE))
+            batch = self._prepare(self.table.take(TAKE, TAKE_BYTES))
             if not batch and not claims:
                 continue
             try:

@@ -33,12 +33,12 @@ def test_new_chunks_are_taken_in_emit_order_and_chunks_sent_again_first_in_strea
     b = [entry("b", i) for i in range(2)]
     for e in (a[0], b[0], a[1], b[1], a[2]):
         table.add(e)
-    taken = table.take(3)
+    taken = table.take(3, 1 << 30)
     assert taken == [a[0], b[0], a[1]]
     send(table, taken, "m1")
     table.add(c := entry("c", 0))
     assert table.requeue([a[1], a[0]]) == [a[1], a[0]]  # a fault: their messages are lost
-    assert table.take(10) == [a[0], a[1], b[1], a[2], c]  # again first (stream order), then new (emit order)
+    assert table.take(10, 1 << 30) == [a[0], a[1], b[1], a[2], c]  # again first (stream order), then new (emit order)
     assert table.requeue([b[1]]) == []  # not sent: nothing to queue again
 
 
@@ -47,13 +47,13 @@ def test_every_chunk_of_a_message_is_found_by_its_tag_and_a_resend_moves_them() 
     chunks = [entry("s", i) for i in range(4)]
     for e in chunks:
         table.add(e)
-    send(table, table.take(4), "batch-1")
+    send(table, table.take(4, 1 << 30), "batch-1")
     assert table.in_message("batch-1") == chunks
     tag_of, task_of = table.sent_tags()
     assert tag_of == {e.id: "batch-1" for e in chunks} and task_of == {"batch-1": [e.id for e in chunks]}
     table.requeue(chunks[1:3])
     assert table.in_message("batch-1") == [chunks[0], chunks[3]]
-    send(table, table.take(4), "batch-2")
+    send(table, table.take(4, 1 << 30), "batch-2")
     assert table.in_message("batch-2") == chunks[1:3]
     assert [e.sends for e in chunks] == [1, 2, 2, 1]  # sends are counted; a recovery is not an attempt
     assert all(e.lost == 0 for e in chunks)
@@ -66,11 +66,11 @@ def test_a_new_server_queues_every_sent_chunk_again_but_none_answered_or_queued(
     chunks = [entry("s", i) for i in range(4)]
     for e in chunks:
         table.add(e)
-    send(table, table.take(3), "m")
+    send(table, table.take(3, 1 << 30), "m")
     table.pop(chunks[1].id)  # answered
     assert table.requeue_all_sent() == [chunks[0], chunks[2]]
     assert [e.state for e in chunks] == [QUEUED, SENT, QUEUED, QUEUED]
-    assert table.take(10) == [chunks[0], chunks[2], chunks[3]]
+    assert table.take(10, 1 << 30) == [chunks[0], chunks[2], chunks[3]]
     assert table.sent_tags() == ({}, {})
 
 
@@ -80,7 +80,7 @@ def test_late_chunks_are_due_oldest_first_and_a_refresh_starts_their_wait_again(
     for e in chunks:
         table.add(e)
     for at, e in zip((100.0, 101.0, 105.0), chunks, strict=True):
-        send(table, table.take(1), f"m{e.meta.seq}", at)
+        send(table, table.take(1, 1 << 30), f"m{e.meta.seq}", at)
     assert table.oldest_sent() == 100.0
     assert table.due(109.9, 10.0) == []
     assert table.due(111.5, 10.0) == chunks[:2]
@@ -94,7 +94,7 @@ def test_chunks_taken_over_from_an_earlier_producer_are_sent_ones_with_their_old
     old = entry("s", 7)
     old.tag = "their-message"
     table.add(old, sent=True)
-    assert table.take(10) == [] and table.in_message("their-message") == [old]
+    assert table.take(10, 1 << 30) == [] and table.in_message("their-message") == [old]
     assert table.due(1e9, 10.0) == [old]  # looked for at once
     table.requeue([old])  # gone from Redis: sent again, ahead
-    assert table.take(10) == [old] and table.in_message("their-message") == []
+    assert table.take(10, 1 << 30) == [old] and table.in_message("their-message") == []
