@@ -211,10 +211,10 @@ class Mailbox:
                         self._arrived.discard(self._order(item))
             if time.monotonic() >= until:
                 with self._lock:
-                    if not self._items and not self._releasable():
+                    if not self._items and not self._held:
                         self._scheduled = False
                         return
-                self._pool.schedule(self)  # more to do: behind the other mailboxes
+                self._pool.schedule(self)  # more to do (or a held item's timer to set): behind the other mailboxes
                 return
 
     def _next(self) -> tuple[Any, ...] | None:
