@@ -147,8 +147,9 @@ class Pending:
         return bool(self._again) or bool(self._new)
 
     def take(self, limit: int, max_bytes: int) -> list[Entry]:
-        """Up to ``limit`` queued entries, and about ``max_bytes`` of chunks, to publish: those queued again by
-        recovery first (in stream order), then new ones (in emit order). They stay queued until :meth:`sent`."""
+        """Up to ``limit`` queued entries, and about ``max_bytes`` of chunks carried in their messages (a claimed
+        chunk counts as its key), to publish: those queued again by recovery first (in stream order), then new
+        ones (in emit order). They stay queued until :meth:`sent`."""
         with self.lock:
             out: list[Entry] = []
             nbytes = 0
@@ -157,14 +158,14 @@ class Pending:
                 taken = 0
                 while taken < len(self._again) and len(out) < limit and (not out or nbytes < max_bytes):
                     out.append(self._again[taken])
-                    nbytes += self._again[taken].size
+                    nbytes += _inline(self._again[taken])
                     taken += 1
                 del self._again[:taken]
             while self._new and len(out) < limit and (not out or nbytes < max_bytes):
                 entry = self._new.popleft()
                 if entry.state == QUEUED and entry.id in self._entries:
                     out.append(entry)
-                    nbytes += entry.size
+                    nbytes += _inline(entry)
             return [e for e in out if e.id in self._entries]
 
     def untake(self, entries: list[Entry]) -> None:
@@ -265,6 +266,11 @@ class Pending:
                 del self._tags[entry.tag]
             elif entry in entries:
                 entries.remove(entry)
+
+
+def _inline(entry: Entry) -> int:
+    """The bytes ``entry`` adds to a message: its chunk, or its key when it travels by claim check."""
+    return entry.size if entry.size <= entry.owner.settings.claim_threshold else 64
 
 
 def _stream_order(entry: Entry) -> tuple[str, int]:
