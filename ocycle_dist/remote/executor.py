@@ -179,6 +179,11 @@ class CeleryExecutor(ChunkExecutor):
         return self.spool.nbytes
 
     @property
+    def closing(self) -> bool:
+        """Shut down: it takes no more chunks (those pending still get their results)."""
+        return self._closing
+
+    @property
     def pending(self) -> int:
         """Chunks submitted and not settled."""
         return self._live

@@ -38,6 +38,9 @@ class Executor(Owner, Protocol):
 
     reply_key: str
 
+    @property
+    def closing(self) -> bool: ...  # shut down: takes no more chunks
+
     def bind(self, hub: Hub) -> None: ...
 
 
@@ -54,7 +57,9 @@ class Hub:
         key = (os.getpid(), s.broker_url, s.sentinel_master)
         with cls._hubs_lock:
             hub = cls._hubs.get(key)
-            if hub is None or hub._stopped:
+            if hub is None or hub._stopped or all(e.closing for e in hub._executors):
+                # a hub left only to executors shut down with chunks pending (results that may never come) is left
+                # to them: a new producer gets a hub of its own (the URL may even name another server by now)
                 hub = cls._hubs[key] = Hub(executor)
             hub._executors.append(executor)
             executor.bind(hub)
@@ -118,7 +123,7 @@ class Hub:
             if self._executors:
                 return
             self._stopped = True
-            if self._hubs.get((os.getpid(), self.url, self.master)) is self:
+            if self._hubs.get((os.getpid(), self.url, self.master)) is self:  # (a newer hub may have taken its place)
                 del self._hubs[(os.getpid(), self.url, self.master)]
         self.publisher.stop()
         self.listener.stop()
