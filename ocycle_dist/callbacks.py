@@ -192,7 +192,11 @@ class Mailbox:
     def run(self, slice_seconds: float = 0.05) -> None:
         """On a pool thread: handle what is queued, for about ``slice_seconds`` at most, then yield."""
         until = time.monotonic() + slice_seconds
+        handled = 0
         while True:
+            handled += 1
+            if handled % 16 == 0:
+                time.sleep(0)  # a writer's thread waiting for the GIL gets it between callbacks
             with self._lock:
                 item = self._next()
                 if item is None:

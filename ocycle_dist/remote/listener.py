@@ -26,6 +26,7 @@ from .redis_client import CONFIG, WRONGTYPE, classify
 log = logging.getLogger("ocycle_dist.listener")
 Handler = Callable[[str, dict[str, Any]], bool]  # (reply key, envelope) -> True when it was a chunk's reply
 POP_COUNT = 500  # replies taken in one round trip at most
+YIELD_EVERY = 16  # replies handled between two yields of the GIL
 
 
 def _unknown_command(exc: Exception) -> bool:
@@ -155,7 +156,9 @@ class ReplyListener:
             if name == self._wake_key:
                 self._quick = True  # woken: look again at once
                 continue
-            for raw in more:
+            for i, raw in enumerate(more):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    time.sleep(0)  # a writer's thread waiting for the GIL gets it between replies, not after all
                 self._deliver(name, raw)
             self._quick = True  # the next pop does not wait: whether more wait (drained_at) is known at once
         self.connected.clear()
