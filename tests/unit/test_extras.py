@@ -200,3 +200,16 @@ def test_a_file_without_libsndfile_says_what_to_install(tmp_path: Path, monkeypa
         ConfigError, match=r"source='a\.wav' is invalid: expected libsndfile.*apt-get install libsndfile1"
     ):
         FileSource("a.wav")
+
+
+def test_a_celery_mode_emitter_without_the_device_packages_says_what_to_install() -> None:
+    code = (
+        "import ocycle_dist as ocycle\n"
+        "try:\n"
+        "    ocycle.BufferEmit('t', 4, mode='celery', broker='redis://127.0.0.1:1/0')\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = blocked_python(code, blocked=("msgpack",))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "mode='celery' needs it: msgpack is not installed: pip install 'ocycle-dist[device]'"
