@@ -27,6 +27,31 @@ from .redis_client import redact
 log = logging.getLogger("ocycle_dist.celery")
 
 
+def summary(entries: Iterable[Entry], most: int = 12) -> str:
+    """The chunks of ``entries`` as ``stream#4-9,12; other#3`` (runs of sequence numbers), ``most`` runs at most."""
+    by_stream: dict[str, list[int]] = {}
+    for entry in entries:
+        by_stream.setdefault(entry.meta.stream, []).append(entry.meta.seq)
+    parts, runs = [], 0
+    for stream, seqs in by_stream.items():
+        seqs.sort()
+        spans: list[str] = []
+        start = prev = seqs[0]
+        for seq in [*seqs[1:], None]:
+            if seq is not None and seq == prev + 1:
+                prev = seq
+                continue
+            spans.append(f"{start}" if start == prev else f"{start}-{prev}")
+            if seq is not None:
+                start = prev = seq
+        runs += len(spans)
+        parts.append(f"{stream}#{','.join(spans)}")
+        if runs >= most:
+            break
+    more = len(by_stream) - len(parts)
+    return "; ".join(parts) + (f"; and {more} more stream(s)" if more else "")
+
+
 class Recovery:
     """See the module.
 
@@ -66,8 +91,7 @@ class Recovery:
         for entry in again:
             entry.owner.counts["resent"] += 1
             entry.owner.counts["lost" if lost else "recovered"] += 1
-        first = again[0].meta
-        log.warning("%d chunk(s) sent again (%s), from %s#%d", len(again), why, first.stream, first.seq)
+        log.warning("%d chunk(s) sent again (%s): %s", len(again), why, summary(again))
 
     def new_server(self, run_id: str) -> None:
         """From :class:`.liveness.ServerWatch`, on the thread that reconnected: a new server lost what the old

@@ -87,6 +87,15 @@ def start_producer(stack: Compose, *args: str, broker: str = BROKER) -> Run:
     return run
 
 
+def seqs_of(spans: str) -> list[int]:
+    """``4-6,9`` as ``[4, 5, 6, 9]``."""
+    out: list[int] = []
+    for span in spans.split(","):
+        first, _, last = span.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
 def done_count(run: Run, consumer: str) -> int:
     return sum(1 for r in run.results() if r[1] == consumer)
 
@@ -269,7 +278,8 @@ def test_status_shows_a_queue_no_running_worker_consumes(stack: Compose) -> None
            f" {summary['classify']['chunks']} (its chunks expire after 6 s)")  # fmt: skip
 
 
-RESENT = re.compile(r"chunk \S+-(\w+)#(\d+): .*; sending it again")
+RESENT = re.compile(r"(\d+) chunk\(s\) sent again \(([^)]*(?:\([^)]*\))?[^)]*)\): (.*)$")  # one line per recovery
+SPANS = re.compile(r"\S+-(\w+)#([\d,-]+)")  # <producer>-<consumer>#4-9,12
 
 
 def test_worker_killed_mid_stream_every_chunk_done_once(stack: Compose, first_run: tuple[Run, dict[str, str]]) -> None:
@@ -293,7 +303,8 @@ def test_worker_killed_mid_stream_every_chunk_done_once(stack: Compose, first_ru
     assert done_at_kill < 480 + 120 + 24, "the stream had ended before the kill"
     assert run.finish(300) == 0, run.text()
     summary, _ = assert_every_chunk_done_once(run)
-    resent = {(m[1], int(m[2])): at for at, line in run.lines if (m := RESENT.search(line)) and at > killed_at}
+    resent = {(consumer, seq): at for at, line in run.lines if (m := RESENT.search(line)) and at > killed_at
+              for consumer, spans in SPANS.findall(m[3]) for seq in seqs_of(spans)}  # fmt: skip
     assert resent, f"the victim held nothing the producer had to send again:\n{run.text()}"
     came = {(r[1], r[2]): r[0] for r in run.results()}
     noticed = min(resent.values()) - killed_at
