@@ -114,6 +114,12 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
         raise ConfigError("broker", redact(url), f"a valid Redis URL ({exc})") from None
 
 
+def check_url(url: Any) -> None:
+    """ConfigError when ``url`` is no broker URL this project can use (``redis//x``, a bad port, a ``sentinel://``
+    list that does not parse), told apart from an unreachable broker: nothing is connected."""
+    connect(url).close()
+
+
 TRANSIENT, CONFIG, WRONGTYPE = "transient", "config", "wrongtype"
 _CONFIG_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "DB index", "invalid DB index", "ERR DB index", "AUTH")
 
