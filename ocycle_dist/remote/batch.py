@@ -15,8 +15,8 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
   delivery would, and names them in a lease of the pool process (``ocycle:lease:<worker>/<pid>``, a few
   seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
   and, with no producer left, restored by kombu after the visibility timeout. Replies and acks of what it
-  ran go in one pipeline. Messages it cannot run itself (another content type, an ``eta``, callbacks) are
-  put back where they were, for Celery.
+  ran go in one pipeline. Junk is refused and kept (:mod:`.intake`), never put back. Messages it cannot run
+  itself (an unknown task, an ``eta``, callbacks) are put back where they were, for Celery.
 
 Either way each chunk is run as its task would be (the task's function, ``ChunkTask``'s claim fetch, size
 check and ``meta``), its exception caught, and its outcome RPUSHed to its stream's reply list: one failing
@@ -26,7 +26,6 @@ chunk does not fail its neighbours. What Celery does per message and not per chu
 
 from __future__ import annotations
 
-import binascii
 import inspect
 import json
 import logging
@@ -44,6 +43,7 @@ from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
 from .events import ChunkEvents, for_run
+from .intake import JunkError, body_bytes, check, check_envelope, refuse
 from .protocol import (
     BATCH_TASK,
     META_HEADER,
@@ -293,15 +293,25 @@ def envelope_of(raw: bytes) -> tuple[dict[str, Any], Any]:
 
 
 def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
-    """The items of a message taken from the queue, or None when Celery must run it (not ours to run)."""
+    """The items of a message taken from the queue, or None when Celery must run it (not ours to run here).
+
+    Raises:
+        JunkError: no worker can take it (:mod:`.intake`): refused, not put back.
+    """
     try:
         envelope, body = envelope_of(raw)
-        if envelope.get("content-type") != wire.CONTENT_TYPE:
-            return None
-        headers, props = envelope["headers"], envelope["properties"]
-        if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
-            return None
-        args, kwargs, embed = wire.loads(binascii.a2b_base64(body))
+    except Exception:  # not JSON, not an object, no body: which of them, precisely
+        check(raw)
+        return None
+    check_envelope(envelope)
+    headers, props = envelope["headers"], envelope["properties"]
+    if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
+        return None
+    if headers["task"] not in app.tasks:  # Celery's consumer answers it NotRegistered (and counts it)
+        return None
+    data = body_bytes(body)
+    try:
+        args, kwargs, embed = wire.loads(data)
         if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return None
         if headers.get("task") == BATCH_TASK:  # each chunk replies to the batch's reply list
@@ -403,7 +413,11 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
             back: list[tuple[bytes, bytes]] = []
             for raw, tag in zip(messages, tags, strict=True):
-                items = _decode(task.app, raw)
+                try:
+                    items = _decode(task.app, raw)
+                except JunkError as junk:  # refused and kept; acknowledged with the rest, never put back
+                    refuse(client, raw, junk, queue)
+                    continue
                 if items is None:
                     back.append((raw, tag))
                     continue

@@ -8,6 +8,8 @@ Keys (all under :data:`PREFIX`):
 - ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
 - ``ocycle:lease:<worker hostname>``: a worker's lease (msgpack ``{"worker", "tasks": [ids held]}``, a short
   time to live), and ``ocycle:workers``, the set of hostnames that keep one (:mod:`.lease`).
+- ``ocycle:dead``: the dead-letter list, where workers keep what they refused from a queue (:mod:`.intake`): JSON
+  records, the latest :data:`DEAD_MAX`, each with at most :data:`DEAD_BYTES` of the message, for :data:`DEAD_TTL`.
 - the Celery queues themselves (``settings.queue``, ``celery`` by default) and kombu's ``unacked`` hash and
   ``unacked_index`` sorted set (delivered, not yet acknowledged, by delivery tag) belong to kombu's Redis
   transport; the producer reads the index to find deliveries a dead worker held.
@@ -66,6 +68,10 @@ META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata 
 BATCH_TASK = "ocycle.batch"  # the task of a batch message (registered by make_app)
 BATCH_HEADER = "ocycle_batch"  # a batch message's header: [[task id, stream], ...] of its chunks
 SENT_HEADER = "ocycle_sent"  # every message's header: when it was sent (epoch seconds), for the queue's backlog age
+DEAD_KEY = PREFIX + "dead"  # the workers' dead-letter list (refused messages, for inspection)
+DEAD_MAX = 1000  # entries kept
+DEAD_BYTES = 4096  # of each refused message
+DEAD_TTL = 7 * 24 * 3600  # seconds the list lives after its last entry
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})

@@ -14,20 +14,24 @@ broker dying under it: see :func:`register_transports`.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 import warnings
+from queue import Empty
 from typing import Any
 
 from celery import Celery, Task, signals, states
+from celery.app.task import Context
 from celery.backends.base import DisabledBackend
-from celery.exceptions import CPendingDeprecationWarning, TaskRevokedError
+from celery.exceptions import CPendingDeprecationWarning, NotRegistered, TaskRevokedError
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 
 from ..errors import EncodeError
 from . import wire
 from .batch import chunk_kwargs, describe, drain, payload_size, run_batch
+from .intake import NOT_JSON, UNKNOWN_TASK, JunkError, check, refuse
 from .lease import install_lease
 from .protocol import (
     BATCH_HEADER,
@@ -186,6 +190,38 @@ class _ClosingChannel:
     closed: bool
     connection: Any  # the transport
     connection_errors: tuple[type[BaseException], ...]
+    client: Any
+    sep: str
+    _queue_cycle: Any
+    _in_poll: Any
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """kombu's, with each message checked before kombu decodes it: junk is refused (:mod:`.intake`), kept
+        for inspection, and the worker serves on (kombu's raised out of the worker's loop: it exited)."""
+        try:
+            try:
+                got = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # the next round reconnects
+                raise
+            if not got:
+                raise Empty()
+            dest, item = got
+            queue = (dest.decode() if isinstance(dest, bytes) else str(dest)).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            try:
+                message = check(item, task_queue=not queue.endswith(".pidbox"))
+            except JunkError as junk:
+                with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                    refuse(client, item, junk, queue)
+                return True
+            self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
+            if flush is not None:
+                flush()
 
     def close(self) -> None:
         try:
@@ -203,12 +239,33 @@ class _ClosingChannel:
         return super()._connparams(asynchronous)  # type: ignore[misc]
 
 
+class RedisQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's bookkeeping of unacknowledged deliveries, which refuses junk in its ``unacked`` hash (anyone who can
+    write the hash can put it there) rather than raising out of the worker's loop when it restores it."""
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        try:
+            super().restore_by_tag(tag, client, leftmost)
+        except (ValueError, TypeError) as exc:  # the entry is not [message, exchange, routing key] in JSON
+            with self.channel.conn_or_acquire(client) as conn:
+                raw = conn.hget(self.unacked_key, tag)
+                self._remove_from_indices(tag).execute()
+                junk = JunkError(NOT_JSON, f"an unacknowledged delivery that cannot be restored ({exc})")
+                refuse(conn, raw, junk, None)
+
+
 class RedisChannel(_ClosingChannel, kombu_redis.Channel):
-    """kombu's Redis channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+    """kombu's Redis channel that survives the loss of its connection (:class:`_ClosingChannel`) and junk on its
+    queues."""
+
+    QoS = RedisQoS
 
 
 class SentinelChannel(_ClosingChannel, kombu_redis.SentinelChannel):
-    """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+    """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`) and junk on its
+    queues."""
+
+    QoS = RedisQoS
 
 
 RECONNECT_EVERY = (0.2, 0.2, 1.0)  # seconds: the first retry, the step, the most between two (Celery's: 2, 2, 30)
@@ -225,6 +282,28 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             conn.ensure_connection, interval_start=start, interval_step=step, interval_max=most
         )
         return super().ensure_connected(conn)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Any) -> None:
+        """A task this worker does not have: answered ``NotRegistered`` (its producer hears of it; one without the
+        batch task sends those chunks one message each), and refused as junk (:mod:`.intake`): logged once, not
+        with a traceback per message, counted, kept."""
+        headers = message.headers or {}
+        name, task_id = headers.get("task"), headers.get("id")
+        queue = (message.delivery_info or {}).get("routing_key")
+        raw = json.dumps(getattr(message, "_raw", None) or {"headers": headers}, default=repr)
+        settings = app_settings(self.app)
+        refuse(_client(self.app.conf.broker_url, settings.sentinel_master), raw,
+               JunkError(UNKNOWN_TASK, f"task {str(name)[:100]!r} is not registered here"), queue)  # fmt: skip
+        message.reject_log_error(log, self.connection_errors)
+        self.app.backend.mark_as_failure(
+            task_id, NotRegistered(name), request=Context(
+                task=name, id=task_id, reply_to=message.properties.get("reply_to"), root_id=headers.get("root_id"),
+                correlation_id=message.properties.get("correlation_id"), chord=None, errbacks=None,
+            ),
+        )  # fmt: skip
+        if self.event_dispatcher:
+            self.event_dispatcher.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
 
 
 class RedisTransport(kombu_redis.Transport):
