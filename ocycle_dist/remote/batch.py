@@ -43,10 +43,12 @@ from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
 from .events import ChunkEvents, for_run
-from .intake import JunkError, body_bytes, check, check_envelope, refuse
+from .intake import JunkError, body_bytes, check, check_envelope, refuse, sealed_items
 from .protocol import (
     BATCH_TASK,
     META_HEADER,
+    SEAL_HEADER,
+    SEALS_HEADER,
     UNACKED_INDEX_KEY,
     UNACKED_KEY,
     WORKERS_KEY,
@@ -258,6 +260,11 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
     request = task.request
     replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
     reply_to = request.reply_to if is_reply_key(request.reply_to) else None
+    if settings.reply_secret and reply_to is not None:  # only the chunks whose seal checks out run
+        seals = request.get(SEALS_HEADER) or []
+        queue = (request.delivery_info or {}).get("routing_key")
+        items = sealed_items(client, [[*item[:6], reply_to, seals[i] if i < len(seals) else None]
+                                      for i, item in enumerate(items)], settings.reply_secret, queue)  # fmt: skip
     delivery_info = dict(request.delivery_info or {})
     events = for_run(task.app, request.hostname)
     flush_at = time.monotonic() + 0.01
@@ -318,11 +325,13 @@ def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
             reply_to = props.get("reply_to")
             if not is_reply_key(reply_to):
                 return None
-            return [[*item[:6], reply_to] for item in args[0]]
+            seals = headers.get(SEALS_HEADER) or []
+            return [[*item[:6], reply_to, seals[i] if i < len(seals) else None] for i, item in enumerate(args[0])]
         if len(args) != 2:
             return None
         meta = headers.get(META_HEADER) or {}
-        return [[headers["id"], headers["task"], args[0], args[1], meta, headers.get("expires"), props.get("reply_to")]]
+        return [[headers["id"], headers["task"], args[0], args[1], meta, headers.get("expires"), props.get("reply_to"),
+                 headers.get(SEAL_HEADER)]]  # fmt: skip
     except Exception:  # anything unexpected: Celery's own path decides (and reports) what it is
         return None
 
@@ -421,6 +430,7 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
                 if items is None:
                     back.append((raw, tag))
                     continue
+                items = sealed_items(client, items, settings.reply_secret, queue)
                 ran = run_items(task.app, client, items, replies, hostname=request.hostname,
                                 delivery_info=delivery_info, renew=renew, events=events)  # fmt: skip
                 count("chunks", ran, "drain")

@@ -17,6 +17,7 @@ serves on. A task name the worker does not know is refused by the consumer the s
 from __future__ import annotations
 
 import binascii
+import hmac
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ import time
 from typing import Any
 
 from . import wire
-from .protocol import DEAD_BYTES, DEAD_KEY, DEAD_MAX, DEAD_TTL
+from .protocol import DEAD_BYTES, DEAD_KEY, DEAD_MAX, DEAD_TTL, is_reply_key, message_key, message_seal
+from .replies import bind
 
 log = logging.getLogger("ocycle_dist.worker")
 
@@ -167,4 +169,38 @@ def dead_letters(client: Any) -> list[dict[str, Any]]:
             out.append(record if isinstance(record, dict) else {"kind": "?", "raw": str(record)[:200]})
         except ValueError:
             out.append({"kind": "?", "raw": raw[:200].decode("utf-8", "backslashreplace")})
+    return out
+
+
+def sealed_items(client: Any, items: list[list[Any]], secret: str, queue: str | None) -> list[list[Any]]:
+    """Of the chunks about to run, ``[task id, task name, chunk, t0, meta, expires, reply list, seal]`` each, those
+    whose seal checks out (:func:`.protocol.message_seal`, keyed by ``secret``), bound to their digest for their
+    reply (:func:`.replies.bind`); the others are refused (:data:`FORGED`): not run, nothing replied to the list
+    they name, counted, logged once, kept. A chunk that names no reply list of the project is not checked: nothing
+    it does reaches a producer. A claimed chunk's digest is the claim's; the value fetched is checked against it
+    (:func:`.wire.claimed`).
+    """
+    if not secret:
+        return items
+    key = message_key(secret)
+    out = []
+    for item in items:
+        task_id, name, chunk, t0, meta, _, reply_to, seal = [*item, None, None, None][:8]
+        if not is_reply_key(reply_to):
+            out.append(item)
+            continue
+        digest: bytes | None = None
+        try:
+            digest = chunk.digest if isinstance(chunk, wire.Claim) else wire.digest(chunk)
+            expected = message_seal(key, task_id, name, reply_to, digest, t0, meta) if digest is not None else ""
+        except Exception:  # a value that cannot be encoded again: not what a producer sent
+            expected = ""
+        if digest is None or not expected or not isinstance(seal, str) or not hmac.compare_digest(seal, expected):
+            why = "no seal" if seal is None else "its seal does not check out (forged, or another OCYCLE_REPLY_SECRET)"
+            summary = json.dumps({"id": task_id, "task": name, "reply_to": reply_to, "seal": seal}, default=repr)
+            refuse(client, summary, JunkError(FORGED, f"chunk {str(task_id)[:64]} of task {str(name)[:80]!r}: {why}"),
+                   queue)  # fmt: skip
+            continue
+        bind(task_id, digest)
+        out.append(item)
     return out

@@ -31,12 +31,13 @@ from kombu.transport import redis as kombu_redis
 from ..errors import EncodeError
 from . import wire
 from .batch import chunk_kwargs, describe, drain, payload_size, run_batch
-from .intake import NOT_JSON, UNKNOWN_TASK, JunkError, check, refuse
+from .intake import NOT_JSON, UNKNOWN_TASK, JunkError, check, refuse, sealed_items
 from .lease import install_lease
 from .protocol import (
     BATCH_HEADER,
     BATCH_TASK,
     META_HEADER,
+    SEAL_HEADER,
     claim_key,
     is_reply_key,
     reply_error,
@@ -44,7 +45,7 @@ from .protocol import (
     reply_ok,
 )
 from .redis_client import connect, is_sentinel, kombu_url, sentinel_hosts
-from .replies import ReplyWriter
+from .replies import ReplyWriter, is_bound
 from .settings import Settings, app_settings
 from .worker_metrics import count
 
@@ -72,6 +73,9 @@ class ChunkTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._started = time.monotonic()
+        if args and not self._sealed(args):
+            self.request.reply_to = None  # refused: nothing is replied to the list it names
+            return None
         if args and isinstance(args[0], wire.Claim):
             if args[0].key != claim_key(str(self.request.id)):  # only this task's own chunk, nothing else
                 raise EncodeError(f"claim check {args[0].key[:80]!r} is not this task's chunk: refused")
@@ -84,6 +88,22 @@ class ChunkTask(Task):  # type: ignore[misc]
         return super().__call__(*args, **kwargs)
 
     _ocycle_call = __call__  # batch._call runs a chunk of a task whose class keeps this __call__ without it
+
+    def _sealed(self, args: tuple[Any, ...]) -> bool:
+        """With a reply secret, whether this message's seal checks out (:func:`.intake.sealed_items`); a chunk
+        checked already in this process (a batch's, a drained one's) is not checked twice; a batch message's
+        chunks are checked one by one when it runs (:func:`.batch.run_batch`)."""
+        settings = app_settings(self.app)
+        request = self.request
+        if not settings.reply_secret or not is_reply_key(request.reply_to) or self.name == BATCH_TASK:
+            return True
+        if is_bound(request.id):
+            return True
+        item = [request.id, self.name, args[0], args[1] if len(args) > 1 else None, request.get(META_HEADER), None,
+                request.reply_to, request.get(SEAL_HEADER)]  # fmt: skip
+        queue = (request.delivery_info or {}).get("routing_key")
+        client = _client(self.app.conf.broker_url, settings.sentinel_master)
+        return bool(sealed_items(client, [item], settings.reply_secret, queue))
 
     def _ocycle_limit(self) -> int:
         """``max_chunk_bytes`` of the app's settings."""

@@ -414,3 +414,126 @@ def test_junk_is_counted_by_kind_in_the_worker_metrics_when_a_metrics_port_is_se
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'ocycle_worker_junk_messages_total{kind="not-json"} 2.0' in text
     assert 'ocycle_worker_junk_messages_total{kind="not-an-object"} 1.0' in text
+
+
+# ---- sealed messages: a result is believed only for the chunk the producer sent ------------------------------------
+
+SECRET = "a-deployment-secret"
+
+
+def sealed_worker(stack: ExitStack, url: str, name: str = "s0") -> Worker:
+    w = Worker(url, name=name, include=("tests.contract_tasks",), env={"OCYCLE_REPLY_SECRET": SECRET})
+    stack.callback(w.stop)
+    return w.start()
+
+
+def sealed_emitter(url: str, **settings: Any) -> tuple[ocycle.BufferEmit, list[Any], list[BaseException]]:
+    return emitter(url, settings=Settings(broker_url=url, reply_secret=SECRET, **settings))
+
+
+def swapped(raw: bytes, chunk: Any, index: int | None = None) -> bytes:
+    """A copy of a queued message, as a queue reader without the secret makes it: the same id, reply list and seal,
+    another chunk (the ``index``-th of a batch message); a delivery tag of its own."""
+    envelope = json.loads(raw)
+    args, kwargs, embed = wire.loads(base64.b64decode(envelope["body"]))
+    if index is None:
+        args[0] = chunk
+    else:
+        args[0][index][2] = chunk
+    envelope["body"] = base64.b64encode(wire.dumps([args, kwargs, embed])).decode()
+    envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
+    return json.dumps(envelope).encode()
+
+
+def test_with_a_reply_secret_a_chunk_swapped_by_a_queue_reader_is_refused_unrun_and_the_producer_gets_its_own(
+    stack: ExitStack,
+) -> None:
+    redis = server(stack)
+    admin = connect(redis.url)
+    e, done, errors = sealed_emitter(redis.url)
+    e.write(b"mine")
+    wait_for(lambda: admin.llen("celery") == 1, 10, "published")
+    victim = admin.lindex("celery", 0)
+    assert "ocycle_seal" in json.loads(victim)["headers"]
+    admin.rpush("celery", swapped(victim, b"evil"))  # taken first: popped from the right
+    executor = e.executor
+    assert executor is not None
+    w = sealed_worker(stack, redis.url)
+    assert e.close(timeout=30) == 0
+    assert [r[0] for r in done] == [b"mine"] and errors == []  # was: [b"evil"], believed
+    wait_for(lambda: dead_kinds(admin) == ["forged"], 10, "the forged message refused and kept")
+    assert executor.counts["forged"] == 0 and executor.hub.listener.unclaimed == 0  # nothing was replied for it
+    assert "refused a message from queue 'celery' (forged)" in w.log.read_text()
+
+
+def test_with_a_reply_secret_one_chunk_swapped_in_a_batch_or_a_drained_message_is_refused_and_the_rest_runs(
+    stack: ExitStack,
+) -> None:
+    redis = server(stack)
+    admin = connect(redis.url)
+    e, done, errors = sealed_emitter(redis.url)
+    for i in range(10):  # no worker: one batch message
+        e.write(b"b%03d" % i)
+    executor = e.executor
+    assert executor is not None
+    wait_for(lambda: executor.counts["published"] == 10, 10, "published")
+    assert executor.counts["messages"] == 1
+    batch = admin.lindex("celery", 0)
+    admin.rpush("celery", swapped(batch, b"evil", index=3))  # taken first
+    plain = []
+    for i in range(8):  # then plain messages, one at a time, each a message of its own
+        e.write(b"p%03d" % i)
+        wait_for(lambda i=i: executor.counts["messages"] == 2 + i, 10, "a plain message")
+        plain.append(admin.lindex("celery", 0))
+    admin.linsert("celery", "AFTER", plain[6], swapped(plain[6], b"evil"))  # popped before the real one
+    w = sealed_worker(stack, redis.url)
+    assert e.close(timeout=60) == 0 and errors == []
+    assert sorted(r[0] for r in done) == sorted([b"b%03d" % i for i in range(10)] + [b"p%03d" % i for i in range(8)])
+    wait_for(lambda: dead_kinds(admin) == ["forged", "forged"], 10, "both forged chunks refused and kept")
+    by = {json.loads(r)["worker"].rsplit("/", 1)[1] for r in admin.lrange(DEAD_KEY, 0, -1)}
+    assert str(w.pid) not in by  # refused by the pool process: in the batch's run, and in a drain
+    assert executor.counts["forged"] == 0
+
+
+def test_with_a_reply_secret_a_result_that_does_not_answer_the_chunk_sent_is_ignored_and_counted(
+    stack: ExitStack,
+) -> None:
+    from ocycle_dist.remote.protocol import seal
+
+    redis = server(stack)
+    admin = connect(redis.url)
+    e, done, _ = sealed_emitter(redis.url)
+    e.write(b"real")
+    executor = e.executor
+    assert executor is not None
+    wait_for(lambda: admin.llen("celery") == 1, 10, "published")
+    message = json.loads(admin.lindex("celery", 0))
+    task_id, reply_to = message["headers"]["id"], message["properties"]["reply_to"]
+    key = mac_key(SECRET, token_of(reply_to))  # what a worker that does not check seals would write
+    admin.rpush(reply_to, seal({"id": task_id, "ok": True, "result": [b"other", 0.0]}, key))  # no digest
+    admin.rpush(reply_to, seal({"id": task_id, "ok": True, "result": [b"other", 0.0], "digest": bytes(32)}, key))
+    wait_for(lambda: executor.counts["forged"] == 2, 10, "both results refused")
+    assert done == []
+    sealed_worker(stack, redis.url)
+    assert e.close(timeout=30) == 0 and [r[0] for r in done] == [b"real"]
+
+
+def test_with_a_reply_secret_a_claimed_chunk_swapped_under_its_key_is_refused(stack: ExitStack) -> None:
+    from ocycle_dist.errors import RemoteTaskError
+
+    redis = server(stack)
+    admin = connect(redis.url)
+    errors: list[BaseException] = []
+    e = ocycle.BufferEmit(
+        "contract.echo_t0", 200_000, clip=True, mode="celery", on_error=errors.append,
+        settings=Settings(broker_url=redis.url, reply_secret=SECRET),
+    )  # fmt: skip
+    e.write(b"x" * 200_000)  # over claim_threshold: the message carries a claim check
+    wait_for(lambda: admin.llen("celery") == 1, 10, "published")
+    [key] = admin.keys("ocycle:chunk:*")
+    admin.set(key, b"y" * 200_000, keepttl=True)
+    sealed_worker(stack, redis.url)
+    assert e.close(timeout=30) == 0
+    [error] = errors
+    assert isinstance(error, RemoteTaskError) and error.type_name == "EncodeError"
+    assert "is not the one its message was sealed with" in error.message
