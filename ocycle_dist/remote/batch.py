@@ -40,7 +40,7 @@ from celery.app.task import Context
 from celery.exceptions import NotRegistered, TimeLimitExceeded
 
 from ..chunk import Chunk
-from ..errors import EncodeError
+from ..errors import ClaimGoneError, EncodeError
 from . import wire
 from .events import ChunkEvents, for_run
 from .intake import JunkError, body_bytes, check, check_envelope, refuse, sealed_items
@@ -236,7 +236,7 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWrite
                 raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
             if i in fetched:
                 if fetched[i] is None:
-                    raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
+                    raise ClaimGoneError(f"chunk {chunk.key} is no longer in Redis (evicted, expired or never stored)")
                 item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
             result = _call(task, item, hostname, delivery_info)
         except Exception as exc:

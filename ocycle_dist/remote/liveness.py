@@ -31,50 +31,90 @@ from .protocol import UNACKED_INDEX_KEY, UNACKED_KEY
 log = logging.getLogger("ocycle_dist.liveness")
 
 
-def run_id_of(info: Any) -> str | None:
-    """The ``run_id`` in the raw reply of ``INFO server``."""
+def info_field(info: Any, name: str) -> str | None:
+    """The field ``name`` in the raw reply of ``INFO <section>``."""
     text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[7:].strip() or None
+        if line.startswith(name + ":"):
+            return line[len(name) + 1 :].strip() or None
     return None
 
 
+def run_id_of(info: Any) -> str | None:
+    """The ``run_id`` in the raw reply of ``INFO server``."""
+    return info_field(info, "run_id")
+
+
 class ServerWatch:
-    """Reads the server's ``run_id`` on every new connection of the clients it is given to (as redis-py's
-    ``redis_connect_func``) and calls ``on_new(run_id)`` when it changed (not for the first one seen).
+    """Reads the server's ``run_id`` and ``maxmemory-policy`` on every new connection of the clients it is given to
+    (as redis-py's ``redis_connect_func``: ``INFO server`` and ``INFO memory``, one round trip) and calls
+    ``on_new(run_id)`` when the run_id changed (not for the first one seen). A policy that may evict keys is said
+    once per policy (:func:`.redis_client.check_policy`); the recovery then watches ``evicted_keys``.
 
     A server without ``INFO`` (fakeredis) or an ACL that refuses it: restarts go unseen, logged once.
     """
 
-    def __init__(self, on_new: Callable[[str], None]) -> None:
+    def __init__(self, on_new: Callable[[str], None], url: str = "", allow_eviction: bool = False) -> None:
         self._on_new = on_new
         self._lock = threading.Lock()
+        self.url, self.allow_eviction = url, allow_eviction
         self.run_id: str | None = None
+        self.policy: str | None = None  # maxmemory-policy, as last read
         self.new_servers = 0  # restarts and failovers seen
         self.has_info = True
 
     def on_connect(self, conn: Any) -> None:
-        """redis-py's connect hook: the usual handshake (AUTH, SELECT...), then ``INFO server``."""
+        """redis-py's connect hook: the usual handshake (AUTH, SELECT...), then ``INFO server`` and ``INFO memory``."""
         import redis
 
         conn.on_connect()
         if not self.has_info:
             return
-        try:
-            conn.send_command("INFO", "server")
-            raw = conn.read_response()
-        except redis.ResponseError as exc:  # an older or foreign server, or an ACL without +info
+        conn.send_command("INFO", "server")
+        conn.send_command("INFO", "memory")
+        replies: list[Any] = []
+        for _ in range(2):  # both replies are read, even when the first is an error
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:  # an older or foreign server, or an ACL without +info
+                replies.append(exc)
+        server, memory = replies
+        if isinstance(server, Exception):
             self.has_info = False
             log.warning(
-                "Redis refuses INFO (%s): a restart of it will not be seen at once; chunks it loses are sent again"
-                " after resend_after",
-                exc,
+                "Redis refuses INFO (%s): a restart of it will not be seen at once, nor its maxmemory-policy; chunks it"
+                " loses are sent again after resend_after",
+                server,
             )
             return
-        run_id = run_id_of(raw)
+        if not isinstance(memory, Exception):
+            self._policy(info_field(memory, "maxmemory_policy"), info_field(memory, "maxmemory_human"))
+        run_id = run_id_of(server)
         if run_id is not None:
             self.seen(run_id)
+
+    def _policy(self, policy: str | None, maxmemory: str | None) -> None:
+        """Note the server's maxmemory-policy; say once per policy what it may evict (an ERROR for one that may
+        evict the queues and was not accepted: the producer refused it when it started, see ``probe``)."""
+        from ..errors import ConfigError
+        from .redis_client import check_policy
+
+        with self._lock:
+            old, self.policy = self.policy, policy
+        if policy == old:
+            return
+        try:
+            said = check_policy(policy, maxmemory, self.url, self.allow_eviction)
+        except ConfigError as exc:
+            log.error("%s; whatever it evicts is sent again within seconds, counted", exc)
+            return
+        if said is not None:
+            log.warning("%s", said)
+
+    @property
+    def may_evict(self) -> bool:
+        """Whether the server's maxmemory-policy, as last read, lets it evict keys."""
+        return self.policy is not None and self.policy != "noeviction"
 
     def seen(self, run_id: str) -> None:
         """Note the server's ``run_id``; a change calls ``on_new``."""

@@ -3,7 +3,8 @@
 :class:`Outcomes` is the listener's handler (:mod:`.listener`): a reply whose MAC does not check out is ignored
 and counted, and so is a result computed on another chunk than the one sent (with a reply secret: the reply
 carries the digest of the chunk its worker ran); a worker that lost Redis mid-task has its chunk sent again (a
-recovery, not an attempt); a chunk discarded unstarted past its ``expires`` fails with ExpiredError; a reply for a
+recovery, not an attempt), and so has one whose claimed chunk was gone from Redis (a loss: it counts against
+``max_attempts``); a chunk discarded unstarted past its ``expires`` fails with ExpiredError; a reply for a
 batch message as a whole (a worker without the batch task, or a failed batch) is spread over its chunks.
 :meth:`Outcomes.settle` is the one place a chunk leaves the pending table with an outcome: the publisher (expired
 before sending, cannot be encoded) and the recovery (lost too often) settle through it too. Futures are resolved
@@ -52,10 +53,11 @@ class Outcomes:
     Args:
         table: the pending table.
         recover: queues entries again, first (a recovery), with the reason.
+        lose: the same for entries lost with no reason known (a loss counts against ``max_attempts``).
     """
 
-    def __init__(self, table: Pending, recover: Recover) -> None:
-        self.table, self.recover = table, recover
+    def __init__(self, table: Pending, recover: Recover, lose: Recover | None = None) -> None:
+        self.table, self.recover, self.lose = table, recover, lose
 
     def on_reply(self, key: str, envelope: dict[str, Any]) -> bool:
         """A reply from the listener; False when no chunk waits for it (the listener counts it)."""
@@ -76,6 +78,9 @@ class Outcomes:
             return True
         if transient(record):  # the worker lost Redis mid-task: not the chunk's fault, send it again
             self.recover([entry], f"its worker lost Redis: {error_of(record)[0]}")
+            return True
+        if error_of(record)[0] == "ClaimGoneError" and self.lose is not None:  # evicted, or past result_ttl
+            self.lose([entry], "its claimed chunk was gone from Redis when its worker fetched it")
             return True
         if record.get("ok"):
             return self.settle(entry, None, record.get("result"))

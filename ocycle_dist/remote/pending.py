@@ -236,6 +236,16 @@ class Pending:
                     out.append(entry)
             return out
 
+    def sent_before(self, at: float) -> list[Entry]:
+        """The sent entries whose last send was before monotonic time ``at``, oldest first."""
+        with self.lock:
+            out = []
+            for entry in self._sent.values():
+                if entry.sent_at >= at:
+                    break
+                out.append(entry)
+            return out
+
     def oldest_sent(self) -> float | None:
         """Monotonic time of the oldest send still unanswered, or None."""
         with self.lock:

@@ -149,6 +149,14 @@ def _claim_or_inline(entry: Entry, settings: Settings, *, batch: bool = False) -
     return wire.dumps(wire.Claim(claim_key(entry.id), None, sealed)), entry.chunk
 
 
+def claim_value(entry: Entry) -> Any:
+    """What is stored under a claimed ``entry``'s :func:`claim_key` (its raw bytes, or its encoding), to store it
+    again (a Redis that evicted it)."""
+    if entry.value is not None and (raw := wire.raw_form(entry.value)) is not None:
+        return raw[1]
+    return entry.chunk
+
+
 def chunk_digest(entry: Entry) -> bytes:
     """The :func:`.wire.digest` of ``entry``'s chunk (of its value, or of its encoding: the same), once."""
     if entry.digest is None:

@@ -162,20 +162,65 @@ def reason(exc: BaseException) -> str:
     return (rest if found else message)[:300]
 
 
-def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None) -> None:
-    """Check the broker at ``url`` once: raise ConfigError if it refuses us; an outage is fine (later).
+def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None, allow_eviction: bool = False) -> None:
+    """Check the broker at ``url`` once: raise ConfigError if it refuses us, or may evict the queues (its
+    ``maxmemory-policy``: :func:`check_policy`); an outage is fine (later).
 
     ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
     """
     client = connect(url, socket_timeout=timeout, master_name=master_name)
     try:
         client.ping()
+        memory = client.info("memory")
     except Exception as exc:
-        if classify(exc) == CONFIG:
+        if classify(exc) == CONFIG and not str(exc).startswith("NOPERM"):  # an ACL without +info: not checked
             why = f"{reason(exc)}{' during the TLS handshake' if url.startswith('rediss://') else ''}"
             raise ConfigError("broker", redact(url), f"a broker that accepts this client ({why})") from None
+        return
     finally:
         client.close()
+    check_policy(memory.get("maxmemory_policy"), memory.get("maxmemory_human"), url, allow_eviction)
+
+
+# What each kind of maxmemory-policy may evict of a deployment's keys.
+_EVICTS = {
+    "allkeys-": "any key: the queues with the chunks waiting, claimed chunks, replies, kombu's bookkeeping",
+    "volatile-": "the keys with a time to live: claimed chunks (ocycle:chunk:*), reply lists (ocycle:reply:*), worker"
+    " leases (ocycle:lease:*), the dead-letter list; never the queues",
+}
+
+
+def evicts(policy: Any) -> str | None:
+    """What a Redis with ``maxmemory-policy`` ``policy`` may evict when it reaches ``maxmemory``; None if nothing."""
+    if not isinstance(policy, str) or policy in ("", "noeviction"):
+        return None
+    return next((what for prefix, what in _EVICTS.items() if policy.startswith(prefix)), f"keys ({policy})")
+
+
+def check_policy(policy: Any, maxmemory: Any, url: str, allow_eviction: bool) -> str | None:
+    """Judge a Redis's ``maxmemory-policy``: a ConfigError for one that may evict any key (``allkeys-*``: the queues
+    too, silently) unless ``allow_eviction``; else what it may evict, for a warning (None when nothing).
+
+    Raises:
+        ConfigError: naming the policy and the fix, ``noeviction`` (Celery's own advice for its Redis broker).
+    """
+    what = evicts(policy)
+    if what is None:
+        return None
+    limit = f"maxmemory {maxmemory}" if maxmemory and str(maxmemory) not in ("0", "0B") else "its maxmemory, once set"
+    if str(policy).startswith("allkeys-") and not allow_eviction:
+        raise ConfigError(
+            "maxmemory-policy",
+            policy,
+            f"noeviction: Redis at {redact(url)} may evict any key when it reaches {limit}, the queues with the chunks"
+            " waiting too. Set it on the server (CONFIG SET maxmemory-policy noeviction, and in redis.conf: Celery's"
+            " advice for its Redis broker), or accept eviction with OCYCLE_ALLOW_EVICTION=1 (what it evicts is then"
+            " sent again, counted)",
+        )
+    return (
+        f"Redis at {redact(url)} may evict {what} when it reaches {limit} (maxmemory-policy {policy}): what it"
+        " evicts is sent again within seconds, counted"
+    )
 
 
 def redact(url: str) -> str:

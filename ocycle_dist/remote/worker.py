@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import time
 import warnings
 from queue import Empty
@@ -28,7 +29,7 @@ from celery.exceptions import CPendingDeprecationWarning, NotRegistered, TaskRev
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 
-from ..errors import EncodeError
+from ..errors import ClaimGoneError, ConfigError, EncodeError
 from . import wire
 from .batch import chunk_kwargs, describe, drain, payload_size, run_batch
 from .intake import NOT_JSON, UNKNOWN_TASK, JunkError, check, refuse, sealed_items
@@ -44,7 +45,7 @@ from .protocol import (
     reply_expired,
     reply_ok,
 )
-from .redis_client import connect, is_sentinel, kombu_url, sentinel_hosts
+from .redis_client import check_policy, connect, is_sentinel, kombu_url, sentinel_hosts
 from .replies import ReplyWriter, is_bound
 from .settings import Settings, app_settings
 from .worker_metrics import count
@@ -81,7 +82,7 @@ class ChunkTask(Task):  # type: ignore[misc]
                 raise EncodeError(f"claim check {args[0].key[:80]!r} is not this task's chunk: refused")
             raw = _client(self.app.conf.broker_url, app_settings(self.app).sentinel_master).get(args[0].key)
             if raw is None:
-                raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
+                raise ClaimGoneError(f"chunk {args[0].key} is no longer in Redis (evicted, expired or never stored)")
             args = (wire.claimed(args[0], raw), *args[1:])
         if args:
             kwargs.update(chunk_kwargs(self, args[0], self.request.get(META_HEADER), self._ocycle_limit()))
@@ -347,6 +348,37 @@ def register_transports() -> None:
         cache = getattr(transport, "_transport_cache", {})
         if cache.get(scheme) not in (None, cls):  # resolved before this ran: forget kombu's class
             del cache[scheme]
+
+
+EX_CONFIG = 78  # a worker refusing to start: its configuration cannot work (sysexits.h)
+
+
+@signals.celeryd_after_setup.connect
+def _refuse_an_evicting_broker(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """At a worker's start: read its broker's ``maxmemory-policy``; one that may evict any key (the queues too) makes
+    the worker exit (code 78) naming the policy and the fix, unless ``allow_eviction``; one that may evict the keys
+    with a time to live is said (:func:`.redis_client.check_policy`). A broker away is not checked (it may come)."""
+    settings = getattr(getattr(instance, "app", None), "conf", {}).get("ocycle_settings")
+    if not isinstance(settings, Settings):
+        return
+    client = connect(settings.broker_url, socket_timeout=2.0, master_name=settings.sentinel_master)
+    try:
+        memory = client.info("memory")
+    except Exception as exc:  # away, or an ACL without +info
+        log.warning("could not read the broker's maxmemory-policy at start (%s): not checked", exc)
+        return
+    finally:
+        client.close()
+    try:
+        said = check_policy(
+            memory.get("maxmemory_policy"), memory.get("maxmemory_human"), settings.broker_url, settings.allow_eviction
+        )
+    except ConfigError as exc:
+        print(f"worker {sender}: refusing to start: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(EX_CONFIG) from None
+    if said is not None:
+        log.warning("%s", said)
 
 
 @signals.celeryd_after_setup.connect

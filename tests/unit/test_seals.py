@@ -66,7 +66,7 @@ def test_a_sealed_chunk_checks_out_and_is_bound_to_its_digest_for_its_reply(admi
     assert e.digest == hashlib.sha256(wire.dumps(value)).digest()
     writer = ReplyWriter(admin, 60, SECRET)
     writer.add(item[6], reply_ok(item[0], "done"))
-    [(key, [raw])] = writer.by_key.items()
+    [(_, [raw])] = writer.by_key.items()
     record = unseal(wire.loads(raw), mac_key(SECRET, "tok"))
     assert record is not None and record["digest"] == e.digest and not replies.is_bound(item[0])
 
