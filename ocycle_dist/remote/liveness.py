@@ -141,12 +141,23 @@ class LeaseWatch:
         self._holder: dict[str, str] = {}  # task id -> the worker whose lease named it
         self._unnamed_since: dict[str, float] = {}  # task id -> when it was first seen delivered, unnamed
         self.named: set[str] = set()  # task ids named by a live lease at the last check
+        self._tags: dict[str, set[str]] = {}  # worker -> delivery tags of ours its lease named at the last check
+        self._tags_before: dict[str, set[str]] = {}  # ... and at the one before
+        self.released: set[str] = set()  # delivery tags of ours held by workers now dead, answered or not
 
     def forget(self) -> None:
         """Start over (a new server: the old leases are gone with it)."""
         self._holder.clear()
         self._unnamed_since.clear()
         self.named = set()
+        self._tags.clear()
+        self._tags_before.clear()
+        self.released.clear()
+
+    def take_released(self) -> set[str]:
+        """The delivery tags of ours that workers now dead held (see :meth:`check`), once."""
+        released, self.released = self.released, set()
+        return released
 
     def check(self, tag_of: dict[str, str], task_of: dict[str, list[str]]) -> list[tuple[str, str]]:
         """The producer's chunks whose worker is gone, as ``(task id, reason)``.
@@ -167,6 +178,7 @@ class LeaseWatch:
             alive[worker] = held
         named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
         self.named = set(named)
+        self._remember_tags(named, tag_of, alive)
         now = time.monotonic()
         lost: list[tuple[str, str]] = []
         for task_id, worker in named.items():
@@ -193,6 +205,19 @@ class LeaseWatch:
             if task_id not in seen:
                 del self._unnamed_since[task_id]
         return lost
+
+    def _remember_tags(self, named: dict[str, str], tag_of: dict[str, str], alive: dict[str, set[str]]) -> None:
+        """Keep, per worker, the delivery tags of ours its lease named at this check and the one before; a worker
+        whose lease lapsed releases them (:attr:`released`): a chunk it answered and died before acknowledging
+        (killed between the reply and the ack) would otherwise stay in kombu's ``unacked`` hash until the
+        visibility timeout, and run again then."""
+        now: dict[str, set[str]] = {}
+        for task_id, worker in named.items():
+            now.setdefault(worker, set()).add(tag_of[task_id])
+        for worker in set(self._tags) | set(self._tags_before):
+            if worker not in alive:
+                self.released |= self._tags.pop(worker, set()) | self._tags_before.pop(worker, set())
+        self._tags_before, self._tags = self._tags, now
 
     def forget_delivery(self, tags: list[str]) -> None:
         """Remove a dead worker's deliveries from kombu's unacked bookkeeping, so they are not run again later."""

@@ -267,8 +267,11 @@ class Recovery:
         tag_of, task_of = self.table.sent_tags()
         try:
             lost = self.leases.check(tag_of, task_of)
-            if lost:
-                self.leases.forget_delivery(sorted({tag_of[t] for t, _ in lost if t in tag_of}))
+            # the deliveries of a dead worker: of chunks lost with it, and of chunks it answered and died before
+            # acknowledging, which kombu would otherwise run again after the visibility timeout
+            dead = {tag_of[t] for t, _ in lost if t in tag_of} | self.leases.take_released()
+            if dead:
+                self.leases.forget_delivery(sorted(dead))
         except Exception as exc:  # a Redis blip: the next round catches up
             log.debug("lease check failed: %s", exc)
             return
