@@ -62,3 +62,25 @@ def test_a_chunk_answered_by_a_worker_killed_before_it_acknowledged_it_is_not_le
     e.close(timeout=10)
     wait_for(lambda: b"a@" not in b" ".join(admin.smembers(WORKERS_KEY)), 10, "the dead worker's name forgotten")
     assert 0 < admin.ttl(WORKERS_KEY) <= 24 * 3600
+
+
+def test_a_worker_killed_holding_hundreds_of_chunks_is_said_in_a_line_not_one_per_chunk(
+    stack: ExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = stack.enter_context(RedisServer())
+    admin = connect(redis.url)
+    done: list[Any] = []
+    e = ocycle.BufferEmit("contract.sleep", 4, clip=True, mode="celery", broker=redis.url, on_done=done.append)
+    for _ in range(600):
+        e.write(b"0.01")  # a backlog: batch messages of 64 chunks, 10 ms each
+    a = worker(stack, redis.url, "a")  # prefetches 4 batch messages: 256 chunks
+    wait_for(lambda: len(done) >= 20, 30, "a has run some")
+    held = admin.hlen("unacked")
+    a.kill()  # SIGKILL, mid-batch
+    with caplog.at_level("WARNING", logger="ocycle_dist"):
+        worker(stack, redis.url, "b")
+        assert e.close(timeout=60) == 0
+    assert held >= 2 and len(done) == 600  # each once
+    lines = [r.getMessage() for r in caplog.records if "sent again" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, lines  # was: one line per chunk sent again
+    assert "the worker holding them died (its lease lapsed)" in lines[0]
