@@ -128,6 +128,18 @@ class Settings(EnvSettings):
     worker_metrics_port: int = 0
     allow_eviction: bool = False
 
+    def __repr__(self) -> str:
+        """The settings, the broker's password shown as ``***`` and the reply secret not at all: Celery's ``inspect
+        conf`` prints a worker's settings to whoever can publish to its broker."""
+        from .redis_client import redact
+
+        shown = (
+            f"{f.name}={redact(value) if f.name == 'broker_url' and isinstance(value, str) else value!r}"
+            for f in fields(self)
+            if f.repr and (value := getattr(self, f.name)) is not None
+        )
+        return f"Settings({', '.join(shown)})"
+
     def __post_init__(self) -> None:
         if self.spool_policy:
             replacement = {"reject_newest": "drop_newest"}.get(self.spool_policy, self.spool_policy)

@@ -537,3 +537,15 @@ def test_with_a_reply_secret_a_claimed_chunk_swapped_under_its_key_is_refused(st
     [error] = errors
     assert isinstance(error, RemoteTaskError) and error.type_name == "EncodeError"
     assert "is not the one its message was sealed with" in error.message
+
+
+def test_celerys_inspect_conf_shows_neither_the_reply_secret_nor_the_brokers_password(stack: ExitStack) -> None:
+    from ocycle_dist.remote.worker import make_app
+
+    redis = server(stack)
+    sealed_worker(stack, redis.url)
+    app = make_app(Settings(broker_url=redis.url))  # anyone who can publish to Redis can ask this
+    conf = app.control.inspect(timeout=5).conf() or {}
+    [(_, shown)] = conf.items()
+    text = json.dumps(shown)
+    assert "ocycle_settings" in text and SECRET not in text and PASSWORD not in text  # was: the secret, in clear
