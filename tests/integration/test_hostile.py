@@ -549,3 +549,27 @@ def test_celerys_inspect_conf_shows_neither_the_reply_secret_nor_the_brokers_pas
     [(_, shown)] = conf.items()
     text = json.dumps(shown)
     assert "ocycle_settings" in text and SECRET not in text and PASSWORD not in text  # was: the secret, in clear
+
+
+def test_the_readmes_producer_acl_is_all_a_producer_needs(stack: ExitStack, caplog: Any) -> None:
+    from ocycle_dist.remote.liveness import locate
+
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("ACL SETUSER producer "))
+    redis = server(stack)
+    admin = connect(redis.url)
+    admin.execute_command(*line.split())
+    worker(stack, redis.url)
+    url = redis.url.replace(f":{PASSWORD}@", ":producer-pw@").replace("redis://", "redis://producer")
+    with caplog.at_level("DEBUG", logger="ocycle_dist"):
+        e, done, errors = emitter(url)
+        e.write(b"tiny")
+        big = ocycle.BufferEmit("contract.echo_t0", 200_000, clip=True, mode="celery", broker=url, on_done=done.append)
+        big.write(b"b" * 200_000)  # a claimed chunk: SET, then DEL once its result is in
+        assert e.close(timeout=30) == 0 and big.close(timeout=30) == 0 and errors == []
+        client = connect(url)
+        assert locate(client, {"celery": {"no-such-tag"}}) == set()  # Lua allowed: not "assume still queued"
+        assert int(client.info("stats")["evicted_keys"]) == 0  # the eviction watch's read
+    assert sorted(len(r[0]) for r in done) == [4, 200_000]
+    wait_for(lambda: not admin.keys("ocycle:chunk:*"), 10, "the claimed chunk deleted")
+    denied = [r.getMessage() for r in caplog.records if "NOPERM" in r.getMessage() or "no permissions" in r.getMessage()]
+    assert denied == []
