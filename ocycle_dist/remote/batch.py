@@ -314,8 +314,6 @@ def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
     headers, props = envelope["headers"], envelope["properties"]
     if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
         return None
-    if headers["task"] not in app.tasks:  # Celery's consumer answers it NotRegistered (and counts it)
-        return None
     data = body_bytes(body)
     try:
         args, kwargs, embed = wire.loads(data)
@@ -427,8 +425,8 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
                 except JunkError as junk:  # refused and kept; acknowledged with the rest, never put back
                     refuse(client, raw, junk, queue)
                     continue
-                if items is None:
-                    back.append((raw, tag))
+                if items is None or (len(items) == 1 and items[0][1] not in task.app.tasks):
+                    back.append((raw, tag))  # Celery's to run; a task it does not have, to answer and count
                     continue
                 items = sealed_items(client, items, settings.reply_secret, queue)
                 ran = run_items(task.app, client, items, replies, hostname=request.hostname,

@@ -101,3 +101,15 @@ def test_a_redis_away_loses_the_copy_not_the_worker() -> None:
             raise ConnectionError("away")
 
     intake.keep(Away(), b"junk", JunkError("not-json", "x"), "q")  # no exception
+
+
+def test_purge_deletes_junk_like_any_message_that_is_no_chunk(admin: Any, broker: str) -> None:
+    from ocycle_dist.remote.purge import purge_queue
+    from ocycle_dist.remote.worker import make_app
+
+    message = json.dumps(good()).encode()
+    admin.lpush("q", b"junk junk ju", message, b"[1,2,3]")
+    settings = Settings(broker_url=broker)
+    done = purge_queue(make_app(settings), admin, "q", settings)
+    assert (done.messages, done.chunks, done.other) == (3, 1, 2)
+    assert admin.llen("ocycle:reply:tok") == 1 and admin.llen("q") == 0
