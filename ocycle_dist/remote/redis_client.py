@@ -12,12 +12,14 @@ each time they connect, so after a failover a reconnect reaches the new master.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
 
 SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://")
+DEFAULT_SENTINEL_MASTER = "mymaster"  # Redis's own example name, and the compose file's (Settings.sentinel_master)
 
 
 def _respell(url: str, scheme: str, db_from: str, db_to: str) -> str:
@@ -248,9 +250,9 @@ def redact(url: str) -> str:
 def _sentinel_master(url: str, master_name: str | None, options: dict[str, Any]) -> Any:
     from redis.sentinel import Sentinel
 
-    from .settings import Settings
-
-    name = master_name if master_name is not None else Settings.from_env().sentinel_master
+    name = master_name
+    if name is None:  # as Settings.from_env() reads it
+        name = os.environ.get("OCYCLE_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER
     if not isinstance(name, str) or not name:
         raise ConfigError("sentinel_master", name, "the name the sentinels monitor the master under")
     hosts, master = sentinel_hosts(url)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .redis_client import DEFAULT_SENTINEL_MASTER, redact
 
 _S = TypeVar("_S", bound="EnvSettings")
 DEFAULT_BROKER = "redis://localhost:6379/0"
-DEFAULT_SENTINEL_MASTER = "mymaster"  # Redis's own example name, and the compose file's
 
 
 class EnvSettings:
@@ -131,8 +131,6 @@ class Settings(EnvSettings):
     def __repr__(self) -> str:
         """The settings, the broker's password shown as ``***`` and the reply secret not at all: Celery's ``inspect
         conf`` prints a worker's settings to whoever can publish to its broker."""
-        from .redis_client import redact
-
         shown = (
             f"{f.name}={redact(value) if f.name == 'broker_url' and isinstance(value, str) else value!r}"
             for f in fields(self)
