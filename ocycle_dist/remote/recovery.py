@@ -82,7 +82,7 @@ class Recovery:
 
     def requeue(self, entries: Iterable[Entry], why: str, *, lost: bool = False, count: str = "recovered") -> None:
         """Queue ``entries`` again, first (a recovery: not an attempt, counted as ``count``; ``lost``: counted as
-        lost), and say so once per call."""
+        lost), and say so (:meth:`_say`: one line per reason and second)."""
         again = self.table.requeue(entries)
         if not again:
             return
