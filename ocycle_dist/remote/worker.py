@@ -5,10 +5,12 @@ in a header ``ocycle``. :class:`ChunkTask` fetches a claimed chunk from Redis be
 :class:`ReplyBackend`, the app's result backend, RPUSHes ``{id, ok, result | error}`` to the reply list
 however the task ended, where the producer's listener picks it up. Tasks stay plain functions of
 ``(chunk, t0)``, given ``meta=Chunk(...)`` too when they have a ``meta`` parameter. Both sides accept only
-the msgpack content type: a pickle message is refused unread.
+the msgpack content type: a pickle message is refused unread. With a reply secret, a chunk runs only if its
+message's seal checks out (:mod:`.intake`).
 
-The app's Redis transport is kombu's with one repair (:class:`RedisChannel`), so that a worker survives its
-broker dying under it: see :func:`register_transports`.
+The app's Redis transport is kombu's with two repairs (:class:`RedisChannel`), so that a worker survives its
+broker dying under it (see :func:`register_transports`) and junk on its queues (:mod:`.intake`). A worker refuses
+to start on a Redis that may evict its queues (:func:`.redis_client.check_policy`).
 """
 
 from __future__ import annotations
