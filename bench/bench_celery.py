@@ -7,6 +7,8 @@ Run from the repository root (needs ``redis-server`` on PATH, e.g. Debian's ``ap
     python bench/bench_celery.py --quick      # smoke run: small counts, 2 rounds (~45 s)
     python bench/bench_celery.py --sections 1,4   # some sections only (1 3a 4 12 5 3b 6; 1 covers goals 1 and 2)
     python bench/bench_celery.py --logs DIR   # keep redis-server's and the workers' logs in DIR
+    python bench/bench_celery.py --reply-secret S   # ocycle_dist's producers and workers share a secret: sealed
+                                                    # messages and replies (OCYCLE_REPLY_SECRET)
 
 Self-contained: starts its own redis-server and 8 workers (``bench/celery_bench/rig.py``), stopped at the end,
 on error and on Ctrl-C. Each section is a module of ``bench/celery_bench/`` that says what it measures and
@@ -73,7 +75,10 @@ def main() -> int:
     names = tuple(SECTIONS)
     parser.add_argument("--sections", default=",".join(names), help=f"comma-separated subset of {names}")
     parser.add_argument("--logs", help="keep the processes' logs in this directory (default: a temporary one)")
+    parser.add_argument("--reply-secret", help="OCYCLE_REPLY_SECRET of ocycle_dist's producers and workers")
     args = parser.parse_args()
+    if args.reply_secret is not None:  # the workers inherit the environment; the producers read it (from_env)
+        os.environ["OCYCLE_REPLY_SECRET"] = args.reply_secret
     cfg = config(args.quick, args.rounds)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]

@@ -16,10 +16,13 @@ def _age(seconds: float | None) -> str:
 def status(broker: str | None, queues: list[str] | None = None) -> int:
     """Print, for every queue (the default one, the demo's, every queue a worker ever declared on the broker,
     those running workers consume, and ``queues``), the messages waiting and the age of the oldest; then
-    deliveries not yet acknowledged, results pending, and the workers that answer."""
+    deliveries not yet acknowledged, results pending, messages the workers refused, and the workers that answer."""
+    from collections import Counter
+
     from .demo import QUEUES
     from .remote.backlog import known_queues, read_backlog
-    from .remote.protocol import CHUNK_PREFIX, REPLY_PREFIX
+    from .remote.intake import dead_letters
+    from .remote.protocol import CHUNK_PREFIX, DEAD_KEY, REPLY_PREFIX
     from .remote.redis_client import connect, redact
     from .remote.settings import Settings
     from .remote.worker import make_app
@@ -43,6 +46,13 @@ def status(broker: str | None, queues: list[str] | None = None) -> int:
     for key in sorted(client.scan_iter(REPLY_PREFIX + "*")):
         print(f"results waiting for their producer in {key.decode()}: {client.llen(key)}")
     print(f"claimed chunks stored: {sum(1 for _ in client.scan_iter(CHUNK_PREFIX + '*'))}")
+    dead = dead_letters(client)
+    kinds = Counter(str(record.get("kind")) for record in dead)
+    print(f"messages refused by workers (junk, unknown tasks, failed seals), kept in {DEAD_KEY}: {len(dead)}"
+          + "".join(f"\n  {kind}: {n}" for kind, n in kinds.most_common()))  # fmt: skip
+    if dead:
+        kind, queue, at, why = (dead[0].get(k) for k in ("kind", "queue", "at", "why"))
+        print(f"  the latest: {kind} from queue {queue!r} at {at}: {why}")
     print(f"workers seen: {len(replies)}" + "".join(f"\n  {name}" for name in sorted(replies)))
     return 0
 

@@ -28,6 +28,7 @@ from .inflight import POLICIES
 
 FIELDS = ("task", "seconds", "queue", "policy", "expires", "name")
 SPEC = "task:seconds[:queue[:policy[:expires]]]"
+MIN_SECONDS = 0.01  # the shortest chunk: each is a task, so at most 100 a second per consumer
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,15 @@ class Consumer:
     expires: float | None = None
 
     def size(self, rate: int) -> int:
-        """Samples per chunk at ``rate``."""
-        return max(1, round(self.seconds * rate))
+        """Samples per chunk at ``rate``; ConfigError when that is less than one."""
+        samples = round(self.seconds * rate)
+        if samples < 1:
+            need = f"at least one sample at {rate} Hz ({1 / rate:g} s), for consumer {self.name}"
+            raise ConfigError("seconds", self.seconds, need)
+        return samples
 
 
-def _seconds(param: str, value: Any, *, optional: bool = False) -> float | None:
+def _seconds(param: str, value: Any, *, optional: bool = False, least: float = 0.0) -> float | None:
     if optional and value in (None, ""):
         return None
     try:
@@ -64,6 +69,8 @@ def _seconds(param: str, value: Any, *, optional: bool = False) -> float | None:
         number = math.nan
     if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
         raise ConfigError(param, value, "a number of seconds > 0" + (", or empty" if optional else ""))
+    if number < least:
+        raise ConfigError(param, value, f"seconds >= {least:g} (each chunk is a task: at most {1 / least:g} a second)")
     return number
 
 
@@ -78,7 +85,7 @@ def make_consumer(
     """A checked :class:`Consumer`; raises ConfigError naming the parameter and its value."""
     if not isinstance(task, str) or not task.strip() or any(c.isspace() for c in task):
         raise ConfigError("task", task, "a task name such as workers.tasks.spl")
-    secs = _seconds("seconds", seconds)
+    secs = _seconds("seconds", seconds, least=MIN_SECONDS)
     assert secs is not None
     if queue in ("", None):
         queue = None

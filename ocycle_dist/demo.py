@@ -180,11 +180,12 @@ def main_demo(
     import workers
 
     from .archive.keys import embedded_archive_env
-    from .remote.redis_client import reachable, redact
+    from .remote.redis_client import check_url, reachable, redact
     from .testing.embedded import embedded, lacks
 
     rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
+    check_url(url)  # malformed: a ConfigError (exit 2), not "unreachable"
     if reachable(url):
         print(
             f"broker: {redact(url)} (workers must consume queues {','.join(QUEUES)}: celery -A workers worker -Q ...)"
@@ -192,7 +193,7 @@ def main_demo(
         run(url, seconds=seconds, wav=wav, realtime=realtime, rate=rate, metrics=metrics)
         return 0
     if broker:
-        print(f"broker {broker} is not reachable")
+        print(f"broker {redact(broker)} is not reachable")
         return 2
     lacking = lacks()
     if lacking:

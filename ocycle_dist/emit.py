@@ -563,6 +563,7 @@ class BufferEmit(OcycleCompat):
                 t0_overlaps=windows.t0_overlaps,
                 gaps=windows.gaps,
                 gap_seconds=windows.gap_seconds,
+                clock_steps=windows.clock_steps,
                 **inflight.counts,
             )
 

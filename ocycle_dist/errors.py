@@ -10,7 +10,8 @@ The tree::
     ├── SpoolError (OSError)          the durable spool cannot keep a chunk (disk full, its file gone for good)
     ├── RemoteTaskError               a remote task failed: carries the remote type name and message
     ├── DeliveryError                 no result came back for a chunk after every attempt
-    └── ExpiredError                  a chunk was not started before its ``expires`` deadline (counted, not failed)
+    ├── ExpiredError                  a chunk was not started before its ``expires`` deadline (counted, not failed)
+    └── ClaimGoneError (LookupError)  a worker found a claimed chunk gone from Redis: its producer sends it again
 
 Each subclass also derives from the builtin that a caller would catch without knowing this package.
 """
@@ -76,3 +77,9 @@ class ExpiredError(OcycleError):
     Its outcome is ``expired`` (``stats().expired``), not ``failed``: the policy the caller chose, so that a
     consumer that cannot keep up works on fresh chunks instead of a growing backlog.
     """
+
+
+class ClaimGoneError(OcycleError, LookupError):
+    """A worker found a claimed chunk gone from Redis (evicted by its ``maxmemory-policy``, or past
+    ``result_ttl``). Raised on the worker; its producer, told so, sends the chunk again (a loss: it counts against
+    ``max_attempts``) rather than failing it."""

@@ -16,7 +16,18 @@ from typing import Any
 from .emit import BufferEmit
 from .errors import ConfigError
 
-COUNTERS = ("written", "skipped", "emitted", "done", "failed", "dropped", "expired", "t0_overlaps", "gaps")
+COUNTERS = (
+    "written",
+    "skipped",
+    "emitted",
+    "done",
+    "failed",
+    "dropped",
+    "expired",
+    "t0_overlaps",
+    "gaps",
+    "clock_steps",
+)
 GAUGES = ("buffered", "in_flight", "spooled_bytes", "latency_p50", "latency_p99", "callback_backlog", "callback_p99")
 
 
@@ -32,7 +43,7 @@ class EmitterCollector:
         snapshots = [(e.stream, e.stats().as_dict()) for e in self.emitters]
         for name in COUNTERS:
             unit = "chunks" if name in ("emitted", "done", "failed", "dropped", "expired") else "elements"
-            unit = "writes" if name in ("t0_overlaps", "gaps") else unit
+            unit = "writes" if name in ("t0_overlaps", "gaps", "clock_steps") else unit
             family = CounterMetricFamily(f"ocycle_{name}_{unit}", f"{name} {unit}, per stream", labels=["stream"])
             for stream, stats in snapshots:
                 family.add_metric([stream], stats[name])

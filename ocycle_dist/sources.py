@@ -8,6 +8,9 @@ exhausted (or stopped, or failed: see :attr:`Source.error`).
 - :class:`StdinPCM`: interleaved PCM of an ``arecord``-style format (``S16_LE``...), rate and channels, read
   from a binary stream (stdin). ``t0`` counts samples from the time the first frame arrived.
 - :class:`FileSource`: a WAV/FLAC/... file (libsndfile), replayed in real time or as fast as it is taken.
+
+A source that ends before its own end (a file shorter than its header says, a partial sample frame at the end of
+stdin) streams what it holds, then ends with an ``EOFError`` saying what is missing: the stream fails (exit 1).
 - :class:`Microphone`: a ``sounddevice.InputStream`` (``pip install 'ocycle-dist[mic]'``): its callback puts
   each block, with its ADC time mapped to wall-clock time, into the queue; a full queue drops the block and
   counts it (:attr:`Source.dropped`), PortAudio's input-overflow flags are counted too (:attr:`Source.overflows`).
@@ -182,7 +185,7 @@ class StdinPCM(Source):
         self.frame = _positive("frame", frame)
         self.stream = stream
         self.description = f"raw PCM on stdin ({format}, {self.rate} Hz, {self.channels} channel(s))"
-        self.trailing_bytes = 0  # bytes at the end that did not make a whole sample frame
+        self.trailing_bytes = 0  # bytes at the end that did not make a whole sample frame (an error: see _read)
 
     def start(self) -> StdinPCM:
         self._thread(self._read, "ocycle-source-stdin")
@@ -210,12 +213,17 @@ class StdinPCM(Source):
                 return
             self.trailing_bytes = len(raw) % width
             frame = decode_pcm(raw, self.format, self.channels)
-            if not len(frame):
-                return
-            if t_first is None:
-                t_first = time.time() - len(frame) / self.rate
-            if not self._put(frame, t_first + self.samples / self.rate):
-                return
+            if len(frame):
+                if t_first is None:
+                    t_first = time.time() - len(frame) / self.rate
+                if not self._put(frame, t_first + self.samples / self.rate):
+                    return
+            if self.trailing_bytes:  # the input ended inside a sample frame: not the format and channels given?
+                raise EOFError(
+                    f"stdin ended with {self.trailing_bytes} byte(s) that are not a whole sample frame ({self.format},"
+                    f" {self.channels} channel(s): {width} bytes each), after {self.samples} samples: they were not"
+                    " streamed; is the input in that format?"
+                )
 
 
 class FileSource(Source):
@@ -241,10 +249,14 @@ class FileSource(Source):
         super().__init__(int(info.samplerate), int(info.channels))
         self.path, self.realtime, self.frame = path, bool(realtime), _positive("frame", frame)
         self.duration = float(info.duration)
+        self.frames_expected = int(info.frames)  # what libsndfile can read
+        self.truncated = truncation(path, int(info.frames))  # what the header says is missing
         pace = "in real time" if realtime else "as fast as the workers take it"
         self.description = (
             f"{path} ({info.format}, {self.rate} Hz, {self.channels} channel(s), {self.duration:.1f} s), {pace}"
         )
+        if self.truncated:
+            self.description += f" (TRUNCATED: {self.truncated})"
 
     def start(self) -> FileSource:
         self._thread(self._read, "ocycle-source-file")
@@ -262,6 +274,42 @@ class FileSource(Source):
                     return
                 if not self._put(frame, t0):
                     return
+        if self.truncated or self.samples < self.frames_expected:
+            missing = self.truncated or f"{self.frames_expected - self.samples} samples could not be read"
+            raise EOFError(f"{self.path} is truncated: {missing}; the {self.seconds:.2f} s it holds were streamed")
+
+
+def truncation(path: str, frames: int) -> str:
+    """What a WAV file's header says is missing from it ("" when nothing is, or it is no plain RIFF WAV): a file
+    cut short (a recorder that died, a copy interrupted) still opens, and libsndfile reads what is there."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return ""
+            size = os.fstat(f.fileno()).st_size
+            width = 0
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return ""
+                name, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if name == b"fmt ":
+                    fmt = f.read(length + (length & 1))
+                    width = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0  # block align
+                    continue
+                if name == b"data":
+                    if length >= 0x7FFF0000:  # a streamed WAV (arecord to a pipe): its length is unknown
+                        return ""
+                    held = size - f.tell()
+                    if held >= length:
+                        return ""
+                    declared = length // width if width else 0
+                    what = f"{declared} samples" if declared else f"{length} bytes"
+                    return f"its header declares {what}, the file holds {frames} ({held} of {length} bytes of audio)"
+                f.seek(length + (length & 1), 1)
+    except OSError:
+        return ""
 
 
 class Microphone(Source):

@@ -31,12 +31,14 @@ class Stats:
         latency_p50: seconds from emit to result (``on_done``/``on_error``), median of the last 1000 chunks.
         latency_p99: the same, 99th percentile.
         t0_overlaps: writes (with ``rate``) whose t0 fell before the end of the previous write (its t0 + its
-            length / rate) but not before its t0: accepted as clock jitter, counted. A t0 earlier than the
-            previous write's is refused (FrameError).
+            length / rate) but not before its t0: accepted as clock jitter, counted.
         gaps: writes (with ``rate``) whose t0 came later than the previous write's end by more than
             ``max_gap``: the input skipped (an audio driver's overflow). The open windows were emitted there
             as partial chunks and new ones opened at the frame, so that no chunk spans a gap.
         gap_seconds: the input those gaps skipped, in seconds.
+        clock_steps: writes whose t0 was earlier than the previous write's, or more than a day after its end
+            (``windows.STEP_AHEAD``): the clock stepped (NTP setting a device's clock). The open windows were
+            emitted there as partial chunks and the stream went on from the new clock; logged once.
     """
 
     written: int = 0
@@ -57,6 +59,7 @@ class Stats:
     t0_overlaps: int = 0
     gaps: int = 0
     gap_seconds: float = 0.0
+    clock_steps: int = 0
 
     def as_dict(self) -> dict[str, float]:
         """The counters as a dict."""

@@ -43,8 +43,8 @@ from .tap import Tap
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
     EXIT_OK: "every chunk done",
-    EXIT_FAILED: "a chunk failed (its task raised, or no result came), the source failed,\n"
-    "       or the embedded broker or worker could not start",
+    EXIT_FAILED: "a chunk failed (its task raised, or no result came), the source failed or ended short\n"
+    "       (a truncated file, a partial sample at the end of stdin), or the embedded broker or worker could not start",
     EXIT_USAGE: "usage or configuration error (flags, TOML, source, broker, a package missing): nothing streamed",
     EXIT_INCOMPLETE: "no failure, but chunks not done: left after --drain-timeout, dropped or expired",
     EXIT_INTERRUPTED: "a second SIGINT/SIGTERM (or one while draining): stopped without draining",
@@ -412,7 +412,7 @@ def _check(args: argparse.Namespace) -> None:
 def main_stream(args: argparse.Namespace) -> int:
     """The ``ocycle-dist stream`` command; returns its exit code."""
     from .archive.keys import embedded_archive_env
-    from .remote.redis_client import reachable
+    from .remote.redis_client import check_url, reachable
     from .testing.embedded import embedded, lacks
 
     def err(line: str) -> None:
@@ -426,10 +426,13 @@ def main_stream(args: argparse.Namespace) -> int:
         default_rate = int(os.environ.get("OCYCLE_SAMPLE_RATE") or 16000)
         metrics = metrics_address(args)
         source = _source(args, default_rate)
+        for c in consumers:
+            c.size(source.rate)  # at least one sample
+        url = args.broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
+        check_url(url)  # malformed is a usage error, not an unreachable broker
     except ConfigError as exc:
         err(f"ocycle-dist stream: {exc}")
         return EXIT_USAGE
-    url = args.broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
     queues = tuple(dict.fromkeys(c.queue or Settings.from_env().queue for c in consumers))
     stopper = Stopper().install()
     try:

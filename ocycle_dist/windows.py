@@ -18,14 +18,20 @@ Two ways to hold the stream (:mod:`ocycle_dist.hotpath`, whose ``write()`` is th
 Both cut the same chunks with the same t0s. Knows nothing of executors: complete chunks go to ``emit``.
 
 A write's ``t0`` is None (now: ``time.time()``) or seconds: a real number, finite and >= 0 (``time.time()``,
-``time.monotonic()`` or the time since the stream's start), not earlier than the previous write's t0 (time
-does not go backwards; a write without t0 is not compared). With ``rate``, a t0 earlier than the previous
-write's end (its t0 + its length / rate) but not than its t0 is accepted as clock jitter and counted in
-``t0_overlaps``. A rejected t0 raises FrameError before the frame is kept: the stream is exactly as before.
+``time.monotonic()`` or the time since the stream's start); anything else raises FrameError before the frame is
+kept: the stream is exactly as before. A write without t0 is not compared with the previous write's. With
+``rate``, a t0 earlier than the previous write's end (its t0 + its length / rate) but not than its t0 is
+accepted as clock jitter and counted in ``t0_overlaps``.
+
+A **clock step** (an edge device's clock set back by NTP, or a bad timestamp far ahead) is a discontinuity, not
+an error: a t0 earlier than the previous write's, or more than :data:`STEP_AHEAD` seconds after its end. The
+open windows end there as partial chunks (as at a gap), the stream goes on from the new clock, and the step is
+counted in ``clock_steps`` and logged once per stream.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import time
@@ -41,6 +47,10 @@ from .kinds import Kind
 from .pieces import Pieces
 
 Emit = Callable[[Any, Chunk], None]
+log = logging.getLogger("ocycle_dist.windows")
+# A t0 this many seconds after the previous write's end is a clock step, not a gap nor a pause of the source: a
+# clock set from nothing (1970) or a wrong timestamp. A day: a sensor silent for hours is not one.
+STEP_AHEAD = 86400.0
 _new_chunk = tuple.__new__  # Chunk(*fields) in a third of the time of Chunk.__new__ (a namedtuple's, in Python)
 
 
@@ -94,6 +104,8 @@ class Windows:
         self.t0_overlaps = 0  # writes whose t0 fell inside the previous write's span (rate set)
         self.gaps = 0  # writes whose t0 came later than the rate predicts by more than max_gap
         self.gap_seconds = 0.0  # the input those gaps skipped
+        self.clock_steps = 0  # writes whose t0 went back, or jumped more than STEP_AHEAD ahead
+        self.max_gap = max_gap if rate else 0.0  # gaps are seen against the rate's prediction (0: not seen)
         self.fill = hop == size and sampler is None and kind.fills(clip, size)  # see the module's docstring
         self._fast = None if self.fill else kind.fast_type  # the hot path's fast type, while accepting
         self._on = True
@@ -103,7 +115,8 @@ class Windows:
         else:
             self.hot = appender_class()(self.segs, self.ends, self._fast, 1, self._advance, other)
         self.hot.inv_rate = 1.0 / rate if rate else 0.0
-        self.hot.max_gap = max_gap if rate else 0.0  # gaps are seen against the rate's prediction
+        # a fast t0 is at most the previous write's end + this; later ones are a gap or a step (push() tells)
+        self.hot.max_gap = min(self.max_gap, STEP_AHEAD) if self.max_gap > 0.0 else STEP_AHEAD
 
     @property
     def end(self) -> int:
@@ -159,7 +172,7 @@ class Windows:
         """``t0`` as a float (None stays None), and whether it overlaps the previous write (rate set).
 
         Raises:
-            FrameError: ``t0`` is not a finite number >= 0, or is earlier than the previous write's t0.
+            FrameError: ``t0`` is not a finite number >= 0.
         """
         if t0 is None:
             return None, False
@@ -175,11 +188,7 @@ class Windows:
         if t0 < 0.0:
             raise FrameError(f"t0={t0!r} is invalid: expected seconds >= 0 (time.time(), or since the stream began)")
         hot = self.hot
-        if t0 < hot.last_t0:
-            raise FrameError(
-                f"t0={t0!r} is earlier than the previous write's t0={hot.last_t0!r}: time cannot go backwards"
-            )
-        return t0, t0 < hot.last_end
+        return t0, hot.last_t0 <= t0 < hot.last_end
 
     def push(self, frozen: Any, n: int, t0: Any, *, compare: bool = True) -> None:
         """Append a checked, frozen frame of ``n`` elements (the slow path of ``write``).
@@ -191,8 +200,12 @@ class Windows:
             FrameError: ``t0`` is invalid (see :meth:`check_t0`); nothing was kept.
         """
         t0, overlaps = self.check_t0(t0) if compare else (t0, False)
-        if compare and t0 is not None and t0 > self.hot.max_t0:  # later than the rate predicts: a gap
-            self._gap(t0 - self.hot.last_end)
+        if compare and t0 is not None:
+            hot = self.hot
+            if t0 < hot.last_t0 or (t0 > hot.max_t0 and t0 - hot.last_end > STEP_AHEAD):
+                self._step(t0)
+            elif t0 > hot.max_t0:  # later than the rate predicts: a gap
+                self._gap(t0 - hot.last_end)
         if self.fill:
             if not self._armed:  # a numpy stream's first frame, checked by this kind, or a Tap's (checked by it too)
                 self.kind.adopt(frozen)
@@ -246,6 +259,24 @@ class Windows:
         chunks, and new ones open at the next frame, so that no chunk spans the gap."""
         self.gaps += 1
         self.gap_seconds += seconds
+        self.flush()
+
+    def _step(self, t0: float) -> None:
+        """The clock stepped (see the module): the open windows end here, as partial chunks; a sampler pause keeps
+        what is left of it, on the new clock."""
+        hot = self.hot
+        self.clock_steps += 1
+        if self.clock_steps == 1:
+            log.warning(
+                "stream %s: the clock stepped from %r to t0=%r (%+.6g s): the open windows end as partial chunks and"
+                " the stream goes on from the new clock; counted in stats().clock_steps (logged once per stream)",
+                self.stream,
+                hot.last_end,
+                t0,
+                t0 - hot.last_end,
+            )
+        if self.paused:
+            self.pause_until += t0 - hot.last_end
         self.flush()
 
     def _advance(self, n: int, t0: float | None) -> None:

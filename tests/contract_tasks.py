@@ -20,6 +20,11 @@ def echo_t0(value: bytes, t0: float) -> tuple[bytes, float]:
     return value, t0
 
 
+@app.task(name="contract.length")
+def length(value: bytes, t0: float) -> int:
+    return len(value)
+
+
 @app.task(name="contract.echo_meta")
 def echo_meta(value: bytes, t0: float, meta: Any) -> tuple[bytes, float, Any]:
     return value, t0, meta

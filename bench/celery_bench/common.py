@@ -98,7 +98,7 @@ def unconsumed_emitter(url: str, size: int, n: int) -> ocycle_dist.BufferEmit:
     budget = (n + 2) * (size + 4096)
     emitter = ocycle_dist.BufferEmit(
         TASK, size, clip=True, mode="celery", max_inflight=n + 1, stream=f"bench-pub-{uuid.uuid4().hex[:8]}",
-        settings=Settings(broker_url=url, queue=PUB_QUEUE, resend_after=3600.0, spool_max_bytes=budget),
+        settings=Settings.from_env(broker_url=url, queue=PUB_QUEUE, resend_after=3600.0, spool_max_bytes=budget),
     )  # fmt: skip
     emitter.open()
     emitter.executor.hub.publisher.client.ping()  # connect outside the timing, as the others are

@@ -77,7 +77,8 @@ def drain_ocycle(rig: Rig, chunks: list[np.ndarray]) -> float:
     col = Collector(n)
     emitter = ocycle_dist.NumpyEmit(
         "workers.tasks.spl", SPL, clip=True, rate=RATE, mode="celery", on_done=col.on_done, on_error=col.on_error,
-        stream=f"bench-drain-{uuid.uuid4().hex[:6]}", settings=Settings(broker_url=rig.url(OCYCLE_DB), queue=queue),
+        stream=f"bench-drain-{uuid.uuid4().hex[:6]}",
+        settings=Settings.from_env(broker_url=rig.url(OCYCLE_DB), queue=queue),
     )  # fmt: skip
     try:
         t0 = time.time()
@@ -141,7 +142,7 @@ def fleet_ocycle(rig: Rig, queue: str, producers: int, pace: float, seconds: flo
     def on_error(exc: BaseException) -> None:
         errors.append(repr(exc))
 
-    settings = Settings(broker_url=rig.url(OCYCLE_DB), queue=queue)
+    settings = Settings.from_env(broker_url=rig.url(OCYCLE_DB), queue=queue)
     emitters = [ocycle_dist.NumpyEmit("workers.tasks.spl", SPL, clip=True, rate=RATE, mode="celery", max_inflight=1,
                                       policy="block", on_done=on_done, on_error=on_error, settings=settings,
                                       stream=f"bench-fleet{i}-{uuid.uuid4().hex[:6]}")
@@ -210,7 +211,7 @@ def producer_cpu(rig: Rig, seconds: float, speed: float, *, local: bool = False)
     """CPU seconds of this process per second of audio, three consumers at ``speed`` x real time; with
     ``local``, the same loop with serial emitters whose callback does nothing (what the loop itself costs:
     pacing, the Tap, cutting the chunks)."""
-    settings = Settings(broker_url=rig.url(OCYCLE_DB), queue="q2")
+    settings = Settings.from_env(broker_url=rig.url(OCYCLE_DB), queue="q2")
     cols = [Collector(int(seconds / chunk)) for _, _, chunk, _ in CONSUMERS]
     if local:
         emitters = [ocycle_dist.NumpyEmit(lambda chunk, t0: None, int(chunk * RATE), clip=True, rate=RATE)

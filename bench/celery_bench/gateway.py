@@ -263,6 +263,7 @@ def run(rig: Rig, cfg: Any, verdicts: Verdicts) -> None:
 
     stalls = [stall(rig.tmp, 8.0 if quick else 20.0) for _ in range(1 if quick else 2)]
     worst = max(s["max"] for s in stalls)
+
     def each(key: str, show: Any = us) -> str:
         return ", ".join(show(s[key]) for s in stalls)
 

@@ -16,8 +16,8 @@ ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. T
   seconds' time to live), so a killed worker's are sent again at once by their producers (:mod:`.lease`),
   and, with no producer left, restored by kombu after the visibility timeout. The replies of what it ran go
   every ~10 ms (:data:`REPLY_EVERY`: the producers handle them meanwhile), the acks once the whole take ran.
-  Messages it cannot run itself (another content type, an ``eta``, callbacks) are put back where they were,
-  for Celery.
+  Junk is refused and kept (:mod:`.intake`), never put back. Messages it cannot run itself (an unknown task,
+  an ``eta``, callbacks) are put back where they were, for Celery.
 
 Either way each chunk is run as its task would be (the task's function, ``ChunkTask``'s claim fetch, size
 check and ``meta``), its exception caught, and its outcome RPUSHed to its stream's reply list: one failing
@@ -30,7 +30,6 @@ error of that chunk), rate limits and revocation.
 
 from __future__ import annotations
 
-import binascii
 import inspect
 import json
 import logging
@@ -46,12 +45,15 @@ from celery.exceptions import NotRegistered, TimeLimitExceeded
 
 from ..batched import Batch, batch_of, call_batch
 from ..chunk import Chunk
-from ..errors import EncodeError
+from ..errors import ClaimGoneError, EncodeError
 from . import wire
 from .events import ChunkEvents, for_run
+from .intake import JunkError, body_bytes, check, check_envelope, refuse, sealed_items
 from .protocol import (
     BATCH_TASK,
     META_HEADER,
+    SEAL_HEADER,
+    SEALS_HEADER,
     UNACKED_INDEX_KEY,
     UNACKED_KEY,
     WORKERS_KEY,
@@ -257,7 +259,9 @@ def run_items(app: Any, client: Any, items: list[list[Any]], replies: ReplyWrite
                     raise EncodeError(f"claim check {chunk.key[:80]!r} is not this task's chunk: refused")
                 if i in fetched:
                     if fetched[i] is None:
-                        raise LookupError(f"chunk {chunk.key} is no longer in Redis (expired or never stored)")
+                        raise ClaimGoneError(
+                            f"chunk {chunk.key} is no longer in Redis (evicted, expired or never stored)"
+                        )
                     item = [*item[:2], wire.claimed(chunk, fetched[i]), *item[3:]]
                 spec = batch_spec(task)
                 if spec is not None:  # checked now (size, meta), run with the others of its task
@@ -351,6 +355,11 @@ def run_batch(task: Any, items: list[list[Any]], client: Any, settings: Any) -> 
     request = task.request
     replies = ReplyWriter(client, settings.result_ttl, settings.reply_secret)
     reply_to = request.reply_to if is_reply_key(request.reply_to) else None
+    if settings.reply_secret and reply_to is not None:  # only the chunks whose seal checks out run
+        seals = request.get(SEALS_HEADER) or []
+        queue = (request.delivery_info or {}).get("routing_key")
+        items = sealed_items(client, [[*item[:6], reply_to, seals[i] if i < len(seals) else None]
+                                      for i, item in enumerate(items)], settings.reply_secret, queue)  # fmt: skip
     delivery_info = dict(request.delivery_info or {})
     events = for_run(task.app, request.hostname)
     flush_at = time.monotonic() + 0.01
@@ -395,26 +404,36 @@ def envelope_of(raw: bytes) -> tuple[dict[str, Any], Any]:
 
 
 def _decode(app: Any, raw: bytes) -> list[list[Any]] | None:
-    """The items of a message taken from the queue, or None when Celery must run it (not ours to run)."""
+    """The items of a message taken from the queue, or None when Celery must run it (not ours to run here).
+
+    Raises:
+        JunkError: no worker can take it (:mod:`.intake`): refused, not put back.
+    """
     try:
         envelope, body = envelope_of(raw)
-        if envelope.get("content-type") != wire.CONTENT_TYPE:
-            return None
-        headers, props = envelope["headers"], envelope["properties"]
-        if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
-            return None
-        args, kwargs, embed = wire.loads(binascii.a2b_base64(body))
+    except Exception:  # not JSON, not an object, no body: which of them, precisely
+        check(raw)
+        return None
+    check_envelope(envelope)
+    headers, props = envelope["headers"], envelope["properties"]
+    if headers.get("eta") or headers.get("countdown") or props.get("body_encoding") != "base64":
+        return None
+    data = body_bytes(body)
+    try:
+        args, kwargs, embed = wire.loads(data)
         if kwargs or any((embed or {}).get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return None
         if headers.get("task") == BATCH_TASK:  # each chunk replies to the batch's reply list
             reply_to = props.get("reply_to")
             if not is_reply_key(reply_to):
                 return None
-            return [[*item[:6], reply_to] for item in args[0]]
+            seals = headers.get(SEALS_HEADER) or []
+            return [[*item[:6], reply_to, seals[i] if i < len(seals) else None] for i, item in enumerate(args[0])]
         if len(args) != 2:
             return None
         meta = headers.get(META_HEADER) or {}
-        return [[headers["id"], headers["task"], args[0], args[1], meta, headers.get("expires"), props.get("reply_to")]]
+        return [[headers["id"], headers["task"], args[0], args[1], meta, headers.get("expires"), props.get("reply_to"),
+                 headers.get(SEAL_HEADER)]]  # fmt: skip
     except Exception:  # anything unexpected: Celery's own path decides (and reports) what it is
         return None
 
@@ -515,11 +534,15 @@ def drain(task: Any, client: Any, settings: Any, elapsed: float) -> int:
             back: list[tuple[bytes, bytes]] = []
             taken: list[list[Any]] = []  # the chunks of every message of the take: a batched task's run together
             for raw, tag in zip(messages, tags, strict=True):
-                items = _decode(task.app, raw)
-                if items is None:
-                    back.append((raw, tag))
+                try:
+                    items = _decode(task.app, raw)
+                except JunkError as junk:  # refused and kept; acknowledged with the rest, never put back
+                    refuse(client, raw, junk, queue)
                     continue
-                taken += items
+                if items is None or (len(items) == 1 and items[0][1] not in task.app.tasks):
+                    back.append((raw, tag))  # Celery's to run; a task it does not have, to answer and count
+                    continue
+                taken += sealed_items(client, items, settings.reply_secret, queue)
             ran = run_items(task.app, client, taken, replies, hostname=request.hostname,
                             delivery_info=delivery_info, renew=renew, events=events)  # fmt: skip
             count("chunks", ran, "drain")

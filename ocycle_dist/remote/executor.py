@@ -121,7 +121,8 @@ class CeleryExecutor(ChunkExecutor):
         ):
             raise ConfigError("expires", expires, "seconds > 0, or None for chunks that never expire")
         self.settings, self.expires = s, expires
-        probe(s.broker_url, master_name=s.sentinel_master)  # a wrong password, db or TLS fails here, not an outage
+        # a wrong password, db or TLS, or a Redis that may evict the queues, fails here; an outage does not
+        probe(s.broker_url, master_name=s.sentinel_master, allow_eviction=s.allow_eviction)
         directory = spool if spool is not None else (s.spool_dir or None)
         self._own_token = producer_token(directory)
         self.spool = open_spool(directory, s.spool_max_bytes or None)
@@ -137,6 +138,7 @@ class CeleryExecutor(ChunkExecutor):
                 "resent",  # chunks sent again, for any reason
                 "recovered",  # ... because Redis was a new server, their worker died, or a worker lost Redis
                 "lost",  # ... because they were gone from Redis after resend_after (counted against max_attempts)
+                "evicted",  # ... because a Redis that evicts keys (maxmemory-policy) took them
                 "undelivered",  # failed with DeliveryError after max_attempts losses
                 "dropped",  # dropped by the emitter's policy while waiting here
                 "expired",

@@ -75,16 +75,21 @@ class Hub:
         self._executors: list[Executor] = []
         self._stopped = False
         self.table = Pending()
-        self.server = ServerWatch(self._new_server)
+        self.server = ServerWatch(self._new_server, s.broker_url, s.allow_eviction)
         client = self._connect(s.socket_timeout)
         wake = f"{PREFIX}wake:{self.token}"
-        self.outcomes = Outcomes(self.table, lambda entries, why: self.recovery.requeue(entries, why))
+        self.outcomes = Outcomes(
+            self.table,
+            lambda entries, why: self.recovery.requeue(entries, why),
+            lambda entries, why: self.recovery.lose(entries, why),
+        )
         self.listener = ReplyListener(
             self._connect(max(s.socket_timeout, 7.0)), self.outcomes.on_reply, wake, poll=min(5.0, s.socket_timeout / 2)
         )
         self.recovery = Recovery(
-            self.table, client, self.url, s.worker_lease, self._soonest, self.outcomes.settle, self._drained_at
-        )
+            self.table, client, self.url, s.worker_lease, self._soonest, self.outcomes.settle, self._drained_at,
+            self.server,
+        )  # fmt: skip
         self.publisher = Publisher(self.table, client, self.url, self.outcomes.settle, self.recovery)
 
     def _connect(self, socket_timeout: float) -> Any:

@@ -29,6 +29,7 @@ from .protocol import BATCH_HEADER, UNACKED_INDEX_KEY, WORKERS_KEY, lease_key
 log = logging.getLogger("ocycle_dist.lease")
 
 MAX_LEASE_BYTES = 1 << 20  # a lease larger than this is ignored: a hostile or broken writer
+WORKERS_TTL = 24 * 3600  # seconds the set of lease holders lives after the last renewal
 
 
 class LeaseKeeper:
@@ -57,6 +58,7 @@ class LeaseKeeper:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(lease_key(self.hostname), wire.dumps(record), px=max(1, int(self.lease * 1000)))
         pipe.sadd(WORKERS_KEY, self.hostname)
+        pipe.expire(WORKERS_KEY, WORKERS_TTL)  # gone a day after the last worker
         pipe.execute()
         self.renewals += 1
 
@@ -157,7 +159,8 @@ class Leases:
 
 
 def read_leases(client: Any) -> Leases:
-    """Read every worker's lease and the deliveries, in two round trips."""
+    """Read every worker's lease and the deliveries, in two round trips; forget the names of the holders whose
+    lease has lapsed (a killed worker, a pool process that ended: each is named once, its lease written first)."""
     workers = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in client.smembers(WORKERS_KEY))
     pipe = client.pipeline(transaction=False)
     if workers:
@@ -165,6 +168,12 @@ def read_leases(client: Any) -> Leases:
     pipe.zrange(UNACKED_INDEX_KEY, 0, -1)
     replies = pipe.execute()
     raw, delivered = (replies[0], replies[1]) if workers else ([], replies[0])
+    lapsed = [worker for worker, value in zip(workers, raw, strict=True) if value is None]
+    if lapsed:
+        try:
+            client.srem(WORKERS_KEY, *lapsed)
+        except Exception as exc:  # the next reader prunes them
+            log.debug("could not forget %d lapsed lease holders: %s", len(lapsed), exc)
     held: dict[str, tuple[set[str], list[str]]] = {}
     for worker, value in zip(workers, raw, strict=True):
         if value is None or len(value) > MAX_LEASE_BYTES:

@@ -31,50 +31,90 @@ from .protocol import UNACKED_INDEX_KEY, UNACKED_KEY
 log = logging.getLogger("ocycle_dist.liveness")
 
 
-def run_id_of(info: Any) -> str | None:
-    """The ``run_id`` in the raw reply of ``INFO server``."""
+def info_field(info: Any, name: str) -> str | None:
+    """The field ``name`` in the raw reply of ``INFO <section>``."""
     text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[7:].strip() or None
+        if line.startswith(name + ":"):
+            return line[len(name) + 1 :].strip() or None
     return None
 
 
+def run_id_of(info: Any) -> str | None:
+    """The ``run_id`` in the raw reply of ``INFO server``."""
+    return info_field(info, "run_id")
+
+
 class ServerWatch:
-    """Reads the server's ``run_id`` on every new connection of the clients it is given to (as redis-py's
-    ``redis_connect_func``) and calls ``on_new(run_id)`` when it changed (not for the first one seen).
+    """Reads the server's ``run_id`` and ``maxmemory-policy`` on every new connection of the clients it is given to
+    (as redis-py's ``redis_connect_func``: ``INFO server`` and ``INFO memory``, one round trip) and calls
+    ``on_new(run_id)`` when the run_id changed (not for the first one seen). A policy that may evict keys is said
+    once per policy (:func:`.redis_client.check_policy`); the recovery then watches ``evicted_keys``.
 
     A server without ``INFO`` (fakeredis) or an ACL that refuses it: restarts go unseen, logged once.
     """
 
-    def __init__(self, on_new: Callable[[str], None]) -> None:
+    def __init__(self, on_new: Callable[[str], None], url: str = "", allow_eviction: bool = False) -> None:
         self._on_new = on_new
         self._lock = threading.Lock()
+        self.url, self.allow_eviction = url, allow_eviction
         self.run_id: str | None = None
+        self.policy: str | None = None  # maxmemory-policy, as last read
         self.new_servers = 0  # restarts and failovers seen
         self.has_info = True
 
     def on_connect(self, conn: Any) -> None:
-        """redis-py's connect hook: the usual handshake (AUTH, SELECT...), then ``INFO server``."""
+        """redis-py's connect hook: the usual handshake (AUTH, SELECT...), then ``INFO server`` and ``INFO memory``."""
         import redis
 
         conn.on_connect()
         if not self.has_info:
             return
-        try:
-            conn.send_command("INFO", "server")
-            raw = conn.read_response()
-        except redis.ResponseError as exc:  # an older or foreign server, or an ACL without +info
+        conn.send_command("INFO", "server")
+        conn.send_command("INFO", "memory")
+        replies: list[Any] = []
+        for _ in range(2):  # both replies are read, even when the first is an error
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:  # an older or foreign server, or an ACL without +info
+                replies.append(exc)
+        server, memory = replies
+        if isinstance(server, Exception):
             self.has_info = False
             log.warning(
-                "Redis refuses INFO (%s): a restart of it will not be seen at once; chunks it loses are sent again"
-                " after resend_after",
-                exc,
+                "Redis refuses INFO (%s): a restart of it will not be seen at once, nor its maxmemory-policy; chunks it"
+                " loses are sent again after resend_after",
+                server,
             )
             return
-        run_id = run_id_of(raw)
+        if not isinstance(memory, Exception):
+            self._policy(info_field(memory, "maxmemory_policy"), info_field(memory, "maxmemory_human"))
+        run_id = run_id_of(server)
         if run_id is not None:
             self.seen(run_id)
+
+    def _policy(self, policy: str | None, maxmemory: str | None) -> None:
+        """Note the server's maxmemory-policy; say once per policy what it may evict (an ERROR for one that may
+        evict the queues and was not accepted: the producer refused it when it started, see ``probe``)."""
+        from ..errors import ConfigError
+        from .redis_client import check_policy
+
+        with self._lock:
+            old, self.policy = self.policy, policy
+        if policy == old:
+            return
+        try:
+            said = check_policy(policy, maxmemory, self.url, self.allow_eviction)
+        except ConfigError as exc:
+            log.error("%s; whatever it evicts is sent again within seconds, counted", exc)
+            return
+        if said is not None:
+            log.warning("%s", said)
+
+    @property
+    def may_evict(self) -> bool:
+        """Whether the server's maxmemory-policy, as last read, lets it evict keys."""
+        return self.policy is not None and self.policy != "noeviction"
 
     def seen(self, run_id: str) -> None:
         """Note the server's ``run_id``; a change calls ``on_new``."""
@@ -101,12 +141,23 @@ class LeaseWatch:
         self._holder: dict[str, str] = {}  # task id -> the worker whose lease named it
         self._unnamed_since: dict[str, float] = {}  # task id -> when it was first seen delivered, unnamed
         self.named: set[str] = set()  # task ids named by a live lease at the last check
+        self._tags: dict[str, set[str]] = {}  # worker -> delivery tags of ours its lease named at the last check
+        self._tags_before: dict[str, set[str]] = {}  # ... and at the one before
+        self.released: set[str] = set()  # delivery tags of ours held by workers now dead, answered or not
 
     def forget(self) -> None:
         """Start over (a new server: the old leases are gone with it)."""
         self._holder.clear()
         self._unnamed_since.clear()
         self.named = set()
+        self._tags.clear()
+        self._tags_before.clear()
+        self.released.clear()
+
+    def take_released(self) -> set[str]:
+        """The delivery tags of ours that workers now dead held (see :meth:`check`), once."""
+        released, self.released = self.released, set()
+        return released
 
     def check(self, tag_of: dict[str, str], task_of: dict[str, list[str]]) -> list[tuple[str, str]]:
         """The producer's chunks whose worker is gone, as ``(task id, reason)``.
@@ -127,6 +178,7 @@ class LeaseWatch:
             alive[worker] = held
         named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
         self.named = set(named)
+        self._remember_tags(named, tag_of, alive)
         now = time.monotonic()
         lost: list[tuple[str, str]] = []
         for task_id, worker in named.items():
@@ -153,6 +205,19 @@ class LeaseWatch:
             if task_id not in seen:
                 del self._unnamed_since[task_id]
         return lost
+
+    def _remember_tags(self, named: dict[str, str], tag_of: dict[str, str], alive: dict[str, set[str]]) -> None:
+        """Keep, per worker, the delivery tags of ours its lease named at this check and the one before; a worker
+        whose lease lapsed releases them (:attr:`released`): a chunk it answered and died before acknowledging
+        (killed between the reply and the ack) would otherwise stay in kombu's ``unacked`` hash until the
+        visibility timeout, and run again then."""
+        now: dict[str, set[str]] = {}
+        for task_id, worker in named.items():
+            now.setdefault(worker, set()).add(tag_of[task_id])
+        for worker in set(self._tags) | set(self._tags_before):
+            if worker not in alive:
+                self.released |= self._tags.pop(worker, set()) | self._tags_before.pop(worker, set())
+        self._tags_before, self._tags = self._tags, now
 
     def forget_delivery(self, tags: list[str]) -> None:
         """Remove a dead worker's deliveries from kombu's unacked bookkeeping, so they are not run again later."""

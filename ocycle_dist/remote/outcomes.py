@@ -1,11 +1,14 @@
 """Each chunk's outcome, once: from its worker's (sealed) reply, or from the producer itself.
 
 :class:`Outcomes` is the listener's handler (:mod:`.listener`): a reply whose MAC does not check out is ignored
-and counted; a worker that lost Redis mid-task has its chunk sent again (a recovery, not an attempt); a chunk
-discarded unstarted past its ``expires`` fails with ExpiredError; a reply for a batch message as a whole (a
-worker without the batch task, or a failed batch) is spread over its chunks. :meth:`Outcomes.settle` is the one
-place a chunk leaves the pending table with an outcome: the publisher (expired before sending, cannot be
-encoded) and the recovery (lost too often) settle through it too. Futures are resolved outside the table's lock.
+and counted, and so is a result computed on another chunk than the one sent (with a reply secret: the reply
+carries the digest of the chunk its worker ran); a worker that lost Redis mid-task has its chunk sent again (a
+recovery, not an attempt), and so has one whose claimed chunk was gone from Redis (a loss: it counts against
+``max_attempts``); a chunk discarded unstarted past its ``expires`` fails with ExpiredError; a reply for a
+batch message as a whole (a worker without the batch task, or a failed batch) is spread over its chunks.
+:meth:`Outcomes.settle` is the one place a chunk leaves the pending table with an outcome: the publisher (expired
+before sending, cannot be encoded) and the recovery (lost too often) settle through it too. Futures are resolved
+outside the table's lock.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from ..errors import ExpiredError, RemoteTaskError
 from .pending import SENT, Entry, Pending
-from .protocol import unseal
+from .protocol import chunk_digest, unseal
 
 log = logging.getLogger("ocycle_dist.celery")
 _TRANSIENT = ("ConnectionError", "TimeoutError", "BusyLoadingError", "ReadOnlyError")  # redis-py's, on a worker
@@ -50,10 +53,11 @@ class Outcomes:
     Args:
         table: the pending table.
         recover: queues entries again, first (a recovery), with the reason.
+        lose: the same for entries lost with no reason known (a loss counts against ``max_attempts``).
     """
 
-    def __init__(self, table: Pending, recover: Recover) -> None:
-        self.table, self.recover = table, recover
+    def __init__(self, table: Pending, recover: Recover, lose: Recover | None = None) -> None:
+        self.table, self.recover, self.lose = table, recover, lose
 
     def on_reply(self, key: str, envelope: dict[str, Any]) -> bool:
         """A reply from the listener; False when no chunk waits for it (the listener counts it)."""
@@ -70,10 +74,13 @@ class Outcomes:
                 self._on_batch_reply(message, record)
             return True
         record = self._unsealed(entry, envelope)
-        if record is None:
+        if record is None or not self._bound(entry, record):
             return True
         if transient(record):  # the worker lost Redis mid-task: not the chunk's fault, send it again
             self.recover([entry], f"its worker lost Redis: {error_of(record)[0]}")
+            return True
+        if error_of(record)[0] == "ClaimGoneError" and self.lose is not None:  # evicted, or past result_ttl
+            self.lose([entry], "its claimed chunk was gone from Redis when its worker fetched it")
             return True
         if record.get("ok"):
             return self.settle(entry, None, record.get("result"))
@@ -108,6 +115,23 @@ class Outcomes:
                 entry.id,
             )
         return record
+
+    def _bound(self, entry: Entry, record: dict[str, Any]) -> bool:
+        """With a reply secret, whether a result answers the chunk sent: its worker ran a chunk of the same
+        digest (:mod:`.protocol`); else it is ignored, counted as forged, logged once. Failures need no digest."""
+        owner = entry.owner
+        if not record.get("ok") or not owner.settings.reply_secret:
+            return True
+        if record.get("digest") == chunk_digest(entry):
+            return True
+        owner.counts["forged"] += 1
+        (log.error if owner.counts["forged"] == 1 else log.debug)(
+            "a result for chunk %s was computed on another chunk than the one sent (%s) and was ignored; counted as"
+            " forged",
+            entry.id,
+            "no digest: a worker older than this producer?" if "digest" not in record else "another digest",
+        )
+        return False
 
     def _on_batch_reply(self, entries: list[Entry], record: dict[str, Any]) -> None:
         """A reply for a batch message as a whole: from a worker that does not know the batch task (its chunks

@@ -54,6 +54,7 @@ class Entry:
     __slots__ = (
         "chunk",
         "claimed",
+        "digest",
         "emitted_at",
         "expires_at",
         "future",
@@ -96,6 +97,7 @@ class Entry:
         self.sends = 0  # messages that carried it
         self.lost = 0  # times it vanished from Redis with no reason known: counted against max_attempts
         self.claimed = False  # sent by claim check at least once: its key is deleted once settled
+        self.digest: bytes | None = None  # what its sealed messages bind it by (a deployment with a reply secret)
 
     def encode(self) -> None:
         """Encode a value left for later (see the class), once; EncodeError if it cannot be."""
@@ -240,6 +242,16 @@ class Pending:
                     break
                 if entry.sent_at + entry.owner.settings.resend_after <= now:
                     out.append(entry)
+            return out
+
+    def sent_before(self, at: float) -> list[Entry]:
+        """The sent entries whose last send was before monotonic time ``at``, oldest first."""
+        with self.lock:
+            out = []
+            for entry in self._sent.values():
+                if entry.sent_at >= at:
+                    break
+                out.append(entry)
             return out
 
     def oldest_sent(self) -> float | None:

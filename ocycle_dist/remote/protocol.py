@@ -8,6 +8,8 @@ Keys (all under :data:`PREFIX`):
 - ``ocycle:chunk:<task id>``: a claimed (large) chunk, SET by the producer, read by the worker's task.
 - ``ocycle:lease:<worker hostname>``: a worker's lease (msgpack ``{"worker", "tasks": [ids held]}``, a short
   time to live), and ``ocycle:workers``, the set of hostnames that keep one (:mod:`.lease`).
+- ``ocycle:dead``: the dead-letter list, where workers keep what they refused from a queue (:mod:`.intake`): JSON
+  records, the latest :data:`DEAD_MAX`, each with at most :data:`DEAD_BYTES` of the message, for :data:`DEAD_TTL`.
 - the Celery queues themselves (``settings.queue``, ``celery`` by default) and kombu's ``unacked`` hash and
   ``unacked_index`` sorted set (delivered, not yet acknowledged, by delivery tag) belong to kombu's Redis
   transport; the producer reads the index to find deliveries a dead worker held.
@@ -31,11 +33,20 @@ HMAC-SHA256 of it keyed by the deployment's ``reply_secret`` and the producer's 
 reply list's name, :func:`token_of`). A reply forged by someone who can write to Redis but does not know
 the secret fails the check and is ignored (counted); without a secret, the token alone keys it (it travels
 in the message: proof against writers who cannot read the queue, not against readers).
+
+With a ``reply_secret``, messages are sealed too, chunk by chunk (:func:`message_seal`): an HMAC-SHA256, keyed
+by :func:`message_key`, of the task id, the task name, the reply list, the chunk's :func:`.wire.digest` (of the
+value a claim check stands for, carried in the claim: :attr:`.wire.Claim.digest`), its t0 and its metadata; in the
+header :data:`SEAL_HEADER` of a plain message, :data:`SEALS_HEADER` (one per chunk, in order) of a batch message.
+A worker runs a chunk only if its seal checks out (:mod:`.intake`), and a successful reply then carries the digest
+of the chunk it ran (``"digest"``), which the producer compares with the chunk it sent: a queue reader who
+copies a message and swaps its chunk gets nothing run, and no result it could cause is believed.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -48,6 +59,7 @@ from typing import Any
 
 import msgpack
 
+from ..chunk import Chunk
 from ..errors import EncodeError
 from . import wire
 from .pending import Entry
@@ -66,6 +78,12 @@ META_HEADER = "ocycle"  # the task message header carrying the chunk's metadata 
 BATCH_TASK = "ocycle.batch"  # the task of a batch message (registered by make_app)
 BATCH_HEADER = "ocycle_batch"  # a batch message's header: [[task id, stream], ...] of its chunks
 SENT_HEADER = "ocycle_sent"  # every message's header: when it was sent (epoch seconds), for the queue's backlog age
+SEAL_HEADER = "ocycle_seal"  # a plain message's header with a reply secret: its chunk's seal (hex)
+SEALS_HEADER = "ocycle_seals"  # a batch message's: its chunks' seals, in order
+DEAD_KEY = PREFIX + "dead"  # the workers' dead-letter list (refused messages, for inspection)
+DEAD_MAX = 1000  # entries kept
+DEAD_BYTES = 4096  # of each refused message
+DEAD_TTL = 7 * 24 * 3600  # seconds the list lives after its last entry
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = wire.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
@@ -119,14 +137,53 @@ def check_size(nbytes: int, settings: Settings) -> None:
 def _claim_or_inline(entry: Entry, settings: Settings, *, batch: bool = False) -> tuple[bytes, Any]:
     """The chunk's msgpack as it goes in the message (inline, or a claim), and the claimed value to SET under
     :func:`claim_key` (None when inline): a chunk not encoded yet (:meth:`.spool.Entry.encode`) goes as its
-    raw bytes, not copied (:func:`.wire.raw_form`); an encoded one as its encoding."""
+    raw bytes, not copied (:func:`.wire.raw_form`); an encoded one as its encoding. With a reply secret the
+    claim carries the value's digest (:func:`chunk_digest`)."""
     if not is_claimed(entry, settings, batch=batch):
         return entry.chunk, None
     entry.claimed = True
+    sealed = chunk_digest(entry) if settings.reply_secret else None
     if entry.value is not None and (raw := wire.raw_form(entry.value)) is not None:
         form, data = raw
-        return wire.dumps(wire.Claim(claim_key(entry.id), form)), data
-    return wire.dumps(wire.Claim(claim_key(entry.id))), entry.chunk
+        return wire.dumps(wire.Claim(claim_key(entry.id), form, sealed)), data
+    return wire.dumps(wire.Claim(claim_key(entry.id), None, sealed)), entry.chunk
+
+
+def claim_value(entry: Entry) -> Any:
+    """What is stored under a claimed ``entry``'s :func:`claim_key` (its raw bytes, or its encoding), to store it
+    again (a Redis that evicted it)."""
+    if entry.value is not None and (raw := wire.raw_form(entry.value)) is not None:
+        return raw[1]
+    return entry.chunk
+
+
+def chunk_digest(entry: Entry) -> bytes:
+    """The :func:`.wire.digest` of ``entry``'s chunk (of its value, or of its encoding: the same), once."""
+    if entry.digest is None:
+        value = entry.value
+        entry.digest = wire.digest(value) if value is not None else hashlib.sha256(entry.chunk).digest()
+    return entry.digest
+
+
+@functools.lru_cache(maxsize=8)
+def message_key(secret: str) -> bytes:
+    """The key of the messages' seals in a deployment with ``secret`` (not the replies' key: :func:`mac_key`)."""
+    return hashlib.sha256(b"ocycle message seal\0" + secret.encode()).digest()
+
+
+def message_seal(
+    key: bytes, task_id: Any, task: Any, reply_to: Any, digest: Any, t0: Any, meta: dict[str, Any] | None
+) -> str:
+    """The seal of one chunk of a message (see the module): 32 hex digits of an HMAC-SHA256."""
+    fields = [meta.get(name) for name in Chunk._fields] if isinstance(meta, dict) else None
+    text = wire.dumps([task_id, task, reply_to, digest, t0, fields])
+    return hmac.new(key, text, hashlib.sha256).hexdigest()[:32]
+
+
+def _seal_of(entry: Entry, settings: Settings, token: str) -> str:
+    meta = entry.meta
+    return message_seal(message_key(settings.reply_secret), entry.id, entry.task, reply_key(token),
+                        chunk_digest(entry), meta.t0, meta._asdict())  # fmt: skip
 
 
 def _envelope(
@@ -192,6 +249,8 @@ def task_message(entry: Entry, settings: Settings, token: str) -> tuple[bytes, A
         "argsrepr": f"(<chunk {meta.stream}#{meta.seq} len={meta.length}>, {meta.t0!r})",
         META_HEADER: meta._asdict(),
     }
+    if settings.reply_secret:
+        headers[SEAL_HEADER] = _seal_of(entry, settings, token)
     tag = entry.tag or str(uuid.uuid4())
     message = _envelope(entry.id, entry.task, body, headers, reply_key(token), tag, settings.queue)
     return message, claimed
@@ -225,6 +284,8 @@ def batch_message(
         "argsrepr": f"(<batch of {len(entries)} chunks: {first.stream}#{first.seq}..{last.stream}#{last.seq}>,)",
         BATCH_HEADER: [[entry.id, entry.meta.stream] for entry in entries],
     }
+    if settings.reply_secret:
+        headers[SEALS_HEADER] = [_seal_of(entry, settings, token) for entry in entries]
     return _envelope(batch_id, BATCH_TASK, b"".join(parts), headers, reply_key(token), tag, settings.queue), claimed
 
 

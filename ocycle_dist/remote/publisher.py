@@ -133,6 +133,7 @@ class Publisher:
         self.table, self.client, self.url = table, client, url
         self._settle, self._recovery = settle, recovery
         self._claims: list[str] = []  # claim keys of settled chunks, deleted with the next pipeline
+        self._claims_at = 0.0  # when the first of them was added: they are deleted a second later at the latest
         self._stopping = False
         self.broker_up = threading.Event()
         self.broker_error: str | None = None
@@ -143,6 +144,8 @@ class Publisher:
     def forget_claim(self, entry_id: str) -> None:
         """Delete the claimed chunk of ``entry_id`` with the next pipeline (it expires anyway)."""
         with self.table.lock:
+            if not self._claims:
+                self._claims_at = time.monotonic()
             self._claims.append(claim_key(entry_id))
 
     def wake(self) -> None:
@@ -178,7 +181,10 @@ class Publisher:
         while True:
             with self.table.lock:
                 while not self.table.has_queued() and not self._stopping:
-                    wait = (time.monotonic() + 1.0 if self._claims else self._recovery.next_check()) - time.monotonic()
+                    due = self._recovery.next_check()  # the recovery's checks run while claims wait, too
+                    if self._claims:
+                        due = min(due, self._claims_at + 1.0)
+                    wait = due - time.monotonic()
                     if wait <= 0:
                         break
                     self.table.changed.wait(None if wait == float("inf") else wait)

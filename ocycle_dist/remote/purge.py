@@ -16,6 +16,7 @@ from typing import Any
 
 from . import wire
 from .batch import _decode
+from .intake import JunkError
 from .protocol import claim_key, reply_error
 from .replies import ReplyWriter
 
@@ -53,7 +54,10 @@ def purge_queue(app: Any, client: Any, queue: str, settings: Any) -> Purged:
         claims: list[str] = []
         for raw in taken:
             messages += 1
-            items = _decode(app, raw)
+            try:
+                items = _decode(app, raw)
+            except JunkError:  # not a task message: deleted like any other
+                items = None
             if not items:
                 other += 1
                 continue

@@ -1,30 +1,43 @@
 """Recovery: the one owner of sending again what a fault lost, per process and broker.
 
 It acts on what :mod:`.liveness` sees: a new server (everything sent and unanswered goes again), a dead worker
-(what its lease named), a message gone (a chunk late by ``resend_after`` and found nowhere in Redis). Each time
-the lost chunks are queued again ahead of the chunks that never went out, in stream order, and it never
-counts as an attempt: only a chunk lost with no reason known (``lost``) counts, and ``max_attempts`` of those fail
-it with a DeliveryError that says what happened. A chunk still queued (no worker consumes its queue yet) or held
-by a live worker is never sent twice.
+(what its lease named), keys evicted by Redis (what is found nowhere in Redis any more), a message gone (a chunk
+late by ``resend_after`` and found nowhere in Redis). Each time the lost chunks are queued again ahead of the
+chunks that never went out, in stream order, and it never counts as an attempt: only a chunk lost with no reason
+known (``lost``: late and gone, or its claimed chunk gone when its worker fetched it) counts, and ``max_attempts``
+of those fail it with a DeliveryError that says what happened. A chunk still queued (no worker consumes its queue
+yet) or held by a live worker is never sent twice.
 
 The timed checks run on the publisher's thread (:meth:`Recovery.check`), only while something is out: the
-leases once a chunk has been out for a third of a lease, the late chunks once one is late. A process whose
-chunks are answered within that reads nothing.
+leases once a chunk has been out for a third of a lease, Redis's ``evicted_keys`` every :data:`EVICTION_POLL`
+seconds when its ``maxmemory-policy`` lets it evict, the late chunks once one is late. A process whose chunks are
+answered within that reads nothing.
+
+**Evicted keys.** When ``evicted_keys`` has grown, every chunk sent and not answered, named by no lease, is looked
+for in its queue and in kombu's unacknowledged set (:func:`.liveness.locate`); those found nowhere are sent again
+once the reply lists have been read past that moment (a chunk answered meanwhile had its reply waiting there),
+or :data:`EVICTION_SETTLE` seconds later; a claimed chunk whose message is still there but whose key was evicted
+is stored again. Counted ``evicted``, logged once per episode (then at INFO).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import DeliveryError
-from .liveness import LeaseWatch, locate
+from .liveness import LeaseWatch, ServerWatch, locate
 from .pending import Entry, Pending
+from .protocol import claim_key, claim_value
 from .redis_client import redact
 
 log = logging.getLogger("ocycle_dist.celery")
+EVICTION_POLL = 1.0  # seconds between two reads of evicted_keys, while chunks are out and Redis may evict
+SAY_EVERY = 1.0  # seconds: chunks sent again for one reason are said in one line at most this often
+EVICTION_SETTLE = 1.0  # seconds after looking for evicted chunks, at most, before those not found go again
 
 
 def summary(entries: Iterable[Entry], most: int = 12) -> str:
@@ -73,30 +86,81 @@ class Recovery:
         soonest: Callable[[], float],
         fail: Callable[[Entry, BaseException], object],
         drained_at: Callable[[], float],
+        server: ServerWatch | None = None,
     ) -> None:
         self.table, self.client, self.url = table, client, url
         self.leases = LeaseWatch(client, lease) if lease > 0 else None
         self._soonest, self._fail, self._drained_at = soonest, fail, drained_at
+        self.server = server  # its maxmemory-policy says whether evicted_keys is watched
         self._lease_at = 0.0  # when the leases were last read
         self.adopted_at = float("-inf")  # when chunks of an earlier producer were last taken over
-        self.counts = dict.fromkeys(("new_servers", "located"), 0)
+        self._evicted: int | None = None  # evicted_keys at the last read (None: not read on this server yet)
+        self._evicted_at = 0.0  # when it was last read
+        self._suspects: list[tuple[Entry, str]] = []  # chunks found nowhere after an eviction, with their tag then
+        self._suspects_at = 0.0  # when they were looked for
+        self.counts = dict.fromkeys(("new_servers", "located", "evictions"), 0)
+        self._said = threading.Lock()
+        self._unsaid: dict[str, list[Entry]] = {}  # reason -> the chunks sent again, not yet said
+        self._said_at: dict[str, float] = {}  # reason -> when it was last said
 
     # ---- what was lost ----------------------------------------------------------------------------------------
 
-    def requeue(self, entries: Iterable[Entry], why: str, *, lost: bool = False) -> None:
-        """Queue ``entries`` again, first (a recovery: not an attempt), and say so once per call."""
+    def requeue(self, entries: Iterable[Entry], why: str, *, lost: bool = False, count: str = "recovered") -> None:
+        """Queue ``entries`` again, first (a recovery: not an attempt, counted as ``count``; ``lost``: counted as
+        lost), and say so (:meth:`_say`: one line per reason and second)."""
         again = self.table.requeue(entries)
         if not again:
             return
         for entry in again:
             entry.owner.counts["resent"] += 1
-            entry.owner.counts["lost" if lost else "recovered"] += 1
-        log.warning("%d chunk(s) sent again (%s): %s", len(again), why, summary(again))
+            entry.owner.counts["lost" if lost else count] += 1
+        self._say(why, again)
+
+    def _say(self, why: str, again: list[Entry]) -> None:
+        """One line for chunks sent again for one reason: at once, then at most once every :data:`SAY_EVERY`
+        seconds for all since (a worker killed with 1,749 chunks, or a Redis that evicts them one by one, is a
+        line, not one per chunk)."""
+        now = time.monotonic()
+        with self._said:
+            unsaid = self._unsaid.setdefault(why, [])
+            unsaid += again
+            if now - self._said_at.get(why, float("-inf")) < SAY_EVERY:
+                return  # said by a later call, or by the timed checks (next_check)
+            del self._unsaid[why]
+            self._said_at[why] = now
+        log.warning("%d chunk(s) sent again (%s): %s", len(unsaid), why, summary(unsaid))
+
+    def _say_the_rest(self, now: float) -> None:
+        """Say what :meth:`_say` held back, once its second has passed."""
+        with self._said:
+            due = [why for why in self._unsaid if now - self._said_at.get(why, float("-inf")) >= SAY_EVERY]
+            held = [(why, self._unsaid.pop(why)) for why in due]
+            for why in due:
+                self._said_at[why] = now
+        for why, entries in held:
+            log.warning("%d chunk(s) sent again (%s) in the last %g s: %s", len(entries), why, SAY_EVERY,
+                        summary(entries))  # fmt: skip
+
+    def lose(self, entries: list[Entry], why: str, explain: Callable[[Entry], str] | None = None) -> None:
+        """``entries`` were lost with no reason known (``why``): each loss counts against ``max_attempts``; those
+        past it fail with a DeliveryError (``explain(entry)`` says what happened), the others go again."""
+        for entry in entries:
+            entry.lost += 1
+        failed = [e for e in entries if e.lost >= e.owner.settings.max_attempts]
+        for entry in failed:
+            entry.owner.counts["undelivered"] += 1
+            text = explain(entry) if explain is not None else (
+                f"chunk {entry.meta.stream}#{entry.meta.seq} was sent {entry.sends} times and lost each time ({why},"
+                f" at {redact(self.url)})"
+            )  # fmt: skip
+            self._fail(entry, DeliveryError(text))
+        self.requeue([e for e in entries if e not in failed], why, lost=True)
 
     def new_server(self, run_id: str) -> None:
         """From :class:`.liveness.ServerWatch`, on the thread that reconnected: a new server lost what the old
         one held: everything sent and unanswered goes again, first."""
         self.counts["new_servers"] += 1
+        self._evicted = None  # a new server counts its evictions from 0
         if self.leases is not None:
             self.leases.forget()
         entries = self.table.requeue_all_sent()
@@ -113,18 +177,25 @@ class Recovery:
         """The monotonic time of the next check (inf: nothing is out)."""
         if self._drained_at() < self.adopted_at:
             return time.monotonic() + 0.05  # taken over: their replies first, then look for them
+        unsaid = min((self._said_at.get(why, 0.0) + SAY_EVERY for why in list(self._unsaid)), default=float("inf"))
         oldest = self.table.oldest_sent()
         if oldest is None:
-            return float("inf")
-        soon = oldest + self._soonest()
+            return unsaid
+        soon = min(oldest + self._soonest(), unsaid)
         if self.leases is not None:
             soon = min(soon, max(oldest, self._lease_at) + self.leases.lease / 3)
+        if self._watch_evictions():
+            soon = min(soon, self._evicted_at + EVICTION_POLL)
+        if self._suspects:
+            soon = min(soon, self._suspects_at + EVICTION_SETTLE)
         return soon
 
     def check(self) -> None:
         """The leases of the workers holding chunks out for a third of a lease, then the chunks out for longer
         than ``resend_after``."""
         now = time.monotonic()
+        if self._unsaid:
+            self._say_the_rest(now)
         if self._drained_at() < self.adopted_at:
             return
         oldest = self.table.oldest_sent()
@@ -133,16 +204,98 @@ class Recovery:
         if self.leases is not None and now - max(oldest, self._lease_at) >= self.leases.lease / 3:
             self._lease_at = now
             self._check_leases()
+        if self._suspects and (self._drained_at() > self._suspects_at or now - self._suspects_at >= EVICTION_SETTLE):
+            self._resend_evicted()
+        if self._watch_evictions() and now - self._evicted_at >= EVICTION_POLL:
+            self._evicted_at = now
+            self._check_evictions()
         if now - oldest >= self._soonest():
             self._check_late(now)
+
+    # ---- evicted keys --------------------------------------------------------------------------------------------
+
+    def _watch_evictions(self) -> bool:
+        return self.server is not None and self.server.may_evict
+
+    def _check_evictions(self) -> None:
+        """Read ``evicted_keys``; when it grew, look for every chunk out (see the module)."""
+        try:
+            evicted = int(self.client.info("stats").get("evicted_keys", 0))
+        except Exception as exc:  # a Redis blip, or an ACL without +info: the next round tries again
+            log.debug("reading evicted_keys failed: %s", exc)
+            return
+        before, self._evicted = self._evicted, evicted
+        if before is None or evicted <= before:
+            return
+        self.counts["evictions"] += 1
+        named = self.leases.named if self.leases is not None else set()
+        out = [e for e in self.table.sent_before(time.monotonic()) if e.id not in named]
+        queues: dict[str, set[str]] = {}
+        for entry in out:
+            queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
+        try:
+            found = locate(self.client, queues)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.debug("looking for evicted chunks failed: %s", exc)
+            self._evicted = before  # look again at the next round
+            return
+        gone = [(e, e.tag) for e in out if e.tag not in found]
+        claims = self._restore_claims([e for e in out if e.tag in found and e.claimed])
+        policy = self.server.policy if self.server is not None else "?"
+        (log.warning if self.counts["evictions"] == 1 else log.info)(
+            "Redis at %s evicted %d key(s) (maxmemory-policy %s): of the %d chunks out, %d are gone from it (they go"
+            " again unless answered meanwhile) and %d claimed chunks of messages still there were stored again",
+            redact(self.url),
+            evicted - before,
+            policy,
+            len(out),
+            len(gone),
+            claims,
+        )
+        self._suspects.extend(gone)
+        self._suspects_at = time.monotonic()
+
+    def _restore_claims(self, entries: list[Entry]) -> int:
+        """Of claimed chunks whose message is still in Redis, store again those whose key was evicted (the message
+        then runs as it is); how many, counted ``evicted``."""
+        if not entries:
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for entry in entries:
+                pipe.exists(claim_key(entry.id))
+            missing = [e for e, there in zip(entries, pipe.execute(), strict=True) if not there]
+            if not missing:
+                return 0
+            pipe = self.client.pipeline(transaction=False)
+            for entry in missing:
+                pipe.set(claim_key(entry.id), claim_value(entry), ex=max(1, int(entry.owner.settings.result_ttl)))
+            pipe.execute()
+        except Exception as exc:  # out of memory, a blip: a worker that finds one gone says so (a loss)
+            log.debug("storing evicted claimed chunks again failed: %s", exc)
+            return 0
+        for entry in missing:
+            entry.owner.counts["evicted"] += 1
+        return len(missing)
+
+    def _resend_evicted(self) -> None:
+        """The chunks found nowhere after an eviction, still unanswered once the replies of that moment were read:
+        sent again, counted ``evicted``."""
+        suspects, self._suspects = self._suspects, []
+        gone = [e for e, tag in suspects if e.tag == tag and self.table.get(e.id) is e]
+        policy = self.server.policy if self.server is not None else "?"
+        self.requeue(gone, f"Redis evicted them: maxmemory-policy {policy}", count="evicted")
 
     def _check_leases(self) -> None:
         assert self.leases is not None
         tag_of, task_of = self.table.sent_tags()
         try:
             lost = self.leases.check(tag_of, task_of)
-            if lost:
-                self.leases.forget_delivery(sorted({tag_of[t] for t, _ in lost if t in tag_of}))
+            # the deliveries of a dead worker: of chunks lost with it, and of chunks it answered and died before
+            # acknowledging, which kombu would otherwise run again after the visibility timeout
+            dead = {tag_of[t] for t, _ in lost if t in tag_of} | self.leases.take_released()
+            if dead:
+                self.leases.forget_delivery(sorted(dead))
         except Exception as exc:  # a Redis blip: the next round catches up
             log.debug("lease check failed: %s", exc)
             return
@@ -166,20 +319,13 @@ class Recovery:
             return
         self.counts["located"] += 1
         self.table.refresh([e for e in late if e.tag in found], now)  # still in Redis (queued, or held): wait on
-        gone = [e for e in late if e.tag not in found]
-        for entry in gone:
-            entry.lost += 1
-        failed = [e for e in gone if e.lost >= e.owner.settings.max_attempts]
-        for entry in failed:
-            owner = entry.owner
-            owner.counts["undelivered"] += 1
-            self._fail(
-                entry,
-                DeliveryError(
-                    f"chunk {entry.meta.stream}#{entry.meta.seq} was sent {entry.sends} times and each time, after"
-                    f" {owner.settings.resend_after:g} s without a result, it was neither in queue"
-                    f" {owner.settings.queue!r}, nor held by a worker, nor answered (at {redact(self.url)}):"
-                    " a purge, an evicting Redis, or a worker that takes it without replying?"
-                ),
-            )
-        self.requeue([e for e in gone if e not in failed], "no result, not in Redis any more", lost=True)
+        self.lose([e for e in late if e.tag not in found], "no result, not in Redis any more", self._explain_late)
+
+    def _explain_late(self, entry: Entry) -> str:
+        settings = entry.owner.settings
+        return (
+            f"chunk {entry.meta.stream}#{entry.meta.seq} was sent {entry.sends} times and each time, after"
+            f" {settings.resend_after:g} s without a result, it was neither in queue {settings.queue!r}, nor held by a"
+            f" worker, nor answered (at {redact(self.url)}): a purge, an evicting Redis, or a worker that takes it"
+            " without replying?"
+        )

@@ -12,12 +12,14 @@ each time they connect, so after a failover a reconnect reaches the new master.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
 
 SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://")
+DEFAULT_SENTINEL_MASTER = "mymaster"  # Redis's own example name, and the compose file's (Settings.sentinel_master)
 
 
 def _respell(url: str, scheme: str, db_from: str, db_to: str) -> str:
@@ -114,6 +116,12 @@ def connect(url: str, *, socket_timeout: float = 10.0, master_name: str | None =
         raise ConfigError("broker", redact(url), f"a valid Redis URL ({exc})") from None
 
 
+def check_url(url: Any) -> None:
+    """ConfigError when ``url`` is no broker URL this project can use (``redis//x``, a bad port, a ``sentinel://``
+    list that does not parse), told apart from an unreachable broker: nothing is connected."""
+    connect(url).close()
+
+
 TRANSIENT, CONFIG, WRONGTYPE = "transient", "config", "wrongtype"
 _CONFIG_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM", "DB index", "invalid DB index", "ERR DB index", "AUTH")
 
@@ -156,20 +164,65 @@ def reason(exc: BaseException) -> str:
     return (rest if found else message)[:300]
 
 
-def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None) -> None:
-    """Check the broker at ``url`` once: raise ConfigError if it refuses us; an outage is fine (later).
+def probe(url: str, timeout: float = 2.0, *, master_name: str | None = None, allow_eviction: bool = False) -> None:
+    """Check the broker at ``url`` once: raise ConfigError if it refuses us, or may evict the queues (its
+    ``maxmemory-policy``: :func:`check_policy`); an outage is fine (later).
 
     ``master_name``: the Sentinel master's, for ``sentinel://`` URLs.
     """
     client = connect(url, socket_timeout=timeout, master_name=master_name)
     try:
         client.ping()
+        memory = client.info("memory")
     except Exception as exc:
-        if classify(exc) == CONFIG:
+        if classify(exc) == CONFIG and not str(exc).startswith("NOPERM"):  # an ACL without +info: not checked
             why = f"{reason(exc)}{' during the TLS handshake' if url.startswith('rediss://') else ''}"
             raise ConfigError("broker", redact(url), f"a broker that accepts this client ({why})") from None
+        return
     finally:
         client.close()
+    check_policy(memory.get("maxmemory_policy"), memory.get("maxmemory_human"), url, allow_eviction)
+
+
+# What each kind of maxmemory-policy may evict of a deployment's keys.
+_EVICTS = {
+    "allkeys-": "any key: the queues with the chunks waiting, claimed chunks, replies, kombu's bookkeeping",
+    "volatile-": "the keys with a time to live: claimed chunks (ocycle:chunk:*), reply lists (ocycle:reply:*), worker"
+    " leases (ocycle:lease:*), the dead-letter list; never the queues",
+}
+
+
+def evicts(policy: Any) -> str | None:
+    """What a Redis with ``maxmemory-policy`` ``policy`` may evict when it reaches ``maxmemory``; None if nothing."""
+    if not isinstance(policy, str) or policy in ("", "noeviction"):
+        return None
+    return next((what for prefix, what in _EVICTS.items() if policy.startswith(prefix)), f"keys ({policy})")
+
+
+def check_policy(policy: Any, maxmemory: Any, url: str, allow_eviction: bool) -> str | None:
+    """Judge a Redis's ``maxmemory-policy``: a ConfigError for one that may evict any key (``allkeys-*``: the queues
+    too, silently) unless ``allow_eviction``; else what it may evict, for a warning (None when nothing).
+
+    Raises:
+        ConfigError: naming the policy and the fix, ``noeviction`` (Celery's own advice for its Redis broker).
+    """
+    what = evicts(policy)
+    if what is None:
+        return None
+    limit = f"maxmemory {maxmemory}" if maxmemory and str(maxmemory) not in ("0", "0B") else "its maxmemory, once set"
+    if str(policy).startswith("allkeys-") and not allow_eviction:
+        raise ConfigError(
+            "maxmemory-policy",
+            policy,
+            f"noeviction: Redis at {redact(url)} may evict any key when it reaches {limit}, the queues with the chunks"
+            " waiting too. Set it on the server (CONFIG SET maxmemory-policy noeviction, and in redis.conf: Celery's"
+            " advice for its Redis broker), or accept eviction with OCYCLE_ALLOW_EVICTION=1 (what it evicts is then"
+            " sent again, counted)",
+        )
+    return (
+        f"Redis at {redact(url)} may evict {what} when it reaches {limit} (maxmemory-policy {policy}): what it"
+        " evicts is sent again within seconds, counted"
+    )
 
 
 def redact(url: str) -> str:
@@ -197,9 +250,9 @@ def redact(url: str) -> str:
 def _sentinel_master(url: str, master_name: str | None, options: dict[str, Any]) -> Any:
     from redis.sentinel import Sentinel
 
-    from .settings import Settings
-
-    name = master_name if master_name is not None else Settings.from_env().sentinel_master
+    name = master_name
+    if name is None:  # as Settings.from_env() reads it
+        name = os.environ.get("OCYCLE_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER
     if not isinstance(name, str) or not name:
         raise ConfigError("sentinel_master", name, "the name the sentinels monitor the master under")
     hosts, master = sentinel_hosts(url)

@@ -7,6 +7,10 @@ for at most ``give_up`` seconds (logged once per outage); after that it is left 
 which sends the chunk again (a new server, a lapsed lease, or its ``resend_after``). The task keeps its real
 outcome: a reply that could not be written never becomes a failed task, and a batch whose reply failed never
 fails its chunks.
+
+With a reply secret, a chunk whose message seal checked out is :func:`bind`-ed to its digest before it runs
+(:func:`.intake.sealed_items`), and its reply carries that digest, so the producer believes only a result of
+the chunk it sent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,22 @@ from .redis_client import TRANSIENT, classify, reason
 
 log = logging.getLogger("ocycle_dist.worker")
 GIVE_UP = 60.0  # seconds a reply is retried while Redis is away, before the producer's recovery is relied on
+
+
+_bound: dict[str, bytes] = {}  # task id -> the digest of the chunk verified for it in this process, until replied
+BOUND_MAX = 4096  # a chunk verified and never answered (its process killed mid-batch) is forgotten past this
+
+
+def bind(task_id: str, digest: bytes) -> None:
+    """The chunk of ``task_id`` about to run in this process has ``digest`` (its message's seal checked out)."""
+    _bound[task_id] = digest
+    if len(_bound) > BOUND_MAX:
+        del _bound[next(iter(_bound))]
+
+
+def is_bound(task_id: Any) -> bool:
+    """Whether the chunk of ``task_id`` was verified in this process and is not answered yet."""
+    return task_id in _bound
 
 
 def encode_record(record: dict[str, Any], key: bytes) -> bytes:
@@ -55,7 +75,11 @@ class ReplyWriter:
 
     def add(self, key: Any, record: dict[str, Any]) -> None:
         """Queue ``record`` for the reply list ``key`` (ignored unless it names one of the project's lists)."""
+        task_id = record.get("id")
+        digest = _bound.pop(task_id, None) if _bound and isinstance(task_id, str) else None
         if isinstance(key, str) and is_reply_key(key):
+            if digest is not None:
+                record = {**record, "digest": digest}
             self.by_key[key].append(encode_record(record, mac_key(self.secret, token_of(key))))
 
     def __len__(self) -> int:

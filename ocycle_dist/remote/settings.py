@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .redis_client import DEFAULT_SENTINEL_MASTER, redact
 
 _S = TypeVar("_S", bound="EnvSettings")
 DEFAULT_BROKER = "redis://localhost:6379/0"
-DEFAULT_SENTINEL_MASTER = "mymaster"  # Redis's own example name, and the compose file's
 
 
 class EnvSettings:
@@ -27,6 +27,13 @@ class EnvSettings:
             if raw is None or raw == "":
                 continue
             kind = type(getattr(cls(), f.name))
+            if kind is bool:  # bool("0") is True
+                flag = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                        "off": False}.get(raw.strip().lower())  # fmt: skip
+                if flag is None:
+                    raise ConfigError(f"OCYCLE_{f.name.upper()}", raw, "1 or 0 (true/false, yes/no, on/off)")
+                values[f.name] = flag
+                continue
             try:
                 values[f.name] = kind(raw)
             except ValueError:
@@ -91,6 +98,10 @@ class Settings(EnvSettings):
             once. 0: never.
         worker_metrics_port: a worker serves its Prometheus metrics (chunks run, reply retries, junk messages,
             the backlog of its queues: :mod:`.worker_metrics`) on this port (0: not served).
+        allow_eviction: accept a Redis whose ``maxmemory-policy`` may evict any key (``allkeys-*``), the queues
+            with them: producers and workers refuse one otherwise (a ConfigError naming the policy and the fix,
+            ``noeviction``). Either way, whatever a Redis that evicts takes is sent again within seconds, counted
+            (:mod:`.recovery`).
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -109,12 +120,23 @@ class Settings(EnvSettings):
     spool_dir: str = ""
     spool_max_bytes: int = 32 * 1024 * 1024
     spool_policy: str = ""
-    reply_secret: str = ""
+    reply_secret: str = field(default="", repr=False)  # never shown (Celery's `inspect conf` prints the settings)
     batch_max_chunks: int = 64
     batch_max_bytes: int = 1024 * 1024
     batch_claim_threshold: int = 4 * 1024
     worker_drain: int = 64
     worker_metrics_port: int = 0
+    allow_eviction: bool = False
+
+    def __repr__(self) -> str:
+        """The settings, the broker's password shown as ``***`` and the reply secret not at all: Celery's ``inspect
+        conf`` prints a worker's settings to whoever can publish to its broker."""
+        shown = (
+            f"{f.name}={redact(value) if f.name == 'broker_url' and isinstance(value, str) else value!r}"
+            for f in fields(self)
+            if f.repr and (value := getattr(self, f.name)) is not None
+        )
+        return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         if self.spool_policy:

@@ -7,6 +7,7 @@ for the producer and the workers alike.
 from __future__ import annotations
 
 import functools
+import hashlib
 import struct
 from typing import Any
 
@@ -24,6 +25,7 @@ MAX_CONTAINERS = 100_000  # arrays and maps in one message: 16 MB of empty array
 _NDARRAY = 1
 _CLAIM = 2  # a claim whose value is stored encoded (msgpack)
 _CLAIM_RAW = 3  # a claim whose value is stored as its raw bytes; the claim says what they are
+_CLAIM_SEALED = 4  # a claim that also carries the digest of its value (a sealed message's: see digest())
 
 
 class Claim:
@@ -32,17 +34,19 @@ class Claim:
     ``form`` says how the value is stored: None, encoded by :func:`dumps`; ``["bytes"]``, the bytes
     themselves; ``["ndarray", dtype string, shape]``, an array's data (C order). A raw value goes to Redis
     without being copied into an encoding (:func:`raw_form`); :func:`claimed` turns what was fetched back
-    into the value, checking it against the form.
+    into the value, checking it against the form, and against ``digest`` (the value's :func:`digest`) when
+    the claim has one: a sealed message's does, so that what is under the key cannot be swapped.
     """
 
-    __slots__ = ("form", "key")
+    __slots__ = ("digest", "form", "key")
 
-    def __init__(self, key: str, form: list[Any] | None = None) -> None:
+    def __init__(self, key: str, form: list[Any] | None = None, digest: bytes | None = None) -> None:
         self.key = key
         self.form = form
+        self.digest = digest
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Claim) and (other.key, other.form) == (self.key, self.form)
+        return isinstance(other, Claim) and (other.key, other.form, other.digest) == (self.key, self.form, self.digest)
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -74,6 +78,13 @@ def claimed(claim: Claim, raw: bytes) -> Any:
     Raises:
         EncodeError: over :data:`MAX_BYTES`, or the bytes do not match the claim's form.
     """
+    value = _claimed(claim, raw)
+    if claim.digest is not None and digest(value) != claim.digest:
+        raise EncodeError(f"the chunk under {claim.key[:80]} is not the one its message was sealed with: refused")
+    return value
+
+
+def _claimed(claim: Claim, raw: bytes) -> Any:
     if claim.form is None:
         return loads(raw)
     if len(raw) > MAX_BYTES:
@@ -84,6 +95,29 @@ def claimed(claim: Claim, raw: bytes) -> Any:
     if len(form) == 3 and form[0] == "ndarray" and isinstance(form[1], str) and isinstance(form[2], list):
         return _array(form[1], form[2], raw, 0)
     raise EncodeError(f"a claim check of unknown form {str(form)[:80]}: refused")
+
+
+def digest(value: Any) -> bytes:
+    """The SHA-256 of ``dumps(value)``, without building it for ``bytes`` and plain numpy arrays: what a sealed
+    message binds a chunk by (:func:`.protocol.message_seal`). A value decoded by :func:`loads` has the digest of
+    the encoding it came from, so producer and worker compute the same one.
+
+    Raises:
+        EncodeError: a value :func:`dumps` would refuse.
+    """
+    value = joined(value)
+    if type(value) is bytes:
+        h = hashlib.sha256(_bin_header(len(value)))
+        h.update(value)
+        return h.digest()
+    if _is_plain(value, "ndarray"):
+        arr, header = _ndarray_parts(value)
+        h = hashlib.sha256(_ext_header(_NDARRAY, len(header) + arr.nbytes))
+        h.update(header)
+        if arr.nbytes:
+            h.update(arr.reshape(-1).view("u1").data)
+        return h.digest()
+    return hashlib.sha256(dumps(value)).digest()
 
 
 def _default(obj: Any) -> Any:
@@ -105,6 +139,8 @@ def _default(obj: Any) -> Any:
         if isinstance(obj, np.generic):
             return obj.item()
     if isinstance(obj, Claim):
+        if obj.digest is not None:
+            return msgpack.ExtType(_CLAIM_SEALED, msgpack.packb([obj.key, obj.form, obj.digest], use_bin_type=True))
         if obj.form is None:
             return msgpack.ExtType(_CLAIM, obj.key.encode())
         return msgpack.ExtType(_CLAIM_RAW, msgpack.packb([obj.key, obj.form]))
@@ -163,6 +199,13 @@ def encoded_size(value: Any) -> int | None:
     if _is_plain(value, "ndarray"):
         return _array_size(value.dtype, value.shape)
     return None
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of a bin value of ``n`` bytes."""
+    if n < 1 << 8:
+        return struct.pack(">BB", 0xC4, n)
+    return struct.pack(">BH", 0xC5, n) if n < 1 << 16 else struct.pack(">BI", 0xC6, n)
 
 
 def _bin_size(n: int) -> int:
@@ -224,6 +267,13 @@ def _ext_hook(code: int, data: bytes) -> Any:
         if not isinstance(key, str) or not isinstance(form, list):
             raise EncodeError("a claim check on the wire is malformed")
         return Claim(key, form)
+    if code == _CLAIM_SEALED:
+        unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_array_len=64, max_str_len=1024, max_bin_len=64)
+        unpacker.feed(data)
+        key, form, sealed = unpacker.unpack()
+        if not isinstance(key, str) or not isinstance(form, (list, type(None))) or not isinstance(sealed, bytes):
+            raise EncodeError("a claim check on the wire is malformed")
+        return Claim(key, form, sealed)
     return msgpack.ExtType(code, data)
 
 

@@ -5,43 +5,51 @@ in a header ``ocycle``. :class:`ChunkTask` fetches a claimed chunk from Redis be
 :class:`ReplyBackend`, the app's result backend, RPUSHes ``{id, ok, result | error}`` to the reply list
 however the task ended, where the producer's listener picks it up. Tasks stay plain functions of
 ``(chunk, t0)``, given ``meta=Chunk(...)`` too when they have a ``meta`` parameter. Both sides accept only
-the msgpack content type: a pickle message is refused unread.
+the msgpack content type: a pickle message is refused unread. With a reply secret, a chunk runs only if its
+message's seal checks out (:mod:`.intake`).
 
-The app's Redis transport is kombu's with one repair (:class:`RedisChannel`), so that a worker survives its
-broker dying under it: see :func:`register_transports`.
+The app's Redis transport is kombu's with two repairs (:class:`RedisChannel`), so that a worker survives its
+broker dying under it (see :func:`register_transports`) and junk on its queues (:mod:`.intake`). A worker refuses
+to start on a Redis that may evict its queues (:func:`.redis_client.check_policy`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import sys
 import time
 import warnings
+from queue import Empty
 from typing import Any
 
 import redis
 from celery import Celery, Task, signals, states
+from celery.app.task import Context
 from celery.backends.base import DisabledBackend
-from celery.exceptions import CPendingDeprecationWarning, TaskRevokedError
+from celery.exceptions import CPendingDeprecationWarning, NotRegistered, TaskRevokedError
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 
-from ..errors import EncodeError
+from ..errors import ClaimGoneError, ConfigError, EncodeError
 from . import wire
 from .batch import chunk_kwargs, describe, drain, payload_size, run_batch
+from .intake import NOT_JSON, UNKNOWN_TASK, JunkError, check, refuse, sealed_items
 from .lease import install_lease
 from .protocol import (
     BATCH_HEADER,
     BATCH_TASK,
     META_HEADER,
+    SEAL_HEADER,
     claim_key,
     is_reply_key,
     reply_error,
     reply_expired,
     reply_ok,
 )
-from .redis_client import TRANSIENT, classify, connect, is_sentinel, kombu_url, reason, sentinel_hosts
-from .replies import ReplyWriter
+from .redis_client import TRANSIENT, check_policy, classify, connect, is_sentinel, kombu_url, reason, sentinel_hosts
+from .replies import ReplyWriter, is_bound
 from .settings import Settings, app_settings
 from .worker_metrics import count
 
@@ -69,18 +77,37 @@ class ChunkTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._started = time.monotonic()
+        if args and not self._sealed(args):
+            self.request.reply_to = None  # refused: nothing is replied to the list it names
+            return None
         if args and isinstance(args[0], wire.Claim):
             if args[0].key != claim_key(str(self.request.id)):  # only this task's own chunk, nothing else
                 raise EncodeError(f"claim check {args[0].key[:80]!r} is not this task's chunk: refused")
             raw = _client(self.app.conf.broker_url, app_settings(self.app).sentinel_master).get(args[0].key)
             if raw is None:
-                raise LookupError(f"chunk {args[0].key} is no longer in Redis (expired or never stored)")
+                raise ClaimGoneError(f"chunk {args[0].key} is no longer in Redis (evicted, expired or never stored)")
             args = (wire.claimed(args[0], raw), *args[1:])
         if args:
             kwargs.update(chunk_kwargs(self, args[0], self.request.get(META_HEADER), self._ocycle_limit()))
         return super().__call__(*args, **kwargs)
 
     _ocycle_call = __call__  # batch._call runs a chunk of a task whose class keeps this __call__ without it
+
+    def _sealed(self, args: tuple[Any, ...]) -> bool:
+        """With a reply secret, whether this message's seal checks out (:func:`.intake.sealed_items`); a chunk
+        checked already in this process (a batch's, a drained one's) is not checked twice; a batch message's
+        chunks are checked one by one when it runs (:func:`.batch.run_batch`)."""
+        settings = app_settings(self.app)
+        request = self.request
+        if not settings.reply_secret or not is_reply_key(request.reply_to) or self.name == BATCH_TASK:
+            return True
+        if is_bound(request.id):
+            return True
+        item = [request.id, self.name, args[0], args[1] if len(args) > 1 else None, request.get(META_HEADER), None,
+                request.reply_to, request.get(SEAL_HEADER)]  # fmt: skip
+        queue = (request.delivery_info or {}).get("routing_key")
+        client = _client(self.app.conf.broker_url, settings.sentinel_master)
+        return bool(sealed_items(client, [item], settings.reply_secret, queue))
 
     def _ocycle_limit(self) -> int:
         """``max_chunk_bytes`` of the app's settings."""
@@ -190,6 +217,38 @@ class _ClosingChannel:
     closed: bool
     connection: Any  # the transport
     connection_errors: tuple[type[BaseException], ...]
+    client: Any
+    sep: str
+    _queue_cycle: Any
+    _in_poll: Any
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """kombu's, with each message checked before kombu decodes it: junk is refused (:mod:`.intake`), kept
+        for inspection, and the worker serves on (kombu's raised out of the worker's loop: it exited)."""
+        try:
+            try:
+                got = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # the next round reconnects
+                raise
+            if not got:
+                raise Empty()
+            dest, item = got
+            queue = (dest.decode() if isinstance(dest, bytes) else str(dest)).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            try:
+                message = check(item, task_queue=not queue.endswith(".pidbox"))
+            except JunkError as junk:
+                with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                    refuse(client, item, junk, queue)
+                return True
+            self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
+            if flush is not None:
+                flush()
 
     def close(self) -> None:
         try:
@@ -207,12 +266,33 @@ class _ClosingChannel:
         return super()._connparams(asynchronous)  # type: ignore[misc]
 
 
+class RedisQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's bookkeeping of unacknowledged deliveries, which refuses junk in its ``unacked`` hash (anyone who can
+    write the hash can put it there) rather than raising out of the worker's loop when it restores it."""
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        try:
+            super().restore_by_tag(tag, client, leftmost)
+        except (ValueError, TypeError) as exc:  # the entry is not [message, exchange, routing key] in JSON
+            with self.channel.conn_or_acquire(client) as conn:
+                raw = conn.hget(self.unacked_key, tag)
+                self._remove_from_indices(tag).execute()
+                junk = JunkError(NOT_JSON, f"an unacknowledged delivery that cannot be restored ({exc})")
+                refuse(conn, raw, junk, None)
+
+
 class RedisChannel(_ClosingChannel, kombu_redis.Channel):
-    """kombu's Redis channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+    """kombu's Redis channel that survives the loss of its connection (:class:`_ClosingChannel`) and junk on its
+    queues."""
+
+    QoS = RedisQoS
 
 
 class SentinelChannel(_ClosingChannel, kombu_redis.SentinelChannel):
-    """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`)."""
+    """kombu's Sentinel channel that survives the loss of its connection (:class:`_ClosingChannel`) and junk on its
+    queues."""
+
+    QoS = RedisQoS
 
 
 RECONNECT_EVERY = (0.2, 0.2, 1.0)  # seconds: the first retry, the step, the most between two (Celery's: 2, 2, 30)
@@ -229,6 +309,28 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             conn.ensure_connection, interval_start=start, interval_step=step, interval_max=most
         )
         return super().ensure_connected(conn)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Any) -> None:
+        """A task this worker does not have: answered ``NotRegistered`` (its producer hears of it; one without the
+        batch task sends those chunks one message each), and refused as junk (:mod:`.intake`): logged once, not
+        with a traceback per message, counted, kept."""
+        headers = message.headers or {}
+        name, task_id = headers.get("task"), headers.get("id")
+        queue = (message.delivery_info or {}).get("routing_key")
+        raw = json.dumps(getattr(message, "_raw", None) or {"headers": headers}, default=repr)
+        settings = app_settings(self.app)
+        refuse(_client(self.app.conf.broker_url, settings.sentinel_master), raw,
+               JunkError(UNKNOWN_TASK, f"task {str(name)[:100]!r} is not registered here"), queue)  # fmt: skip
+        message.reject_log_error(log, self.connection_errors)
+        self.app.backend.mark_as_failure(
+            task_id, NotRegistered(name), request=Context(
+                task=name, id=task_id, reply_to=message.properties.get("reply_to"), root_id=headers.get("root_id"),
+                correlation_id=message.properties.get("correlation_id"), chord=None, errbacks=None,
+            ),
+        )  # fmt: skip
+        if self.event_dispatcher:
+            self.event_dispatcher.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
 
 
 class RedisTransport(kombu_redis.Transport):
@@ -252,6 +354,37 @@ def register_transports() -> None:
         cache = getattr(transport, "_transport_cache", {})
         if cache.get(scheme) not in (None, cls):  # resolved before this ran: forget kombu's class
             del cache[scheme]
+
+
+EX_CONFIG = 78  # a worker refusing to start: its configuration cannot work (sysexits.h)
+
+
+@signals.celeryd_after_setup.connect
+def _refuse_an_evicting_broker(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """At a worker's start: read its broker's ``maxmemory-policy``; one that may evict any key (the queues too) makes
+    the worker exit (code 78) naming the policy and the fix, unless ``allow_eviction``; one that may evict the keys
+    with a time to live is said (:func:`.redis_client.check_policy`). A broker away is not checked (it may come)."""
+    settings = getattr(getattr(instance, "app", None), "conf", {}).get("ocycle_settings")
+    if not isinstance(settings, Settings):
+        return
+    client = connect(settings.broker_url, socket_timeout=2.0, master_name=settings.sentinel_master)
+    try:
+        memory = client.info("memory")
+    except Exception as exc:  # away, or an ACL without +info
+        log.warning("could not read the broker's maxmemory-policy at start (%s): not checked", exc)
+        return
+    finally:
+        client.close()
+    try:
+        said = check_policy(
+            memory.get("maxmemory_policy"), memory.get("maxmemory_human"), settings.broker_url, settings.allow_eviction
+        )
+    except ConfigError as exc:
+        print(f"worker {sender}: refusing to start: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(EX_CONFIG) from None
+    if said is not None:
+        log.warning("%s", said)
 
 
 @signals.celeryd_after_setup.connect

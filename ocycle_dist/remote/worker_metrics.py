@@ -5,7 +5,9 @@
   ``batch`` (a chunk of a batch message), ``drain`` (taken from the queue by a pool process after a short
   chunk, :func:`.batch.drain`).
 - ``ocycle_worker_reply_retries_total``: reply writes tried again after a broker error.
-- ``ocycle_worker_junk_messages_total``: messages refused unread (not a task message this app can run).
+- ``ocycle_worker_junk_messages_total{kind}``: messages refused (:mod:`.intake`): not a task message this app can
+  take (``not-json``, ``not-an-object``, ``no-headers``, ``bad-properties``, ``bad-base64``, ``content-type``), a task
+  it does not have (``unknown-task``), a chunk whose seal fails (``forged``); kept in the dead-letter list.
 - ``ocycle_queue_messages{queue}`` and ``ocycle_queue_oldest_age_seconds{queue}`` of the worker's queues
   (:mod:`.backlog`): what an autoscaler scales the workers on.
 
@@ -31,12 +33,12 @@ PATHS = ("message", "batch", "drain")
 _counters: dict[str, Any] = {}
 
 
-def count(name: str, n: int = 1, path: str | None = None) -> None:
-    """Add ``n`` to the counter ``name`` (``chunks`` with its ``path``, ``reply_retries``, ``junk_messages``);
-    nothing when the worker serves no metrics."""
+def count(name: str, n: int = 1, label: str | None = None) -> None:
+    """Add ``n`` to the counter ``name`` (``chunks`` with its path, ``reply_retries``, ``junk_messages`` with its
+    kind); nothing when the worker serves no metrics."""
     counter = _counters.get(name)
     if counter is not None and n:
-        (counter.labels(path) if path else counter).inc(n)
+        (counter.labels(label) if label else counter).inc(n)
 
 
 def _make_counters() -> None:
@@ -46,7 +48,9 @@ def _make_counters() -> None:
     for path in PATHS:
         _counters["chunks"].labels(path)
     _counters["reply_retries"] = Counter("ocycle_worker_reply_retries", "reply writes tried again after a broker error")
-    _counters["junk_messages"] = Counter("ocycle_worker_junk_messages", "messages refused unread (not a task message)")
+    _counters["junk_messages"] = Counter(
+        "ocycle_worker_junk_messages", "messages refused: not a task message, an unknown task, a failed seal", ["kind"]
+    )
 
 
 def serve(app: Any, port: int, queues: list[str], addr: str = "0.0.0.0") -> Any:  # in its container

@@ -278,7 +278,8 @@ def test_status_shows_a_queue_no_running_worker_consumes(stack: Compose) -> None
            f" {summary['classify']['chunks']} (its chunks expire after 6 s)")  # fmt: skip
 
 
-RESENT = re.compile(r"(\d+) chunk\(s\) sent again \(([^)]*(?:\([^)]*\))?[^)]*)\): (.*)$")  # one line per recovery
+# one line per recovery (or per second and reason)
+RESENT = re.compile(r"(\d+) chunk\(s\) sent again \(([^)]*(?:\([^)]*\))?[^)]*)\)(?: in the last \S+ s)?: (.*)$")
 SPANS = re.compile(r"\S+-(\w+)#([\d,-]+)")  # <producer>-<consumer>#4-9,12
 
 

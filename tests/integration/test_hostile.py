@@ -27,7 +27,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.pending import Entry
-from ocycle_dist.remote.protocol import mac_key, reply_key, task_message, token_of, unseal
+from ocycle_dist.remote.protocol import DEAD_KEY, DEAD_TTL, mac_key, reply_key, task_message, token_of, unseal
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker, free_port
@@ -283,3 +283,293 @@ def test_celerys_built_in_tasks_are_not_run_when_named_in_a_message(stack: ExitS
         admin.lpush("celery", raw_message(token, f"b{i}", name, wire.dumps(b"x")))
         record = next_reply(admin, reply_key(token), token)
         assert record["ok"] is False and record["error"][0] == "NotRegistered", (name, record)
+
+
+# ---- junk on a queue ---------------------------------------------------------------------------------------------
+
+
+def junk_messages(token: str) -> dict[str, bytes]:
+    """One message of each kind a worker must refuse, by the kind it is counted as."""
+    good = json.loads(raw_message(token, "junk", "contract.echo_t0", wire.dumps(b"x")))
+
+    def variant(**changes: Any) -> bytes:
+        envelope = json.loads(json.dumps(good))
+        for path, value in changes.items():
+            where = envelope
+            *parents, last = path.split("__")
+            for p in parents:
+                where = where[p]
+            if value is None:
+                del where[last]
+            else:
+                where[last] = value
+        envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
+        return json.dumps(envelope).encode()
+
+    return {
+        "not-json": b"junk junk ju",  # 12 bytes: killed the worker (JSONDecodeError)
+        "not-an-object": b"[1,2,3]",  # killed it too (TypeError)
+        "no-headers": variant(headers=None),
+        "bad-properties": variant(properties__delivery_info=None),
+        "bad-base64": variant(body="!!!notbase64"),
+        "content-type": variant(**{"content-type": "application/json"}),
+    }
+
+
+def dead_kinds(admin: Any) -> list[str]:
+    return [json.loads(r)["kind"] for r in admin.lrange(DEAD_KEY, 0, -1)]
+
+
+def test_junk_on_a_queue_never_kills_a_worker_it_is_refused_kept_and_said_once_per_kind(stack: ExitStack) -> None:
+    redis = server(stack)
+    w = worker(stack, redis.url)
+    admin = connect(redis.url)
+    token = "junktoken123"
+    junk = junk_messages(token)
+    for kind, message in [*junk.items(), *junk.items()]:  # each kind twice: said once per kind, counted twice
+        admin.lpush("celery", message)
+        wait_for(lambda: admin.llen("celery") == 0, 10, f"the worker took {kind}")
+    wait_for(lambda: len(dead_kinds(admin)) == 2 * len(junk), 10, "every refused message kept")
+    assert sorted(dead_kinds(admin)) == sorted([*junk, *junk])
+    assert 0 < admin.ttl(DEAD_KEY) <= DEAD_TTL
+    newest = json.loads(admin.lindex(DEAD_KEY, 0))
+    assert newest["raw"].startswith('{"body"') and newest["queue"] == "celery"
+    assert newest["worker"].endswith(f"/{w.pid}")  # refused by the worker's consumer (its BRPOP), not a pool process
+    admin.lpush("celery", raw_message(token, "junk", "no.such.task", wire.dumps(b"x")))  # an unknown task: answered
+    record = next_reply(admin, reply_key(token), token)
+    assert record["ok"] is False and record["error"][0] == "NotRegistered"
+    wait_for(lambda: dead_kinds(admin)[0] == "unknown-task", 10, "the unknown task kept")
+    e, done, _ = emitter(redis.url)
+    e.write(b"good")
+    assert e.close(timeout=30) == 0 and [r[0] for r in done] == [b"good"]  # the same worker served on
+    assert w.alive()
+    log = w.log.read_text()
+    assert "Unrecoverable error" not in log
+    for kind in junk:
+        assert log.count(f"refused a message from queue 'celery' ({kind})") == 1, kind
+
+
+def test_junk_taken_while_a_pool_process_drains_the_queue_is_refused_there_and_the_rest_runs(stack: ExitStack) -> None:
+    redis = server(stack)
+    admin = connect(redis.url)
+    token = "draintoken12"
+    junk = junk_messages(token)
+    # no worker yet: it prefetches the first 4 (worker_prefetch), runs the first, and its pool process drains
+    # the rest before that one is acknowledged (the consumer's prefetch window stays full meanwhile)
+    first = [raw_message(token, "d", "contract.echo_t0", wire.dumps(b"%d" % i)) for i in range(6)]
+    last = raw_message(token, "d", "contract.echo_t0", wire.dumps(b"last"))
+    admin.lpush("celery", *first, *junk.values(), last)
+    w = worker(stack, redis.url)
+    results = [next_reply(admin, reply_key(token), token) for _ in range(7)]
+    assert sorted(r["result"][0] for r in results) == [b"%d" % i for i in range(6)] + [b"last"]
+    wait_for(lambda: len(dead_kinds(admin)) == len(junk), 10, "every refused message kept")
+    assert sorted(dead_kinds(admin)) == sorted(junk)
+    pids = {json.loads(r)["worker"].rsplit("/", 1)[1] for r in admin.lrange(DEAD_KEY, 0, -1)}
+    assert str(w.pid) not in pids  # refused by the pool process that drained them
+    assert admin.llen("celery") == 0 and admin.hlen("unacked") == 0  # none put back, none left unacknowledged
+    assert w.alive()
+
+
+def test_junk_in_the_unacknowledged_deliveries_is_refused_when_kombu_restores_them(stack: ExitStack) -> None:
+    redis = server(stack)
+    admin = connect(redis.url)
+    admin.hset("unacked", "junk-tag", "junk junk ju")
+    admin.zadd("unacked_index", {"junk-tag": 1.0})  # delivered in 1970: restored at the worker's first look
+    w = worker(stack, redis.url)
+    wait_for(lambda: admin.zcard("unacked_index") == 0, 60, "the junk delivery looked at")
+    wait_for(lambda: dead_kinds(admin) == ["not-json"], 10, "kept")
+    assert admin.hlen("unacked") == 0
+    e, done, _ = emitter(redis.url)
+    e.write(b"good")
+    assert e.close(timeout=30) == 0 and [r[0] for r in done] == [b"good"] and w.alive()
+
+
+def test_ocycle_dist_status_sums_up_the_refused_messages(stack: ExitStack, capsys: Any) -> None:
+    from ocycle_dist.cli import status
+
+    redis = server(stack)
+    worker(stack, redis.url)
+    admin = connect(redis.url)
+    for message in (b"junk junk ju", b"[1,2,3]", b"more junk"):
+        admin.lpush("celery", message)
+    wait_for(lambda: len(dead_kinds(admin)) == 3, 20, "refused")
+    assert status(redis.url) == 0
+    out = capsys.readouterr().out
+    assert f"messages refused by workers (junk, unknown tasks, failed seals), kept in {DEAD_KEY}: 3" in out
+    assert "  not-json: 2\n  not-an-object: 1" in out and "the latest: not-json from queue 'celery' at" in out
+
+
+def test_junk_is_counted_by_kind_in_the_worker_metrics_when_a_metrics_port_is_set(stack: ExitStack) -> None:
+    import urllib.request
+
+    redis = server(stack)
+    port = free_port()
+    w = Worker(redis.url, name="m0", include=("tests.contract_tasks",), env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
+    stack.callback(w.stop)
+    w.start()
+    admin = connect(redis.url)
+    for message in (b"junk junk ju", b"[1,2,3]", b"junk again"):
+        admin.lpush("celery", message)
+    wait_for(lambda: len(dead_kinds(admin)) == 3, 20, "refused")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'ocycle_worker_junk_messages_total{kind="not-json"} 2.0' in text
+    assert 'ocycle_worker_junk_messages_total{kind="not-an-object"} 1.0' in text
+
+
+# ---- sealed messages: a result is believed only for the chunk the producer sent ------------------------------------
+
+SECRET = "a-deployment-secret"
+
+
+def sealed_worker(stack: ExitStack, url: str, name: str = "s0") -> Worker:
+    w = Worker(url, name=name, include=("tests.contract_tasks",), env={"OCYCLE_REPLY_SECRET": SECRET})
+    stack.callback(w.stop)
+    return w.start()
+
+
+def sealed_emitter(url: str, **settings: Any) -> tuple[ocycle.BufferEmit, list[Any], list[BaseException]]:
+    return emitter(url, settings=Settings(broker_url=url, reply_secret=SECRET, **settings))
+
+
+def swapped(raw: bytes, chunk: Any, index: int | None = None) -> bytes:
+    """A copy of a queued message, as a queue reader without the secret makes it: the same id, reply list and seal,
+    another chunk (the ``index``-th of a batch message); a delivery tag of its own."""
+    envelope = json.loads(raw)
+    args, kwargs, embed = wire.loads(base64.b64decode(envelope["body"]))
+    if index is None:
+        args[0] = chunk
+    else:
+        args[0][index][2] = chunk
+    envelope["body"] = base64.b64encode(wire.dumps([args, kwargs, embed])).decode()
+    envelope["properties"]["delivery_tag"] = str(uuid.uuid4())
+    return json.dumps(envelope).encode()
+
+
+def test_with_a_reply_secret_a_chunk_swapped_by_a_queue_reader_is_refused_unrun_and_the_producer_gets_its_own(
+    stack: ExitStack,
+) -> None:
+    redis = server(stack)
+    admin = connect(redis.url)
+    e, done, errors = sealed_emitter(redis.url)
+    e.write(b"mine")
+    wait_for(lambda: admin.llen("celery") == 1, 10, "published")
+    victim = admin.lindex("celery", 0)
+    assert "ocycle_seal" in json.loads(victim)["headers"]
+    admin.rpush("celery", swapped(victim, b"evil"))  # taken first: popped from the right
+    executor = e.executor
+    assert executor is not None
+    w = sealed_worker(stack, redis.url)
+    assert e.close(timeout=30) == 0
+    assert [r[0] for r in done] == [b"mine"] and errors == []  # was: [b"evil"], believed
+    wait_for(lambda: dead_kinds(admin) == ["forged"], 10, "the forged message refused and kept")
+    assert executor.counts["forged"] == 0 and executor.hub.listener.unclaimed == 0  # nothing was replied for it
+    assert "refused a message from queue 'celery' (forged)" in w.log.read_text()
+
+
+def test_with_a_reply_secret_one_chunk_swapped_in_a_batch_or_a_drained_message_is_refused_and_the_rest_runs(
+    stack: ExitStack,
+) -> None:
+    redis = server(stack)
+    admin = connect(redis.url)
+    e, done, errors = sealed_emitter(redis.url)
+    for i in range(10):  # no worker: one batch message
+        e.write(b"b%03d" % i)
+    executor = e.executor
+    assert executor is not None
+    wait_for(lambda: executor.counts["published"] == 10, 10, "published")
+    assert executor.counts["messages"] == 1
+    batch = admin.lindex("celery", 0)
+    admin.rpush("celery", swapped(batch, b"evil", index=3))  # taken first
+    plain = []
+    for i in range(8):  # then plain messages, one at a time, each a message of its own
+        e.write(b"p%03d" % i)
+        wait_for(lambda i=i: executor.counts["messages"] == 2 + i, 10, "a plain message")
+        plain.append(admin.lindex("celery", 0))
+    admin.linsert("celery", "AFTER", plain[6], swapped(plain[6], b"evil"))  # popped before the real one
+    w = sealed_worker(stack, redis.url)
+    assert e.close(timeout=60) == 0 and errors == []
+    assert sorted(r[0] for r in done) == sorted([b"b%03d" % i for i in range(10)] + [b"p%03d" % i for i in range(8)])
+    wait_for(lambda: dead_kinds(admin) == ["forged", "forged"], 10, "both forged chunks refused and kept")
+    by = {json.loads(r)["worker"].rsplit("/", 1)[1] for r in admin.lrange(DEAD_KEY, 0, -1)}
+    assert str(w.pid) not in by  # refused by the pool process: in the batch's run, and in a drain
+    assert executor.counts["forged"] == 0
+
+
+def test_with_a_reply_secret_a_result_that_does_not_answer_the_chunk_sent_is_ignored_and_counted(
+    stack: ExitStack,
+) -> None:
+    from ocycle_dist.remote.protocol import seal
+
+    redis = server(stack)
+    admin = connect(redis.url)
+    e, done, _ = sealed_emitter(redis.url)
+    e.write(b"real")
+    executor = e.executor
+    assert executor is not None
+    wait_for(lambda: admin.llen("celery") == 1, 10, "published")
+    message = json.loads(admin.lindex("celery", 0))
+    task_id, reply_to = message["headers"]["id"], message["properties"]["reply_to"]
+    key = mac_key(SECRET, token_of(reply_to))  # what a worker that does not check seals would write
+    admin.rpush(reply_to, seal({"id": task_id, "ok": True, "result": [b"other", 0.0]}, key))  # no digest
+    admin.rpush(reply_to, seal({"id": task_id, "ok": True, "result": [b"other", 0.0], "digest": bytes(32)}, key))
+    wait_for(lambda: executor.counts["forged"] == 2, 10, "both results refused")
+    assert done == []
+    sealed_worker(stack, redis.url)
+    assert e.close(timeout=30) == 0 and [r[0] for r in done] == [b"real"]
+
+
+def test_with_a_reply_secret_a_claimed_chunk_swapped_under_its_key_is_refused(stack: ExitStack) -> None:
+    from ocycle_dist.errors import RemoteTaskError
+
+    redis = server(stack)
+    admin = connect(redis.url)
+    errors: list[BaseException] = []
+    e = ocycle.BufferEmit(
+        "contract.echo_t0", 200_000, clip=True, mode="celery", on_error=errors.append,
+        settings=Settings(broker_url=redis.url, reply_secret=SECRET),
+    )  # fmt: skip
+    e.write(b"x" * 200_000)  # over claim_threshold: the message carries a claim check
+    wait_for(lambda: admin.llen("celery") == 1, 10, "published")
+    [key] = admin.keys("ocycle:chunk:*")
+    admin.set(key, b"y" * 200_000, keepttl=True)
+    sealed_worker(stack, redis.url)
+    assert e.close(timeout=30) == 0
+    [error] = errors
+    assert isinstance(error, RemoteTaskError) and error.type_name == "EncodeError"
+    assert "is not the one its message was sealed with" in error.message
+
+
+def test_celerys_inspect_conf_shows_neither_the_reply_secret_nor_the_brokers_password(stack: ExitStack) -> None:
+    from ocycle_dist.remote.worker import make_app
+
+    redis = server(stack)
+    sealed_worker(stack, redis.url)
+    app = make_app(Settings(broker_url=redis.url))  # anyone who can publish to Redis can ask this
+    conf = app.control.inspect(timeout=5).conf() or {}
+    [(_, shown)] = conf.items()
+    text = json.dumps(shown)
+    assert "ocycle_settings" in text and SECRET not in text and PASSWORD not in text  # was: the secret, in clear
+
+
+def test_the_readmes_producer_acl_is_all_a_producer_needs(stack: ExitStack, caplog: Any) -> None:
+    from ocycle_dist.remote.liveness import locate
+
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("ACL SETUSER producer "))
+    redis = server(stack)
+    admin = connect(redis.url)
+    admin.execute_command(*line.split())
+    worker(stack, redis.url)
+    url = redis.url.replace(f":{PASSWORD}@", ":producer-pw@").replace("redis://", "redis://producer")
+    with caplog.at_level("DEBUG", logger="ocycle_dist"):
+        e, done, errors = emitter(url)
+        e.write(b"tiny")
+        big = ocycle.BufferEmit("contract.echo_t0", 200_000, clip=True, mode="celery", broker=url, on_done=done.append)
+        big.write(b"b" * 200_000)  # a claimed chunk: SET, then DEL once its result is in
+        assert e.close(timeout=30) == 0 and big.close(timeout=30) == 0 and errors == []
+        client = connect(url)
+        assert locate(client, {"celery": {"no-such-tag"}}) == set()  # Lua allowed: not "assume still queued"
+        assert int(client.info("stats")["evicted_keys"]) == 0  # the eviction watch's read
+    assert sorted(len(r[0]) for r in done) == [4, 200_000]
+    wait_for(lambda: not admin.keys("ocycle:chunk:*"), 10, "the claimed chunk deleted")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "NOPERM" in line or "no permissions" in line] == []

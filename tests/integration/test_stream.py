@@ -186,6 +186,29 @@ def test_a_failing_task_exits_1_and_says_why(topology: Any) -> None:
     assert re.search(r"\[fail\s+#0\s*\] RemoteTaskError: ValueError: failing on purpose", run.stderr)
 
 
+def test_a_truncated_wav_streams_what_it_holds_says_so_and_exits_1(topology: Any, tmp_path: Path) -> None:
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, audio(2.0), RATE, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 2 * RATE])  # a recorder that died after 1 s of 2
+    run = Stream(str(cut), "--broker", topology.url, "--consumer", "workers.tasks.spl:0.5:spl")
+    assert run.wait() == 1, run.stderr
+    assert "(TRUNCATED: its header declares 32000 samples, the file holds 16000 (32000 of 64000 bytes" in run.stderr
+    assert len(run.dbfs()) == 2  # the half that exists was streamed and processed
+    assert f"{cut} is truncated: its header declares 32000 samples, the file holds 16000" in run.stderr
+    assert "spl        every 0.5 s, queue 'spl': 2 chunks: 2 done, 0 left, 0 failed" in run.stderr
+    assert "exit 1: a chunk failed (its task raised, or no result came), the source failed or ended short" in run.stderr
+
+
+def test_a_partial_sample_at_the_end_of_stdin_is_said_and_exits_1(topology: Any) -> None:
+    run = Stream("-", "--broker", topology.url, "--consumer", "workers.tasks.spl:0.5:spl")
+    run.feed(s16(audio(1.0)) + b"\x01")  # 16000 samples and half of one
+    assert run.wait() == 1, run.stderr
+    assert len(run.dbfs()) == 2
+    assert "1 byte(s) that are not a whole sample frame (S16_LE, 1 channel(s): 2 bytes each)" in run.stderr
+    assert "after 16000 samples: they were not streamed" in run.stderr
+
+
 def test_a_signal_while_draining_stops_at_once(topology: Any) -> None:
     run = Stream("-", "--broker", topology.url, "--consumer", "workers.tasks.spl:0.5:nobody", "--drain-timeout", "120")
     run.feed(s16(audio(1.0)))

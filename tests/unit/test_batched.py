@@ -207,7 +207,7 @@ def test_each_chunk_is_checked_before_the_call_and_fails_alone(app: Any, admin: 
     assert app.calls == [("upper", [b"a", b"claimed"], ["id0", "id2"], "b.upper")]
     assert got["id0"]["result"] == b"A" and got["id2"]["result"] == b"CLAIMED"
     assert got["id1"]["expired"] is True
-    assert got["id3"]["error"][0] == "LookupError"
+    assert got["id3"]["error"][0] == "ClaimGoneError"
     assert got["id4"]["error"][0] == "EncodeError" and "max_chunk_bytes=100" in got["id4"]["error"][1]
     assert got["id5"]["error"][0] == "EncodeError"
 

@@ -20,7 +20,9 @@ def test_a_spec_with_every_field_and_with_empty_ones() -> None:
         "classify", "workers.tasks.classify", 2.0, "model", None, 6.0
     )
     assert parse_consumer("echo:1").size(16000) == 16000
-    assert parse_consumer("echo:0.00001").size(16000) == 1  # never an empty chunk
+    assert parse_consumer("echo:0.01").size(16000) == 160  # the shortest: 100 tasks a second
+    with pytest.raises(ConfigError, match=r"seconds=0\.01 is invalid: expected at least one sample at 50 Hz"):
+        parse_consumer("echo:0.01").size(50)  # never a chunk of no sample, nor one made up
 
 
 @pytest.mark.parametrize(
@@ -31,6 +33,7 @@ def test_a_spec_with_every_field_and_with_empty_ones() -> None:
         (":1", "task", ""),
         ("a b:1", "task", "a b"),
         ("spl:0", "seconds", "0"),
+        ("spl:1e-9", "seconds", "1e-9"),  # was a task per sample
         ("spl:-1", "seconds", "-1"),
         ("spl:nan", "seconds", "nan"),
         ("spl:half", "seconds", "half"),

@@ -492,18 +492,18 @@ def test_a_t0_that_overflows_with_rate_is_a_frame_error_not_an_overflow(use, app
 
 @APPENDERS
 @pytest.mark.parametrize("rate", [None, 2.0])
-def test_a_t0_earlier_than_the_previous_writes_is_refused(use, appender, rate):
+def test_a_t0_earlier_than_the_previous_writes_is_a_clock_step_not_a_refusal(use, appender, rate):
     use(appender)
     rec = Timed()
-    b = ocycle.BufferEmit(rec, 2, clip=True, rate=rate)
+    b = ocycle.BufferEmit(rec, 4, clip=True, rate=rate)
     b.write(b"ab", t0=10.0)
-    with pytest.raises(FrameError, match=r"t0=9\.5 is earlier than the previous write's t0=10\.0: time cannot go"):
-        b.write(b"cd", t0=9.5)
-    b.write(b"cd", t0=10.0 if rate is None else 11.0)  # the same t0 again is fine; so is the end with rate
-    b.write(b"ef")  # a write without t0 is not compared
-    b.write(b"gh", t0=12.0)
-    assert [v for v, _ in rec.values] == [b"ab", b"cd", b"ef", b"gh"]
-    assert b.stats().t0_overlaps == 0
+    b.write(b"cd", t0=9.5)  # the clock went back: "ab" ends as a partial chunk, "cd" starts on the new clock
+    b.write(b"ef", t0=9.5 if rate is None else 10.5)
+    b.write(b"gh")  # a write without t0 is not compared
+    b.write(b"ij", t0=20.0 if rate is None else 11.5)
+    assert [v for v, _ in rec.values] == [b"ab", b"cdef", b"ghij"] and rec.values[1][1] == 9.5
+    stats = b.stats()
+    assert stats.clock_steps == 1 and stats.t0_overlaps == 0 and stats.written == 10 and stats.buffered == 0
 
 
 @APPENDERS
@@ -546,9 +546,23 @@ def test_a_bad_t0_during_a_sampler_pause_is_refused_too(use, appender):
     with pytest.raises(FrameError):
         b.write(b"cd", t0=math.nan)
     with pytest.raises(FrameError):
-        b.write(b"cd", t0=0.5)
+        b.write(b"cd", t0=-0.5)
     b.write(b"cd", t0=2.0)  # skipped by the pause
     assert b.stats().skipped == 2 and b.stats().written == 4
+
+
+@APPENDERS
+def test_a_clock_step_during_a_sampler_pause_keeps_what_is_left_of_the_pause(use, appender):
+    use(appender)
+    rec = Timed()
+    b = ocycle.BufferEmit(rec, 2, clip=True, sampler=5.0)
+    b.write(b"ab", t0=1000.0)  # emits, pauses until 1005.0
+    b.write(b"cd", t0=1002.0)  # skipped: 3 s of the pause left
+    b.write(b"ef", t0=500.0)  # the clock went back 502 s: the pause ends at 503.0 on the new clock
+    b.write(b"gh", t0=502.5)  # skipped
+    b.write(b"ij", t0=503.0)
+    assert rec.values == [(b"ab", 1000.0), (b"ij", 503.0)]
+    assert b.stats().clock_steps == 1 and b.stats().skipped == 6
 
 
 def test_a_tap_checks_t0_for_every_emitter_before_any_gets_the_frame():
@@ -557,15 +571,14 @@ def test_a_tap_checks_t0_for_every_emitter_before_any_gets_the_frame():
     b = ocycle.BufferEmit(second, 2, clip=True)
     b.write(b"xy", t0=5.0)  # b has seen t0=5.0, a has not
     tap = ocycle.Tap(a, b)
-    with pytest.raises(FrameError, match=r"earlier than the previous write's t0=5\.0"):
-        tap.write(b"ab", t0=4.0)
-    assert a.stats().written == 0 and b.stats().written == 2
     with pytest.raises(FrameError, match="finite"):
         tap.write(b"ab", t0=math.inf)
-    tap.write(b"ab", t0=6.0)
+    assert a.stats().written == 0 and b.stats().written == 2
+    tap.write(b"ab", t0=4.0)  # a clock step for b only
     tap.write(b"cd")  # no t0: now, for both, not compared
-    assert first.values[0] == (b"ab", 6.0) and second.values[1] == (b"ab", 6.0)
+    assert first.values[0] == (b"ab", 4.0) and second.values[1] == (b"ab", 4.0)
     assert len(first.values) == 2 and len(second.values) == 3
+    assert (a.stats().clock_steps, b.stats().clock_steps) == (0, 1)
 
 
 # ---- numpy frames that would not survive (issue 10) --------------------------------------------------------

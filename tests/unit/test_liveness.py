@@ -23,10 +23,11 @@ def admin() -> Iterator[Any]:
 
 
 class Connection:
-    """What ServerWatch uses of a redis-py connection: the handshake, one command, its reply."""
+    """What ServerWatch uses of a redis-py connection: the handshake, its commands (INFO server, INFO memory), their
+    replies in turn."""
 
-    def __init__(self, reply: Any) -> None:
-        self.reply, self.handshakes, self.sent = reply, 0, []
+    def __init__(self, reply: Any, memory: Any = b"# Memory\r\nmaxmemory_policy:noeviction\r\n") -> None:
+        self.replies, self.handshakes, self.sent, self.read = [reply, memory], 0, [], 0
 
     def on_connect(self) -> None:
         self.handshakes += 1
@@ -35,9 +36,11 @@ class Connection:
         self.sent.append(args)
 
     def read_response(self) -> Any:
-        if isinstance(self.reply, Exception):
-            raise self.reply
-        return self.reply
+        reply = self.replies[self.read]
+        self.read += 1
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
 
 def info(run_id: str) -> bytes:
@@ -50,18 +53,37 @@ def test_a_new_run_id_on_a_new_connection_is_told_once_and_the_first_is_not() ->
     for run_id in ("aaa", "aaa", "bbb", "bbb", "ccc"):
         conn = Connection(info(run_id))
         watch.on_connect(conn)
-        assert conn.handshakes == 1 and conn.sent == [("INFO", "server")]
+        assert conn.handshakes == 1 and conn.sent == [("INFO", "server"), ("INFO", "memory")] and conn.read == 2
     assert told == ["bbb", "ccc"] and watch.new_servers == 2 and watch.run_id == "ccc"
     assert run_id_of(b"x:1\r\nrun_id:\r\n") is None
 
 
 def test_a_server_without_info_is_told_once_and_asked_no_more() -> None:
     watch = ServerWatch(lambda run_id: pytest.fail("no server can be told"))
-    refused = Connection(redis.ResponseError("unknown command 'info'"))
+    refused = Connection(redis.ResponseError("unknown command 'info'"), redis.ResponseError("unknown command 'info'"))
     watch.on_connect(refused)
+    assert refused.read == 2  # both replies read: the connection is left clean
     later = Connection(info("aaa"))
     watch.on_connect(later)
     assert not watch.has_info and later.handshakes == 1 and later.sent == []
+
+
+def test_the_maxmemory_policy_is_read_on_each_new_connection_and_said_once_per_policy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch = ServerWatch(lambda run_id: None, "redis://:pw@h:6379/0", allow_eviction=False)
+
+    def memory(policy: str) -> bytes:
+        return f"# Memory\r\nmaxmemory:20971520\r\nmaxmemory_human:20.00M\r\nmaxmemory_policy:{policy}\r\n".encode()
+
+    with caplog.at_level("WARNING", logger="ocycle_dist.liveness"):
+        for policy in ("noeviction", "volatile-lru", "volatile-lru", "allkeys-lru", "allkeys-lru"):
+            watch.on_connect(Connection(info("aaa"), memory(policy)))
+            assert watch.policy == policy and watch.may_evict is (policy != "noeviction")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in said] == ["WARNING", "ERROR"]  # once per policy; not accepted: an error
+    assert "may evict the keys with a time to live" in said[0][1] and "maxmemory-policy volatile-lru" in said[0][1]
+    assert "maxmemory-policy='allkeys-lru' is invalid: expected noeviction" in said[1][1] and "pw" not in said[1][1]
 
 
 def test_the_lease_watch_maps_a_batch_tag_to_all_its_chunks(admin: Any) -> None:

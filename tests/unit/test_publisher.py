@@ -98,3 +98,39 @@ def test_messages_sent_again_go_ahead_of_those_waiting_in_stream_order_new_ones_
     order = [(e["headers"]["ocycle"]["stream"], e["headers"]["ocycle"]["seq"]) for e in queued(admin)]
     # the workers pop from the right: the chunks sent again first, in stream order, then what waited, new last
     assert order == [("pub", 1), ("pub", 2), ("other", 0), ("pub", 1), ("pub", 2), ("pub", 3)]
+
+
+def test_claims_waiting_to_be_deleted_never_hold_up_the_recoverys_checks(broker: str, admin: Any) -> None:
+    import threading
+    import time
+
+    from ocycle_dist.remote.pending import Pending
+    from ocycle_dist.remote.publisher import Publisher
+
+    class Checks:  # a recovery whose next check is due every 0.2 s
+        def __init__(self) -> None:
+            self.calls = 0
+            self.again = threading.Event()
+            self.at = time.monotonic()
+
+        def next_check(self) -> float:
+            return self.at + 0.2
+
+        def check(self) -> None:
+            self.calls += 1
+            self.at = time.monotonic()
+            if self.calls >= 5:
+                self.again.set()
+
+    checks = Checks()
+    admin.set(claim_key("settled"), b"x")
+    publisher = Publisher(Pending(), connect(broker), broker, lambda entry, exc: None, checks)
+    try:
+        publisher.forget_claim("settled")  # nothing queued, a claim to delete: was a wait of 1 s renewed forever
+        assert checks.again.wait(5), f"{checks.calls} checks"
+        deadline = time.monotonic() + 5
+        while admin.exists(claim_key("settled")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not admin.exists(claim_key("settled"))
+    finally:
+        publisher.stop()

@@ -102,3 +102,37 @@ def test_sentinel_urls_are_redacted_part_by_part() -> None:
     with pytest.raises(ConfigError) as excinfo:
         connect("sentinel://:secret@a:1/x;sentinel://:secret@b")
     assert "secret" not in str(excinfo.value)
+
+
+# ---- maxmemory-policy: a Redis that may evict ----------------------------------------------------------------------
+
+
+def test_a_policy_that_may_evict_any_key_is_a_config_error_naming_it_and_the_fix_unless_accepted() -> None:
+    from ocycle_dist.remote.redis_client import check_policy
+
+    with pytest.raises(ConfigError) as info:
+        check_policy("allkeys-lru", "20.00M", "redis://:pw@h:6379/0", False)
+    text = str(info.value)
+    assert text.startswith("maxmemory-policy='allkeys-lru' is invalid: expected noeviction: Redis at redis://:***@h")
+    assert "CONFIG SET maxmemory-policy noeviction" in text and "OCYCLE_ALLOW_EVICTION=1" in text and "pw" not in text
+    said = check_policy("allkeys-random", "20.00M", "redis://h/0", True)
+    assert said is not None and "may evict any key" in said and "sent again within seconds, counted" in said
+    said = check_policy("volatile-ttl", "0B", "redis://h/0", False)
+    assert said is not None and "claimed chunks (ocycle:chunk:*), reply lists (ocycle:reply:*)" in said
+    assert "never the queues" in said and "its maxmemory, once set" in said
+    assert check_policy("noeviction", "20.00M", "redis://h/0", False) is None
+    assert check_policy(None, None, "redis://h/0", False) is None  # not known (INFO refused)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False)])
+def test_boolean_settings_read_from_the_environment(raw: str, value: bool) -> None:
+    assert Settings.from_env({"OCYCLE_ALLOW_EVICTION": raw}).allow_eviction is value
+
+
+def test_a_boolean_setting_that_is_no_boolean_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"OCYCLE_ALLOW_EVICTION='maybe' is invalid: expected 1 or 0"):
+        Settings.from_env({"OCYCLE_ALLOW_EVICTION": "maybe"})
+
+
+def test_the_reply_secret_is_never_in_the_settings_repr() -> None:
+    assert "hunter2" not in repr(Settings(reply_secret="hunter2"))  # Celery's `inspect conf` prints it

@@ -75,8 +75,15 @@ def test_stdin_pcm_frames_with_sample_exact_t0s() -> None:
     assert before - 1000 / 8000 - 0.5 <= t0s[0] <= time.time()
     assert t0s[1] - t0s[0] == pytest.approx(0.125) and t0s[2] - t0s[1] == pytest.approx(0.125)
     assert (source.frames, source.samples, source.seconds, source.trailing_bytes) == (3, 2500, 2500 / 8000, 1)
-    assert source.error is None
     assert source.get(0.01) is END  # stays ended
+    assert isinstance(source.error, EOFError)  # the stray byte: streamed what was whole, then said so
+    assert str(source.error).startswith("stdin ended with 1 byte(s) that are not a whole sample frame (S16_LE, 1")
+
+
+def test_stdin_pcm_ending_on_a_whole_sample_frame_is_no_error() -> None:
+    source = StdinPCM("S16_LE", 8000, 2, 1000, stream=io.BytesIO(b"\0\0" * 2 * 2500))
+    assert [len(f) for f, _ in drain(source.start())] == [1000, 1000, 500]
+    assert source.error is None and source.trailing_bytes == 0
 
 
 @pytest.mark.parametrize(
@@ -127,6 +134,24 @@ def test_file_source_in_real_time_takes_the_files_duration(tmp_path: Path) -> No
     got = drain(source.start())
     assert len(got) == 5
     assert time.monotonic() - started >= 0.45  # 0.5 s of audio: the last frame is handed over at its end
+
+
+def test_a_truncated_wav_streams_what_it_holds_then_says_it_is_truncated(tmp_path: Path) -> None:
+    whole = _write(tmp_path / "whole.wav", np.linspace(-0.5, 0.5, 8000), 8000)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: 44 + 2 * 3000 + 1])  # the header, 3000 samples and a half
+    source = FileSource(str(cut), frame=1024)
+    assert "(TRUNCATED: its header declares 8000 samples, the file holds 3000 (6001 of 16000" in source.description
+    got = drain(source.start())
+    assert sum(len(f) for f, _ in got) == 3000
+    np.testing.assert_allclose(np.concatenate([f for f, _ in got]), np.linspace(-0.5, 0.5, 8000)[:3000], atol=1e-4)
+    assert isinstance(source.error, EOFError)
+    assert f"{cut} is truncated: its header declares 8000 samples, the file holds 3000" in str(source.error)
+    assert "the 0.38 s it holds were streamed" in str(source.error)
+    whole_source = FileSource(str(whole))  # the same file whole: no error
+    drain(whole_source.start())
+    assert whole_source.error is None and "TRUNCATED" not in whole_source.description
 
 
 def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:

@@ -32,6 +32,10 @@ def wav(tmp_path: Path) -> str:
         (["-", "--mic"], "source='-' is invalid"),
         (["-", "--consumer", "workers.tasks.spl"], "consumer='workers.tasks.spl' is invalid: expected task:seconds"),
         (["-", "--consumer", "workers.tasks.spl:0"], "seconds='0' is invalid"),
+        (["-", "--consumer", "workers.tasks.spl:1e-9"], "seconds='1e-9' is invalid: expected seconds >= 0.01 (each"),
+        (["-", "-r", "50", "--consumer", "x.t:0.01"], "seconds=0.01 is invalid: expected at least one sample at 50 Hz"),
+        (["-", "--broker", "redis//x"], "broker='redis//x' is invalid: expected a redis://, rediss://, unix:// or"),
+        (["-", "--broker", "redis://:pw@h:port/0"], "broker='<an unparsable URL>' is invalid"),
         (["-", "--consumer", "a:1", "--config", "c.toml"], "config='c.toml' is invalid: expected either --config"),
         (["-", "--config", "/nonexistent/c.toml"], "config='/nonexistent/c.toml' is invalid: expected a readable"),
         (["/nonexistent/a.wav"], "source='/nonexistent/a.wav' is invalid: expected a readable WAV/FLAC file"),
@@ -55,6 +59,15 @@ def test_a_file_at_another_rate_says_how_to_fix_it(wav: str, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "a file sampled at the stream's rate, 8000 Hz (it has 16000)" in err
     assert "--rate 16000 (the workers must then run with OCYCLE_SAMPLE_RATE=16000)" in err
+
+
+def test_a_malformed_broker_url_from_the_environment_is_a_usage_error(
+    wav: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCYCLE_BROKER_URL", "redis//x")
+    assert main(["stream", wav]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "broker='redis//x' is invalid" in err and "not reachable" not in err and "embedded" not in err
 
 
 def test_an_explicit_broker_that_is_not_reachable(wav: str, capsys: pytest.CaptureFixture[str]) -> None:
