@@ -65,6 +65,46 @@ def summary(entries: Iterable[Entry], most: int = 12) -> str:
     return "; ".join(parts) + (f"; and {more} more stream(s)" if more else "")
 
 
+class ResentLog:
+    """Chunks sent again, said in one line per reason: at once, then at most once every :data:`SAY_EVERY` seconds
+    for all since (a worker killed holding 1,749 chunks, or a Redis that evicts them one by one, is a line, not one
+    per chunk). Thread-safe: replies, the server watch and the timed checks requeue from different threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._unsaid: dict[str, list[Entry]] = {}  # reason -> the chunks sent again, not yet said
+        self._said_at: dict[str, float] = {}  # reason -> when it was last said
+
+    def say(self, why: str, again: list[Entry]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            unsaid = self._unsaid.setdefault(why, [])
+            unsaid += again
+            if now - self._said_at.get(why, float("-inf")) < SAY_EVERY:
+                return  # said by a later call, or by the timed checks (due)
+            del self._unsaid[why]
+            self._said_at[why] = now
+        log.warning("%d chunk(s) sent again (%s): %s", len(unsaid), why, summary(unsaid))
+
+    def due(self) -> float:
+        """When what :meth:`say` held back is to be said (inf: nothing held)."""
+        with self._lock:
+            return min((self._said_at.get(why, 0.0) + SAY_EVERY for why in self._unsaid), default=float("inf"))
+
+    def say_the_rest(self, now: float) -> None:
+        """Say what :meth:`say` held back, once its second has passed."""
+        if not self._unsaid:
+            return
+        with self._lock:
+            due = [why for why in self._unsaid if now - self._said_at.get(why, float("-inf")) >= SAY_EVERY]
+            held = [(why, self._unsaid.pop(why)) for why in due]
+            for why in due:
+                self._said_at[why] = now
+        for why, entries in held:
+            log.warning("%d chunk(s) sent again (%s) in the last %g s: %s", len(entries), why, SAY_EVERY,
+                        summary(entries))  # fmt: skip
+
+
 class Recovery:
     """See the module.
 
@@ -99,47 +139,20 @@ class Recovery:
         self._suspects: list[tuple[Entry, str]] = []  # chunks found nowhere after an eviction, with their tag then
         self._suspects_at = 0.0  # when they were looked for
         self.counts = dict.fromkeys(("new_servers", "located", "evictions"), 0)
-        self._said = threading.Lock()
-        self._unsaid: dict[str, list[Entry]] = {}  # reason -> the chunks sent again, not yet said
-        self._said_at: dict[str, float] = {}  # reason -> when it was last said
+        self.said = ResentLog()
 
     # ---- what was lost ----------------------------------------------------------------------------------------
 
     def requeue(self, entries: Iterable[Entry], why: str, *, lost: bool = False, count: str = "recovered") -> None:
         """Queue ``entries`` again, first (a recovery: not an attempt, counted as ``count``; ``lost``: counted as
-        lost), and say so (:meth:`_say`: one line per reason and second)."""
+        lost), and say so (:class:`ResentLog`: one line per reason and second)."""
         again = self.table.requeue(entries)
         if not again:
             return
         for entry in again:
             entry.owner.counts["resent"] += 1
             entry.owner.counts["lost" if lost else count] += 1
-        self._say(why, again)
-
-    def _say(self, why: str, again: list[Entry]) -> None:
-        """One line for chunks sent again for one reason: at once, then at most once every :data:`SAY_EVERY`
-        seconds for all since (a worker killed with 1,749 chunks, or a Redis that evicts them one by one, is a
-        line, not one per chunk)."""
-        now = time.monotonic()
-        with self._said:
-            unsaid = self._unsaid.setdefault(why, [])
-            unsaid += again
-            if now - self._said_at.get(why, float("-inf")) < SAY_EVERY:
-                return  # said by a later call, or by the timed checks (next_check)
-            del self._unsaid[why]
-            self._said_at[why] = now
-        log.warning("%d chunk(s) sent again (%s): %s", len(unsaid), why, summary(unsaid))
-
-    def _say_the_rest(self, now: float) -> None:
-        """Say what :meth:`_say` held back, once its second has passed."""
-        with self._said:
-            due = [why for why in self._unsaid if now - self._said_at.get(why, float("-inf")) >= SAY_EVERY]
-            held = [(why, self._unsaid.pop(why)) for why in due]
-            for why in due:
-                self._said_at[why] = now
-        for why, entries in held:
-            log.warning("%d chunk(s) sent again (%s) in the last %g s: %s", len(entries), why, SAY_EVERY,
-                        summary(entries))  # fmt: skip
+        self.said.say(why, again)
 
     def lose(self, entries: list[Entry], why: str, explain: Callable[[Entry], str] | None = None) -> None:
         """``entries`` were lost with no reason known (``why``): each loss counts against ``max_attempts``; those
@@ -177,7 +190,7 @@ class Recovery:
         """The monotonic time of the next check (inf: nothing is out)."""
         if self._drained_at() < self.adopted_at:
             return time.monotonic() + 0.05  # taken over: their replies first, then look for them
-        unsaid = min((self._said_at.get(why, 0.0) + SAY_EVERY for why in list(self._unsaid)), default=float("inf"))
+        unsaid = self.said.due()
         oldest = self.table.oldest_sent()
         if oldest is None:
             return unsaid
@@ -194,8 +207,7 @@ class Recovery:
         """The leases of the workers holding chunks out for a third of a lease, then the chunks out for longer
         than ``resend_after``."""
         now = time.monotonic()
-        if self._unsaid:
-            self._say_the_rest(now)
+        self.said.say_the_rest(now)
         if self._drained_at() < self.adopted_at:
             return
         oldest = self.table.oldest_sent()
