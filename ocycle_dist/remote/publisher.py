@@ -208,7 +208,7 @@ class Publisher:
                 with self.table.lock:
                     if not self._stopping:
                         self.table.changed.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)  # a promoted master or a restarted Redis is seen within 0.5 s
                 continue
             if not self.broker_up.is_set() and backoff > 0.05:
                 log.warning("Redis reachable again at %s: sending the chunks kept meanwhile", redact(self.url))

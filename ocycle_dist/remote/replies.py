@@ -126,7 +126,7 @@ class ReplyWriter:
                 self.retries += 1
                 _count_retry()
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
             if ReplyWriter._outage_logged:
                 ReplyWriter._outage_logged = False
