@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .lease import read_leases
@@ -145,6 +145,8 @@ class LeaseWatch:
         self._tags: dict[str, set[str]] = {}  # worker -> delivery tags of ours its lease named at the last check
         self._tags_before: dict[str, set[str]] = {}  # ... and at the one before
         self.released: set[str] = set()  # delivery tags of ours held by workers now dead, answered or not
+        self._alive: set[str] = set()  # the lease holders at the last check
+        self.departed: set[str] = set()  # those whose lease was there at the check before and is gone at the last
 
     def forget(self) -> None:
         """Start over (a new server: the old leases are gone with it)."""
@@ -154,6 +156,8 @@ class LeaseWatch:
         self._tags.clear()
         self._tags_before.clear()
         self.released.clear()
+        self._alive.clear()
+        self.departed = set()
 
     def take_released(self) -> set[str]:
         """The delivery tags of ours that workers now dead held (see :meth:`check`), once."""
@@ -179,6 +183,7 @@ class LeaseWatch:
             alive[worker] = held
         named = {task: worker for worker, tasks in alive.items() for task in tasks if task in tag_of}
         self.named = set(named)
+        self.departed, self._alive = self._alive - alive.keys(), set(alive)
         self._remember_tags(named, tag_of, alive)
         now = time.monotonic()
         lost: list[tuple[str, str]] = []
@@ -248,7 +253,7 @@ PAGE = 64  # messages read per call: a queue is looked through in pages, never b
 _scripts: dict[int, Any] = {}
 
 
-def locate(client: Any, queues: dict[str, Iterable[str]]) -> set[str]:
+def locate(client: Any, queues: Mapping[str, Iterable[str]]) -> set[str]:
     """Of the delivery tags wanted per queue, those whose message is still in Redis: waiting in its queue, or
     delivered and not acknowledged (kombu's ``unacked_index``).
 

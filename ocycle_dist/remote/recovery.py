@@ -1,12 +1,13 @@
 """Recovery: the one owner of sending again what a fault lost, per process and broker.
 
-It acts on what :mod:`.liveness` sees: a new server (what it does not hold of the chunks sent goes again), a dead worker
-(what its lease named), keys evicted by Redis (what is found nowhere in Redis any more), a message gone (a chunk
-late by ``resend_after`` and found nowhere in Redis). Each time the lost chunks are queued again ahead of the
-chunks that never went out, in stream order, and it never counts as an attempt: only a chunk lost with no reason
-known (``lost``: late and gone, or its claimed chunk gone when its worker fetched it) counts, and ``max_attempts``
-of those fail it with a DeliveryError that says what happened. A chunk still queued (no worker consumes its queue
-yet) or held by a live worker is never sent twice.
+It acts on what :mod:`.liveness` sees: a new server (what it does not hold of the chunks sent goes again), a dead
+worker (what its lease named, and a message it had taken but not yet recorded: found nowhere, twice), keys evicted
+by Redis (what is found nowhere in Redis any more), a message gone (a chunk late by ``resend_after`` and found
+nowhere in Redis). Each time the lost chunks are queued again ahead of the chunks that never went out, in stream
+order, and it never counts as an attempt: only a chunk lost with no reason known (``lost``: late and gone, or its
+claimed chunk gone when its worker fetched it) counts, and ``max_attempts`` of those fail it with a DeliveryError
+that says what happened. A chunk still queued (no worker consumes its queue yet) or held by a live worker is never
+sent twice.
 
 The timed checks run on the publisher's thread (:meth:`Recovery.check`), only while something is out: the
 leases once a chunk has been out for a third of a lease, Redis's ``evicted_keys`` every :data:`EVICTION_POLL`
@@ -63,6 +64,53 @@ def summary(entries: Iterable[Entry], most: int = 12) -> str:
             break
     more = len(by_stream) - len(parts)
     return "; ".join(parts) + (f"; and {more} more stream(s)" if more else "")
+
+
+def find(client: Any, entries: Iterable[Entry], what: str) -> set[str] | None:
+    """Of the entries' delivery tags, those whose message is still in Redis (:func:`.liveness.locate`); None when
+    Redis could not be asked (logged at DEBUG, naming ``what`` was looked for)."""
+    queues: dict[str, set[str]] = {}
+    for entry in entries:
+        queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
+    try:
+        return locate(client, queues)
+    except Exception as exc:
+        log.debug("looking for %s failed: %s", what, exc)
+        return None
+
+
+def restore_claims(client: Any, entries: list[Entry]) -> int:
+    """Of claimed chunks whose message is still in Redis, store again those whose key was evicted (the message
+    then runs as it is); how many, counted ``evicted``."""
+    if not entries:
+        return 0
+    try:
+        pipe = client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.exists(claim_key(entry.id))
+        missing = [e for e, there in zip(entries, pipe.execute(), strict=True) if not there]
+        if not missing:
+            return 0
+        pipe = client.pipeline(transaction=False)
+        for entry in missing:
+            pipe.set(claim_key(entry.id), claim_value(entry), ex=max(1, int(entry.owner.settings.result_ttl)))
+        pipe.execute()
+    except Exception as exc:  # out of memory, a blip: a worker that finds one gone says so (a loss)
+        log.debug("storing evicted claimed chunks again failed: %s", exc)
+        return 0
+    for entry in missing:
+        entry.owner.counts["evicted"] += 1
+    return len(missing)
+
+
+def explain_late(entry: Entry, url: str) -> str:
+    settings = entry.owner.settings
+    return (
+        f"chunk {entry.meta.stream}#{entry.meta.seq} was sent {entry.sends} times and each time, after"
+        f" {settings.resend_after:g} s without a result, it was neither in queue {settings.queue!r}, nor held by a"
+        f" worker, nor answered (at {redact(url)}): a purge, an evicting Redis, or a worker that takes it"
+        " without replying?"
+    )
 
 
 class ResentLog:
@@ -136,7 +184,8 @@ class Recovery:
         self.adopted_at = float("-inf")  # when chunks of an earlier producer were last taken over
         self._evicted: int | None = None  # evicted_keys at the last read (None: not read on this server yet)
         self._evicted_at = 0.0  # when it was last read
-        self._suspects: list[tuple[Entry, str]] = []  # chunks found nowhere after an eviction, with their tag then
+        # chunks found nowhere after an eviction or a worker's death: (entry, its tag then, why, counted as)
+        self._suspects: list[tuple[Entry, str, str, str]] = []
         self._suspects_at = 0.0  # when they were looked for
         self.counts = dict.fromkeys(("new_servers", "located", "evictions"), 0)
         self.said = ResentLog()
@@ -187,14 +236,8 @@ class Recovery:
         at, self._new_server_at = self._new_server_at, None
         assert at is not None
         out = self.table.sent_before(at)
-        queues: dict[str, set[str]] = {}
-        for entry in out:
-            queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
-        try:
-            found = locate(self.client, queues)  # type: ignore[arg-type]
-        except Exception as exc:  # cannot look: everything goes again (a chunk may run twice, none is lost)
-            log.debug("looking for the chunks on the new server failed: %s", exc)
-            found = set()
+        # cannot look: everything goes again (a chunk may run twice, none is lost)
+        found = find(self.client, out, "the chunks on the new server") or set()
         gone = [e for e in out if e.tag not in found]
         log.warning(
             "Redis at %s is a new server: of the %d unanswered chunks, %d are in it (they run there) and %d are not:"
@@ -243,7 +286,7 @@ class Recovery:
             self._lease_at = now
             self._check_leases()
         if self._suspects and (self._drained_at() > self._suspects_at or now - self._suspects_at >= EVICTION_SETTLE):
-            self._resend_evicted()
+            self._resend_suspects()
         if self._watch_evictions() and now - self._evicted_at >= EVICTION_POLL:
             self._evicted_at = now
             self._check_evictions()
@@ -268,17 +311,13 @@ class Recovery:
         self.counts["evictions"] += 1
         named = self.leases.named if self.leases is not None else set()
         out = [e for e in self.table.sent_before(time.monotonic()) if e.id not in named]
-        queues: dict[str, set[str]] = {}
-        for entry in out:
-            queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
-        try:
-            found = locate(self.client, queues)  # type: ignore[arg-type]
-        except Exception as exc:
-            log.debug("looking for evicted chunks failed: %s", exc)
+        found = find(self.client, out, "evicted chunks")
+        if found is None:
             self._evicted = before  # look again at the next round
             return
-        gone = [(e, e.tag) for e in out if e.tag not in found]
-        claims = self._restore_claims([e for e in out if e.tag in found and e.claimed])
+        why = f"Redis evicted them: maxmemory-policy {self.server.policy if self.server is not None else '?'}"
+        gone = [(e, e.tag, why, "evicted") for e in out if e.tag not in found]
+        claims = restore_claims(self.client, [e for e in out if e.tag in found and e.claimed])
         policy = self.server.policy if self.server is not None else "?"
         (log.warning if self.counts["evictions"] == 1 else log.info)(
             "Redis at %s evicted %d key(s) (maxmemory-policy %s): of the %d chunks out, %d are gone from it (they go"
@@ -293,36 +332,38 @@ class Recovery:
         self._suspects.extend(gone)
         self._suspects_at = time.monotonic()
 
-    def _restore_claims(self, entries: list[Entry]) -> int:
-        """Of claimed chunks whose message is still in Redis, store again those whose key was evicted (the message
-        then runs as it is); how many, counted ``evicted``."""
-        if not entries:
-            return 0
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for entry in entries:
-                pipe.exists(claim_key(entry.id))
-            missing = [e for e, there in zip(entries, pipe.execute(), strict=True) if not there]
-            if not missing:
-                return 0
-            pipe = self.client.pipeline(transaction=False)
-            for entry in missing:
-                pipe.set(claim_key(entry.id), claim_value(entry), ex=max(1, int(entry.owner.settings.result_ttl)))
-            pipe.execute()
-        except Exception as exc:  # out of memory, a blip: a worker that finds one gone says so (a loss)
-            log.debug("storing evicted claimed chunks again failed: %s", exc)
-            return 0
-        for entry in missing:
-            entry.owner.counts["evicted"] += 1
-        return len(missing)
-
-    def _resend_evicted(self) -> None:
-        """The chunks found nowhere after an eviction, still unanswered once the replies of that moment were read:
-        sent again, counted ``evicted``."""
+    def _resend_suspects(self) -> None:
+        """The chunks found nowhere after an eviction or a worker's death, still unanswered once the replies of
+        that moment were read: looked for once more (a live worker records what it takes within milliseconds),
+        those still nowhere and named by no lease sent again."""
         suspects, self._suspects = self._suspects, []
-        gone = [e for e, tag in suspects if e.tag == tag and self.table.get(e.id) is e]
-        policy = self.server.policy if self.server is not None else "?"
-        self.requeue(gone, f"Redis evicted them: maxmemory-policy {policy}", count="evicted")
+        left = [(e, why, count) for e, tag, why, count in suspects if e.tag == tag and self.table.get(e.id) is e]
+        if not left:
+            return
+        found = find(self.client, [e for e, _, _ in left], "suspected chunks")
+        if found is None:  # a blip: look again at the next round
+            self._suspects = [(e, e.tag, why, count) for e, why, count in left]
+            return
+        named = self.leases.named if self.leases is not None else set()
+        by_reason: dict[tuple[str, str], list[Entry]] = {}
+        for entry, why, count in left:
+            if entry.tag not in found and entry.id not in named:
+                by_reason.setdefault((why, count), []).append(entry)
+        for (why, count), entries in by_reason.items():
+            self.requeue(entries, why, count=count)
+
+    def _sweep(self) -> None:
+        """A worker's lease is gone: a message it had taken from its queue but not yet recorded (kombu's BRPOP
+        reply read, its unacknowledged entry not yet written) died with it, named nowhere. Every chunk out that
+        no lease names is looked for; those found nowhere are suspects (see :meth:`_resend_suspects`)."""
+        named = self.leases.named if self.leases is not None else set()
+        out = [e for e in self.table.sent_before(time.monotonic()) if e.id not in named]
+        found = find(self.client, out, "what a dead worker took")
+        if found is None:  # the late check still finds them
+            return
+        why = "taken from the queue by a worker that died before recording it"
+        self._suspects.extend((e, e.tag, why, "recovered") for e in out if e.tag not in found)
+        self._suspects_at = time.monotonic()
 
     def _check_leases(self) -> None:
         assert self.leases is not None
@@ -339,6 +380,8 @@ class Recovery:
             return
         entries = [e for task_id, _ in lost if (e := self.table.get(task_id)) is not None]
         self.requeue(entries, "the worker holding them died (its lease lapsed)")
+        if self.leases.departed:
+            self._sweep()
 
     def _check_late(self, now: float) -> None:
         """Chunks unanswered after ``resend_after`` and named by no lease: looked for in Redis; those still
@@ -347,23 +390,10 @@ class Recovery:
         late = [e for e in self.table.due(now, self._soonest()) if e.id not in named]
         if not late:
             return
-        queues: dict[str, set[str]] = {}
-        for entry in late:
-            queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
-        try:
-            found = locate(self.client, queues)  # type: ignore[arg-type]
-        except Exception as exc:
-            log.debug("looking for late chunks failed: %s", exc)
+        found = find(self.client, late, "late chunks")
+        if found is None:
             return
         self.counts["located"] += 1
         self.table.refresh([e for e in late if e.tag in found], now)  # still in Redis (queued, or held): wait on
-        self.lose([e for e in late if e.tag not in found], "no result, not in Redis any more", self._explain_late)
-
-    def _explain_late(self, entry: Entry) -> str:
-        settings = entry.owner.settings
-        return (
-            f"chunk {entry.meta.stream}#{entry.meta.seq} was sent {entry.sends} times and each time, after"
-            f" {settings.resend_after:g} s without a result, it was neither in queue {settings.queue!r}, nor held by a"
-            f" worker, nor answered (at {redact(self.url)}): a purge, an evicting Redis, or a worker that takes it"
-            " without replying?"
-        )
+        gone = [e for e in late if e.tag not in found]
+        self.lose(gone, "no result, not in Redis any more", lambda e: explain_late(e, self.url))

@@ -150,3 +150,50 @@ def test_a_new_server_gets_again_only_the_chunks_it_does_not_hold(caplog: pytest
     assert all(table.get(e.id) is e for e in held) and not failed
     assert owner.counts["resent"] == 2 and owner.counts["lost"] == 0 and rec.counts["new_servers"] == 1
     assert "of the 5 unanswered chunks, 3 are in it (they run there) and 2 are not" in caplog.text
+
+
+class DeadWorkerLeases:
+    """The lease watch when a worker's lease is gone: it named none of these chunks."""
+
+    def __init__(self) -> None:
+        self.lease = 3.0
+        self.named: set[str] = set()
+        self.departed = {"celery@dead"}
+
+    def check(self, tag_of: Any, task_of: Any) -> list[Any]:
+        return []
+
+    def take_released(self) -> set[str]:
+        return set()
+
+
+def test_a_message_a_dead_worker_took_but_never_recorded_goes_again_once_looked_for_twice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Killed between kombu's BRPOP and its unacked entry, a worker takes a message with it that is named nowhere:
+    when its lease goes, the chunks out that no lease names are looked for; those still nowhere a moment later go
+    again; one a live worker recorded meanwhile does not."""
+    table, owner = Pending(), Owner()
+    taken = sent(table, owner, 3, tag="m1")  # popped by the dead worker
+    recorded = sent(table, owner, 2, tag="m2")  # popped by a live worker, in its unacked entry a moment later
+
+    class Redis(FakeRedis):
+        looks = 0
+
+        def zmscore(self, key: str, members: list[str]) -> list[Any]:
+            self.looks += 1
+            return [1.0 if m == "m2" and self.looks > 1 else None for m in members]
+
+    rec, failed = make(table, Redis())
+    rec.leases = DeadWorkerLeases()  # type: ignore[assignment]
+    rec._check_leases()
+    assert table.take(10, 1 << 30) == []  # suspects: not yet
+    rec._suspects_at -= recovery_module.EVICTION_SETTLE
+    with caplog.at_level(logging.WARNING, logger="ocycle_dist.celery"):
+        rec.check()
+    assert [e.id for e in table.take(10, 1 << 30)] == [e.id for e in taken]
+    assert all(table.get(e.id) is e for e in recorded) and not failed
+    assert owner.counts["resent"] == 3 and owner.counts["lost"] == 0
+    assert "3 chunk(s) sent again (taken from the queue by a worker that died before recording it): s#0-2" in (
+        caplog.text
+    )
