@@ -6,9 +6,8 @@ A chunk sent and not answered can be lost in three ways, each seen here and nowh
 
 - **A new server** (:class:`ServerWatch`): every connection the hub's clients open first reads the server's
   ``run_id``. A Redis restarted empty, or a Sentinel failover, closes every connection, so the first command
-  after it reconnects and sees the new ``run_id``. A Redis restarted empty lost what it held (queued,
-  delivered, replies); a promoted replica holds what was replicated before the kill, so the chunks sent are
-  looked for in it and only those it lacks go again. Nothing is polled: a quiet producer costs nothing.
+  after it reconnects and sees the new ``run_id``: what the old server held (queued, delivered, replies) is
+  gone. Nothing is polled: a quiet producer costs nothing.
 - **A dead worker** (:class:`LeaseWatch`): each worker keeps a short lease naming the chunks it holds
   (:mod:`.lease`); when it lapses, its chunks are lost with it. Read only while a chunk has been out longer
   than a third of the lease (a chunk answered within that never costs a read).

@@ -1,6 +1,6 @@
 """Recovery: the one owner of sending again what a fault lost, per process and broker.
 
-It acts on what :mod:`.liveness` sees: a new server (what it does not hold of the chunks sent goes again), a dead
+It acts on what :mod:`.liveness` sees: a new server (everything sent and unanswered goes again), a dead
 worker (what its lease named, and a message it had taken but not yet recorded: found nowhere, twice), keys evicted
 by Redis (what is found nowhere in Redis any more), a message gone (a chunk late by ``resend_after`` and found
 nowhere in Redis). Each time the lost chunks are queued again ahead of the chunks that never went out, in stream
@@ -189,7 +189,6 @@ class Recovery:
         self._suspects_at = 0.0  # when they were looked for
         self.counts = dict.fromkeys(("new_servers", "located", "evictions"), 0)
         self.said = ResentLog()
-        self._new_server_at: float | None = None  # when a new server was seen, until its chunks are looked for
 
     # ---- what was lost ----------------------------------------------------------------------------------------
 
@@ -220,41 +219,24 @@ class Recovery:
         self.requeue([e for e in entries if e not in failed], why, lost=True)
 
     def new_server(self, run_id: str) -> None:
-        """From :class:`.liveness.ServerWatch`, on the thread that reconnected: a new server. A Redis restarted
-        empty lost what the old one held; a promoted replica holds nearly all of it (replication is asynchronous).
-        So the publisher's next check looks for every chunk sent before now (:meth:`_check_new_server`): what the
-        new server does not hold goes again, first; what it holds runs where it is."""
+        """From :class:`.liveness.ServerWatch`, on the thread that reconnected: a new server lost what the old
+        one held: everything sent and unanswered goes again, first."""
         self.counts["new_servers"] += 1
         self._evicted = None  # a new server counts its evictions from 0
         if self.leases is not None:
             self.leases.forget()
-        with self.table.lock:
-            self._new_server_at = time.monotonic()
-            self.table.changed.notify_all()  # the publisher: check now
-
-    def _check_new_server(self) -> None:
-        at, self._new_server_at = self._new_server_at, None
-        assert at is not None
-        out = self.table.sent_before(at)
-        # cannot look: everything goes again (a chunk may run twice, none is lost)
-        found = find(self.client, out, "the chunks on the new server") or set()
-        gone = [e for e in out if e.tag not in found]
+        entries = self.table.requeue_all_sent()
+        for entry in entries:
+            entry.owner.counts["resent"] += 1
+            entry.owner.counts["recovered"] += 1
         log.warning(
-            "Redis at %s is a new server: of the %d unanswered chunks, %d are in it (they run there) and %d are not:"
-            " sent again, first",
-            redact(self.url),
-            len(out),
-            len(out) - len(gone),
-            len(gone),
+            "Redis at %s is a new server: sending the %d unanswered chunks again, first", redact(self.url), len(entries)
         )
-        self.requeue(gone, "not in the new server")
 
     # ---- the timed checks (on the publisher's thread) ------------------------------------------------------------
 
     def next_check(self) -> float:
         """The monotonic time of the next check (inf: nothing is out)."""
-        if self._new_server_at is not None:
-            return 0.0
         if self._drained_at() < self.adopted_at:
             return time.monotonic() + 0.05  # taken over: their replies first, then look for them
         unsaid = self.said.due()
@@ -275,8 +257,6 @@ class Recovery:
         than ``resend_after``."""
         now = time.monotonic()
         self.said.say_the_rest(now)
-        if self._new_server_at is not None:
-            self._check_new_server()
         if self._drained_at() < self.adopted_at:
             return
         oldest = self.table.oldest_sent()

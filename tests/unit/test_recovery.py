@@ -129,29 +129,6 @@ def test_a_claimed_chunk_gone_is_a_loss_counted_against_max_attempts() -> None:
     assert "was sent 2 times and lost each time (its claimed chunk was gone from Redis" in str(exc)
 
 
-def test_a_new_server_gets_again_only_the_chunks_it_does_not_hold(caplog: pytest.LogCaptureFixture) -> None:
-    """A promoted replica holds what was replicated (queued, delivered): those run where they are; what it lacks
-    (a restarted empty Redis: everything) goes again, first, not counted as an attempt."""
-    table, owner = Pending(), Owner()
-    held = sent(table, owner, 3, tag="m1")  # replicated: in the new server's unacked index
-    lacking = sent(table, owner, 2, tag="m2")  # the last writes before the kill, not replicated
-
-    class Promoted(FakeRedis):
-        def zmscore(self, key: str, members: list[str]) -> list[Any]:
-            return [1.0 if m == "m1" else None for m in members]
-
-    rec, failed = make(table, Promoted())
-    rec.new_server("run2")
-    assert rec.next_check() <= time.monotonic()  # the publisher checks at once
-    with caplog.at_level(logging.WARNING, logger="ocycle_dist.celery"):
-        rec.check()
-    queued = table.take(10, 1 << 30)
-    assert [e.id for e in queued] == [e.id for e in lacking]
-    assert all(table.get(e.id) is e for e in held) and not failed
-    assert owner.counts["resent"] == 2 and owner.counts["lost"] == 0 and rec.counts["new_servers"] == 1
-    assert "of the 5 unanswered chunks, 3 are in it (they run there) and 2 are not" in caplog.text
-
-
 class DeadWorkerLeases:
     """The lease watch when a worker's lease is gone: it named none of these chunks."""
 
