@@ -32,11 +32,20 @@ def reply(
     admin: Any, stream: str, task_id: str, *, result: Any = None, error: list[str] | None = None, secret: str = ""
 ) -> None:
     """What a worker's ReplyBackend pushes when a task ends: sealed with the key of the message's token."""
+    message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
+                   if m["headers"]["id"] == task_id)  # fmt: skip
+    answer(admin, stream, message, result=result, error=error, secret=secret)
+
+
+def answer(
+    admin: Any, stream: str, message: dict[str, Any], *, result: Any = None, error: list[str] | None = None,
+    secret: str = "",
+) -> None:  # fmt: skip
+    """:func:`reply` to a message already read from its queue (an envelope of :func:`queued`)."""
+    task_id = message["headers"]["id"]
     record = (
         {"id": task_id, "ok": True, "result": result} if error is None else {"id": task_id, "ok": False, "error": error}
     )
-    message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
-                   if m["headers"]["id"] == task_id)  # fmt: skip
     reply_to = message["properties"]["reply_to"]
     token = token_of(reply_to)
     assert reply_to == reply_key(token)

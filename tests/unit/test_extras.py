@@ -130,9 +130,11 @@ def test_a_celery_mode_emitter_sends_its_chunks_without_them() -> None:
         "import time\n"
         "import ocycle_dist as ocycle\n"
         "from ocycle_dist.remote.redis_client import connect\n"
+        "from ocycle_dist.remote.settings import Settings\n"
         "from ocycle_dist.testing.embedded import embedded_broker\n"
         "with embedded_broker() as url:\n"
-        "    b = ocycle.BufferEmit('workers.tasks.echo', 4, clip=True, mode='celery', broker=url, queue='q')\n"
+        "    s = Settings(broker_url=url, queue='q', socket_timeout=1.0)\n"  # the listener polls every 0.5 s
+        "    b = ocycle.BufferEmit('workers.tasks.echo', 4, clip=True, mode='celery', settings=s)\n"
         "    b.write(b'abcdefghij')\n"
         "    client, deadline = connect(url), time.monotonic() + 30\n"
         "    while not client.llen('q') and time.monotonic() < deadline:\n"

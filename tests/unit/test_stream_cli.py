@@ -155,6 +155,13 @@ class Frames(Source):
         return self
 
 
+def quick_exit(url: str) -> Settings:
+    """Settings whose result listener polls every 0.5 s: the chunks left after the drain keep the listener of
+    their process waiting for their results (as a producer does while it lives), and the test's broker waits
+    for that poll before it stops. What is tested is the exit code, not the default timeouts."""
+    return Settings(broker_url=url, socket_timeout=1.0)
+
+
 @pytest.mark.parametrize(
     ("error", "code", "reason"),
     [
@@ -166,7 +173,7 @@ def test_the_exit_code_says_how_it_ended(error: BaseException | None, code: int,
     lines: list[str] = []
     consumer = Consumer("spl", "workers.tasks.spl", 0.5, "nobody")
     with embedded_broker() as url:  # no worker: every chunk is left after the drain
-        outcome = run(Frames(12, error), [consumer], Settings(broker_url=url), drain_timeout=0.2, progress=0,
+        outcome = run(Frames(12, error), [consumer], quick_exit(url), drain_timeout=0.2, progress=0,
                       err=lines.append, out=lines.append)  # fmt: skip
     assert (outcome.code, outcome.reason, outcome.left) == (code, reason, {"spl": 2})  # 12000 samples: 1 + partial
     assert f"{reason} after 0.8 s of audio: flushing and draining (up to 0.2 s)" in lines
