@@ -103,7 +103,7 @@ class Rig:
         self.redis.start()
         env = {"OCYCLE_ARCHIVE_DIR": str(self.tmp / "archive"), "OCYCLE_SAMPLE_RATE": str(RATE)}
         self.workers = [Worker(self.redis.url, name=f"w{i}", queues=f"idle-w{i}", env=env, loglevel="WARNING",
-                               include=("bench.onechunk_tasks",), log=self.tmp / f"w{i}.log", cwd=ROOT)
+                               include=("bench.onechunk_tasks", "bench.tasks"), log=self.tmp / f"w{i}.log", cwd=ROOT)
                         for i in range(4)]  # fmt: skip
         for w in self.workers:
             w.start(wait=False)
@@ -168,7 +168,7 @@ def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeo
     when the first result comes."""
     names = names or [w.name for w in rig.workers[:nodes]]
     pgids = [w.proc.pid for w in rig.workers if w.name in names and w.proc is not None and w.proc.pid is not None]
-    wakers = [ocycle_dist.BufferEmit("workers.tasks.echo", 1, mode="celery", stream=f"wake-{uuid.uuid4().hex}",
+    wakers = [ocycle_dist.BufferEmit("bench.echo", 1, mode="celery", stream=f"wake-{uuid.uuid4().hex}",
                                      settings=Settings(broker_url=rig.redis.url, queue=f"idle-{name}"))
               for name in names]  # fmt: skip
     for name, waker in zip(names, wakers, strict=True):

@@ -109,7 +109,7 @@ def topology(redis_server_required: None) -> Iterator[Any]:
     env = {"OCYCLE_ARCHIVE_DIR": archive, "OCYCLE_ARCHIVE_RECIPIENTS": public}
     groups = {"worker": 2, "worker-model": 1}  # the compose file's services, as processes
     with Topology(
-        0, groups=groups, concurrency=2, password="test-pw", include=("tests.contract_tasks",), env=env
+        0, groups=groups, concurrency=2, password="test-pw", include=("tests.support.tasks",), env=env
     ) as topo:
         topo.archive_dir = archive
         topo.archive_identity = identity
@@ -128,7 +128,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     import subprocess
 
     from ocycle_dist.remote import spool
-    from tests.helpers import footprint
+    from tests.support.helpers import footprint
 
     directory = tmp_path / "small"
     directory.mkdir()

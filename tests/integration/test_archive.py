@@ -28,7 +28,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.archive.keys import ensure_identity
 from ocycle_dist.archive.names import format_time, is_temporary, parse, to_us
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from workers.audio import _to_pcm16
 
 REPO = Path(__file__).resolve().parents[2]

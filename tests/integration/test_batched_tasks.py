@@ -25,7 +25,7 @@ from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import owned, wait_for
+from tests.support.helpers import owned, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 TASK = "contract.batch_reverse"
@@ -81,7 +81,7 @@ def test_a_backlog_of_a_batched_task_runs_in_calls_of_whole_batch_messages(stack
     executor = emitter.executor
     assert executor is not None
     wait_for(lambda: executor.counts["published"] == n, 10, "the backlog published")
-    worker = Worker(redis.url, name="batched", include=("tests.contract_tasks",))
+    worker = Worker(redis.url, name="batched", include=("tests.support.tasks",))
     stack.callback(worker.stop)
     worker.start()
     assert emitter.close(timeout=60) == 0
@@ -93,7 +93,7 @@ def test_a_backlog_of_a_batched_task_runs_in_calls_of_whole_batch_messages(stack
 
 def test_a_stock_worker_runs_a_batched_task_one_chunk_at_a_time(stack: ExitStack) -> None:
     redis = stack.enter_context(RedisServer())
-    worker = Worker(redis.url, name="stock", app="tests.stock_app")
+    worker = Worker(redis.url, name="stock", app="tests.support.stock_app")
     stack.callback(worker.stop)
     worker.start()
     got, stream, n = Outcomes(), f"st-{uuid.uuid4().hex[:6]}", 30

@@ -31,7 +31,7 @@ from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import owned, wait_for
+from tests.support.helpers import owned, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
@@ -43,7 +43,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 def start_worker(stack: ExitStack, url: str, name: str, **options: Any) -> Worker:
-    options.setdefault("include", ("tests.contract_tasks",))
+    options.setdefault("include", ("tests.support.tasks",))
     w = Worker(url, name=name, **options)
     stack.callback(w.stop)
     return w.start()
@@ -172,7 +172,7 @@ def test_a_worker_killed_whole_mid_batch_costs_no_chunk_and_on_done_runs_once_ea
 
 def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack) -> None:
     redis = stack.enter_context(RedisServer())
-    start_worker(stack, redis.url, "stock", app="tests.stock_app", include=())
+    start_worker(stack, redis.url, "stock", app="tests.support.stock_app", include=())
     got = Outcomes()
     off = Settings(broker_url=redis.url, batch_max_chunks=0)  # how to feed workers without the batch task
     emitter = ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery", settings=off,
@@ -199,7 +199,7 @@ def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack
     wait_for(lambda: executor.counts["published"] == 10, 10, "the backlog published")
     assert executor.counts["batched"] >= 2
     started = time.monotonic()
-    start_worker(stack, redis.url, "stock-held", app="tests.stock_app", include=(), queues="held")
+    start_worker(stack, redis.url, "stock-held", app="tests.support.stock_app", include=(), queues="held")
     assert backlog.close(timeout=30) == 0
     assert time.monotonic() - started < 20
     assert [got.results[backlog.stream, i] for i in range(10)] == [(b"%04d" % i)[::-1] for i in range(10)]

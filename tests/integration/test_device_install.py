@@ -8,7 +8,7 @@ usual configuration: the packages come from its cache or index as for ``make tes
 for want of network: an install that fails fails the test.
 
 The same stream runs again in the test virtualenv with celery, kombu and the model's packages blocked
-(:mod:`tests.blocked`): nothing the producer does, to the last result, even tries to import them.
+(:mod:`tests.support.blocked`): nothing the producer does, to the last result, even tries to import them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import soundfile as sf
 from ocycle_dist.archive.names import parse
 from ocycle_dist.demo import synthetic
 from ocycle_dist.testing import free_port
-from tests.blocked import blocked_python, tried
+from tests.support.blocked import blocked_python, tried
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 16000

@@ -31,7 +31,7 @@ from ocycle_dist.remote.protocol import DEAD_KEY, DEAD_TTL, mac_key, reply_key, 
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker, free_port
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def server(stack: ExitStack, *args: str) -> RedisServer:
 
 
 def worker(stack: ExitStack, url: str, name: str = "h0") -> Worker:
-    w = Worker(url, name=name, include=("tests.contract_tasks",))
+    w = Worker(url, name=name, include=("tests.support.tasks",))
     stack.callback(w.stop)
     return w.start()
 
@@ -406,7 +406,7 @@ def test_junk_is_counted_by_kind_in_the_worker_metrics_when_a_metrics_port_is_se
 
     redis = server(stack)
     port = free_port()
-    w = Worker(redis.url, name="m0", include=("tests.contract_tasks",), env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
+    w = Worker(redis.url, name="m0", include=("tests.support.tasks",), env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
     stack.callback(w.stop)
     w.start()
     admin = connect(redis.url)
@@ -424,7 +424,7 @@ SECRET = "a-deployment-secret"
 
 
 def sealed_worker(stack: ExitStack, url: str, name: str = "s0") -> Worker:
-    w = Worker(url, name=name, include=("tests.contract_tasks",), env={"OCYCLE_REPLY_SECRET": SECRET})
+    w = Worker(url, name=name, include=("tests.support.tasks",), env={"OCYCLE_REPLY_SECRET": SECRET})
     stack.callback(w.stop)
     return w.start()
 

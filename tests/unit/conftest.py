@@ -12,7 +12,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing.embedded import embedded_broker
-from tests.unit.dist_helpers import Collector
+from tests.support.dist_helpers import Collector
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
     ) -> tuple[ocycle.BufferEmit, Collector]:
         collector = Collector()
         emitter = ocycle.BufferEmit(
-            "workers.tasks.echo",
+            "tests.echo",
             size,
             clip=clip,
             mode="celery",

@@ -26,12 +26,12 @@ from ocycle_dist.remote.publisher import groups, publish
 from ocycle_dist.remote.replies import ReplyWriter
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import ChunkTask, make_app
-from tests.helpers import owned
+from tests.support.helpers import owned
 
 TOKEN = "unittoken0001"
 
 
-def entry(value: Any, *, task: str = "workers.tasks.echo", stream: str = "s", seq: int = 0) -> Entry:
+def entry(value: Any, *, task: str = "tests.echo", stream: str = "s", seq: int = 0) -> Entry:
     return Entry(str(uuid.uuid4()), task, Chunk(stream, seq, 10.0 + seq, 4, 4 * seq), wire.dumps(value))
 
 
@@ -99,7 +99,7 @@ def test_a_batch_message_carries_each_chunk_with_its_id_task_t0_meta_and_expiry(
     assert props["delivery_tag"] == entries[0].tag == entries[2].tag  # one message, one tag
     (items,), kwargs, _ = body
     assert kwargs == {}
-    assert items[0] == [entries[0].id, "workers.tasks.echo", b"abcd", 10.0, entries[0].meta._asdict(), None]
+    assert items[0] == [entries[0].id, "tests.echo", b"abcd", 10.0, entries[0].meta._asdict(), None]
     assert items[1][2] == wire.Claim(claim_key(entries[1].id))  # large: by claim check
     assert admin.get(claim_key(entries[1].id)) == entries[1].chunk
     assert items[2][5] == 1234.5
@@ -128,7 +128,7 @@ def test_a_lone_chunk_goes_as_a_plain_task_message(admin: Any) -> None:
     one = entry(b"abcd")
     publish(admin, owned([one], Settings(), TOKEN))
     ((envelope, body),) = popped(admin)
-    assert envelope["headers"]["task"] == "workers.tasks.echo" and envelope["headers"]["id"] == one.id
+    assert envelope["headers"]["task"] == "tests.echo" and envelope["headers"]["id"] == one.id
     assert envelope["properties"]["reply_to"] == reply_key(TOKEN)
     assert body[0] == [b"abcd", 10.0]
 

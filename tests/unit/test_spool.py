@@ -14,8 +14,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.errors import ConfigError, SpoolError
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.settings import Settings
-from tests.helpers import footprint, wait_for
-from tests.unit.dist_helpers import (
+from tests.support.dist_helpers import (
     answer,
     assert_accounted,
     queued,
@@ -24,6 +23,7 @@ from tests.unit.dist_helpers import (
     spool_rows,
     warnings_of,
 )
+from tests.support.helpers import footprint, wait_for
 
 
 def test_a_cancelled_chunk_leaves_the_spool(make: Any, admin: Any, tmp_path: Path) -> None:

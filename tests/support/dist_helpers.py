@@ -14,7 +14,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.protocol import mac_key, reply_key, seal, token_of
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def decode(raw: bytes) -> tuple[dict[str, Any], Any]:
