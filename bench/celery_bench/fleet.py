@@ -34,7 +34,7 @@ from celery import Celery
 
 import ocycle_dist
 from bench._report import Verdicts, fmt, table
-from ocycle_dist.demo import CONSUMERS, synthetic
+from ocycle_dist.app.demo import CONSUMERS, synthetic
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.settings import Settings
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from ocycle_dist import demo
+from ocycle_dist.app import demo
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import free_port
 from workers import vad
@@ -55,7 +55,7 @@ def test_demo_command_without_a_broker_runs_embedded_and_two_runs_keep_both_runs
     runs = []
     for _ in range(2):
         proc = subprocess.run(
-            [sys.executable, "-m", "ocycle_dist.cli", "demo", "--seconds", "2"],
+            [sys.executable, "-m", "ocycle_dist.app.cli", "demo", "--seconds", "2"],
             env=env,
             capture_output=True,
             text=True,
@@ -84,14 +84,14 @@ def test_demo_command_without_a_broker_runs_embedded_and_two_runs_keep_both_runs
 
 
 def test_demo_with_an_unreachable_explicit_broker_says_so() -> None:
-    from ocycle_dist.demo import main_demo
+    from ocycle_dist.app.demo import main_demo
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     assert main_demo(url, 1.0, None, False) == 2
 
 
 def test_status_reports_queue_replies_and_workers(topology: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from ocycle_dist.cli import main
+    from ocycle_dist.app.cli import main
 
     assert main(["status", "--broker", topology.url]) == 0
     out = capsys.readouterr().out

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ocycle_dist.app.demo import synthetic
 from ocycle_dist.archive.names import parse
-from ocycle_dist.demo import synthetic
 from ocycle_dist.testing import free_port
 from tests.support.blocked import blocked_python, tried
 
@@ -123,7 +123,7 @@ def test_a_device_install_says_what_the_embedded_broker_needs(device_venv: Path,
 
 def test_a_producer_with_the_workers_packages_blocked_streams_every_chunk(topology: Any, twelve_seconds: Path) -> None:
     args = ["stream", str(twelve_seconds), "--broker", topology.url, "--id", "t-blocked", "--progress", "0", "-q"]
-    proc = blocked_python(f"import sys\nfrom ocycle_dist.cli import main\nsys.exit(main({args!r}))")
+    proc = blocked_python(f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main({args!r}))")
     assert proc.returncode == 0, proc.stderr
     for line in SUMMARY:
         assert line in proc.stderr

@@ -154,7 +154,7 @@ def test_a_wrong_password_a_bad_db_and_tls_to_a_plain_server_fail_at_constructio
 
 
 def test_status_and_delivery_errors_never_show_the_password(stack: ExitStack, capsys: Any) -> None:
-    from ocycle_dist.cli import main
+    from ocycle_dist.app.cli import main
 
     redis = server(stack)
     assert main(["status", "--broker", redis.url]) == 0
@@ -387,7 +387,7 @@ def test_junk_in_the_unacknowledged_deliveries_is_refused_when_kombu_restores_th
 
 
 def test_ocycle_dist_status_sums_up_the_refused_messages(stack: ExitStack, capsys: Any) -> None:
-    from ocycle_dist.cli import status
+    from ocycle_dist.app.cli import status
 
     redis = server(stack)
     worker(stack, redis.url)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist import cli
+from ocycle_dist.app import cli
 from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ocycle_dist.demo import synthetic
+from ocycle_dist.app.demo import synthetic
 from ocycle_dist.testing import free_port
 from ocycle_dist.testing.audio_device import JackDummy, available
 from tests.support.helpers import wait_for
@@ -36,7 +36,7 @@ class Stream:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ocycle_dist.cli", "stream", *args],
+            [sys.executable, "-m", "ocycle_dist.app.cli", "stream", *args],
             cwd=REPO,
             env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,

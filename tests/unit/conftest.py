@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
+from ocycle_dist.app.embedded import embedded_broker
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.testing.embedded import embedded_broker
 from tests.support.dist_helpers import Collector
 
 

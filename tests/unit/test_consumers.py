@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ocycle_dist import demo
-from ocycle_dist.consumers import Consumer, default_consumers, load_config, parse_consumer, unique_names
+from ocycle_dist.app import demo
+from ocycle_dist.app.consumers import Consumer, default_consumers, load_config, parse_consumer, unique_names
 from ocycle_dist.errors import ConfigError
 
 

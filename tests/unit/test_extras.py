@@ -26,10 +26,10 @@ import soundfile as sf
 from packaging.requirements import Requirement
 
 import ocycle_dist
-from ocycle_dist import cli
+from ocycle_dist.app import cli
+from ocycle_dist.app.sources import FileSource
 from ocycle_dist.errors import ConfigError
 from ocycle_dist.extras import EXTRA_OF, install_hint, missing
-from ocycle_dist.sources import FileSource
 from ocycle_dist.testing import free_port
 from tests.support.blocked import blocked_python, tried
 
@@ -106,10 +106,10 @@ def producer_modules() -> list[str]:
 def test_no_producer_module_needs_celery_kombu_or_the_model() -> None:
     modules = producer_modules()
     assert {
-        "ocycle_dist.cli",
-        "ocycle_dist.stream",
+        "ocycle_dist.app.cli",
+        "ocycle_dist.app.stream",
         "ocycle_dist.remote.executor",
-        "ocycle_dist.testing.embedded",
+        "ocycle_dist.app.embedded",
     } <= set(modules)
     proc = blocked_python(f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('ok')")
     assert proc.returncode == 0, proc.stderr
@@ -131,7 +131,7 @@ def test_a_celery_mode_emitter_sends_its_chunks_without_them() -> None:
         "import ocycle_dist as ocycle\n"
         "from ocycle_dist.remote.redis_client import connect\n"
         "from ocycle_dist.remote.settings import Settings\n"
-        "from ocycle_dist.testing.embedded import embedded_broker\n"
+        "from ocycle_dist.app.embedded import embedded_broker\n"
         "with embedded_broker() as url:\n"
         "    s = Settings(broker_url=url, queue='q', socket_timeout=1.0)\n"  # the listener polls every 0.5 s
         "    b = ocycle.BufferEmit('tests.echo', 4, clip=True, mode='celery', settings=s)\n"
@@ -154,7 +154,7 @@ def test_stream_without_a_broker_says_the_embedded_one_needs_the_worker_extra(tm
     sf.write(path, np.zeros(1600), 16000)
     env = {"OCYCLE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing there: the embedded one is asked for
     proc = blocked_python(
-        f"import sys\nfrom ocycle_dist.cli import main\nsys.exit(main(['stream', {str(path)!r}]))", env=env
+        f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main(['stream', {str(path)!r}]))", env=env
     )
     assert proc.returncode == 2, proc.stderr
     assert "no embedded one can start here:\n  its worker needs celery, kombu (pip install 'ocycle-dist[worker]')" in (
@@ -174,7 +174,7 @@ def test_stream_without_a_broker_says_the_embedded_one_needs_the_worker_extra(tm
 def test_the_commands_that_need_celery_say_what_to_install(command: str, message: str) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     proc = blocked_python(
-        f"import sys\nfrom ocycle_dist.cli import main\nsys.exit(main([{command!r}, '--broker', {url!r}]))"
+        f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main([{command!r}, '--broker', {url!r}]))"
     )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr.splitlines()

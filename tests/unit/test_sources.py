@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ocycle_dist.app.sources import END, FileSource, Microphone, Source, StdinPCM, decode_pcm
 from ocycle_dist.errors import ConfigError
-from ocycle_dist.sources import END, FileSource, Microphone, Source, StdinPCM, decode_pcm
 from tests.support.helpers import wait_for
 
 

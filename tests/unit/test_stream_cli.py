@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ocycle_dist.cli import main
-from ocycle_dist.consumers import Consumer
+from ocycle_dist.app.cli import main
+from ocycle_dist.app.consumers import Consumer
+from ocycle_dist.app.embedded import embedded_broker
+from ocycle_dist.app.sources import Source
+from ocycle_dist.app.stream import EXIT_CODES, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Stopper, redact, run
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.sources import Source
-from ocycle_dist.stream import EXIT_CODES, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Stopper, redact, run
 from ocycle_dist.testing import free_port
-from ocycle_dist.testing.embedded import embedded_broker
 
 
 @pytest.fixture

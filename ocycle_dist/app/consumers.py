@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .inflight import POLICIES
+from ..errors import ConfigError
+from ..inflight import POLICIES
 
 FIELDS = ("task", "seconds", "queue", "policy", "expires", "name")
 SPEC = "task:seconds[:queue[:policy[:expires]]]"

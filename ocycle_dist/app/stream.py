@@ -1,8 +1,8 @@
 """``ocycle-dist stream``: the producer a device runs. A source, a ``Tap`` of consumers, each chunk a Celery task.
 
-The source (:mod:`ocycle_dist.sources`: raw PCM on stdin, a sound file, a microphone) is read on its own
+The source (:mod:`ocycle_dist.app.sources`: raw PCM on stdin, a sound file, a microphone) is read on its own
 thread; this module's writer takes its frames and writes them to one ``NumpyEmit`` per consumer
-(:mod:`ocycle_dist.consumers`), in the celery mode. A live source (stdin, microphone, a file with
+(:mod:`ocycle_dist.app.consumers`), in the celery mode. A live source (stdin, microphone, a file with
 ``--realtime``) never waits for the workers: each consumer's policy acts when its backlog is full. A file
 replayed as fast as possible waits instead until every consumer has fewer than ``--max-inflight`` chunks in
 flight, so it goes as fast as the workers take it.
@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from .chunk import Chunk
+from ..chunk import Chunk
+from ..emit import NumpyEmit
+from ..errors import ConfigError
+from ..remote.settings import Settings
+from ..stats import Stats
+from ..tap import Tap
 from .consumers import SPEC, Consumer, default_consumers, load_config, parse_consumer, unique_names
-from .emit import NumpyEmit
-from .errors import ConfigError
 from .metrics import serve_address
-from .remote.settings import Settings
 from .sources import END, PCM_FORMATS, FileSource, Microphone, Source, StdinPCM
-from .stats import Stats
-from .tap import Tap
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
@@ -411,9 +411,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def main_stream(args: argparse.Namespace) -> int:
     """The ``ocycle-dist stream`` command; returns its exit code."""
-    from .archive.keys import embedded_archive_env
-    from .remote.redis_client import check_url, reachable
-    from .testing.embedded import embedded, lacks
+    from ..archive.keys import embedded_archive_env
+    from ..remote.redis_client import check_url, reachable
+    from .embedded import embedded, lacks
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 END = object()  # what get() returns once the source is exhausted, stopped or failed
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .chunk import Chunk
-from .emit import NumpyEmit
+from ..chunk import Chunk
+from ..emit import NumpyEmit
+from ..remote.settings import Settings
+from ..tap import Tap
 from .metrics import serve_address
-from .remote.settings import Settings
-from .tap import Tap
 
 CONSUMERS = (  # (stream, task, seconds per chunk, queue)
     ("spl", "workers.tasks.spl", 0.5, "spl"),
@@ -179,9 +179,9 @@ def main_demo(
     """The ``ocycle-dist demo`` command: a real broker when given or reachable, else an embedded one."""
     import workers
 
-    from .archive.keys import embedded_archive_env
-    from .remote.redis_client import check_url, reachable, redact
-    from .testing.embedded import embedded, lacks
+    from ..archive.keys import embedded_archive_env
+    from ..remote.redis_client import check_url, reachable, redact
+    from .embedded import embedded, lacks
 
     rate = workers.settings.sample_rate
     url = broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
