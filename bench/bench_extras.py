@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from ocycle_dist.app.demo import synthetic  # noqa: E402
+from ocycle_dist.app.sources import synthetic  # noqa: E402
 from ocycle_dist.testing import RedisServer, Worker  # noqa: E402
 
 RATE = 16000

@@ -25,7 +25,7 @@ def status(broker: str | None, queues: list[str] | None = None) -> int:
     from ..remote.redis_client import connect, redact
     from ..remote.settings import Settings
     from ..remote.worker import make_app
-    from .demo import QUEUES
+    from .consumers import QUEUES
 
     settings = Settings.from_env(broker_url=broker)
     client = connect(settings.broker_url, socket_timeout=3.0, master_name=settings.sentinel_master)

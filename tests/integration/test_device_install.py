@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ocycle_dist.app.demo import synthetic
+from ocycle_dist.app.sources import synthetic
 from ocycle_dist.archive.names import parse
 from ocycle_dist.testing import free_port
 from tests.support.blocked import blocked_python, tried

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ocycle_dist.app.demo import synthetic
+from ocycle_dist.app.sources import synthetic
 from ocycle_dist.testing import free_port
 from ocycle_dist.testing.audio_device import JackDummy, available
 from tests.support.helpers import wait_for

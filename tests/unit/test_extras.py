@@ -164,21 +164,25 @@ def test_stream_without_a_broker_says_the_embedded_one_needs_the_worker_extra(tm
     assert "starting an embedded" not in proc.stderr
 
 
-@pytest.mark.parametrize(
-    ("command", "message"),
-    [
-        ("demo", "ocycle-dist demo: celery is not installed: pip install 'ocycle-dist[demo]'"),
-        ("status", "ocycle-dist status: celery is not installed: pip install 'ocycle-dist[worker]'"),
-    ],
-)
-def test_the_commands_that_need_celery_say_what_to_install(command: str, message: str) -> None:
+def test_the_commands_that_need_celery_say_what_to_install() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    proc = blocked_python(
-        f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main([{command!r}, '--broker', {url!r}]))"
-    )
+    code = f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main(['status', '--broker', {url!r}]))"
+    proc = blocked_python(code)
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr.splitlines()
+    assert "ocycle-dist status: celery is not installed: pip install 'ocycle-dist[worker]'" in proc.stderr.splitlines()
     assert "Traceback" not in proc.stderr
+
+
+def test_the_demo_is_a_producer_too_it_needs_them_only_for_an_embedded_worker() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    demo = "import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main(['demo', '--seconds', '1'{}]))"
+    given = blocked_python(demo.format(f", '--broker', {url!r}"))
+    assert given.returncode == 2, given.stderr
+    assert f"ocycle-dist demo: broker {url} is not reachable" in given.stderr.splitlines()
+    assert "Traceback" not in given.stderr and tried(given) == []
+    embedded = blocked_python(demo.format(""), env={"OCYCLE_BROKER_URL": url})
+    assert embedded.returncode == 2, embedded.stderr
+    assert "its worker needs celery, kombu (pip install 'ocycle-dist[worker]')" in embedded.stderr
 
 
 def test_a_module_no_extra_brings_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
