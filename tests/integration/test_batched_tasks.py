@@ -17,7 +17,7 @@ from celery.app.task import Context
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
-from ocycle_dist.remote import batch, wire
+from ocycle_dist.remote import drain, wire
 from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import publish
@@ -133,7 +133,7 @@ def test_a_drain_runs_the_taken_chunks_of_a_batched_task_in_one_call(stack: Exit
     )  # a message each: a fleet
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
-    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 40
+    assert drain.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 40
     # takes of 16 messages: 13, 13 and 6 of them name the batched task, each take's in one call
     assert [len(c) for c in calls["batched"]] == [13, 13, 6], calls
     assert [len(c) for c in calls["plain"]] == [1] * 8

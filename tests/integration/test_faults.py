@@ -341,7 +341,7 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
 
 def test_a_worker_survives_redis_killed_under_its_task(cluster: Any, emitters: Any) -> None:
     """Celery 5.7 + kombu 5.7 killed this worker: "Unrecoverable error: AttributeError 'NoneType' object has no
-    attribute 'hostname'" (see ocycle_dist.remote.worker._ClosingChannel). The conditions, made certain here:
+    attribute 'hostname'" (see ocycle_dist.remote.transport._ClosingChannel). The conditions, made certain here:
     the worker holds an unacknowledged late-ack task (running) and has prefetch room left, so its channel
     has a BRPOP pending when Redis is SIGKILLed."""
     c = cluster(1)

@@ -19,7 +19,7 @@ app.conf.update(
     result_serializer=wire.SERIALIZER,
     accept_content=[wire.SERIALIZER],
     result_accept_content=[wire.SERIALIZER],
-    result_backend="ocycle_dist.remote.worker:ReplyBackend",
+    result_backend="ocycle_dist.remote.backend:ReplyBackend",
     broker_connection_retry_on_startup=True,
 )
 

@@ -56,9 +56,9 @@ def fail_on_b(value: bytes, t0: float) -> bytes:
 
 
 def _redis() -> Any:
-    from ocycle_dist.remote.worker import _client
+    from ocycle_dist.remote.runner import broker_client
 
-    return _client(app.conf.broker_url)
+    return broker_client(app)
 
 
 @app.task(name="contract.slow_echo", bind=True)

@@ -19,11 +19,12 @@ from celery import current_task
 
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.batch import envelope_of, run_items
+from ocycle_dist.remote.envelope import envelope_of
 from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import groups, publish
 from ocycle_dist.remote.replies import ReplyWriter
+from ocycle_dist.remote.runner import run_items
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import ChunkTask, make_app
 from tests.support.helpers import owned

