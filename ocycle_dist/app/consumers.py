@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..checks import queue_name
 from ..errors import ConfigError
 from ..inflight import POLICIES
 
@@ -95,10 +96,7 @@ def make_consumer(
         raise ConfigError("task", task, "a task name such as workers.tasks.spl")
     secs = _seconds("seconds", seconds, least=MIN_SECONDS)
     assert secs is not None
-    if queue in ("", None):
-        queue = None
-    elif not isinstance(queue, str) or any(c.isspace() for c in queue) or len(queue) > 200:
-        raise ConfigError("queue", queue, "a queue name (no spaces, at most 200 characters), or empty")
+    queue = None if queue in ("", None) else queue_name(queue)
     if policy in ("", None):
         policy = None
     elif policy not in POLICIES:
