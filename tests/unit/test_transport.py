@@ -1,10 +1,5 @@
-"""Unit tests of the distributed path's own logic, on fakeredis: no redis-server, no celery worker.
-
-``embedded_broker()`` serves fakeredis over TCP on a loopback port, so the executor's own clients (the
-publisher's, the listener's) talk to it as to a Redis. A worker's reply is simulated by RPUSHing
-``wire.dumps({"id": task_id, "ok": True, "result": ...})`` to ``ocycle:reply:<stream>``, the task id
-taken from the message the producer LPUSHed.
-"""
+"""The worker's repaired transport (remote/transport.py): the app uses it for every broker URL scheme, and a
+channel whose connection was closed raises a connection error that Celery handles."""
 
 from __future__ import annotations
 
