@@ -15,6 +15,17 @@ from ocycle_dist.remote.settings import Settings
 from tests.support.dist_helpers import Collector
 
 
+@pytest.fixture(autouse=True)
+def wire_limits() -> Iterator[None]:
+    """Each test starts from the process's decoding limits as they were: a worker app a test makes
+    (``make_app``) sets them from its ``max_chunk_bytes`` for the whole process."""
+    from ocycle_dist.remote import wire
+
+    limits = wire.MAX_BYTES, wire.MAX_CONTAINERS
+    yield
+    wire.MAX_BYTES, wire.MAX_CONTAINERS = limits
+
+
 @pytest.fixture
 def broker() -> Iterator[str]:
     with embedded_broker() as url:
