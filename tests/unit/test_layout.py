@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,9 @@ def imports(path: Path, *, lazy: bool) -> set[str]:
     return {m for m in found if m in modules and m != here}
 
 
+@functools.cache
 def graph(*, lazy: bool) -> dict[str, set[str]]:
+    """Each module of the package -> the modules of the package it imports (read once per run)."""
     return {module_name(p): imports(p, lazy=lazy) for p in PACKAGE.rglob("*.py")}
 
 
