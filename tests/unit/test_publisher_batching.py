@@ -4,42 +4,24 @@ what a batch message carries. The worker's side: test_runner.py; real processes:
 
 from __future__ import annotations
 
-import base64
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 
-from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import BATCH_HEADER, BATCH_TASK, claim_key, reply_key
 from ocycle_dist.remote.publisher import groups, publish
 from ocycle_dist.remote.settings import Settings
+from tests.support.dist_helpers import TOKEN, entry, popped
 from tests.support.helpers import owned
-
-TOKEN = "unittoken0001"
-
-
-def entry(value: Any, *, task: str = "tests.echo", stream: str = "s", seq: int = 0) -> Entry:
-    return Entry(str(uuid.uuid4()), task, Chunk(stream, seq, 10.0 + seq, 4, 4 * seq), wire.dumps(value))
 
 
 @pytest.fixture
 def admin() -> Iterator[Any]:
     yield fakeredis.FakeRedis()
-
-
-def popped(admin: Any, queue: str = "celery") -> list[tuple[dict[str, Any], Any]]:
-    """The messages on ``queue`` in the order a worker pops them: (envelope, decoded body)."""
-    out = []
-    while (raw := admin.rpop(queue)) is not None:
-        envelope = json.loads(raw)
-        out.append((envelope, wire.loads(base64.b64decode(envelope["body"]))))
-    return out
 
 
 # ---- grouping --------------------------------------------------------------------------------------------

@@ -5,9 +5,7 @@ workers): tests/integration/test_batching.py.
 
 from __future__ import annotations
 
-import base64
 import inspect
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,32 +17,17 @@ from celery import current_task
 
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import BATCH_TASK, claim_key, mac_key, reply_key, unseal
 from ocycle_dist.remote.replies import ReplyWriter
 from ocycle_dist.remote.runner import run_items
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import ChunkTask, make_app
-
-TOKEN = "unittoken0001"
-
-
-def entry(value: Any, *, task: str = "tests.echo", stream: str = "s", seq: int = 0) -> Entry:
-    return Entry(str(uuid.uuid4()), task, Chunk(stream, seq, 10.0 + seq, 4, 4 * seq), wire.dumps(value))
+from tests.support.dist_helpers import TOKEN
 
 
 @pytest.fixture
 def admin() -> Iterator[Any]:
     yield fakeredis.FakeRedis()
-
-
-def popped(admin: Any, queue: str = "celery") -> list[tuple[dict[str, Any], Any]]:
-    """The messages on ``queue`` in the order a worker pops them: (envelope, decoded body)."""
-    out = []
-    while (raw := admin.rpop(queue)) is not None:
-        envelope = json.loads(raw)
-        out.append((envelope, wire.loads(base64.b64decode(envelope["body"]))))
-    return out
 
 
 # ---- the worker runs a batch -----------------------------------------------------------------------------
