@@ -1,9 +1,11 @@
 """Shared fixtures of the whole suite.
 
 Layout: ``unit/`` runs in-process (fakeredis at most), ``integration/`` starts real ``redis-server`` and
-``celery worker`` processes, ``contract/`` runs one suite over every executor. Every test that needs real
-processes carries the ``integration`` marker (set here by directory, and by fixture for the contract
-suite's celery mode): ``make test-unit`` runs ``-m "not integration"``, ``make test-integration`` the rest.
+``celery worker`` processes, ``contract/`` runs one suite over every executor, ``deploy/`` the compose
+deployment; ``support/`` holds what they share (helpers, the test tasks every test worker loads). Every test
+that needs real processes carries the ``integration`` marker (set here by directory, and by fixture for the
+contract suite's celery mode): ``make test-unit`` runs ``-m "not integration"`` over ``unit/`` and
+``contract/``, ``make test-integration`` the rest.
 
 ``mode`` parametrizes the contract suite over every executor: add a mode to ``LOCAL_MODES`` (or a list
 next to it) and every contract test runs on it. ``mode_options`` gives the executor options a mode needs.
