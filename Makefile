@@ -56,7 +56,7 @@ test: deps lint  ## everything: lint, unit, contract and integration tests (the 
 	$(PY) -m pytest -q
 
 test-unit: $(VENV)/.installed-test  ## the fast dev loop: no redis-server, no worker processes
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration" tests/unit tests/contract  # integration/, deploy/: not even imported
 
 test-integration: deps  ## real redis-server and celery worker processes
 	$(PY) -m pytest -q -m integration

@@ -1,7 +1,7 @@
 """The producer of section 6 of ``bench/bench_celery.py``, run in its own process so that its RSS is its own.
 
 Streams ``--seconds`` of synthetic 16 kHz float32 audio (frames of 1024) through the three demo consumers
-(``ocycle_dist.demo.CONSUMERS``) at ``--speed`` times real time. A thread samples ``/proc/self/status`` every
+(``ocycle_dist.app.consumers.CONSUMERS``) at ``--speed`` times real time. A thread samples ``/proc/self/status`` every
 10 ms and keeps, per phase, the peak ``VmRSS`` and the peak of the emitters' ``spooled_bytes``. The parent
 names the phases on stdin (``phase outage``, ``phase restored``) while it stops and restarts redis-server.
 
@@ -22,7 +22,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ocycle_dist
-from ocycle_dist.demo import CONSUMERS, synthetic
+from ocycle_dist.app.consumers import CONSUMERS
+from ocycle_dist.app.sources import synthetic
 from ocycle_dist.remote.settings import Settings
 
 RATE = 16000

@@ -37,7 +37,7 @@ TARGET = 1.10
 
 
 def chunks(seconds: float, rate: int) -> dict[str, np.ndarray]:
-    from ocycle_dist.demo import synthetic
+    from ocycle_dist.app.sources import synthetic
 
     n = round(seconds * rate)
     t = np.arange(n) / rate

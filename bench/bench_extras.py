@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from ocycle_dist.demo import synthetic  # noqa: E402
+from ocycle_dist.app.sources import synthetic  # noqa: E402
 from ocycle_dist.testing import RedisServer, Worker  # noqa: E402
 
 RATE = 16000
@@ -54,11 +54,11 @@ REFERENCE = "demo"
 NOT_COUNTED = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence.pth")
 # what `ocycle-dist stream FILE` runs on: the command, the sources, the celery-mode executor and its clients
 IMPORTS = (
-    "ocycle_dist.cli",
-    "ocycle_dist.stream",
+    "ocycle_dist.app.cli",
+    "ocycle_dist.app.stream",
     "ocycle_dist.remote.executor",
-    "ocycle_dist.testing.embedded",
-    "ocycle_dist.demo",
+    "ocycle_dist.app.embedded",
+    "ocycle_dist.app.demo",
     "soundfile",
     "redis",
     "hiredis",
@@ -73,7 +73,7 @@ print(time.perf_counter() - t)
 """
 STREAM_CHILD = """
 import json, sys
-from ocycle_dist.cli import main
+from ocycle_dist.app.cli import main
 code = main(["stream", {path!r}, "--broker", {url!r}, "-q", "--progress", "0", "--id", {prefix!r}])
 with open("/proc/self/status") as f:
     hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))

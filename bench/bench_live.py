@@ -8,8 +8,8 @@ Run from the repository root (needs ``redis-server`` on PATH)::
     python bench/bench_live.py --rounds 3      # medians over rounds, ratios per round
     python bench/bench_live.py --seconds 2400 --speed 40 --outage 0.25,0.75   # an outage that fills the budgets
 
-The stream: the demo's synthetic 16 kHz float32 microphone (``ocycle_dist.demo.synthetic``, frames of 1024
-samples) written at ``--speed`` times real time through ``ocycle_dist.demo.CONSUMERS``: SPL every 0.5 s (queue
+The stream: the demo's synthetic 16 kHz float32 microphone (``ocycle_dist.app.sources.synthetic``, frames of 1024
+samples) written at ``--speed`` times real time through ``ocycle_dist.app.consumers.CONSUMERS``: SPL every 0.5 s (queue
 ``spl``), the model every 2 s (queue ``model``, chunks expire after ``MODEL_EXPIRES`` = 6 s) and the FLAC
 archive every 10 s (queue ``archive``), by one ``Tap`` in a producer process of its own (so its RSS is its
 own). Default settings: the spool's byte budget (32 MiB per emitter) and the celery mode's default policy

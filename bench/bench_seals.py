@@ -54,7 +54,7 @@ def publish(url: str, secret: str, payloads: list[bytes]) -> float:
     """Chunks/s of 2 KiB chunks published to a queue no worker consumes."""
     n, size = len(payloads), len(payloads[0])
     emitter = ocycle_dist.BufferEmit(
-        "workers.tasks.echo", size, clip=True, mode="celery", max_inflight=n + 1,
+        "bench.echo", size, clip=True, mode="celery", max_inflight=n + 1,
         settings=Settings(broker_url=url, queue=f"pub-{uuid.uuid4().hex[:6]}", resend_after=3600.0,
                           spool_max_bytes=(n + 2) * (size + 4096), reply_secret=secret),
     )  # fmt: skip
@@ -136,6 +136,8 @@ def main() -> int:
                 redis.url,
                 name=name,
                 queues=f"idle-{name}",
+                include=("bench.tasks",),
+                cwd=ROOT,
                 log=Path(tmp) / f"{name}.log",
                 loglevel="WARNING",
                 env={"OCYCLE_REPLY_SECRET": secret},

@@ -27,7 +27,7 @@ to the last result. Contenders, in interleaved rounds, each round in another ord
 Goals: worker batched >= 2.5x worker one at a time; worker batched >= 0.8x the bare batched loop. The two
 workers' labels and probabilities must agree (within 1e-5), else the bench fails.
 
-**capacity**: the canonical three consumers with the real model (``ocycle_dist.demo.CONSUMERS``: ``spl`` 0.5 s,
+**capacity**: the canonical three consumers with the real model (``ocycle_dist.app.consumers.CONSUMERS``: ``spl`` 0.5 s,
 ``classify`` 2 s, ``archive`` 10 s of 16 kHz float32) drained by 1, 2 and 4 worker processes. Each backlog is
 what a fleet of devices sends: every chunk its own task message (``batch_max_chunks=0``), so the workers' pool
 processes drain them; timed as the classify backlog is. A device streams one chunk per chunk length
@@ -64,7 +64,8 @@ from bench._report import Verdicts, fmt, table  # noqa: E402
 from bench.celery_bench.common import BenchError, Collector  # noqa: E402
 from bench.celery_bench.fleet import consume  # noqa: E402
 from bench.celery_bench.rig import group_cpu  # noqa: E402
-from ocycle_dist.demo import CONSUMERS, synthetic  # noqa: E402
+from ocycle_dist.app.consumers import CONSUMERS  # noqa: E402
+from ocycle_dist.app.sources import synthetic  # noqa: E402
 from ocycle_dist.remote import wire  # noqa: E402
 from ocycle_dist.remote.settings import Settings  # noqa: E402
 from ocycle_dist.testing import RedisServer, Worker, wait_all_ready  # noqa: E402
@@ -103,7 +104,7 @@ class Rig:
         self.redis.start()
         env = {"OCYCLE_ARCHIVE_DIR": str(self.tmp / "archive"), "OCYCLE_SAMPLE_RATE": str(RATE)}
         self.workers = [Worker(self.redis.url, name=f"w{i}", queues=f"idle-w{i}", env=env, loglevel="WARNING",
-                               include=("bench.onechunk_tasks",), log=self.tmp / f"w{i}.log", cwd=ROOT)
+                               include=("bench.onechunk_tasks", "bench.tasks"), log=self.tmp / f"w{i}.log", cwd=ROOT)
                         for i in range(4)]  # fmt: skip
         for w in self.workers:
             w.start(wait=False)
@@ -168,7 +169,7 @@ def drain(rig: Rig, queue: str, nodes: int, cols: list[Collector], n: int, timeo
     when the first result comes."""
     names = names or [w.name for w in rig.workers[:nodes]]
     pgids = [w.proc.pid for w in rig.workers if w.name in names and w.proc is not None and w.proc.pid is not None]
-    wakers = [ocycle_dist.BufferEmit("workers.tasks.echo", 1, mode="celery", stream=f"wake-{uuid.uuid4().hex}",
+    wakers = [ocycle_dist.BufferEmit("bench.echo", 1, mode="celery", stream=f"wake-{uuid.uuid4().hex}",
                                      settings=Settings(broker_url=rig.redis.url, queue=f"idle-{name}"))
               for name in names]  # fmt: skip
     for name, waker in zip(names, wakers, strict=True):

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ocycle_dist
 from bench.celery_bench.fleet import RATE, SPL, spl_chunks
+from ocycle_dist.procs.workers import Worker
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer
-from ocycle_dist.testing.workers import Worker
 
 
 def main() -> None:

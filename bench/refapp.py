@@ -50,7 +50,7 @@ def spl(chunk: bytes, t0: float) -> dict[str, Any]:
 
 @app.task(name="bench.refapp.echo")
 def echo(chunk: Any, t0: float) -> list[Any]:
-    """Return ``[chunk, t0]`` unchanged, like ``workers.tasks.echo``."""
+    """Return ``[chunk, t0]`` unchanged, like ``bench.tasks.echo``."""
     return [chunk, t0]
 
 

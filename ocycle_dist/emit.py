@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import io
 import logging
-import math
 import os
 import pickle
 import socket
@@ -23,6 +22,7 @@ from typing import Any
 
 from .bufferio import BufferFactory, ListIO, NumpyIO
 from .callbacks import Mailbox
+from .checks import finite
 from .chunk import Chunk
 from .compat import OcycleCompat
 from .errors import ClosedError, ConfigError, ExpiredError
@@ -89,7 +89,7 @@ def _sampler(value: Any) -> Callable[[], float] | None:
         return None
     if callable(value):
         return value  # type: ignore[no-any-return]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if not finite(value):
         raise ConfigError("sampler", value, "seconds >= 0 (finite) or a callable returning them")
     return lambda: value  # type: ignore[no-any-return]
 
@@ -188,19 +188,17 @@ class BufferEmit(OcycleCompat):
         if self.hop > self.size:
             raise ConfigError("hop", hop, f"an integer from 1 to size={self.size}")
         self.clip = bool(clip) or hop is not None
-        if rate is not None and (
-            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
-        ):
+        if rate is not None and not finite(rate, above=0):
             raise ConfigError("rate", rate, "a positive, finite number of elements per second, or None")
         self.rate = rate
-        if isinstance(max_gap, bool) or not isinstance(max_gap, (int, float)) or not 0 <= max_gap < math.inf:
+        if not finite(max_gap):
             raise ConfigError("max_gap", max_gap, "seconds >= 0 (0: no gap detection)")
         self.max_gap = float(max_gap)
         if ordered is True:
             ordered = ORDER_HOLD
         if isinstance(ordered, bool):
             ordered = float(ordered)
-        if not isinstance(ordered, (int, float)) or not 0 <= ordered < math.inf:
+        if not finite(ordered):
             raise ConfigError("ordered", ordered, "True, False, or the seconds an outcome may wait for earlier ones")
         self.ordered = float(ordered)
         check_mode(mode)

@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .checks import finite
 from .chunk import Chunk
 from .errors import ConfigError, FrameError
 from .hotpath import MAX_T0, NEVER, appender_class, filler_class
@@ -358,7 +359,7 @@ class Windows:
             ConfigError: it returned something else than seconds >= 0 (or whatever it raised itself).
         """
         delay = self.sampler() if self.sampler else 0.0
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+        if not finite(delay):
             raise ConfigError("sampler", self.sampler, f"seconds >= 0 from the callable, it returned {delay!r}")
         return float(delay)
 

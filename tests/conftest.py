@@ -1,9 +1,11 @@
 """Shared fixtures of the whole suite.
 
 Layout: ``unit/`` runs in-process (fakeredis at most), ``integration/`` starts real ``redis-server`` and
-``celery worker`` processes, ``contract/`` runs one suite over every executor. Every test that needs real
-processes carries the ``integration`` marker (set here by directory, and by fixture for the contract
-suite's celery mode): ``make test-unit`` runs ``-m "not integration"``, ``make test-integration`` the rest.
+``celery worker`` processes, ``contract/`` runs one suite over every executor, ``deploy/`` the compose
+deployment; ``support/`` holds what they share (helpers, the test tasks every test worker loads). Every test
+that needs real processes carries the ``integration`` marker (set here by directory, and by fixture for the
+contract suite's celery mode): ``make test-unit`` runs ``-m "not integration"`` over ``unit/`` and
+``contract/``, ``make test-integration`` the rest.
 
 ``mode`` parametrizes the contract suite over every executor: add a mode to ``LOCAL_MODES`` (or a list
 next to it) and every contract test runs on it. ``mode_options`` gives the executor options a mode needs.
@@ -109,7 +111,7 @@ def topology(redis_server_required: None) -> Iterator[Any]:
     env = {"OCYCLE_ARCHIVE_DIR": archive, "OCYCLE_ARCHIVE_RECIPIENTS": public}
     groups = {"worker": 2, "worker-model": 1}  # the compose file's services, as processes
     with Topology(
-        0, groups=groups, concurrency=2, password="test-pw", include=("tests.contract_tasks",), env=env
+        0, groups=groups, concurrency=2, password="test-pw", include=("tests.support.tasks",), env=env
     ) as topo:
         topo.archive_dir = archive
         topo.archive_identity = identity
@@ -128,7 +130,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     import subprocess
 
     from ocycle_dist.remote import spool
-    from tests.helpers import footprint
+    from tests.support.helpers import footprint
 
     directory = tmp_path / "small"
     directory.mkdir()

@@ -15,7 +15,7 @@ from ocycle_dist.remote.worker import make_app
 
 from .settings import AppSettings
 
-ARCHIVE_QUEUE = "archive"  # the queue of workers.tasks.archive_flac's chunks (ocycle_dist.demo.CONSUMERS)
+ARCHIVE_QUEUE = "archive"  # the queue of workers.tasks.archive_flac's chunks (ocycle_dist.app.consumers.CONSUMERS)
 
 app = make_app(name="workers", include=("workers.tasks",))
 settings = AppSettings.from_env()

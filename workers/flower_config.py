@@ -8,7 +8,7 @@ a worker started without ``-Q`` would then consume them all.
 
 from kombu import Queue
 
-from ocycle_dist.demo import QUEUES
+from ocycle_dist.app.consumers import QUEUES
 from ocycle_dist.remote.settings import Settings
 
 task_queues = [Queue(name) for name in dict.fromkeys((Settings.from_env().queue, *QUEUES))]

@@ -20,12 +20,6 @@ from ocycle_dist.remote.protocol import META_HEADER
 from . import app, audio, settings, vad
 
 
-@app.task(name="workers.tasks.echo")
-def echo(chunk: Any, t0: float) -> list[Any]:
-    """Return ``[chunk, t0]`` unchanged (for tests)."""
-    return [chunk, t0]
-
-
 @app.task(name="workers.tasks.spl")
 def spl(chunk: Any, t0: float) -> dict[str, Any]:
     """Sound level of a chunk (e.g. 0.5 s): dBFS, dB SPL and peak."""
@@ -63,9 +57,3 @@ def archive_flac(self: Any, chunk: Any, t0: float) -> dict[str, Any]:
         chunk, rate=settings.sample_rate, directory=settings.archive_dir, stream=stream, t0=t0, seq=seq, recipients=keys
     )
     return {"t0": t0, **result}
-
-
-@app.task(name="workers.tasks.fail")
-def fail(chunk: Any, t0: float) -> None:
-    """Raise ``ValueError`` (for tests of the error path)."""
-    raise ValueError(f"failing on purpose on a chunk of {len(chunk)} elements at t0={t0}")

@@ -17,7 +17,7 @@ KIB, MIB = 1024, 1024 * 1024
 RATE = 16000
 OCYCLE_DB, REF_DB, PUB_DB = 0, 1, 2  # ocycle workers; reference workers + their result backend; unconsumed queues
 PUB_QUEUE = "bench-unconsumed"
-TASK = "workers.tasks.echo"
+TASK = "bench.echo"
 WORKER_QUEUES = ["celery,q1,q2,q4", "q2,q4", "q4", "q4"]  # worker i serves these: queue qN has N workers
 perf = time.perf_counter
 

@@ -34,7 +34,8 @@ from celery import Celery
 
 import ocycle_dist
 from bench._report import Verdicts, fmt, table
-from ocycle_dist.demo import CONSUMERS, synthetic
+from ocycle_dist.app.consumers import CONSUMERS
+from ocycle_dist.app.sources import synthetic
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.settings import Settings
 

@@ -199,9 +199,9 @@ def stall(tmp: Path, stalled: float = 20.0, rate: float = 150.0) -> dict[str, fl
     done = [0]
     with RedisServer(log=tmp / "stall-redis.log") as redis:
         worker = Worker(redis.url, name="stall", concurrency=2, loglevel="WARNING", log=tmp / "stall.log",
-                        cwd=ROOT).start()  # fmt: skip
+                        include=("bench.tasks",), cwd=ROOT).start()  # fmt: skip
         try:
-            emitter = ocycle_dist.BufferEmit("workers.tasks.echo", 2048, clip=True, mode="celery", broker=redis.url,
+            emitter = ocycle_dist.BufferEmit("bench.echo", 2048, clip=True, mode="celery", broker=redis.url,
                                              on_done=lambda r: done.__setitem__(0, done[0] + 1))  # fmt: skip
             frame = bytes(range(256)) * 8
             before, during, after = 3.0, stalled, 3.0

@@ -1,7 +1,7 @@
 """Section 6, goal 6: producer memory across a broker outage, against a bound of the data in flight.
 
 A subprocess (``bench/_memchild.py``, so its RSS is its own) streams 600 s of 16 kHz float32 audio (frames of
-1024) through the three demo consumers (``ocycle_dist.demo.CONSUMERS``: spl 0.5 s, classify 2 s, archive_flac
+1024) through the three demo consumers (``ocycle_dist.app.consumers.CONSUMERS``: spl 0.5 s, classify 2 s, archive_flac
 10 s; max_inflight 64 each, as the demo) at 40x real time to 2 workers (queue ``q2``), with redis-server killed
 for 5 s in the middle (restarted empty; ``resend_after=5``). Peak ``VmRSS`` per phase, ``VmHWM`` and peak
 ``spooled_bytes``, against the bound baseline + 3 x sum(max_inflight x chunk bytes) (the spool's copy, the

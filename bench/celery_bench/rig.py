@@ -53,8 +53,9 @@ class Rig:
                                             ("r", "bench.refapp", REF_DB, ref_env, self.rw)):  # fmt: skip
             for i, q in enumerate(WORKER_QUEUES):
                 name = f"{prefix}{i}"
+                include = ("bench.tasks",) if app == "workers" else ()
                 group.append(Worker(self.url(db), name=name, app=app, queues=q, env=env, loglevel="WARNING",
-                                    log=self.tmp / f"{name}.log", cwd=ROOT))  # fmt: skip
+                                    include=include, log=self.tmp / f"{name}.log", cwd=ROOT))  # fmt: skip
         for worker in self.workers:
             worker.start(wait=False)
         return self.wait_ready(self.workers)

@@ -19,7 +19,7 @@ import numpy as np
 
 import ocycle_dist
 from bench._report import Verdicts, fmt, table
-from ocycle_dist.demo import synthetic
+from ocycle_dist.app.sources import synthetic
 from ocycle_dist.remote.settings import Settings
 
 from .common import OCYCLE_DB, RATE, BenchError, Collector, Config, perf

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ocycle_dist.demo import CONSUMERS, MODEL_EXPIRES
+from ocycle_dist.app.consumers import CONSUMERS, MODEL_EXPIRES
 
 RATE = 16000
 NAMES = [name for name, *_ in CONSUMERS]

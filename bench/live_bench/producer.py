@@ -1,7 +1,7 @@
 """The producer of ``bench/bench_live.py``, run in its own process so that its RSS is its own.
 
 Streams ``--seconds`` of the demo's synthetic 16 kHz float32 microphone (frames of 1024 samples) at ``--speed``
-times real time through the canonical three consumers (``ocycle_dist.demo.CONSUMERS``), with one contender of
+times real time through the canonical three consumers (``ocycle_dist.app.consumers.CONSUMERS``), with one contender of
 :mod:`.contenders`: ``ocycle`` (a ``Tap``, default settings) or ``celery`` (stock ``apply_async``).
 
 It times every write (the ``Tap.write``, or the stock chunking plus its ``apply_async`` calls) and every
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench._memchild import say, status  # the producer child's two helpers: its RSS, one JSON line a report
 from bench.live_bench.contenders import Ocycle, Record, Stock
-from ocycle_dist.demo import synthetic
+from ocycle_dist.app.sources import synthetic
 
 RATE, FRAME = 16000, 1024
 perf = time.perf_counter

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import finite
 from ..errors import ConfigError
 from .catalog import Catalog, Entry, Span
 from .keys import pyrage
@@ -44,7 +45,7 @@ def parse_time(value: str, param: str) -> int:
     except ValueError:
         pass
     else:
-        if math.isfinite(seconds) and seconds >= 0:
+        if finite(seconds):
             return round(seconds * 1_000_000)
         raise ConfigError(param, value, "a time: ISO 8601 (2025-03-01T12:00:00Z) or seconds since the epoch >= 0")
     try:

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..checks import finite, queue_name
 from ..chunk import Chunk
 from ..errors import ConfigError, EncodeError, SpoolError
 from ..executors.base import ChunkExecutor
@@ -113,12 +114,8 @@ class CeleryExecutor(ChunkExecutor):
         del batch
         s = resolve_settings(app, broker, settings)
         if queue is not None:
-            if not isinstance(queue, str) or not queue.strip() or len(queue) > 200:
-                raise ConfigError("queue", queue, "a non-empty queue name (str, at most 200 characters)")
-            s = replace(s, queue=queue)
-        if expires is not None and (
-            isinstance(expires, bool) or not isinstance(expires, (int, float)) or not 0 < expires < 1e9
-        ):
+            s = replace(s, queue=queue_name(queue))
+        if expires is not None and not finite(expires, above=0, below=1e9):
             raise ConfigError("expires", expires, "seconds > 0, or None for chunks that never expire")
         self.settings, self.expires = s, expires
         # a wrong password, db or TLS, or a Redis that may evict the queues, fails here; an outage does not

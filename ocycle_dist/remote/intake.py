@@ -3,14 +3,14 @@
 Anyone who can write to a queue can put anything there, and kombu's Redis transport decodes what a worker pops
 before Celery sees it: one entry that is not a JSON object stopped the worker ("Unrecoverable error"). Every way a
 worker takes a message goes through :func:`check` first: the BRPOP of Celery's consumer
-(:class:`.worker.RedisChannel`), a pool process draining a queue (:func:`.batch.drain`), and kombu restoring an
-unacknowledged delivery (:class:`.worker.RedisQoS`). A message that is not one (:data:`KINDS`: not JSON, not an
+(:class:`.transport.RedisChannel`), a pool process draining a queue (:func:`.drain.drain`), and kombu restoring an
+unacknowledged delivery (:class:`.transport.RedisQoS`). A message that is not one (:data:`KINDS`: not JSON, not an
 object, no headers, properties kombu cannot use, a body that is not base64, another content type) is refused
 (:func:`refuse`): logged once per kind and process, counted (the worker metric
 ``ocycle_worker_junk_messages_total{kind}``), kept in the dead-letter list :data:`.protocol.DEAD_KEY` (the latest
 :data:`.protocol.DEAD_MAX`, for :data:`.protocol.DEAD_TTL`; ``ocycle-dist status`` sums them up), and the worker
 serves on. A task name the worker does not know is refused by the consumer the same way, and still answered
-``NotRegistered`` (:meth:`.worker.Consumer.on_unknown_task`); a chunk whose seal fails is refused unrun
+``NotRegistered`` (:meth:`.transport.Consumer.on_unknown_task`); a chunk whose seal fails is refused unrun
 (:mod:`.seals`).
 """
 

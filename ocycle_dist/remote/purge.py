@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import wire
-from .batch import _decode
+from .envelope import decode_items
 from .intake import JunkError
-from .protocol import claim_key, reply_error
+from .protocol import reply_error
 from .replies import ReplyWriter
+from .runner import own_claim
 
 PURGED = "Purged"  # the error type name a purged chunk's producer gets
 TAKE = 100  # messages popped per round trip
@@ -55,7 +55,7 @@ def purge_queue(app: Any, client: Any, queue: str, settings: Any) -> Purged:
         for raw in taken:
             messages += 1
             try:
-                items = _decode(app, raw)
+                items = decode_items(raw)
             except JunkError:  # not a task message: deleted like any other
                 items = None
             if not items:
@@ -63,7 +63,7 @@ def purge_queue(app: Any, client: Any, queue: str, settings: Any) -> Purged:
                 continue
             for item in items:
                 replies.add(item[6] if len(item) > 6 else None, reply_error(str(item[0]), PURGED, why))
-                if isinstance(item[2], wire.Claim) and item[2].key == claim_key(str(item[0])):
+                if own_claim(item[0], item[2]):
                     claims.append(item[2].key)
                 chunks += 1
         replies.send(also=(lambda pipe, keys=claims: pipe.delete(*keys)) if claims else None)

@@ -3,7 +3,7 @@
 
 - ``ocycle_worker_chunks_total{path}``: chunks run, by how they came: ``message`` (a plain task message),
   ``batch`` (a chunk of a batch message), ``drain`` (taken from the queue by a pool process after a short
-  chunk, :func:`.batch.drain`).
+  chunk, :func:`.drain.drain`).
 - ``ocycle_worker_reply_retries_total``: reply writes tried again after a broker error.
 - ``ocycle_worker_junk_messages_total{kind}``: messages refused (:mod:`.intake`): not a task message this app can
   take (``not-json``, ``not-an-object``, ``no-headers``, ``bad-properties``, ``bad-base64``, ``content-type``), a task

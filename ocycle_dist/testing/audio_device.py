@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .processes import Proc
+from ..procs.processes import Proc
 
 
 def available() -> str | None:

@@ -13,9 +13,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .ports import free_port
-from .processes import Proc
-from .redis_server import RedisServer
+from ..procs.ports import free_port
+from ..procs.processes import Proc
+from ..procs.redis_server import RedisServer
 
 
 class SentinelCluster:

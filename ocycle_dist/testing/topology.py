@@ -11,8 +11,8 @@ import logging
 import threading
 from typing import Any
 
-from .redis_server import RedisServer
-from .workers import Worker
+from ..procs.redis_server import RedisServer
+from ..procs.workers import Worker
 
 log = logging.getLogger("ocycle_dist.testing")
 

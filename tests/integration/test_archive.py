@@ -28,7 +28,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.archive.keys import ensure_identity
 from ocycle_dist.archive.names import format_time, is_temporary, parse, to_us
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from workers.audio import _to_pcm16
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ def test_no_plaintext_file_ever_appears_in_the_archive_directory(archived: Archi
 
 def test_list_shows_the_stream_its_range_and_no_gap(archived: Archived) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "ocycle_dist.cli", "archive", "list", "--dir", str(archived.folder)],
+        [sys.executable, "-m", "ocycle_dist.app.cli", "archive", "list", "--dir", str(archived.folder)],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -178,7 +178,7 @@ def test_export_of_a_range_spanning_three_files_equals_the_source_audio(archived
     out = tmp_path / "range.wav"
     start, end = format_time(to_us(T0 + 5.5)), str(T0 + 27.25)  # ISO 8601 and epoch seconds
     proc = subprocess.run(
-        [sys.executable, "-m", "ocycle_dist.cli", "archive", "export", "--dir", str(archived.folder),
+        [sys.executable, "-m", "ocycle_dist.app.cli", "archive", "export", "--dir", str(archived.folder),
          "--identity", str(archived.identity), "--stream", archived.stream, "--from", start, "--to", end, str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip

@@ -21,9 +21,10 @@ from ocycle_dist.testing import RedisServer, Worker
 
 @pytest.fixture(scope="module")
 def strict_worker(topology: Any) -> Iterator[Settings]:
-    """A worker on its own queue that accepts chunks of at most 1000 bytes, with tests.bad_tasks."""
+    """A worker on its own queue that accepts chunks of at most 1000 bytes, with tests.support.bad_tasks."""
     env = {"OCYCLE_QUEUE": "strict", "OCYCLE_MAX_CHUNK_BYTES": "1000"}
-    worker = Worker(topology.url, name="strict", env=env, include=("tests.bad_tasks",)).start()
+    include = ("tests.support.tasks", "tests.support.bad_tasks")
+    worker = Worker(topology.url, name="strict", env=env, include=include).start()
     try:
         yield Settings(broker_url=topology.url, queue="strict")
     finally:
@@ -38,12 +39,12 @@ def collect(emitter_kwargs: dict[str, Any]) -> tuple[list[Any], list[BaseExcepti
 
 def test_malformed_broker_url_fails_at_construction() -> None:
     with pytest.raises(ocycle.ConfigError, match=r"broker='redis//localhost' is invalid"):
-        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", broker="redis//localhost")
+        ocycle.BufferEmit("tests.echo", 4, mode="celery", broker="redis//localhost")
     with pytest.raises(ocycle.ConfigError, match=r"broker='http://x' is invalid: expected a redis://"):
-        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", broker="http://x")
+        ocycle.BufferEmit("tests.echo", 4, mode="celery", broker="http://x")
 
 
-@pytest.mark.parametrize("task", [42, None, 3.5, b"workers.tasks.echo"])
+@pytest.mark.parametrize("task", [42, None, 3.5, b"tests.echo"])
 def test_a_task_that_is_not_a_name_or_a_task_fails_at_construction(task: Any) -> None:
     with pytest.raises(ocycle.ConfigError, match=r"callback=.* is invalid"):
         ocycle.BufferEmit(task, 4, mode="celery", broker="redis://127.0.0.1:9/0")
@@ -52,7 +53,7 @@ def test_a_task_that_is_not_a_name_or_a_task_fails_at_construction(task: Any) ->
 def test_a_chunk_over_the_producers_limit_is_a_failed_chunk_and_the_others_are_processed(topology: Any) -> None:
     done, errors, kw = collect({})
     settings = Settings(broker_url=topology.url, max_chunk_bytes=100)
-    b = ocycle.BufferEmit("workers.tasks.echo", 50, mode="celery", settings=settings, **kw)
+    b = ocycle.BufferEmit("tests.echo", 50, mode="celery", settings=settings, **kw)
     b.write(b"x" * 50, t0=1.0)  # 50 bytes: fits
     b.write(b"w" * 30, t0=2.0)  # opens the next window
     b.write(b"y" * 90, t0=3.0)  # 120 bytes in one chunk (no clip): over; write() returns, on_error gets it
@@ -67,11 +68,11 @@ def test_a_chunk_over_the_producers_limit_is_a_failed_chunk_and_the_others_are_p
 
 def test_a_chunk_over_the_workers_limit_is_refused_there(strict_worker: Settings) -> None:
     done, errors, kw = collect({})
-    with ocycle.BufferEmit("workers.tasks.echo", 600, clip=True, mode="celery", settings=strict_worker, **kw) as b:
+    with ocycle.BufferEmit("tests.echo", 600, clip=True, mode="celery", settings=strict_worker, **kw) as b:
         b.write(b"a" * 600)  # under 1000 bytes: runs
         b.write(b"b" * 600 + b"c" * 600)  # two chunks of 600: run
     assert len(done) == 3 and errors == []
-    big = ocycle.BufferEmit("workers.tasks.echo", 1500, mode="celery", settings=strict_worker, **kw)
+    big = ocycle.BufferEmit("tests.echo", 1500, mode="celery", settings=strict_worker, **kw)
     big.write(b"d" * 1500)
     big.close()
     assert len(errors) == 1 and isinstance(errors[0], ocycle.RemoteTaskError)
@@ -118,7 +119,7 @@ def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() ->
     signal = LogSignal("Redis unreachable")
     logger = logging.getLogger("ocycle_dist.celery")
     logger.addHandler(signal)
-    b = ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", settings=settings)
+    b = ocycle.BufferEmit("tests.echo", 4, clip=True, mode="celery", settings=settings)
     try:
         for _ in range(50):
             b.write(b"abcdefgh")
@@ -138,11 +139,12 @@ def test_unreachable_broker_at_start_keeps_write_returning_and_says_so_once() ->
 def test_a_unix_socket_url_serves_the_producer_and_the_workers(redis_server_required: None) -> None:
     with RedisServer(password="sock-pw", unixsocket=True) as server:
         url = server.unix_url  # unix://:sock-pw@/tmp/.../redis.sock?db=0, redis-py's spelling
-        worker = Worker(url, name="unixsock", env={"OCYCLE_QUEUE": "unixq"}).start()  # was: "No such transport"
+        env = {"OCYCLE_QUEUE": "unixq"}
+        worker = Worker(url, name="unixsock", env=env, include=("tests.support.tasks",)).start()
         try:
             done, errors, kw = collect({})
             settings = Settings(broker_url=url, queue="unixq")
-            with ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", settings=settings, **kw) as b:
+            with ocycle.BufferEmit("tests.echo", 4, clip=True, mode="celery", settings=settings, **kw) as b:
                 b.write(b"abcdefgh", t0=1.0)
             assert sorted(r[0] for r in done) == [b"abcd", b"efgh"] and errors == []
             log = worker.log.read_text()

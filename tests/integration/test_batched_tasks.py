@@ -17,7 +17,7 @@ from celery.app.task import Context
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
-from ocycle_dist.remote import batch, wire
+from ocycle_dist.remote import drain, wire
 from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import publish
@@ -25,7 +25,7 @@ from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import owned, wait_for
+from tests.support.helpers import owned, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 TASK = "contract.batch_reverse"
@@ -81,7 +81,7 @@ def test_a_backlog_of_a_batched_task_runs_in_calls_of_whole_batch_messages(stack
     executor = emitter.executor
     assert executor is not None
     wait_for(lambda: executor.counts["published"] == n, 10, "the backlog published")
-    worker = Worker(redis.url, name="batched", include=("tests.contract_tasks",))
+    worker = Worker(redis.url, name="batched", include=("tests.support.tasks",))
     stack.callback(worker.stop)
     worker.start()
     assert emitter.close(timeout=60) == 0
@@ -93,7 +93,7 @@ def test_a_backlog_of_a_batched_task_runs_in_calls_of_whole_batch_messages(stack
 
 def test_a_stock_worker_runs_a_batched_task_one_chunk_at_a_time(stack: ExitStack) -> None:
     redis = stack.enter_context(RedisServer())
-    worker = Worker(redis.url, name="stock", app="tests.stock_app")
+    worker = Worker(redis.url, name="stock", app="tests.support.stock_app")
     stack.callback(worker.stop)
     worker.start()
     got, stream, n = Outcomes(), f"st-{uuid.uuid4().hex[:6]}", 30
@@ -133,7 +133,7 @@ def test_a_drain_runs_the_taken_chunks_of_a_batched_task_in_one_call(stack: Exit
     )  # a message each: a fleet
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
-    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 40
+    assert drain.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 40
     # takes of 16 messages: 13, 13 and 6 of them name the batched task, each take's in one call
     assert [len(c) for c in calls["batched"]] == [13, 13, 6], calls
     assert [len(c) for c in calls["plain"]] == [1] * 8

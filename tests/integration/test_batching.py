@@ -23,7 +23,7 @@ from celery.app.task import Context
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import RemoteTaskError
-from ocycle_dist.remote import batch, replies, wire
+from ocycle_dist.remote import drain, replies, wire
 from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, unseal
 from ocycle_dist.remote.publisher import publish
@@ -31,7 +31,7 @@ from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import owned, wait_for
+from tests.support.helpers import owned, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
@@ -43,7 +43,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 def start_worker(stack: ExitStack, url: str, name: str, **options: Any) -> Worker:
-    options.setdefault("include", ("tests.contract_tasks",))
+    options.setdefault("include", ("tests.support.tasks",))
     w = Worker(url, name=name, **options)
     stack.callback(w.stop)
     return w.start()
@@ -172,7 +172,7 @@ def test_a_worker_killed_whole_mid_batch_costs_no_chunk_and_on_done_runs_once_ea
 
 def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack) -> None:
     redis = stack.enter_context(RedisServer())
-    start_worker(stack, redis.url, "stock", app="tests.stock_app", include=())
+    start_worker(stack, redis.url, "stock", app="tests.support.stock_app", include=())
     got = Outcomes()
     off = Settings(broker_url=redis.url, batch_max_chunks=0)  # how to feed workers without the batch task
     emitter = ocycle.BufferEmit("contract.reverse", 4, clip=True, mode="celery", settings=off,
@@ -199,7 +199,7 @@ def test_a_stock_celery_worker_runs_the_projects_plain_messages(stack: ExitStack
     wait_for(lambda: executor.counts["published"] == 10, 10, "the backlog published")
     assert executor.counts["batched"] >= 2
     started = time.monotonic()
-    start_worker(stack, redis.url, "stock-held", app="tests.stock_app", include=(), queues="held")
+    start_worker(stack, redis.url, "stock-held", app="tests.support.stock_app", include=(), queues="held")
     assert backlog.close(timeout=30) == 0
     assert time.monotonic() - started < 20
     assert [got.results[backlog.stream, i] for i in range(10)] == [(b"%04d" % i)[::-1] for i in range(10)]
@@ -243,10 +243,10 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
                for i in range(256)]  # fmt: skip
     sent = publish(client, owned(entries, settings, token))
     assert len(sent) >= 8  # batch messages of 1 MiB of chunks (1.4 MB in their envelope)
-    monkeypatch.setattr(batch, "DRAIN_SECONDS", 60.0)  # a slow machine: all of it, however long it takes
+    monkeypatch.setattr(drain, "DRAIN_SECONDS", 60.0)  # a slow machine: all of it, however long it takes
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
-    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 256
+    assert drain.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 256
     # two messages a take at most (~2 MB: Redis is never busy with one take for long), and on while more wait
     assert len(client.takes) >= 4 and max(client.takes) <= 2 and sum(client.takes) == len(sent), client.takes
     replies = client.lrange(reply_key(token), 0, -1)
@@ -260,7 +260,7 @@ def test_drain_takes_a_backlog_of_batch_messages_a_few_megabytes_at_a_time(
 def test_a_take_says_how_many_wait_only_when_it_stopped_at_its_count_or_byte_limit(stack: ExitStack) -> None:
     redis = stack.enter_context(RedisServer())
     client = connect(redis.url)
-    script = client.register_script(batch.TAKE)
+    script = client.register_script(drain.TAKE)
     keys = ["q", "unacked", "unacked_index", "ocycle:lease:t@h/1", "ocycle:workers"]
 
     def take(count: int, budget: int, held: tuple[list[str], list[str]] = ([], [])) -> list[Any]:
@@ -308,11 +308,11 @@ def test_with_a_short_reply_retry_a_drain_whose_acks_fail_with_a_take_on_its_way
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(redis_py.client.Pipeline, "execute", failing)
-    monkeypatch.setattr(batch, "DRAIN_BYTES", 60_000)  # two messages a take: a second take is sent ahead
+    monkeypatch.setattr(drain, "DRAIN_BYTES", 60_000)  # two messages a take: a second take is sent ahead
     monkeypatch.setattr(replies, "GIVE_UP", 0.2)  # the replies are retried this long, not a minute
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
-    ran = batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0)  # never raises
+    ran = drain.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0)  # never raises
     assert 1 <= ran < 8  # it stopped draining when its replies and acks could not be written
     pool = client.connection_pool
     assert not pool._in_use_connections  # the take sent ahead was read or its connection dropped: none leaks
@@ -336,9 +336,9 @@ def test_takes_of_small_messages_are_made_one_after_another(stack: ExitStack, mo
     entries = [Entry(f"id{i}", "i.small", Chunk(stream, i, float(i), 4, 0), wire.dumps(b"abcd")) for i in range(10)]
     publish(client, owned(entries, Settings(broker_url=redis.url, batch_max_chunks=0), "drainsmall01"))
     sent: list[Any] = []
-    monkeypatch.setattr(batch, "_send", lambda *args: sent.append(args))
+    monkeypatch.setattr(drain, "send_script", lambda *args: sent.append(args))
     request = Context(hostname="t@h", delivery_info={"routing_key": settings.queue}, called_directly=False,
                       is_eager=False, timelimit=None)  # fmt: skip
-    assert batch.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 10
+    assert drain.drain(SimpleNamespace(app=app, request=request), client, settings, 0.0) == 10
     assert not sent  # never a take sent ahead: another worker may run what waits meanwhile
     assert queued == [6, 6, 6, 6, 2, 2, 2, 2, 0, 0]  # takes of 4, 4 and 2, each after the previous one ran

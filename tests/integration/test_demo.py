@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from ocycle_dist import demo
+from ocycle_dist.app import demo
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import free_port
 from workers import vad
@@ -22,10 +22,12 @@ from workers import vad
 def test_demo_on_real_workers_runs_the_three_consumers(topology: Any) -> None:
     lines: list[str] = []
     settings = Settings.from_env(broker_url=topology.url)
-    stats = demo.run(topology.url, seconds=12.0, settings=settings, progress=0.05, out=lines.append)
+    outcome = demo.run(topology.url, seconds=12.0, settings=settings, progress=0.05, out=lines.append)
+    stats = outcome.stats
+    assert outcome.code == 0 and outcome.left == {"spl": 0, "classify": 0, "archive": 0}
     assert (stats["spl"].done, stats["classify"].done, stats["archive"].done) == (24, 6, 2)
     assert all(s.failed == 0 and s.dropped == 0 for s in stats.values())
-    progress = [line for line in lines if line.startswith("progress: spl ")]
+    progress = [line for line in lines if line.startswith("progress ") and "s of audio: spl " in line]
     assert progress and "classify" in progress[-1] and "archive" in progress[-1]
     classified = sorted(
         (int(line.split("#")[1].split()[0]), line.split("]")[1].split()[0])
@@ -55,7 +57,7 @@ def test_demo_command_without_a_broker_runs_embedded_and_two_runs_keep_both_runs
     runs = []
     for _ in range(2):
         proc = subprocess.run(
-            [sys.executable, "-m", "ocycle_dist.cli", "demo", "--seconds", "2"],
+            [sys.executable, "-m", "ocycle_dist.app.cli", "demo", "--seconds", "2"],
             env=env,
             capture_output=True,
             text=True,
@@ -63,14 +65,15 @@ def test_demo_command_without_a_broker_runs_embedded_and_two_runs_keep_both_runs
             cwd=Path(__file__).resolve().parents[2],
         )
         assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
+        runs.append(proc.stdout + proc.stderr)  # results on stdout; progress, summary and the broker on stderr
     out = runs[0]
     assert "starting an embedded broker and worker" in out
     assert "embedded broker: redis-server 7" in out  # redis-server is on PATH here: a real server, a child process
     assert "embedded workers: 1 celery worker child process" in out and "consuming celery,spl,model,archive" in out
-    assert "spl      every  0.5 s, queue 'spl': 4 chunks, 4 done, 0 failed, 0 dropped, 0 expired" in out
-    assert "classify every  2.0 s, queue 'model': 1 chunks, 1 done" in out
-    assert "archive  every 10.0 s, queue 'archive': 1 chunks, 1 done" in runs[1]
+    assert "  spl        every 0.5 s, queue 'spl': 4 chunks: 4 done, 0 left, 0 failed, 0 dropped, 0 expired" in out
+    assert "  classify   every 2 s, queue 'model': 1 chunks: 1 done, 0 left" in out
+    assert "  archive    every 10 s, queue 'archive': 1 chunks: 1 done, 0 left" in runs[1]
+    assert "exit 0: every chunk done" in out
     # the first run made the user an identity, readable by them only, and said where and how to decrypt
     assert f"encrypting to your identity {identity} (made now, mode 0600" in out
     assert f"age -d -i {identity} {archive}/FILE.flac.age > FILE.flac" in out
@@ -84,14 +87,14 @@ def test_demo_command_without_a_broker_runs_embedded_and_two_runs_keep_both_runs
 
 
 def test_demo_with_an_unreachable_explicit_broker_says_so() -> None:
-    from ocycle_dist.demo import main_demo
+    from ocycle_dist.app.demo import main_demo
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     assert main_demo(url, 1.0, None, False) == 2
 
 
 def test_status_reports_queue_replies_and_workers(topology: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from ocycle_dist.cli import main
+    from ocycle_dist.app.cli import main
 
     assert main(["status", "--broker", topology.url]) == 0
     out = capsys.readouterr().out

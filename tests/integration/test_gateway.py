@@ -22,7 +22,7 @@ import pytest
 
 import ocycle_dist as ocycle
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 

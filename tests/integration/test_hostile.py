@@ -31,7 +31,7 @@ from ocycle_dist.remote.protocol import DEAD_KEY, DEAD_TTL, mac_key, reply_key, 
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker, free_port
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def server(stack: ExitStack, *args: str) -> RedisServer:
 
 
 def worker(stack: ExitStack, url: str, name: str = "h0") -> Worker:
-    w = Worker(url, name=name, include=("tests.contract_tasks",))
+    w = Worker(url, name=name, include=("tests.support.tasks",))
     stack.callback(w.stop)
     return w.start()
 
@@ -154,7 +154,7 @@ def test_a_wrong_password_a_bad_db_and_tls_to_a_plain_server_fail_at_constructio
 
 
 def test_status_and_delivery_errors_never_show_the_password(stack: ExitStack, capsys: Any) -> None:
-    from ocycle_dist.cli import main
+    from ocycle_dist.app.cli import main
 
     redis = server(stack)
     assert main(["status", "--broker", redis.url]) == 0
@@ -387,7 +387,7 @@ def test_junk_in_the_unacknowledged_deliveries_is_refused_when_kombu_restores_th
 
 
 def test_ocycle_dist_status_sums_up_the_refused_messages(stack: ExitStack, capsys: Any) -> None:
-    from ocycle_dist.cli import status
+    from ocycle_dist.app.cli import status
 
     redis = server(stack)
     worker(stack, redis.url)
@@ -406,7 +406,7 @@ def test_junk_is_counted_by_kind_in_the_worker_metrics_when_a_metrics_port_is_se
 
     redis = server(stack)
     port = free_port()
-    w = Worker(redis.url, name="m0", include=("tests.contract_tasks",), env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
+    w = Worker(redis.url, name="m0", include=("tests.support.tasks",), env={"OCYCLE_WORKER_METRICS_PORT": str(port)})
     stack.callback(w.stop)
     w.start()
     admin = connect(redis.url)
@@ -424,7 +424,7 @@ SECRET = "a-deployment-secret"
 
 
 def sealed_worker(stack: ExitStack, url: str, name: str = "s0") -> Worker:
-    w = Worker(url, name=name, include=("tests.contract_tasks",), env={"OCYCLE_REPLY_SECRET": SECRET})
+    w = Worker(url, name=name, include=("tests.support.tasks",), env={"OCYCLE_REPLY_SECRET": SECRET})
     stack.callback(w.stop)
     return w.start()
 

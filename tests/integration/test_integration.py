@@ -17,14 +17,14 @@ import pytest
 import ocycle_dist as ocycle
 from ocycle_dist.remote.protocol import CHUNK_PREFIX, DEAD_KEY
 from ocycle_dist.remote.redis_client import connect
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def test_bytes_round_trip_exactly_with_t0_and_meta(topology: Any) -> None:
     got: dict[int, Any] = {}
     payload = bytes(range(256)) * 8  # not UTF-8: base64 territory for stock JSON
     with ocycle.BufferEmit(
-        "workers.tasks.echo",
+        "tests.echo",
         1000,
         clip=True,
         mode="celery",
@@ -40,7 +40,7 @@ def test_numpy_dtype_and_shape_round_trip(topology: Any) -> None:
     got: list[Any] = []
     frames = np.arange(24000, dtype=np.int16).reshape(-1, 2)
     with ocycle.NumpyEmit(
-        "workers.tasks.echo", 4000, clip=True, rate=8000, mode="celery", broker=topology.url, on_done=got.append
+        "tests.echo", 4000, clip=True, rate=8000, mode="celery", broker=topology.url, on_done=got.append
     ) as b:
         b.write(frames, t0=10.0)
     got.sort(key=lambda r: r[1])
@@ -63,7 +63,7 @@ def test_large_chunks_go_by_claim_check_and_are_cleaned_up(topology: Any, kind: 
     if kind == "numpy":
         data, size = np.frombuffer(data, dtype="<f4").copy(), size // 4
     with ocycle.BufferEmit(
-        "workers.tasks.echo",
+        "tests.echo",
         size,
         clip=True,
         mode="celery",
@@ -102,7 +102,7 @@ def test_a_backlogs_chunks_travel_by_claim_check_in_their_batch_message_and_are_
     got: list[Any] = []
     data = np.random.default_rng(2).bytes(10 * 8192)
     with ocycle.BufferEmit(
-        "workers.tasks.echo",
+        "tests.echo",
         8192,
         clip=True,
         mode="celery",
@@ -122,7 +122,7 @@ def test_a_backlogs_chunks_travel_by_claim_check_in_their_batch_message_and_are_
 def test_remote_failure_reaches_on_error_with_type_and_message_and_stream_goes_on(topology: Any) -> None:
     errors: list[BaseException] = []
     with ocycle.BufferEmit(
-        "workers.tasks.fail", 4, clip=True, mode="celery", broker=topology.url, on_error=errors.append
+        "tests.fail", 4, clip=True, mode="celery", broker=topology.url, on_error=errors.append
     ) as b:
         b.write(b"abcdefgh")
         b.write(b"ijkl")
@@ -142,7 +142,7 @@ def test_thousands_in_flight_all_come_back_once(topology: Any) -> None:
 
     n = 3000
     with ocycle.BufferEmit(
-        "workers.tasks.echo", 16, clip=True, mode="celery", broker=topology.url, max_inflight=n, on_done=on_done
+        "tests.echo", 16, clip=True, mode="celery", broker=topology.url, max_inflight=n, on_done=on_done
     ) as b:
         for i in range(n):
             b.write(i.to_bytes(16, "big"))
@@ -155,7 +155,7 @@ def test_thousands_in_flight_all_come_back_once(topology: Any) -> None:
 def test_write_does_not_wait_on_the_network(topology: Any) -> None:
     admin = connect(topology.url)
     got: list[Any] = []
-    b = ocycle.BufferEmit("workers.tasks.echo", 8, clip=True, mode="celery", broker=topology.url, on_done=got.append)
+    b = ocycle.BufferEmit("tests.echo", 8, clip=True, mode="celery", broker=topology.url, on_done=got.append)
     b.write(b"warm-up!")
     assert b.wait(30)
     admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")  # Redis answers nobody for 3 s
@@ -179,7 +179,7 @@ def test_listener_survives_a_broker_reconnect_without_losing_results(topology: A
             gate.set()
 
     b = ocycle.BufferEmit(
-        "workers.tasks.echo", 4, clip=True, mode="celery", broker=topology.url, on_done=on_done, max_inflight=1000
+        "tests.echo", 4, clip=True, mode="celery", broker=topology.url, on_done=on_done, max_inflight=1000
     )
     for i in range(20):
         b.write(i.to_bytes(4, "big"))
@@ -209,7 +209,7 @@ def test_a_pickle_message_is_refused_and_never_executed(topology: Any, tmp_path:
         "content-type": "application/x-python-serialize",
         "headers": {
             "lang": "py",
-            "task": "workers.tasks.echo",
+            "task": "tests.echo",
             "id": task_id,
             "root_id": task_id,
             "parent_id": None,
@@ -244,6 +244,6 @@ def test_a_pickle_message_is_refused_and_never_executed(topology: Any, tmp_path:
     assert not marker.exists()
     # and the workers still work
     got: list[Any] = []
-    with ocycle.BufferEmit("workers.tasks.echo", 2, mode="celery", broker=topology.url, on_done=got.append) as b:
+    with ocycle.BufferEmit("tests.echo", 2, mode="celery", broker=topology.url, on_done=got.append) as b:
         b.write(b"ok")
     assert got == [[b"ok", pytest.approx(got[0][1])]]

@@ -16,7 +16,7 @@ from ocycle_dist.remote import wire
 from ocycle_dist.remote.protocol import WORKERS_KEY
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
@@ -28,7 +28,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 def worker(stack: ExitStack, url: str, name: str) -> Worker:
-    w = Worker(url, name=name, include=("tests.contract_tasks",), concurrency=1)
+    w = Worker(url, name=name, include=("tests.support.tasks",), concurrency=1)
     stack.callback(w.stop)
     return w.start()
 

@@ -27,7 +27,7 @@ from ocycle_dist.remote.protocol import BATCH_HEADER
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 RATE = 16000
@@ -53,7 +53,7 @@ class Rig:
             name=f"live{len(self.workers)}",
             queues=queues,
             concurrency=concurrency,
-            include=("tests.contract_tasks",),
+            include=("tests.support.tasks",),
             env=self.env,
         )
         self.workers.append(w)
@@ -100,7 +100,7 @@ def test_with_no_worker_writes_stay_fast_every_chunk_waits_in_redis_and_drains_o
     n = 3000
     seen = Seen()
     emitter = ocycle.BufferEmit(
-        "workers.tasks.echo", 2048, clip=True, mode="celery", broker=rig.url, on_done=seen.on_done
+        "tests.echo", 2048, clip=True, mode="celery", broker=rig.url, on_done=seen.on_done
     )
     frame = bytes(range(256)) * 8
     took = []
@@ -196,7 +196,7 @@ def test_with_a_small_spool_budget_a_full_budget_drops_the_oldest_counted_and_ne
     settings = Settings(broker_url=rig.url, spool_max_bytes=50 * chunk)  # tuned: room for 50 chunks only
     seen = Seen()
     emitter = ocycle.BufferEmit(
-        "workers.tasks.echo", 2048, clip=True, mode="celery", settings=settings, on_done=seen.on_done
+        "tests.echo", 2048, clip=True, mode="celery", settings=settings, on_done=seen.on_done
     )
     took = []
     for i in range(500):
@@ -229,7 +229,7 @@ def ocycle_dumps(value: Any) -> bytes:
 def test_close_with_a_timeout_and_no_worker_returns_in_about_that_time_and_reports_what_is_pending(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    emitter = ocycle.BufferEmit("workers.tasks.echo", 4, clip=True, mode="celery", broker=rig.url)
+    emitter = ocycle.BufferEmit("tests.echo", 4, clip=True, mode="celery", broker=rig.url)
     emitter.write(b"x" * 40)
     t = time.monotonic()
     pending = emitter.close(timeout=2)

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
-from ocycle_dist import cli
+from ocycle_dist.app import cli
 from ocycle_dist.errors import RemoteTaskError
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import make_app
 from ocycle_dist.testing import RedisServer
-from tests.helpers import wait_for
 from tests.integration.test_batching import start_worker
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 

@@ -17,7 +17,7 @@ import ocycle_dist as ocycle
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import RedisServer, Worker
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 
@@ -29,7 +29,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 def start_worker(stack: ExitStack, url: str, name: str) -> Worker:
-    w = Worker(url, name=name, include=("tests.contract_tasks",))
+    w = Worker(url, name=name, include=("tests.support.tasks",))
     stack.callback(w.stop)
     return w.start()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ocycle_dist.procs.workers import ping
 from ocycle_dist.testing import RedisServer, Worker, wait_all_ready
-from ocycle_dist.testing.workers import ping
 
 pytestmark = pytest.mark.usefixtures("redis_server_required")
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ocycle_dist.demo import synthetic
+from ocycle_dist.app.sources import synthetic
 from ocycle_dist.testing import free_port
 from ocycle_dist.testing.audio_device import JackDummy, available
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 16000
@@ -36,7 +36,7 @@ class Stream:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ocycle_dist.cli", "stream", *args],
+            [sys.executable, "-m", "ocycle_dist.app.cli", "stream", *args],
             cwd=REPO,
             env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,
@@ -179,7 +179,7 @@ def test_chunks_left_after_the_drain_exit_3(topology: Any) -> None:
 
 
 def test_a_failing_task_exits_1_and_says_why(topology: Any) -> None:
-    run = Stream("-", "--broker", topology.url, "--consumer", "workers.tasks.fail:0.5:spl")
+    run = Stream("-", "--broker", topology.url, "--consumer", "tests.fail:0.5:spl")
     run.feed(s16(audio(1.0)))
     assert run.wait() == 1, run.stderr
     assert "fail       every 0.5 s, queue 'spl': 2 chunks: 0 done, 0 left, 2 failed" in run.stderr

@@ -9,10 +9,21 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
+from ocycle_dist.app.embedded import embedded_broker
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from ocycle_dist.testing.embedded import embedded_broker
-from tests.unit.dist_helpers import Collector
+from tests.support.dist_helpers import Collector
+
+
+@pytest.fixture(autouse=True)
+def wire_limits() -> Iterator[None]:
+    """Each test starts from the process's decoding limits as they were: a worker app a test makes
+    (``make_app``) sets them from its ``max_chunk_bytes`` for the whole process."""
+    from ocycle_dist.remote import wire
+
+    limits = wire.MAX_BYTES, wire.MAX_CONTAINERS
+    yield
+    wire.MAX_BYTES, wire.MAX_CONTAINERS = limits
 
 
 @pytest.fixture
@@ -44,7 +55,7 @@ def make(broker: str) -> Iterator[Callable[..., tuple[ocycle.BufferEmit, Collect
     ) -> tuple[ocycle.BufferEmit, Collector]:
         collector = Collector()
         emitter = ocycle.BufferEmit(
-            "workers.tasks.echo",
+            "tests.echo",
             size,
             clip=clip,
             mode="celery",

@@ -313,7 +313,7 @@ def test_the_list_command_prints_json_and_names_a_missing_directory(
 ) -> None:
     import json
 
-    from ocycle_dist.cli import main
+    from ocycle_dist.app.cli import main
 
     archive_of(tmp_path, public, [(0, 1), (2, 1)])
     assert main(["archive", "list", "--dir", str(tmp_path), "--json"]) == 0

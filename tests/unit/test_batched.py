@@ -19,9 +19,10 @@ from ocycle_dist.batched import MAX_CHUNKS, batch_of, call_batch
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.errors import ConfigError
 from ocycle_dist.remote import wire
-from ocycle_dist.remote.batch import run_batch, run_items
+from ocycle_dist.remote.batch import run_batch
 from ocycle_dist.remote.protocol import claim_key, mac_key, reply_key, unseal
 from ocycle_dist.remote.replies import ReplyWriter
+from ocycle_dist.remote.runner import run_items
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.remote.worker import ChunkTask, make_app
 

@@ -14,7 +14,7 @@ import pytest
 import ocycle_dist as ocycle
 from ocycle_dist.callbacks import CallbackPool, Mailbox
 from ocycle_dist.executors.base import ChunkExecutor
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def test_a_mailbox_runs_its_items_one_at_a_time_in_order() -> None:

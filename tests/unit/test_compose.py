@@ -175,7 +175,7 @@ def test_dockerignore_keeps_secrets_and_git_out() -> None:
 
 
 def test_worker_services_consume_the_queue_groups_of_the_process_topology_and_every_demo_queue() -> None:
-    from ocycle_dist.demo import QUEUES
+    from ocycle_dist.app.consumers import QUEUES
     from ocycle_dist.testing.topology import COMPOSE_GROUPS
 
     consumed = {}
@@ -294,7 +294,7 @@ def test_metrics_are_served_by_the_workers_and_the_producer() -> None:
 
 
 def test_flower_lists_every_queue_of_the_deployment_before_it_has_seen_a_worker() -> None:
-    from ocycle_dist.demo import QUEUES
+    from ocycle_dist.app.consumers import QUEUES
 
     assert "--config workers.flower_config" in _command("flower")
     from workers import flower_config

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ocycle_dist import demo
-from ocycle_dist.consumers import Consumer, default_consumers, load_config, parse_consumer, unique_names
+from ocycle_dist.app import consumers
+from ocycle_dist.app.consumers import Consumer, default_consumers, load_config, parse_consumer, unique_names
 from ocycle_dist.errors import ConfigError
 
 
@@ -56,8 +56,8 @@ def test_names_are_made_unique_for_the_stream_ids() -> None:
 
 
 def test_the_default_consumers_are_the_demos() -> None:
-    assert [(c.name, c.task, c.seconds, c.queue) for c in default_consumers()] == list(demo.CONSUMERS)
-    assert [c.expires for c in default_consumers()] == [None, demo.MODEL_EXPIRES, None]
+    assert [(c.name, c.task, c.seconds, c.queue) for c in default_consumers()] == list(consumers.CONSUMERS)
+    assert [c.expires for c in default_consumers()] == [None, consumers.MODEL_EXPIRES, None]
 
 
 def test_a_toml_file(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ import ocycle_dist as ocycle
 from ocycle_dist.errors import EncodeError
 from ocycle_dist.pieces import Pieces, joined
 from ocycle_dist.remote import wire
-from tests.helpers import wait_for
-from tests.unit.dist_helpers import assert_accounted, queued, reply, settled
+from tests.support.dist_helpers import assert_accounted, queued, reply, settled
+from tests.support.helpers import wait_for
 from tests.unit.test_wire import ARRAYS
 
 

@@ -403,7 +403,7 @@ def test_dtype_and_shape_are_for_numpy_streams_only(cls, param, value):
 
 def test_unknown_celery_option_is_named():
     with pytest.raises(ConfigError, match="an option of mode='celery': one of app, broker") as excinfo:
-        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", broker="redis://127.0.0.1:9/0", bogus=1)
+        ocycle.BufferEmit("tests.echo", 4, mode="celery", broker="redis://127.0.0.1:9/0", bogus=1)
     assert_config_error(excinfo, "bogus", 1)
 
 
@@ -412,7 +412,7 @@ def test_unknown_celery_option_is_named():
 )
 def test_bad_celery_option_values_are_named(param, value):
     with pytest.raises(ConfigError) as excinfo:
-        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", **{param: value})
+        ocycle.BufferEmit("tests.echo", 4, mode="celery", **{param: value})
     assert_config_error(excinfo, param, value)
 
 

@@ -3,7 +3,7 @@ the budget, chunks that cannot be encoded, a broker away at start.
 
 ``embedded_broker()`` serves fakeredis over TCP on a loopback port, so the hub's clients (the publisher's, the
 listener's) talk to it as to a Redis. A worker's reply is simulated by RPUSHing a sealed record to the reply
-list the message names (``tests.unit.dist_helpers.reply``)."""
+list the message names (``tests.support.dist_helpers.reply``)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 
 import ocycle_dist as ocycle
+from ocycle_dist.app.embedded import embedded_broker
 from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import free_port
-from ocycle_dist.testing.embedded import embedded_broker
-from tests.helpers import wait_for
-from tests.unit.dist_helpers import (
+from tests.support.dist_helpers import (
     Collector,
     assert_accounted,
     queued,
@@ -31,6 +30,7 @@ from tests.unit.dist_helpers import (
     settled,
     spool_rows,
 )
+from tests.support.helpers import wait_for
 
 
 def test_a_reply_resolves_the_chunk_and_on_done_runs_once(make: Any, admin: Any) -> None:
@@ -185,7 +185,7 @@ def test_a_chunk_over_max_chunk_bytes_is_a_failed_chunk_and_loses_nothing_else(m
 def test_a_list_item_that_cannot_be_encoded_fails_its_chunk_only(broker: str, admin: Any) -> None:
     got = Collector()
     emitter = ocycle.ListEmit(
-        "workers.tasks.echo",
+        "tests.echo",
         2,
         clip=True,
         mode="celery",
@@ -257,7 +257,7 @@ def test_broker_unreachable_at_start_spools_warns_once_and_sends_on_reconnect(
     url = f"redis://127.0.0.1:{port}/0"
     got = Collector()
     emitter = ocycle.BufferEmit(
-        "workers.tasks.echo",
+        "tests.echo",
         4,
         clip=True,
         mode="celery",

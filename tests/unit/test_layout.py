@@ -1,16 +1,29 @@
-"""The architecture, checked: the core loads no optional dependency, imports nothing of the distributed
-path at module level, and the package has no import cycle."""
+"""The architecture, checked, layer by layer (docs/layout.md draws them):
+
+- the core (``ocycle_dist``'s top-level modules and ``executors/``) loads no optional dependency, imports
+  nothing of the distributed path (``remote/``) at module level, and nothing of the device application
+  (``app/``), the child processes (``procs/``) or the test rigs (``testing/``) at all; its one door to
+  ``remote/`` is the executor registry, which imports the celery executor when that mode is asked for;
+- the library below the application (``remote/``, ``archive/``, ``procs/``) never imports ``app/`` or ``testing/``;
+- the device application (``app/``) imports no test rig;
+- the package has no import cycle, and every Redis key is spelled in ``remote/protocol.py`` only."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ocycle_dist"
-CORE = ("bufferio", "callbacks", "chunk", "compat", "emit", "errors", "hotpath", "inflight", "kinds", "stats", "tap")
-CORE += ("windows",)
+LAYERS = ("app", "archive", "executors", "procs", "remote", "testing")  # the subpackages
+
+
+def layer(module: str) -> str:
+    """``core``, or the subpackage of ``ocycle_dist`` that ``module`` belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else "core"
 
 
 def module_name(path: Path) -> str:
@@ -41,7 +54,9 @@ def imports(path: Path, *, lazy: bool) -> set[str]:
     return {m for m in found if m in modules and m != here}
 
 
+@functools.cache
 def graph(*, lazy: bool) -> dict[str, set[str]]:
+    """Each module of the package -> the modules of the package it imports (read once per run)."""
     return {module_name(p): imports(p, lazy=lazy) for p in PACKAGE.rglob("*.py")}
 
 
@@ -60,11 +75,49 @@ def test_a_local_emitter_loads_no_optional_dependency() -> None:
     assert out.strip() == ""
 
 
-def test_the_core_imports_nothing_of_the_distributed_path_or_the_rigs() -> None:
+def test_the_layers_are_the_ones_drawn() -> None:
+    found = {layer(m) for m in graph(lazy=False)}
+    assert found == {"core", *LAYERS}, "a new subpackage: give it a layer here and a line in docs/layout.md"
+    assert {"emit", "windows", "errors"} <= {m.split(".")[-1] for m in graph(lazy=False) if layer(m) == "core"}
+
+
+def test_the_core_imports_nothing_of_the_distributed_path_at_module_level() -> None:
     g = graph(lazy=False)
-    for name in CORE:
-        bad = {m for m in g[f"ocycle_dist.{name}"] if m.startswith(("ocycle_dist.remote", "ocycle_dist.testing"))}
-        assert not bad, f"ocycle_dist.{name} imports {bad}"
+    for name, deps in g.items():
+        if layer(name) in ("core", "executors"):
+            bad = {m for m in deps if layer(m) not in ("core", "executors")}
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_the_core_never_imports_the_application_the_child_processes_or_the_rigs() -> None:
+    g = graph(lazy=True)  # not even inside a function
+    doors = set()
+    for name, deps in g.items():
+        if layer(name) in ("core", "executors"):
+            bad = {m for m in deps if layer(m) in ("app", "archive", "procs", "testing")}
+            assert not bad, f"{name} imports {bad}"
+            doors |= {(name, m) for m in deps if layer(m) == "remote"}
+    assert doors == {
+        ("ocycle_dist.executors", "ocycle_dist.remote.executor"),
+        ("ocycle_dist.executors", "ocycle_dist.remote.settings"),
+    }, "the core reaches remote/ through the executor registry alone (mode='celery')"
+
+
+def test_the_library_below_the_application_imports_neither_the_application_nor_the_rigs() -> None:
+    g = graph(lazy=True)
+    for name, deps in g.items():
+        if layer(name) in ("remote", "archive", "procs"):
+            bad = {m for m in deps if layer(m) in ("app", "testing")}
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_the_application_imports_no_test_rig() -> None:
+    g = graph(lazy=True)
+    app = [name for name in g if layer(name) == "app"]
+    assert {"ocycle_dist.app.cli", "ocycle_dist.app.stream", "ocycle_dist.app.embedded"} <= set(app)
+    for name in app:
+        bad = {m for m in g[name] if layer(m) == "testing"}
+        assert not bad, f"{name} imports {bad}"
 
 
 def test_no_import_cycle_inside_the_package() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from ocycle_dist.remote import listener, wire
 from ocycle_dist.remote.redis_client import connect
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 WAKE = "ocycle:wake:test"
 

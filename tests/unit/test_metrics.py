@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import ocycle_dist as ocycle
-from ocycle_dist.metrics import register
+from ocycle_dist.app.metrics import register
 
 
 def test_prometheus_exposes_each_streams_counters() -> None:
@@ -67,7 +67,7 @@ def test_serve_answers_a_scrape_and_stops() -> None:
     import socket
     import urllib.request
 
-    from ocycle_dist.metrics import serve
+    from ocycle_dist.app.metrics import serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,8 +87,8 @@ def test_serve_answers_a_scrape_and_stops() -> None:
 def test_a_metrics_port_that_cannot_be_served_is_a_config_error_naming_it() -> None:
     import socket
 
+    from ocycle_dist.app.metrics import serve_address
     from ocycle_dist.errors import ConfigError
-    from ocycle_dist.metrics import serve_address
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from ocycle_dist.remote.protocol import claim_key, reply_key, token_of
 from ocycle_dist.remote.publisher import publish
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
-from tests.unit.dist_helpers import decode, queued
+from tests.support.dist_helpers import decode, queued
 
 
 class Owner:
@@ -29,7 +29,7 @@ def make_entry(
     value: Any, settings: Settings, *, stream: str = "pub", seq: int = 7, t0: float = 12.5, token: str = "tok"
 ) -> Entry:
     """An entry kept by an executor with ``settings`` and ``token``."""
-    entry = Entry(str(uuid.uuid4()), "workers.tasks.echo", Chunk(stream, seq, t0, 4, 28), wire.dumps(value))
+    entry = Entry(str(uuid.uuid4()), "tests.echo", Chunk(stream, seq, t0, 4, 28), wire.dumps(value))
     entry.owner = _owners.setdefault((id(settings), token), Owner(settings, token))  # type: ignore[assignment]
     return entry
 
@@ -53,7 +53,7 @@ def test_published_message_is_a_celery_task_with_our_content_type_and_reply_list
             {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
         ]
         headers, props = envelope["headers"], envelope["properties"]
-        assert (headers["task"], headers["id"], headers["root_id"]) == ("workers.tasks.echo", entry.id, entry.id)
+        assert (headers["task"], headers["id"], headers["root_id"]) == ("tests.echo", entry.id, entry.id)
         assert headers["retries"] == 0 and headers["timelimit"] == [1.5, None]  # [hard, soft]
         assert headers["ocycle"] == entry.meta._asdict()
         assert props["reply_to"] == "ocycle:reply:tok123" == reply_key("tok123")

@@ -65,7 +65,7 @@ def test_a_unix_socket_url_is_spelled_for_kombu_and_back(unix: str, kombu: str, 
 )
 def test_a_malformed_broker_url_is_a_config_error_naming_broker(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        ocycle.BufferEmit("workers.tasks.echo", 4, mode="celery", **options)
+        ocycle.BufferEmit("tests.echo", 4, mode="celery", **options)
     assert excinfo.value.param == "broker"
     assert str(excinfo.value).startswith("broker=")
 
@@ -136,3 +136,19 @@ def test_a_boolean_setting_that_is_no_boolean_is_named() -> None:
 
 def test_the_reply_secret_is_never_in_the_settings_repr() -> None:
     assert "hunter2" not in repr(Settings(reply_secret="hunter2"))  # Celery's `inspect conf` prints it
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@10.0.0.2:6379/0", "redis://:***@10.0.0.2:6379/0"),
+        ("rediss://user:secret@host/1", "rediss://user:***@host/1"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("sentinel://:pw@a:26379/0;sentinel://:pw@b:26379", "sentinel://:***@a:26379/0;sentinel://:***@b:26379"),
+    ],
+)
+def test_messages_never_show_the_brokers_password(url: str, shown: str) -> None:
+    from ocycle_dist.remote.redis_client import redact
+
+    assert redact(url) == shown

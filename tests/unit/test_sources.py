@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ocycle_dist.app.sources import END, FileSource, Microphone, Source, StdinPCM, Synthetic, decode_pcm, synthetic
 from ocycle_dist.errors import ConfigError
-from ocycle_dist.sources import END, FileSource, Microphone, Source, StdinPCM, decode_pcm
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def drain(source: Source, timeout: float = 10.0) -> list[tuple[np.ndarray, float]]:
@@ -269,3 +269,16 @@ def test_a_device_that_cannot_be_opened_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"device='nope' is invalid: expected an input device PortAudio can open"):
         Microphone("nope", stream_factory=refuse).start()
+
+
+def test_the_test_signal_is_tone_noise_and_silence_in_frames_with_sample_accurate_t0s() -> None:
+    source = Synthetic(12.0, 16000, frame=1000)
+    assert source.paced and not Synthetic(1.0, 16000, realtime=True).paced  # fast: the writer waits for the workers
+    got = drain(source.start())
+    assert source.error is None and source.seconds == 12.0 and {len(f) for f, _ in got} == {1000}
+    assert all(t0 == got[0][1] + i * 1000 / 16000 for i, (_, t0) in enumerate(got))
+    signal = np.concatenate([f for f, _ in got])
+    assert np.array_equal(signal, np.concatenate(list(synthetic(12.0, 16000, 1000))))
+    tone, noise, silence = signal[:64000], signal[64000:128000], signal[128000:]  # 4 s each
+    assert np.abs(tone).max() > 0.29 and np.abs(noise).max() > 0.29 and not silence.any()
+    assert np.corrcoef(tone[:-1], tone[1:])[0, 1] > 0.5 > np.corrcoef(noise[:-1], noise[1:])[0, 1]  # a tone, noise

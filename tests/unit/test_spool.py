@@ -14,8 +14,8 @@ import ocycle_dist as ocycle
 from ocycle_dist.errors import ConfigError, SpoolError
 from ocycle_dist.remote import wire
 from ocycle_dist.remote.settings import Settings
-from tests.helpers import footprint, wait_for
-from tests.unit.dist_helpers import (
+from tests.support.dist_helpers import (
+    answer,
     assert_accounted,
     queued,
     reply,
@@ -23,6 +23,7 @@ from tests.unit.dist_helpers import (
     spool_rows,
     warnings_of,
 )
+from tests.support.helpers import footprint, wait_for
 
 
 def test_a_cancelled_chunk_leaves_the_spool(make: Any, admin: Any, tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recove
     assert len(spool_rows(small_disk, emitter.stream)) == stats.in_flight  # what was kept is on disk
     messages = wait_for(lambda: len(q := queued(admin)) == stats.in_flight and q, what="the kept chunks sent")
     for message in messages:  # their results come back: the spool empties
-        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+        answer(admin, emitter.stream, message, result="ok")
     assert emitter.wait(10)
     wait_for(lambda: spool_rows(small_disk, emitter.stream) == [], what="the spool emptied on disk")
     failed = emitter.stats().failed
@@ -177,7 +178,13 @@ def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recove
 
 @pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
 @pytest.mark.parametrize(
-    ("budget", "size", "writes"), [(20000, 16, 400), (20000, 400, 300), (20000, 5000, 40), (1_000_000, 400, 3000)]
+    ("budget", "size", "writes"),
+    [
+        (20000, 16, 400),
+        (20000, 400, 300),
+        (20000, 5000, 40),
+        pytest.param(1_000_000, 400, 3000, marks=pytest.mark.integration),  # 3000 chunks on disk: seconds
+    ],
 )
 def test_spool_max_bytes_bounds_the_files_on_disk(
     make: Any, tmp_path: Path, policy: str, budget: int, size: int, writes: int

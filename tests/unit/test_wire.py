@@ -139,7 +139,7 @@ def test_a_structured_dtype_is_refused_at_write_in_celery_mode(make: Any) -> Non
 
 def test_a_declared_structured_dtype_is_a_config_error_in_celery_mode(broker: str) -> None:
     with pytest.raises(ConfigError, match="a dtype the wire carries faithfully") as excinfo:
-        ocycle.NumpyEmit("workers.tasks.echo", 4, mode="celery", broker=broker, dtype=STRUCTURED)
+        ocycle.NumpyEmit("tests.echo", 4, mode="celery", broker=broker, dtype=STRUCTURED)
     assert excinfo.value.param == "dtype"
     local = ocycle.NumpyEmit(lambda v, t0: v, 4, dtype=STRUCTURED, mode="thread")
     with pytest.raises(ConfigError, match="a dtype the wire carries faithfully"):

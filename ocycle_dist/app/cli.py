@@ -19,13 +19,13 @@ def status(broker: str | None, queues: list[str] | None = None) -> int:
     deliveries not yet acknowledged, results pending, messages the workers refused, and the workers that answer."""
     from collections import Counter
 
-    from .demo import QUEUES
-    from .remote.backlog import known_queues, read_backlog
-    from .remote.intake import dead_letters
-    from .remote.protocol import CHUNK_PREFIX, DEAD_KEY, REPLY_PREFIX
-    from .remote.redis_client import connect, redact
-    from .remote.settings import Settings
-    from .remote.worker import make_app
+    from ..remote.backlog import known_queues, read_backlog
+    from ..remote.intake import dead_letters
+    from ..remote.protocol import CHUNK_PREFIX, DEAD_KEY, REPLY_PREFIX
+    from ..remote.redis_client import connect, redact
+    from ..remote.settings import Settings
+    from ..remote.worker import make_app
+    from .consumers import QUEUES
 
     settings = Settings.from_env(broker_url=broker)
     client = connect(settings.broker_url, socket_timeout=3.0, master_name=settings.sentinel_master)
@@ -59,10 +59,10 @@ def status(broker: str | None, queues: list[str] | None = None) -> int:
 
 def purge(broker: str | None, queues: str) -> int:
     """Empty the queues (comma-separated), each chunk's producer told at once (:mod:`.remote.purge`)."""
-    from .remote.purge import purge_queue
-    from .remote.redis_client import connect, redact
-    from .remote.settings import Settings
-    from .remote.worker import make_app
+    from ..remote.purge import purge_queue
+    from ..remote.redis_client import connect, redact
+    from ..remote.settings import Settings
+    from ..remote.worker import make_app
 
     settings = Settings.from_env(broker_url=broker)
     client = connect(settings.broker_url, socket_timeout=10.0, master_name=settings.sentinel_master)
@@ -83,7 +83,7 @@ COMMANDS = ("demo", "stream", "status", "purge", "archive")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. A package the command needs and this install lacks (a device's
     install has no Celery) is named, with the extra to install (``demo``'s own for the demo), exit code 2."""
-    from .extras import install_hint
+    from ..extras import install_hint
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -125,15 +125,15 @@ def _main(argv: list[str]) -> int:
     pu = sub.add_parser("purge", help="empty queues; each chunk's producer is told at once (counted failed: Purged)")
     pu.add_argument("--broker", help="Redis URL; default OCYCLE_BROKER_URL")
     pu.add_argument("-Q", "--queues", required=True, help="the queues to empty, comma-separated (e.g. model)")
-    from .archive.cli import add_arguments as add_archive_arguments
+    from ..archive.cli import add_arguments as add_archive_arguments
 
     add_archive_arguments(sub.add_parser("archive", help="the encrypted FLAC archive: list it, export a time range"))
     args = parser.parse_args(argv)
     if args.command == "purge":
         return purge(args.broker, args.queues)
     if args.command == "demo":
+        from ..errors import ConfigError
         from .demo import main_demo
-        from .errors import ConfigError
 
         try:
             return main_demo(args.broker, args.seconds, args.wav, args.realtime, metrics_address(args))
@@ -145,7 +145,7 @@ def _main(argv: list[str]) -> int:
 
         return main_stream(args)
     if args.command == "archive":
-        from .archive.cli import main_archive
+        from ..archive.cli import main_archive
 
         return main_archive(args)
     return status(args.broker, args.queue)

@@ -1,5 +1,5 @@
 """A stock Celery app (not ``make_app``): our serializer registered and ReplyBackend as its result backend, a
-task of its own and a batched one, no batch task and no ChunkTask. ``celery -A tests.stock_app worker`` runs the
+task of its own and a batched one, no batch task and no ChunkTask. ``celery -A tests.support.stock_app worker`` runs the
 project's plain task messages; a batch message is a task it does not know."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ app.conf.update(
     result_serializer=wire.SERIALIZER,
     accept_content=[wire.SERIALIZER],
     result_accept_content=[wire.SERIALIZER],
-    result_backend="ocycle_dist.remote.worker:ReplyBackend",
+    result_backend="ocycle_dist.remote.backend:ReplyBackend",
     broker_connection_retry_on_startup=True,
 )
 
@@ -32,6 +32,6 @@ def reverse(value: bytes, t0: float) -> bytes:
 @app.task(name="contract.batch_reverse")
 @batched
 def batch_reverse(values: list[bytes], t0s: list[float]) -> list[Any]:
-    """``tests.contract_tasks.batch_reverse`` on a stock worker: called one chunk at a time."""
+    """``tests.support.tasks.batch_reverse`` on a stock worker: called one chunk at a time."""
     assert len(values) == 1
     return [ValueError(f"chunk {v!r} starts with b") if v.startswith(b"b") else v[::-1] for v in values]

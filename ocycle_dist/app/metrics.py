@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .emit import BufferEmit
-from .errors import ConfigError
+from ..emit import BufferEmit
+from ..errors import ConfigError
 
 COUNTERS = (
     "written",

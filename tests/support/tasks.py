@@ -1,4 +1,7 @@
-"""The contract suite's callbacks as tasks of the workers app (loaded by the test workers with -I)."""
+"""The test tasks, on the workers app: ``tests.echo``, ``tests.fail`` and the contract suite's callbacks.
+
+Every worker a test starts loads them: ``celery -A workers worker --include tests.support.tasks``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,18 @@ from typing import Any
 
 from ocycle_dist.batched import batched
 from workers import app
+
+
+@app.task(name="tests.echo")
+def echo(chunk: Any, t0: float) -> list[Any]:
+    """Return ``[chunk, t0]`` unchanged."""
+    return [chunk, t0]
+
+
+@app.task(name="tests.fail")
+def fail(chunk: Any, t0: float) -> None:
+    """Raise ``ValueError`` (the error path)."""
+    raise ValueError(f"failing on purpose on a chunk of {len(chunk)} elements at t0={t0}")
 
 
 @app.task(name="contract.reverse")
@@ -41,9 +56,9 @@ def fail_on_b(value: bytes, t0: float) -> bytes:
 
 
 def _redis() -> Any:
-    from ocycle_dist.remote.worker import _client
+    from ocycle_dist.remote.runner import broker_client
 
-    return _client(app.conf.broker_url)
+    return broker_client(app)
 
 
 @app.task(name="contract.slow_echo", bind=True)

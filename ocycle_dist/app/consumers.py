@@ -11,7 +11,7 @@ Given as ``--consumer task:seconds[:queue[:policy[:expires]]]`` flags (empty fie
     expires = 6.0                  # optional: seconds a chunk may wait for a worker, then discarded (counted)
     name = "spl"                   # optional: for messages and the stream id (default: the task's last part)
 
-Without either, the demo's three (:data:`DEFAULT_CONSUMERS`).
+Without either, the canonical three (:data:`CONSUMERS`), which ``ocycle-dist demo`` runs.
 """
 
 from __future__ import annotations
@@ -23,12 +23,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .inflight import POLICIES
+from ..checks import queue_name
+from ..errors import ConfigError
+from ..inflight import POLICIES
 
 FIELDS = ("task", "seconds", "queue", "policy", "expires", "name")
 SPEC = "task:seconds[:queue[:policy[:expires]]]"
 MIN_SECONDS = 0.01  # the shortest chunk: each is a task, so at most 100 a second per consumer
+
+CONSUMERS = (  # the canonical three: (name, task, seconds per chunk, queue)
+    ("spl", "workers.tasks.spl", 0.5, "spl"),
+    ("classify", "workers.tasks.classify", 2.0, "model"),
+    ("archive", "workers.tasks.archive_flac", 10.0, "archive"),
+)
+QUEUES = tuple(dict.fromkeys(queue for *_, queue in CONSUMERS))  # what their workers must consume
+MODEL_EXPIRES = 6.0  # seconds: a live model works on fresh chunks; older ones are discarded and counted
 
 
 @dataclass(frozen=True)
@@ -87,10 +96,7 @@ def make_consumer(
         raise ConfigError("task", task, "a task name such as workers.tasks.spl")
     secs = _seconds("seconds", seconds, least=MIN_SECONDS)
     assert secs is not None
-    if queue in ("", None):
-        queue = None
-    elif not isinstance(queue, str) or any(c.isspace() for c in queue) or len(queue) > 200:
-        raise ConfigError("queue", queue, "a queue name (no spaces, at most 200 characters), or empty")
+    queue = None if queue in ("", None) else queue_name(queue)
     if policy in ("", None):
         policy = None
     elif policy not in POLICIES:
@@ -153,11 +159,20 @@ def unique_names(consumers: Iterable[Consumer]) -> list[Consumer]:
 
 
 def default_consumers() -> list[Consumer]:
-    """The demo's three: SPL every 0.5 s (queue ``spl``), the model every 2 s (queue ``model``, chunks expire
-    after ``MODEL_EXPIRES``), a FLAC archive every 10 s (queue ``archive``)."""
-    from .demo import CONSUMERS, MODEL_EXPIRES
-
+    """The canonical three: SPL every 0.5 s (queue ``spl``), the model every 2 s (queue ``model``, chunks
+    expire after ``MODEL_EXPIRES``), a FLAC archive every 10 s (queue ``archive``)."""
     return [
         Consumer(name, task, secs, queue, None, MODEL_EXPIRES if queue == "model" else None)
         for name, task, secs, queue in CONSUMERS
     ]
+
+
+def describe(kind: str, result: Any) -> str:
+    """One line for a result of one of the canonical tasks (``spl``, ``classify``, ``archive``)."""
+    if kind == "spl":
+        return f"{result['dbfs']:7.1f} dBFS  ({result['db_spl']:.1f} dB SPL)"
+    if kind == "classify":
+        return f"{result['label']:<8} p={result['scores'][result['label']]:.2f}"
+    seconds = result["frames"] / result.get("rate", 1)
+    again = ", written before: kept" if result.get("existed") else ""
+    return f"{result['path']} ({result['bytes']:,} bytes, {seconds:.1f} s{again})"

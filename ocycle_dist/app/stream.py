@@ -1,11 +1,14 @@
 """``ocycle-dist stream``: the producer a device runs. A source, a ``Tap`` of consumers, each chunk a Celery task.
 
-The source (:mod:`ocycle_dist.sources`: raw PCM on stdin, a sound file, a microphone) is read on its own
-thread; this module's writer takes its frames and writes them to one ``NumpyEmit`` per consumer
-(:mod:`ocycle_dist.consumers`), in the celery mode. A live source (stdin, microphone, a file with
-``--realtime``) never waits for the workers: each consumer's policy acts when its backlog is full. A file
-replayed as fast as possible waits instead until every consumer has fewer than ``--max-inflight`` chunks in
-flight, so it goes as fast as the workers take it.
+The source (:mod:`ocycle_dist.app.sources`: raw PCM on stdin, a sound file, a microphone, a test signal) is read
+on its own thread; this module's writer takes its frames and writes them to one ``NumpyEmit`` per consumer
+(:mod:`ocycle_dist.app.consumers`), in the celery mode. A live source (stdin, microphone, a file with
+``--realtime``) never waits for the workers: each consumer's policy acts when its backlog is full. A file or a
+test signal replayed as fast as possible waits instead until every consumer has fewer than ``--max-inflight``
+chunks in flight, so it goes as fast as the workers take it.
+
+:func:`open_broker` chooses the broker: the one given or configured when it answers, else an embedded one
+(:mod:`.embedded`). ``ocycle-dist demo`` is this command with a preset (:mod:`.demo`).
 
 SIGINT (Ctrl-C) or SIGTERM stops the reading; the partial chunks are flushed, the results waited for up to
 ``--drain-timeout`` seconds, and what is left is said per consumer. A second signal (or one while draining)
@@ -30,15 +33,16 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from .chunk import Chunk
-from .consumers import SPEC, Consumer, default_consumers, load_config, parse_consumer, unique_names
-from .emit import NumpyEmit
-from .errors import ConfigError
+from ..chunk import Chunk
+from ..emit import NumpyEmit
+from ..errors import ConfigError
+from ..remote.redis_client import redact
+from ..remote.settings import Settings
+from ..stats import Stats
+from ..tap import Tap
+from .consumers import SPEC, Consumer, default_consumers, describe, load_config, parse_consumer, unique_names
 from .metrics import serve_address
-from .remote.settings import Settings
-from .sources import END, PCM_FORMATS, FileSource, Microphone, Source, StdinPCM
-from .stats import Stats
-from .tap import Tap
+from .sources import END, PCM_FORMATS, FileSource, Microphone, Source, StdinPCM, Synthetic
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
@@ -106,19 +110,8 @@ class Outcome:
     left: dict[str, int] = field(default_factory=dict)
 
 
-def redact(url: str) -> str:
-    """``url`` with its password (``redis://:secret@host``) replaced by ``***``, for messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-
-
 def _describe(task: str, result: Any) -> str:
-    """One line for a result: the demo's wording for its tasks, else the value, cut short."""
-    from .demo import describe
-
+    """One line for a result: the canonical tasks' wording for theirs, else the value, cut short."""
     kind = {"spl": "spl", "classify": "classify", "archive_flac": "archive"}.get(task.rsplit(".", 1)[-1])
     if kind is not None:
         try:
@@ -174,7 +167,7 @@ def run(
     stopper = stopper or Stopper()
     prefix = prefix or f"{socket.gethostname()}-{os.getpid()}"
     rate = source.rate
-    paced = isinstance(source, FileSource) and not source.realtime
+    paced = source.paced
     lock = threading.Lock()
     start = time.time()
 
@@ -325,6 +318,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'-' for raw PCM on stdin (e.g. from arecord), or a sound file (WAV, FLAC...); omit with --mic",
     )
     parser.add_argument("--mic", action="store_true", help="record from a microphone (PortAudio; extra 'mic')")
+    parser.add_argument(
+        "--synthetic",
+        type=float,
+        metavar="SECONDS",
+        help="stream a test signal this long (tone, noise, silence in turn) instead of a source",
+    )
     parser.add_argument("--device", help="--mic: the input device, a name or index (default: the default input)")
     parser.add_argument(
         "-f",
@@ -371,9 +370,11 @@ EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning 
 
 
 def _source(args: argparse.Namespace, default_rate: int) -> Source:
-    if args.mic == (args.source is not None):
-        raise ConfigError("source", args.source, "'-' (stdin) or a sound file, or --mic (one of them)")
+    if int(args.mic) + (args.source is not None) + (args.synthetic is not None) != 1:
+        raise ConfigError("source", args.source, "'-' (stdin) or a sound file, or --mic, or --synthetic (one of them)")
     rate = args.rate if args.rate is not None else default_rate
+    if args.synthetic is not None:
+        return Synthetic(args.synthetic, rate, realtime=args.realtime, frame=args.frame)
     if args.mic:
         device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
         return Microphone(device, rate, args.channels, args.frame)
@@ -409,11 +410,59 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("max_inflight", args.max_inflight, "a positive integer")
 
 
-def main_stream(args: argparse.Namespace) -> int:
-    """The ``ocycle-dist stream`` command; returns its exit code."""
-    from .archive.keys import embedded_archive_env
-    from .remote.redis_client import check_url, reachable
-    from .testing.embedded import embedded, lacks
+def open_broker(
+    stack: ExitStack,
+    url: str,
+    *,
+    explicit: bool,
+    queues: tuple[str, ...],
+    env: dict[str, str],
+    archive: bool,
+    err: Callable[[str], None],
+    command: str = "stream",
+) -> str | int:
+    """The broker to stream to: ``url`` when it answers; else, unless ``explicit`` (given by the user), an embedded
+    broker and worker (:func:`.embedded.embedded`) that ``stack`` stops. Returns its URL, or the exit code to
+    return when there is none (said on ``err``).
+
+    Args:
+        queues: the queues the consumers use (the embedded worker consumes them).
+        env: more environment variables for the embedded worker (``OCYCLE_SAMPLE_RATE``).
+        archive: a consumer archives: the embedded worker gets an archive identity (made on first use).
+    """
+    from ..archive.keys import embedded_archive_env
+    from ..remote.redis_client import reachable
+    from .embedded import embedded, lacks
+
+    if reachable(url):
+        err(f"broker: {redact(url)} (workers must consume queues {','.join(queues)}: celery -A workers worker -Q)")
+        return url
+    if explicit:
+        err(f"ocycle-dist {command}: broker {redact(url)} is not reachable")
+        return EXIT_USAGE
+    lacking = lacks("demo" if command == "demo" else "worker")
+    if lacking:
+        err(f"ocycle-dist {command}: no broker reachable at {redact(url)}, and no embedded one can start here:")
+        err(f"  {'; '.join(lacking)}")
+        err("  a device streams to its broker: --broker redis://HOST:6379/0 (or OCYCLE_BROKER_URL)")
+        return EXIT_USAGE
+    err(f"no broker reachable at {redact(url)}: starting an embedded broker and worker")
+    try:
+        if archive:
+            env = {**env, **embedded_archive_env(err)}
+        local = stack.enter_context(embedded(queues, env=env))
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        err(f"ocycle-dist {command}: the embedded broker or worker could not start: {exc}")
+        return EXIT_FAILED
+    err(f"embedded broker: {local.server} on {local.url}")
+    err(f"embedded workers: {local.workers}")
+    return local.url
+
+
+def main_stream(args: argparse.Namespace, command: str = "stream") -> int:
+    """The ``ocycle-dist stream`` command (``command`` names it in messages: ``demo`` runs it too); returns its
+    exit code."""
+    from ..remote.redis_client import check_url
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -431,51 +480,42 @@ def main_stream(args: argparse.Namespace) -> int:
         url = args.broker or os.environ.get("OCYCLE_BROKER_URL") or Settings().broker_url
         check_url(url)  # malformed is a usage error, not an unreachable broker
     except ConfigError as exc:
-        err(f"ocycle-dist stream: {exc}")
+        err(f"ocycle-dist {command}: {exc}")
         return EXIT_USAGE
     queues = tuple(dict.fromkeys(c.queue or Settings.from_env().queue for c in consumers))
     stopper = Stopper().install()
     try:
-        options: dict[str, Any] = dict(
-            drain_timeout=args.drain_timeout,
-            progress=args.progress,
-            max_inflight=args.max_inflight,
-            prefix=args.prefix,
-            quiet=args.quiet,
-            stopper=stopper,
-            err=err,
-            metrics=metrics,
-        )
-        if reachable(url):
-            err(f"broker: {redact(url)} (workers must consume queues {','.join(queues)}: celery -A workers worker -Q)")
-            return run(source, consumers, Settings.from_env(broker_url=url), **options).code
-        if args.broker:
-            err(f"ocycle-dist stream: broker {redact(args.broker)} is not reachable")
-            return EXIT_USAGE
-        lacking = lacks()
-        if lacking:
-            err(f"ocycle-dist stream: no broker reachable at {redact(url)}, and no embedded one can start here:")
-            err(f"  {'; '.join(lacking)}")
-            err("  a device streams to its broker: --broker redis://HOST:6379/0 (or OCYCLE_BROKER_URL)")
-            return EXIT_USAGE
-        err(f"no broker reachable at {redact(url)}: starting an embedded broker and worker")
         with ExitStack() as stack:
-            try:
-                env = {"OCYCLE_SAMPLE_RATE": str(source.rate)}
-                if any(c.task.endswith(".archive_flac") for c in consumers):
-                    env.update(embedded_archive_env(err))
-                local = stack.enter_context(embedded(queues, env=env))
-            except (RuntimeError, TimeoutError, OSError) as exc:
-                err(f"ocycle-dist stream: the embedded broker or worker could not start: {exc}")
-                return EXIT_FAILED
-            err(f"embedded broker: {local.server} on {local.url}")
-            err(f"embedded workers: {local.workers}")
-            return run(source, consumers, Settings.from_env(broker_url=local.url), **options).code
+            broker = open_broker(
+                stack,
+                url,
+                explicit=bool(args.broker),
+                queues=queues,
+                env={"OCYCLE_SAMPLE_RATE": str(source.rate)},
+                archive=any(c.task.endswith(".archive_flac") for c in consumers),
+                err=err,
+                command=command,
+            )
+            if isinstance(broker, int):
+                return broker
+            return run(
+                source,
+                consumers,
+                Settings.from_env(broker_url=broker),
+                drain_timeout=args.drain_timeout,
+                progress=args.progress,
+                max_inflight=args.max_inflight,
+                prefix=args.prefix,
+                quiet=args.quiet,
+                stopper=stopper,
+                err=err,
+                metrics=metrics,
+            ).code
     except ConfigError as exc:  # a device that cannot be opened, a bad broker URL
-        err(f"ocycle-dist stream: {exc}")
+        err(f"ocycle-dist {command}: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second signal while starting
-        err("ocycle-dist stream: interrupted while starting")
+        err(f"ocycle-dist {command}: interrupted while starting")
         return EXIT_INTERRUPTED
     finally:
         stopper.restore()

@@ -1,4 +1,4 @@
-"""A producer run as a subprocess by tests/test_faults.py (killed with SIGKILL, then restarted).
+"""A producer run as a subprocess by tests/integration/test_faults.py (killed with SIGKILL, then restarted).
 
 Writes the chunks ``--first`` .. ``--count - 1`` of a stream with an explicit id and a SQLite spool; each
 chunk is 16 bytes: its number (8 bytes, big-endian) and 8 bytes of padding. Appends ``<seq> <number>`` to
@@ -7,7 +7,7 @@ chunk is 16 bytes: its number (8 bytes, big-endian) and 8 bytes of padding. Appe
 construction, the chunks its predecessor left in the spool. At the end it closes the emitter (waiting for
 every result) and prints one JSON line: what it adopted and its counters.
 
-    python tests/producer_proc.py --broker URL --spool DIR --stream ID --results F --progress F --count N
+    python tests/support/producer_proc.py --broker URL --spool DIR --stream ID --results F --progress F --count N
         [--first K] [--interval S] [--task NAME] [--resend-after S]
 """
 

