@@ -287,9 +287,9 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
     per_second = statistics.median(c for c, _ in runs)
     loop = statistics.median(lo for _, lo in runs)
     share = per_second * 100  # % of one core per real-time stream
-    print(f"\n- producer CPU: the canonical three consumers, {audio:g} s of audio at {speed:g}x, {rounds} round(s), medians: "
-          f"{per_second * 1e3:.2f} ms of producer CPU per second of audio = {share:.3f} % of one core per real-time"
-          f" stream; of which the loop itself (pacing, Tap, cutting: the same with serial no-op emitters) "
+    print(f"\n- producer CPU: the canonical three consumers, {audio:g} s of audio at {speed:g}x, {rounds} round(s), "
+          f"medians: {per_second * 1e3:.2f} ms of producer CPU per second of audio = {share:.3f} % of one core per "
+          f"real-time stream; of which the loop itself (pacing, Tap, cutting: the same with serial no-op emitters) "
           f"{loop * 1e3:.2f} ms, the celery mode {max(0.0, per_second - loop) * 1e3:.2f} ms")  # fmt: skip
-    verdicts.at_most("producer CPU", "producer CPU per real-time stream of the canonical three consumers <= 0.25 % of a core",
-                     "0.25 %", f"{share:.3f} %", share / 0.25, 1.0)  # fmt: skip
+    verdicts.at_most("producer CPU", "producer CPU per real-time stream of the canonical three consumers "
+                     "<= 0.25 % of a core", "0.25 %", f"{share:.3f} %", share / 0.25, 1.0)  # fmt: skip

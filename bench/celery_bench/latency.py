@@ -111,7 +111,8 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
     for q in (50, 99):
         a, b = pct(lat[ref_name], q), pct(lat["ocycle_dist"], q)
         rows.append([f"one at a time, p{q} ({samples} samples)", ref_name, ms(a), ms(b), f"{b / a:.2f}x", "<= 1.1x"])
-        verdicts.at_most("latency", f"one at a time, emit-to-on_done p{q} vs {ref_name} <= 1.1x", ms(a), ms(b), b / a, 1.1)
+        what = f"one at a time, emit-to-on_done p{q} vs {ref_name} <= 1.1x"
+        verdicts.at_most("latency", what, ms(a), ms(b), b / a, 1.1)
     if load:
         for q in (50, 99):
             a, b = pct(under[ref_name], q), pct(under["ocycle_dist"], q)

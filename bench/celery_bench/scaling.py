@@ -101,7 +101,8 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
         verdicts.at_least("scaling", f"classify chunks/s with {workers} worker(s) vs stock Celery >= 1x",
                           f"{fmt(a)} chunks/s", f"{fmt(b)} chunks/s", b / a, 1.0)  # fmt: skip
     speedup = seconds["ocycle_dist", 1] / seconds["ocycle_dist", 2]
-    verdicts.at_least("scaling", "classify chunks/s, 2 workers vs 1 worker >= 1.5x", "1 worker", "2 workers", speedup, 1.5)
+    what = "classify chunks/s, 2 workers vs 1 worker >= 1.5x"
+    verdicts.at_least("scaling", what, "1 worker", "2 workers", speedup, 1.5)
     table(f"Throughput on a CPU-bound task: classify, 2 s chunks of 16 kHz float32 (32000 samples), {n} chunks, "
           "first write/send to last result; workers prefork -c 1",
           ["workers", "stock Celery chunks/s", "ocycle_dist chunks/s", "ocycle / stock",

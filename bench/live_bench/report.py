@@ -163,9 +163,9 @@ def goals(verdicts: Verdicts, ours: list[dict[str, Any]], plan: Plan) -> None:
     budget = ours[-1]["budget"] or 32 * MIB  # one per emitter: the three consumers may keep 3 x budget
     base, hwm = med(ours, "baseline"), med(ours, "hwm")
     limit = base + (1 + SLACK_SHARE) * 3 * budget + SLACK
-    verdicts.at_most("memory", f"producer peak RSS (VmHWM) <= baseline + 3 spool budgets of {budget / MIB:g} MiB + slack "
-                     f"({SLACK / MIB:g} MiB + {SLACK_SHARE:.0%} of the budgets)", mb(limit), mb(hwm), hwm / limit,
-                     1.0)  # fmt: skip
+    verdicts.at_most("memory", f"producer peak RSS (VmHWM) <= baseline + 3 spool budgets of {budget / MIB:g} MiB "
+                     f"+ slack ({SLACK / MIB:g} MiB + {SLACK_SHARE:.0%} of the budgets)", mb(limit), mb(hwm),
+                     hwm / limit, 1.0)  # fmt: skip
     for p, what in (("up", "workers up"), ("live", "workers back, after the catch-up")):
         v = med(ours, f"spl_p99_{p}")
         if v != v:
