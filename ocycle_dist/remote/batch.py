@@ -1,7 +1,7 @@
 """The worker side of batching: a pool process runs many chunks in one call, each with its own outcome.
 
 Celery's cost per task message (a BRPOP, the request, the prefork pipe to the pool process and back, the
-ack, the reply) is ~2 ms here, ~200 times what a small chunk's function costs. Two ways chunks share it:
+ack, the reply) is many times what a small chunk's function costs. Two ways chunks share it:
 
 - **A batch message** (task :data:`.protocol.BATCH_TASK`, sent by a producer with several chunks pending,
   e.g. a backlog after an outage): :func:`run_batch` runs its chunks in turn.
@@ -72,8 +72,8 @@ log = logging.getLogger("ocycle_dist.worker")
 DRAIN_SLOW = 0.05  # a pool process drains only after a chunk that ran faster than this (seconds)
 DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
 # One take stops once it holds this many bytes of messages (a batch message is ~1.4 MB). A take that stopped
-# there (a backlog of batch messages) has the next one sent before its messages run: the take script copies
-# ~7 ms of Redis's time per batch message, spent on the other core meanwhile. A take of small messages, cut at
+# there (a backlog of batch messages) has the next one sent before its messages run: the take script's copying
+# of each batch message costs Redis time, spent on the other core meanwhile. A take of small messages, cut at
 # worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
 DRAIN_BYTES = 2 << 20
 FETCH = 64  # run_items fetches the claimed chunks of this many items at a time, in one MGET
@@ -88,9 +88,8 @@ REPLY_EVERY = 0.01  # a long take (a backlog of batch messages) sends the replie
 # messages, their tags, how many more wait if the take stopped at its count or byte limit (else 0: the queue
 # ran dry, and what comes next may as well go to another worker), the task ids, and 1 if it stopped at its
 # byte limit (else 0). One RPOP with a count
-# would copy its whole reply into Lua at a cost growing with the square of its size (31 batch messages of
-# 1.4 MB: 260 ms, 80 ms one at a time); the byte budget bounds how long Redis is busy with one take (a
-# backlog of batch messages is taken a few at a time).
+# would copy its whole reply into Lua at a cost growing with the square of its size; the byte budget bounds
+# how long Redis is busy with one take (a backlog of batch messages is taken a few at a time).
 TAKE = """
 local items, tags, ids, limited, by_bytes = {}, {}, {}, false, 0
 local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'
@@ -163,7 +162,7 @@ def payload_size(value: Any) -> int:
 
 
 def wants_meta(task: Any) -> bool:
-    """Whether ``task``'s function has a ``meta`` parameter (looked up once per task: it costs ~15 us)."""
+    """Whether ``task``'s function has a ``meta`` parameter (looked up once per task: ``inspect.signature`` is slow)."""
     cached = task.__dict__.get("_ocycle_wants_meta")
     if cached is None:
         cached = task.__dict__["_ocycle_wants_meta"] = "meta" in inspect.signature(task.run).parameters
@@ -171,7 +170,7 @@ def wants_meta(task: Any) -> bool:
 
 
 def chunk_limit(task: Any) -> int:
-    """``max_chunk_bytes`` of ``task``'s app (looked up once per task: the app's settings, ~5 us a lookup)."""
+    """``max_chunk_bytes`` of ``task``'s app (looked up once per task, from the app's settings)."""
     cached = task.__dict__.get("_ocycle_limit_value")
     if cached is None:
         cached = task.__dict__["_ocycle_limit_value"] = task._ocycle_limit()
@@ -193,7 +192,7 @@ def _call(task: Any, item: list[Any], hostname: str | None, delivery_info: dict[
 
     A task of :class:`.worker.ChunkTask` (its ``__call__`` not overridden) is run here directly in one fresh
     request context (``ChunkTask.__call__``'s checks, then the function): Celery's ``Task.__call__`` would push
-    a second context copying the first, ~30 us a chunk. Any other task class is called as Celery would."""
+    a second context copying the first, for each chunk. Any other task class is called as Celery would."""
     task_id, name, chunk, t0, meta = item[:5]
     request = {
         "id": task_id, "correlation_id": task_id, "task": name, "args": [chunk, t0], "kwargs": {}, "hostname": hostname,
@@ -390,8 +389,8 @@ def envelope_of(raw: bytes) -> tuple[dict[str, Any], Any]:
     """kombu's JSON envelope of a message and its body (a str, or the body's bytes in ``raw``).
 
     The producers' envelopes (and kombu's) begin with the body, base64 text: it is cut out of ``raw`` unread
-    and the rest parsed alone (a batch message's 1.4 MB body would cost json.loads ~1.1 ms a message, 17 us a
-    chunk). Anything else (an escape in the body, a second "body" key...) is parsed whole."""
+    and the rest parsed alone (``json.loads`` would scan a batch message's whole body). Anything else (an
+    escape in the body, a second "body" key...) is parsed whole."""
     if raw.startswith(_BODY_FIRST):
         start = len(_BODY_FIRST)
         end = raw.find(b'"', start)
