@@ -1,4 +1,4 @@
-"""The fleet section: what one worker process gets through (drain, fleet), and the producer's CPU.
+"""Section "fleet": what one worker process gets through (drain, fleet), and the producer's CPU.
 
 Drain: 2,000 SPL chunks (0.5 s of 16 kHz int16, 16 KB) wait in a queue no worker consumes yet; then one
 worker process (``-c 1``; ``w0`` / ``r0``) is told to consume it (``add_consumer``), timed from the first result

@@ -1,4 +1,4 @@
-"""Section 4, goal 4: emit-to-``on_done`` latency with idle workers (``echo``, 2 KiB random chunks).
+"""Section "latency": emit-to-``on_done`` latency with idle workers (``echo``, 2 KiB random chunks).
 
 One chunk at a time against stock Celery's ``apply_async(...).get()`` (samples alternate; goal: ratio <= 1.1
 at p50 and p99), and N chunks written at once against N ``apply_async`` then ``.get()`` of each in order (goal

@@ -1,4 +1,4 @@
-"""Section 6, goal 6: producer memory across a broker outage, against a bound of the data in flight.
+"""Section "memory": producer memory across a broker outage, against a bound of the data in flight.
 
 A subprocess (``bench/_memchild.py``, so its RSS is its own) streams 600 s of 16 kHz float32 audio (frames of
 1024) through the three demo consumers (``ocycle_dist.demo.CONSUMERS``: spl 0.5 s, classify 2 s, archive_flac

@@ -1,4 +1,4 @@
-"""Section 3b, goal 3 while the broker is down: ``write()`` latency across a redis-server crash.
+"""Section "outage": the "write" goal while the broker is down: ``write()`` latency across a redis-server crash.
 
 Paced writes (2 KiB frames into 2 KiB chunks, and 64 KiB frames into 1 MiB chunks), redis-server killed after a
 moment and restarted empty a few seconds later; every write timed; ``echo`` tasks on 4 workers (queue ``q4``),

@@ -1,4 +1,4 @@
-"""Section 1, goals 1 and 2: publish throughput of random-bytes chunks (2 KiB and 1 MiB) to a queue no worker consumes.
+"""Section "publish": publish throughput of random-bytes chunks (2 KiB and 1 MiB) to a queue no worker consumes.
 
 References: a raw redis-py ``LPUSH`` loop (one command per chunk, one connection), and stock
 ``task.apply_async(args=[payload, t0])`` (JSON, bytes go base64; each call also SUBSCRIBEs to its result

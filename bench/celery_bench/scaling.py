@@ -1,4 +1,4 @@
-"""Section 5, goal 5: throughput with 1, 2 and 4 worker processes (concurrency 1 each) on a CPU-bound task.
+"""Section "scaling": throughput with 1, 2 and 4 worker processes (concurrency 1 each) on a CPU-bound task.
 
 ocycle_dist: ``workers.tasks.classify`` (Silero VAD, or its hand-set fallback, on 2 s of 16 kHz float32 audio,
 32000 samples a chunk,

@@ -1,4 +1,4 @@
-"""Section 3a, goal 3: ``write()`` latency while the publisher thread sends at full rate.
+"""Section "write": ``write()`` latency while the publisher thread sends at full rate.
 
 Every ``emitter.write(frame)`` timed with ``perf_counter``: 2 KiB frames into 2 KiB chunks and 64 KiB frames
 into 1 MiB chunks, written as fast as possible to a queue no worker consumes while the executor's publisher

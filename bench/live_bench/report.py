@@ -11,7 +11,7 @@ from .analysis import LIVE, NAMES, PHASES
 from .rig import Plan
 
 MIB = 1024 * 1024
-SLACK, SLACK_SHARE = 16 * MIB, 0.2  # over the budget: 16 MiB + 20 % of it (goal 2 in bench_live.py's docstring)
+SLACK, SLACK_SHARE = 16 * MIB, 0.2  # over the budget: 16 MiB + 20 % of it (bench_live.py's memory goal)
 
 
 def s(x: float) -> str:
