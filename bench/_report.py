@@ -48,7 +48,7 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 @dataclass
 class Verdict:
-    goal: str  # "1", "3a", ...
+    goal: str  # what is measured: "publish", "write", "drain", ...
     what: str  # the measured quantity and the target, e.g. "2 KiB chunks/s vs raw LPUSH >= 1x"
     reference: str
     measured: str

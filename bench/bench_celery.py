@@ -5,14 +5,14 @@ Run from the repository root (needs ``redis-server`` on PATH, e.g. Debian's ``ap
     python bench/bench_celery.py              # everything, 5 interleaved publish rounds (~2.5 min)
     python bench/bench_celery.py --rounds 9
     python bench/bench_celery.py --quick      # smoke run: small counts, 2 rounds (~45 s)
-    python bench/bench_celery.py --sections 1,4   # some sections only (1 3a 4 12 5 3b 6; 1 covers goals 1 and 2)
+    python bench/bench_celery.py --sections publish,latency   # some sections only (see --help)
     python bench/bench_celery.py --logs DIR   # keep redis-server's and the workers' logs in DIR
     python bench/bench_celery.py --reply-secret S   # ocycle_dist's producers and workers share a secret: sealed
                                                     # messages and replies (OCYCLE_REPLY_SECRET)
 
 Self-contained: starts its own redis-server and 8 workers (``bench/celery_bench/rig.py``), stopped at the end,
 on error and on Ctrl-C. Each section is a module of ``bench/celery_bench/`` that says what it measures and
-against what; sections 3b and 6 kill redis-server and restart it empty, a worker that exits then is started
+against what; sections outage and memory kill redis-server and restart it empty, a worker that exits then is started
 again and reported, and the end of the output counts what the workers' logs say about the outages.
 Machines are shared and noisy (2 slow cores here): read ratios, not absolute numbers. Exit code 0 unless a
 contender failed (lost reply, error, time-out); a missed goal is reported, not an error.
@@ -45,15 +45,15 @@ from bench.celery_bench.common import OCYCLE_DB, BenchError, config  # noqa: E40
 from bench.celery_bench.rig import Rig, interrupts_as_exceptions, scan_logs, worker_log_summary  # noqa: E402
 
 SECTIONS = {
-    "1": publish,
-    "3a": write_latency,
-    "4": latency,
-    "12": fleet,
+    "publish": publish,
+    "write": write_latency,
+    "latency": latency,
+    "fleet": fleet,
     "gateway": gateway,
-    "5": scaling,
-    "3b": outage,
-    "6": memory,
-}  # run order; 12: issue 12's 12a, 12b, 12e (12c is in 4, 12d in 1 and 3a)
+    "scaling": scaling,
+    "outage": outage,
+    "memory": memory,
+}  # run order; fleet: a worker draining a backlog, a fleet of producers, the producer's CPU
 perf = time.perf_counter
 
 
@@ -106,7 +106,7 @@ def main() -> int:
                     continue
                 t = perf()
                 print(f"  section {section} ...", file=sys.stderr, flush=True)
-                if section in ("3b", "6"):
+                if section in ("outage", "memory"):
                     rig.stop_reference()  # stock Celery is done: its workers would only reconnect
                 module.run(rig, cfg, verdicts)
                 load = " ".join(f"{x:.2f}" for x in os.getloadavg())

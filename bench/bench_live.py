@@ -33,16 +33,22 @@ restart; ``catch-up``, until SPL results come within 0.5 s again; ``live``. The 
 ``contenders.py`` (ocycle_dist's Tap, stock Celery's chunking), ``analysis.py`` and ``report.py`` (numbers, tables,
 goals), ``tasks.py`` and ``reftasks.py`` (the bench's worker tasks: the lagging model; stock Celery's three).
 
-Goals (PASS/MISS): 1. ``Tap.write()`` p99 < 1 ms and max < 20 ms in every phase. 2. The producer's peak RSS (VmHWM)
-<= its baseline (set up, connected, before the first write) + the three emitters' spool budgets (3 x 32 MiB) + slack
-of 16 MiB + 20 % of the budgets. The 16 MiB: what a producer grows by without keeping any chunk (stock Celery's
-grows 13-21 MB here: first-use allocations, the transient copies of a publish, the bench's own records in the same
-process). The 20 %: what the kept chunks cost beyond their bytes, measured with 115 MB spooled: 22 MB of RSS more,
-of which ~4.5 MB are Python objects (tracemalloc: ~2.9 KB a chunk for its Entry, Future, condition, deadline and map
-entries) and the rest allocator overhead and fragmentation. 3. SPL emit-to-result p99 < 0.5 s while the model lags,
-workers up and after the catch-up. 4. Every chunk accounted for, none lost or failed. 5. Every chunk emitted before
-the workers' return has its outcome within the outage's length (the backlog drains faster than it built up, or
-repeated outages would snowball). Machines are shared and noisy (2 cores here): read medians and ratios. Exit code 0
+Goals (PASS/MISS), by the names the output gives them:
+
+- *write*: ``Tap.write()`` p99 < 1 ms and max < 20 ms in every phase.
+- *memory*: the producer's peak RSS (VmHWM) <= its baseline (set up, connected, before the first write) + the three
+  emitters' spool budgets (3 x 32 MiB) + slack of 16 MiB + 20 % of the budgets. The 16 MiB: what a producer grows
+  by without keeping any chunk (stock Celery's grows 13-21 MB here: first-use allocations, the transient copies of
+  a publish, the bench's own records in the same process). The 20 %: what the kept chunks cost beyond their bytes,
+  measured with 115 MB spooled: 22 MB of RSS more, of which ~4.5 MB are Python objects (tracemalloc: ~2.9 KB a
+  chunk for its Entry, Future, condition, deadline and map entries) and the rest allocator overhead and
+  fragmentation.
+- *SPL live*: SPL emit-to-result p99 < 0.5 s while the model lags, workers up and after the catch-up.
+- *accounted*: every chunk accounted for, none lost or failed.
+- *catch-up*: every chunk emitted before the workers' return has its outcome within the outage's length (the
+  backlog drains faster than it built up, or repeated outages would snowball).
+
+Machines are shared and noisy (2 cores here): read medians and ratios. Exit code 0
 unless a contender failed (lost results, errors, time-outs); a missed goal is reported, not an error."""
 
 from __future__ import annotations

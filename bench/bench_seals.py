@@ -12,9 +12,9 @@ ratios (min-max in brackets):
   producer has published them all (as ``bench_celery.py`` section 1): unsealed, and sealed (each chunk's SHA-256
   and HMAC on the publisher's thread).
 - **drain**: 2,000 SPL chunks (0.5 s of 16 kHz int16, 16 KB) queued, then one worker process (``-c 1``) told to
-  consume them, timed from the first result to the last (as section 12a): a worker without the secret draining
-  unsealed messages, and one with it draining sealed ones (each chunk's digest and seal checked before it runs,
-  its reply carrying the digest, the producer comparing it).
+  consume them, timed from the first result to the last (as the fleet section's drain): a worker without the
+  secret draining unsealed messages, and one with it draining sealed ones (each chunk's digest and seal checked
+  before it runs, its reply carrying the digest, the producer comparing it).
 
 Self-contained: starts its own redis-server and two workers, stopped at the end. Machines are shared and noisy
 (2 cores here): read the ratios, not the absolute numbers.

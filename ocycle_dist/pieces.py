@@ -1,6 +1,7 @@
 """A chunk not joined yet: the frames it is made of, for executors that join on a thread of their own.
 
-Joining 1 MiB of frames into a new chunk costs ~0.6 ms on a slow VM (the fresh memory's page faults), and
+Joining 1 MiB of frames into a new chunk takes a large share of a write's latency budget (the fresh memory's
+page faults), and
 a bytes join of 1 MiB or more lets other threads take the GIL meanwhile, so the writer may then wait for
 it. An executor whose ``joins_later`` is True (the celery mode with a memory spool) is handed a
 :class:`Pieces` instead of the value and joins it on its publisher thread; ``write()`` only slices.

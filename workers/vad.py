@@ -31,8 +31,8 @@ Chunks share one ONNX run (:func:`detect_many`): the input is ``[chunks, samples
 ``[2, chunks, 128]``, and every chunk starts from a zero state, so chunks of any streams can run together; a
 chunk shorter than the others is padded with zeros after its end and the windows past its end ignored (the
 model is causal: what comes after a window does not change it), so each chunk's result is the one it gets
-alone (within float rounding, 1e-5). One run of 64 chunks costs about a third of 64 runs of one (per-run
-costs of the graph's ~100 small nodes are shared).
+alone (within float rounding, 1e-5). One run of many chunks costs far less than as many runs of one (the
+per-run costs of the graph's ~100 small nodes are shared; see bench/RESULTS.md).
 
 The ONNX session is created once per process, lazily, on first use (:func:`load`), with one thread:
 a Celery prefork worker runs one task per process, and its processes share the CPUs. A process forked

@@ -1,6 +1,6 @@
-"""Sections 12a, 12b and 12e (issue 12): what one worker process gets through, and the producer's CPU.
+"""Section "fleet": what one worker process gets through (drain, fleet), and the producer's CPU.
 
-12a, drain: 2,000 SPL chunks (0.5 s of 16 kHz int16, 16 KB) wait in a queue no worker consumes yet; then one
+Drain: 2,000 SPL chunks (0.5 s of 16 kHz int16, 16 KB) wait in a queue no worker consumes yet; then one
 worker process (``-c 1``; ``w0`` / ``r0``) is told to consume it (``add_consumer``), timed from the first result
 to the last (the other 1,999 chunks): a worker starts reading a queue added to it only when its pending BRPOP
 on its other queues times out (kombu's ``brpop_timeout``, 1 s), 0 to 1 s after ``add_consumer``, a delay that
@@ -9,14 +9,14 @@ messages, the pool process drains the rest); stock Celery: ``bench.refapp.spl.ap
 bytes, then ``.get()`` of each. The bare loop: ``workers.audio.spl`` on the same chunks in this process.
 Goal: >= 10x stock Celery.
 
-12b, fleet: 50 producers (threads of this process, one stream each) each writing an SPL chunk every 10 ms at
+Fleet: 50 producers (threads of this process, one stream each) each writing an SPL chunk every 10 ms at
 most, with one chunk in flight at a time (ocycle_dist: ``max_inflight=1, policy='block'``; stock Celery:
 ``apply_async(...).get()`` in a loop), against 1 and 2 worker processes (queues ``q1``, ``q2``); completed chunks
 per second over the measuring window. Goal: >= 5x stock Celery with the same workers.
 
-12e: the producer's CPU for the canonical three consumers (spl 0.5 s, classify 2 s, archive 10 s of 16 kHz
+Producer CPU: the producer's CPU for the canonical three consumers (spl 0.5 s, classify 2 s, archive 10 s of 16 kHz
 float32) streamed at 10x real time through queue ``q2``: CPU seconds of this process per second of audio, as a
-share of one core per real-time stream. Limit: 0.25 % (issue 12's measure of the code before it).
+share of one core per real-time stream. Limit: 0.25 %.
 """
 
 from __future__ import annotations
@@ -90,13 +90,13 @@ def drain_ocycle(rig: Rig, chunks: list[np.ndarray]) -> float:
         deadline = time.monotonic() + 60
         while executor.counts["published"] < n:
             if time.monotonic() > deadline:
-                raise BenchError("12a: ocycle_dist did not publish its backlog in 60 s")
+                raise BenchError("drain: ocycle_dist did not publish its backlog in 60 s")
             time.sleep(0.005)
         consume(rig.url(OCYCLE_DB), wire.SERIALIZER, "w0", queue, True)
         if not col.event.wait(300):
-            raise BenchError(f"12a: ocycle_dist drained {len(col.done)} of {n} in 300 s")
+            raise BenchError(f"drain: ocycle_dist drained {len(col.done)} of {n} in 300 s")
         if col.errors:
-            raise BenchError(f"12a: ocycle_dist: {col.errors[0]}")
+            raise BenchError(f"drain: ocycle_dist: {col.errors[0]}")
         elapsed = max(col.done.values()) - min(col.done.values())
     finally:
         emitter.close(wait=False)
@@ -204,7 +204,7 @@ def _run_fleet(emitters: list[Any], produce: Any, stop: threading.Event, done: l
         if e is not None:
             e.close(timeout=60)
     if errors:
-        raise BenchError(f"12b {who}: {errors[0]}")
+        raise BenchError(f"fleet {who}: {errors[0]}")
     return len(window) / seconds
 
 
@@ -233,7 +233,7 @@ def producer_cpu(rig: Rig, seconds: float, speed: float, *, local: bool = False)
         tap.write(frame)
     for col in [] if local else cols:
         if not col.event.wait(120):
-            raise BenchError("12e: results missing")
+            raise BenchError("producer CPU: results missing")
     cpu = time.process_time() - c0
     tap.close(timeout=30)
     return cpu / seconds
@@ -250,15 +250,15 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
         for who, fn in order if rnd % 2 == 0 else order[::-1]:
             rates[who].append(fn(rig, chunks))
         rates["bare loop"].append(bare_loop(chunks))
-        print(f"  12a drain round {rnd + 1}/{rounds} done", file=sys.stderr, flush=True)
+        print(f"  drain round {rnd + 1}/{rounds} done", file=sys.stderr, flush=True)
     ratios = [o / r for o, r in zip(rates["ocycle_dist"], rates["stock Celery"], strict=True)]
     med = {k: statistics.median(v) for k, v in rates.items()}
-    table(f"12a. One worker process (-c 1) draining {n} SPL chunks (0.5 s of 16 kHz int16, 16 KB) already queued; "
+    table(f"Drain: one worker process (-c 1) draining {n} SPL chunks (0.5 s of 16 kHz int16, 16 KB) already queued; "
           f"{rounds} interleaved rounds, medians",
           ["contender", "chunks/s", "vs stock Celery", "vs the bare loop"],
           [[k, fmt(med[k]), f"{med[k] / med['stock Celery']:.2f}x", f"{med[k] / med['bare loop']:.3f}x"]
            for k in ("stock Celery", "ocycle_dist", "bare loop")])  # fmt: skip
-    verdicts.at_least("12a", f"one worker (-c 1) draining {n} SPL chunks, chunks/s vs stock Celery >= 10x "
+    verdicts.at_least("drain", f"one worker (-c 1) draining {n} SPL chunks, chunks/s vs stock Celery >= 10x "
                       f"(bare loop {fmt(med['bare loop'])}/s)", f"{fmt(med['stock Celery'])} chunks/s",
                       f"{fmt(med['ocycle_dist'])} chunks/s", statistics.median(ratios), 10.0)  # fmt: skip
 
@@ -274,11 +274,11 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
         a, b = statistics.median(got["stock Celery"]), statistics.median(got["ocycle_dist"])
         rows.append([f"{workers} worker process{'es' if workers > 1 else ''}", fmt(a), fmt(b), f"{b / a:.2f}x",
                      f"{fmt(producers * pace)}"])  # fmt: skip
-        verdicts.at_least("12b", f"fleet of {producers} producers (one chunk in flight each), {workers} worker(s): "
+        verdicts.at_least("fleet", f"fleet of {producers} producers (one chunk in flight each), {workers} worker(s): "
                           "completed chunks/s vs apply_async >= 5x", f"{fmt(a)} chunks/s", f"{fmt(b)} chunks/s",
                           b / a, 5.0)  # fmt: skip
-        print(f"  12b fleet with {workers} worker(s) done", file=sys.stderr, flush=True)
-    table(f"12b. A fleet: {producers} producers, one SPL chunk in flight each, paced at {pace:g} chunks/s each; "
+        print(f"  fleet with {workers} worker(s) done", file=sys.stderr, flush=True)
+    table(f"Fleet: {producers} producers, one SPL chunk in flight each, paced at {pace:g} chunks/s each; "
           f"completed chunks/s over {seconds:g} s (after {warm:g} s)",
           ["workers", "stock Celery (apply_async().get() loops)", "ocycle_dist", "ratio", "offered chunks/s"],
           rows)  # fmt: skip
@@ -288,9 +288,9 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
     per_second = statistics.median(c for c, _ in runs)
     loop = statistics.median(lo for _, lo in runs)
     share = per_second * 100  # % of one core per real-time stream
-    print(f"\n- 12e: the canonical three consumers, {audio:g} s of audio at {speed:g}x, {rounds} round(s), medians: "
-          f"{per_second * 1e3:.2f} ms of producer CPU per second of audio = {share:.3f} % of one core per real-time"
-          f" stream; of which the loop itself (pacing, Tap, cutting: the same with serial no-op emitters) "
+    print(f"\n- producer CPU: the canonical three consumers, {audio:g} s of audio at {speed:g}x, {rounds} round(s), "
+          f"medians: {per_second * 1e3:.2f} ms of producer CPU per second of audio = {share:.3f} % of one core per "
+          f"real-time stream; of which the loop itself (pacing, Tap, cutting: the same with serial no-op emitters) "
           f"{loop * 1e3:.2f} ms, the celery mode {max(0.0, per_second - loop) * 1e3:.2f} ms")  # fmt: skip
-    verdicts.at_most("12e", "producer CPU per real-time stream of the canonical three consumers <= 0.25 % of a core",
-                     "0.25 %", f"{share:.3f} %", share / 0.25, 1.0)  # fmt: skip
+    verdicts.at_most("producer CPU", "producer CPU per real-time stream of the canonical three consumers "
+                     "<= 0.25 % of a core", "0.25 %", f"{share:.3f} %", share / 0.25, 1.0)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Section 6, goal 6: producer memory across a broker outage, against a bound of the data in flight.
+"""Section "memory": producer memory across a broker outage, against a bound of the data in flight.
 
 A subprocess (``bench/_memchild.py``, so its RSS is its own) streams 600 s of 16 kHz float32 audio (frames of
 1024) through the three demo consumers (``ocycle_dist.app.consumers.CONSUMERS``: spl 0.5 s, classify 2 s, archive_flac
@@ -108,7 +108,7 @@ def report(cfg: Config, verdicts: Verdicts, ready: dict[str, Any], result: dict[
                          mb(bound)])  # fmt: skip
     rows.append(["VmHWM at the end (the process's peak RSS)", mb(result["hwm_end"]), mb(result["hwm_end"] - baseline),
                  "", "", mb(bound)])  # fmt: skip
-    table(f"6. Producer memory: {seconds:g} s of 16 kHz float32 audio through spl/classify/archive_flac at "
+    table(f"Producer memory: {seconds:g} s of 16 kHz float32 audio through spl/classify/archive_flac at "
           f"{speed:g}x real time, 2 workers, redis-server killed for {outage:.1f} s mid-stream and restarted empty",
           ["phase", "peak VmRSS", "over baseline", "peak spooled_bytes", "peak chunks in flight", "expected bound"],
           rows)  # fmt: skip
@@ -137,8 +137,8 @@ def report(cfg: Config, verdicts: Verdicts, ready: dict[str, Any], result: dict[
     if revived:
         print(f"- workers that exited when redis-server died, started again by the bench: {', '.join(revived)}")
     complete = result["complete"] and emitted == done and not result["n_errors"]
-    verdicts.at_most("6", "producer peak RSS (VmHWM) <= baseline + 3 x max_inflight x chunk bytes", mb(bound),
+    verdicts.at_most("memory", "producer peak RSS (VmHWM) <= baseline + 3 x max_inflight x chunk bytes", mb(bound),
                      mb(result["hwm_end"]), result["hwm_end"] / bound, 1.0)  # fmt: skip
-    verdicts.add("6", "every chunk's result arrives across the outage", f"{sum(emitted.values())} chunks",
+    verdicts.add("memory", "every chunk's result arrives across the outage", f"{sum(emitted.values())} chunks",
                  f"{sum(done.values())} done", f"{sum(done.values()) / max(1, sum(emitted.values())):.2f}x", complete,
                  f"{result['n_errors']} errors")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Section 3b, goal 3 while the broker is down: ``write()`` latency across a redis-server crash.
+"""Section "outage": the "write" goal while the broker is down: ``write()`` latency across a redis-server crash.
 
 Paced writes (2 KiB frames into 2 KiB chunks, and 64 KiB frames into 1 MiB chunks), redis-server killed after a
 moment and restarted empty a few seconds later; every write timed; ``echo`` tasks on 4 workers (queue ``q4``),
@@ -117,9 +117,9 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
             if by.get(ph):
                 rows.append(latency_row(f"{label}, broker {'down' if ph == 'down' else ph + ' the outage'}", by[ph]))
         if by.get("down"):
-            verdicts.at_most("3b", f"write() p99 < 1 ms, {label}, broker down", "1,000 µs", us(pct(by["down"], 99)),
+            verdicts.at_most("outage", f"write() p99 < 1 ms, {label}, broker down", "1,000 µs", us(pct(by["down"], 99)),
                              pct(by["down"], 99) / 1e-3, 1.0)  # fmt: skip
-    table(f"3b. write() latency, paced ({fmt(rate)} writes/s of 2 KiB + {fmt(rate / big_every)}/s of 64 KiB), "
+    table(f"write() latency, paced ({fmt(rate)} writes/s of 2 KiB + {fmt(rate / big_every)}/s of 64 KiB), "
           f"redis-server killed for {marks['restart'] - marks['down']:.1f} s", LAT_HEADER, rows)  # fmt: skip
     print(
         f"- all {cols['small'].expect} + {cols['big'].expect} results arrived once, payloads intact; the last "
@@ -129,6 +129,6 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
     if revived:
         print(f"- workers that exited when redis-server died, started again by the bench: {', '.join(revived)}")
     ok = not cols["small"].errors and not cols["big"].errors
-    verdicts.add("3b", "every chunk's result arrives after the outage (once, payload intact)", "all",
+    verdicts.add("outage", "every chunk's result arrives after the outage (once, payload intact)", "all",
                  f"{cols['small'].expect + cols['big'].expect} of {cols['small'].expect + cols['big'].expect}",
                  "1.00x", ok, f"last result {t_all - marks['up']:.1f} s after restart")  # fmt: skip

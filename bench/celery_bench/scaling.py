@@ -1,4 +1,4 @@
-"""Section 5, goal 5: throughput with 1, 2 and 4 worker processes (concurrency 1 each) on a CPU-bound task.
+"""Section "scaling": throughput with 1, 2 and 4 worker processes (concurrency 1 each) on a CPU-bound task.
 
 ocycle_dist: ``workers.tasks.classify`` (Silero VAD, or its hand-set fallback, on 2 s of 16 kHz float32 audio,
 32000 samples a chunk,
@@ -98,11 +98,12 @@ def run(rig: Rig, cfg: Config, verdicts: Verdicts) -> None:
                      f"{a / (n / seconds['stock Celery', 1]):.2f}x",
                      f"{b / (n / seconds['ocycle_dist', 1]):.2f}x", cpu_cell("stock Celery", workers),
                      cpu_cell("ocycle_dist", workers)])  # fmt: skip
-        verdicts.at_least("5", f"classify chunks/s with {workers} worker(s) vs stock Celery >= 1x",
+        verdicts.at_least("scaling", f"classify chunks/s with {workers} worker(s) vs stock Celery >= 1x",
                           f"{fmt(a)} chunks/s", f"{fmt(b)} chunks/s", b / a, 1.0)  # fmt: skip
     speedup = seconds["ocycle_dist", 1] / seconds["ocycle_dist", 2]
-    verdicts.at_least("5", "classify chunks/s, 2 workers vs 1 worker >= 1.5x", "1 worker", "2 workers", speedup, 1.5)
-    table(f"5. Throughput on a CPU-bound task: classify, 2 s chunks of 16 kHz float32 (32000 samples), {n} chunks, "
+    what = "classify chunks/s, 2 workers vs 1 worker >= 1.5x"
+    verdicts.at_least("scaling", what, "1 worker", "2 workers", speedup, 1.5)
+    table(f"Throughput on a CPU-bound task: classify, 2 s chunks of 16 kHz float32 (32000 samples), {n} chunks, "
           "first write/send to last result; workers prefork -c 1",
           ["workers", "stock Celery chunks/s", "ocycle_dist chunks/s", "ocycle / stock",
            "stock speed-up vs 1", "ocycle speed-up vs 1", "stock CPU ms/chunk: producer / workers / redis",

@@ -11,7 +11,7 @@ from .analysis import LIVE, NAMES, PHASES
 from .rig import Plan
 
 MIB = 1024 * 1024
-SLACK, SLACK_SHARE = 16 * MIB, 0.2  # over the budget: 16 MiB + 20 % of it (goal 2 in bench_live.py's docstring)
+SLACK, SLACK_SHARE = 16 * MIB, 0.2  # over the budget: 16 MiB + 20 % of it (bench_live.py's memory goal)
 
 
 def s(x: float) -> str:
@@ -156,30 +156,30 @@ def goals(verdicts: Verdicts, ours: list[dict[str, Any]], plan: Plan) -> None:
     phases = [p for p in PHASES if med(ours, f"write_n_{p}") > 0]  # those a short run had
     for p in phases:
         v = med(ours, f"write_p99_{p}")
-        verdicts.at_most("1", f"Tap.write() p99 < 1 ms, {p}", "1,000 µs", us(v), v / 1e-3, 1.0)
+        verdicts.at_most("write", f"Tap.write() p99 < 1 ms, {p}", "1,000 µs", us(v), v / 1e-3, 1.0)
     for p in phases:
         v = med(ours, f"write_max_{p}")
-        verdicts.at_most("1", f"Tap.write() max < 20 ms, {p}", "20,000 µs", us(v), v / 20e-3, 1.0)
+        verdicts.at_most("write", f"Tap.write() max < 20 ms, {p}", "20,000 µs", us(v), v / 20e-3, 1.0)
     budget = ours[-1]["budget"] or 32 * MIB  # one per emitter: the three consumers may keep 3 x budget
     base, hwm = med(ours, "baseline"), med(ours, "hwm")
     limit = base + (1 + SLACK_SHARE) * 3 * budget + SLACK
-    verdicts.at_most("2", f"producer peak RSS (VmHWM) <= baseline + 3 spool budgets of {budget / MIB:g} MiB + slack "
-                     f"({SLACK / MIB:g} MiB + {SLACK_SHARE:.0%} of the budgets)", mb(limit), mb(hwm), hwm / limit,
-                     1.0)  # fmt: skip
+    verdicts.at_most("memory", f"producer peak RSS (VmHWM) <= baseline + 3 spool budgets of {budget / MIB:g} MiB "
+                     f"+ slack ({SLACK / MIB:g} MiB + {SLACK_SHARE:.0%} of the budgets)", mb(limit), mb(hwm),
+                     hwm / limit, 1.0)  # fmt: skip
     for p, what in (("up", "workers up"), ("live", "workers back, after the catch-up")):
         v = med(ours, f"spl_p99_{p}")
         if v != v:
             continue
-        verdicts.at_most("3", f"SPL emit-to-result p99 < 0.5 s while the model lags, {what}", "0.50 s", s(v),
+        verdicts.at_most("SPL live", f"SPL emit-to-result p99 < 0.5 s while the model lags, {what}", "0.50 s", s(v),
                          v / 0.5, 1.0)  # fmt: skip
     n = sum(int(r["m"][f"{k}_emitted"]) for r in ours for k in NAMES)
     bad = sum(int(r["m"][f"{k}_lost"] + r["m"][f"{k}_failed"]) for r in ours for k in NAMES)
     ok = all(r["m"]["accounted"] for r in ours)
-    verdicts.add("4", "every chunk accounted for: emitted == done + failed + dropped + expired, none lost",
+    verdicts.add("accounted", "every chunk accounted for: emitted == done + failed + dropped + expired, none lost",
                  f"{n} chunks", f"{n - bad} accounted", f"{(n - bad) / max(1, n):.2f}x", ok,
                  f"{bad} lost or failed")  # fmt: skip
     c, o = med(ours, "cleared"), med(ours, "outage")
-    verdicts.at_most("5", "every chunk emitted before the workers' return has its outcome within the outage's "
+    verdicts.at_most("catch-up", "every chunk emitted before the workers' return has its outcome within the outage's "
                      "length", s(o), s(c), c / o, 1.0)  # fmt: skip
 
 

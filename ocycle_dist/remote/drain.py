@@ -40,8 +40,8 @@ DRAIN_SLOW = 0.05  # a pool process drains only after a chunk that ran faster th
 DRAIN_SECONDS = 0.5  # and goes on taking more for at most this long per call
 
 # One take stops once it holds this many bytes of messages (a batch message is ~1.4 MB). A take that stopped
-# there (a backlog of batch messages) has the next one sent before its messages run: the take script copies
-# ~7 ms of Redis's time per batch message, spent on the other core meanwhile. A take of small messages, cut at
+# there (a backlog of batch messages) has the next one sent before its messages run: the take script's copying
+# of each batch message costs Redis time, spent on the other core meanwhile. A take of small messages, cut at
 # worker_drain, is cheap: the next one waits until these ran, so that other workers get their share.
 DRAIN_BYTES = 2 << 20
 
@@ -56,9 +56,8 @@ REPLY_EVERY = 0.01  # a long take (a backlog of batch messages) sends the replie
 # messages, their tags, how many more wait if the take stopped at its count or byte limit (else 0: the queue
 # ran dry, and what comes next may as well go to another worker), the task ids, and 1 if it stopped at its
 # byte limit (else 0). One RPOP with a count
-# would copy its whole reply into Lua at a cost growing with the square of its size (31 batch messages of
-# 1.4 MB: 260 ms, 80 ms one at a time); the byte budget bounds how long Redis is busy with one take (a
-# backlog of batch messages is taken a few at a time).
+# would copy its whole reply into Lua at a cost growing with the square of its size; the byte budget bounds
+# how long Redis is busy with one take (a backlog of batch messages is taken a few at a time).
 TAKE = """
 local items, tags, ids, limited, by_bytes = {}, {}, {}, false, 0
 local where = ', "", ' .. cjson.encode(KEYS[1]) .. ']'

@@ -37,11 +37,11 @@ from .settings import Settings
 log = logging.getLogger("ocycle_dist.celery")
 TAKE = 500  # chunks taken from the table per publish at most
 # ... and about this many bytes of chunks: redis-py packs a pipeline's commands in one C call, holding the GIL
-# (a writer's thread waits meanwhile): 20 MB of a gateway's backlog took tens of milliseconds, 1 MiB takes one.
+# (a writer's thread waits meanwhile): a gateway's whole backlog in one pipeline would hold it far too long.
 TAKE_BYTES = 1 << 20
 
 # Messages built between two yields of the GIL. A writer thread waiting for the GIL would otherwise wait
-# for the interpreter's switch interval (5 ms) while a batch of hundreds is built: write() p99 > 1 ms.
+# for the interpreter's switch interval (5 ms) while a batch of hundreds is built: write() would miss its goal.
 YIELD_EVERY = 8
 
 

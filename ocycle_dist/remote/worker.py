@@ -113,9 +113,9 @@ def make_app(settings: Settings | None = None, *, name: str = "ocycle", include:
         worker_consumer="ocycle_dist.remote.transport:Consumer",  # reconnects within a second (RECONNECT_EVERY)
         # A task running when Redis goes away finishes and replies (its reply list does not need the lost
         # connection); cancelling it kills its pool process, and the worker then runs nothing until Celery's
-        # pool maintenance replaces it (up to 5 s: measured recovery 1.3-5.3 s with True, 1.0-1.4 s without).
+        # pool maintenance replaces it (up to 5 s), which makes a recovery slower.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=False,  # events cost the worker ~30% (measured); `celery worker -E` turns them on
+        worker_send_task_events=False,  # events cost the worker throughput; `celery worker -E` turns them on
         task_send_sent_event=False,
     )
     app.conf.ocycle_settings = settings

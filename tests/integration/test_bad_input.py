@@ -1,4 +1,4 @@
-"""The README's bad-input table, a test per row not covered elsewhere (see test_errors, test_unit_dist).
+"""The bad-input table of docs/errors.md, a test per row not covered elsewhere (see test_errors, test_unit_dist).
 
 Each error names what is wrong, is raised at the call that caused it, and loses no earlier chunk.
 """

@@ -561,10 +561,11 @@ def test_celerys_inspect_conf_shows_neither_the_reply_secret_nor_the_brokers_pas
     assert "ocycle_settings" in text and SECRET not in text and PASSWORD not in text  # was: the secret, in clear
 
 
-def test_the_readmes_producer_acl_is_all_a_producer_needs(stack: ExitStack, caplog: Any) -> None:
+def test_the_documented_producer_acl_is_all_a_producer_needs(stack: ExitStack, caplog: Any) -> None:
     from ocycle_dist.remote.liveness import locate
 
-    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("ACL SETUSER producer "))
+    doc = (ROOT / "docs" / "security.md").read_text()
+    line = next(x for x in doc.splitlines() if x.startswith("ACL SETUSER producer "))
     redis = server(stack)
     admin = connect(redis.url)
     admin.execute_command(*line.split())

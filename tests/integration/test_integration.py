@@ -121,9 +121,7 @@ def test_a_backlogs_chunks_travel_by_claim_check_in_their_batch_message_and_are_
 
 def test_remote_failure_reaches_on_error_with_type_and_message_and_stream_goes_on(topology: Any) -> None:
     errors: list[BaseException] = []
-    with ocycle.BufferEmit(
-        "tests.fail", 4, clip=True, mode="celery", broker=topology.url, on_error=errors.append
-    ) as b:
+    with ocycle.BufferEmit("tests.fail", 4, clip=True, mode="celery", broker=topology.url, on_error=errors.append) as b:
         b.write(b"abcdefgh")
         b.write(b"ijkl")
     assert len(errors) == 3

@@ -99,9 +99,7 @@ class Seen:
 def test_with_no_worker_writes_stay_fast_every_chunk_waits_in_redis_and_drains_once_workers_come(rig: Rig) -> None:
     n = 3000
     seen = Seen()
-    emitter = ocycle.BufferEmit(
-        "tests.echo", 2048, clip=True, mode="celery", broker=rig.url, on_done=seen.on_done
-    )
+    emitter = ocycle.BufferEmit("tests.echo", 2048, clip=True, mode="celery", broker=rig.url, on_done=seen.on_done)
     frame = bytes(range(256)) * 8
     took = []
     for _ in range(n):
@@ -195,9 +193,7 @@ def test_with_a_small_spool_budget_a_full_budget_drops_the_oldest_counted_and_ne
     chunk = len(ocycle_dumps(bytes(2048)))
     settings = Settings(broker_url=rig.url, spool_max_bytes=50 * chunk)  # tuned: room for 50 chunks only
     seen = Seen()
-    emitter = ocycle.BufferEmit(
-        "tests.echo", 2048, clip=True, mode="celery", settings=settings, on_done=seen.on_done
-    )
+    emitter = ocycle.BufferEmit("tests.echo", 2048, clip=True, mode="celery", settings=settings, on_done=seen.on_done)
     took = []
     for i in range(500):
         t = time.perf_counter()

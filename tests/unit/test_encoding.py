@@ -1,5 +1,5 @@
 """Encoding chunks off the writer's thread: sizes known before encoding, the one-copy array encoding, and
-the executor leaving a memory spool's ``bytes`` and numpy chunks to its publisher thread (issue 12, goal 2d)."""
+the executor leaving a memory spool's ``bytes`` and numpy chunks to its publisher thread."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def assert_config_error(excinfo: pytest.ExceptionInfo, param: str, value: object
     assert repr(value) in str(exc)
 
 
-# ---- construction --------------------------------------------------------------------------------------
+# ---- construction ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [0, -1, 2.5, "10", True, None])
@@ -124,7 +124,7 @@ def test_callbacks_must_be_callable(param, value):
     assert_config_error(excinfo, param, value)
 
 
-# ---- frames ----------------------------------------------------------------------------------------------
+# ---- frames ---------------------------------------------------------------------------------------------------
 
 
 def test_str_written_to_a_byte_stream_keeps_earlier_data():
@@ -198,7 +198,7 @@ def test_invalid_t0_is_rejected_and_the_frame_not_kept():
     assert rec.values == [b"cd"]
 
 
-# ---- sampler ---------------------------------------------------------------------------------------------
+# ---- sampler --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [-1, "x", None, math.inf])
@@ -259,7 +259,7 @@ def test_a_sampler_that_raises_mid_stream_refuses_the_write_that_completes_the_c
     assert rec.values == [b"abcd"] and b.stats().skipped == 2  # ef: the clipped leftover before the pause
 
 
-# ---- life cycle -----------------------------------------------------------------------------------------
+# ---- life cycle -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["serial", "thread"])
@@ -306,7 +306,7 @@ def test_tap_of_mixed_kinds():
         ocycle.Tap(ocycle.BufferEmit(noop, 2), ocycle.ListEmit(noop, 2))
 
 
-# ---- callbacks that raise ----------------------------------------------------------------------------------
+# ---- callbacks that raise -------------------------------------------------------------------------------------
 
 
 def test_an_exception_in_on_done_goes_to_on_error():
@@ -359,7 +359,7 @@ def test_an_exception_in_on_error_is_logged_not_raised(caplog):
     assert b.stats().failed == 1
 
 
-# ---- construction: every argument error is a ConfigError naming it (issue 10) ------------------------------
+# ---- construction: every argument error is a ConfigError naming it --------------------------------------------
 
 
 @pytest.mark.parametrize(("param", "value"), [("size", 2**63), ("size", 2**40 + 1), ("hop", 2**41)])
@@ -439,7 +439,7 @@ def test_process_mode_refuses_an_unpicklable_callback_at_construction():
     ok.close()
 
 
-# ---- t0: a finite number of seconds >= 0 that never goes backwards (issue 10) -------------------------------
+# ---- t0: a finite number of seconds >= 0 that never goes backwards --------------------------------------------
 
 APPENDERS = pytest.mark.parametrize("appender", [hotpath.Appender, hotpath.appender_class()], ids=["python", "default"])
 
@@ -581,7 +581,7 @@ def test_a_tap_checks_t0_for_every_emitter_before_any_gets_the_frame():
     assert (a.stats().clock_steps, b.stats().clock_steps) == (0, 1)
 
 
-# ---- numpy frames that would not survive (issue 10) --------------------------------------------------------
+# ---- numpy frames that would not survive ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["serial", "thread"])

@@ -192,7 +192,7 @@ def test_spool_max_bytes_bounds_the_files_on_disk(
     settings = {"spool_dir": str(tmp_path), "spool_max_bytes": budget, "resend_after": 60.0}
     emitter, got = make(settings=settings, size=size, max_inflight=writes, policy=policy)
     chunk = len(wire.dumps(b"x" * size))
-    bound = budget + min(budget // 16, 4 << 20) + 2 * chunk + 96 * 1024  # the README's
+    bound = budget + min(budget // 16, 4 << 20) + 2 * chunk + 96 * 1024  # docs/recovery.md's bound
     peak = 0
     for i in range(writes):  # no reply comes: the budget fills up, then the policy drops
         emitter.write(bytes([i % 256]) * size)

@@ -1,10 +1,10 @@
-"""Issue 12b's fleet loop on its own, for profiling the producer: 50 emitters (threads of this process, one
+"""The fleet section's fleet loop on its own, for profiling the producer: 50 emitters (threads of this process, one
 stream each, one SPL chunk in flight each, paced at 100 chunks/s each) against one worker process (-c 1).
 
 Run from the repository root (needs ``redis-server`` on PATH)::
 
-    python bench/profile_12b.py                    # chunks/s and this process's CPU per completed chunk
-    python bench/profile_12b.py --spy out.raw      # also py-spy (--gil, raw format) of this process for 5 s
+    python bench/profile_fleet.py                  # chunks/s and this process's CPU per completed chunk
+    python bench/profile_fleet.py --spy out.raw    # also py-spy (--gil, raw format) of this process for 5 s
 
 It starts its own redis-server and worker; it prints after a 2 s warm-up a 6 s window's completed chunks per
 second and the producer's CPU (``time.process_time``) per completed chunk.
