@@ -73,7 +73,14 @@ def test_each_chunk_of_batches_and_drains_sends_its_own_task_events_and_is_count
     rig.callback(listener.join, 10)
     rig.callback(stop.set)  # before the server stops
     assert ready.wait(10)
-    time.sleep(0.5)  # the receiver's subscription is made once capture() runs
+
+    def heard_a_probe() -> bool:  # the receiver subscribes once capture() runs: an event sent before is lost
+        with app.events.default_dispatcher() as dispatcher:
+            dispatcher.send("ocycle-probe")
+        time.sleep(0.1)
+        return any(e.get("type") == "ocycle-probe" for e in events)
+
+    wait_for(heard_a_probe, 10, "the event receiver subscribed")
     emitter = backlog(redis.url, 60, stream=f"ev-{uuid.uuid4().hex[:6]}")
     port = free_port()
     executor = emitter.executor
