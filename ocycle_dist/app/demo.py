@@ -10,6 +10,7 @@ exit code, the broker or the embedded one) is the stream's own.
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Callable
 
 from ..remote.settings import Settings
@@ -48,7 +49,8 @@ def stream_argv(
 ) -> list[str]:
     """The ``ocycle-dist stream`` flags the demo's own stand for."""
     argv = [wav] if wav else ["--synthetic", repr(seconds)]
-    argv += ["--drain-timeout", repr(DRAIN_TIMEOUT)]
+    # the stream ids are <host>-<consumer>: one stream per device (a container's hostname), the same after a restart
+    argv += ["--drain-timeout", repr(DRAIN_TIMEOUT), "--id", socket.gethostname()]
     if realtime:
         argv.append("--realtime")
     if broker:

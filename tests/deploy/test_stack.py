@@ -26,8 +26,10 @@ ARCHIVE_ENV = {"OCYCLE_ARCHIVE_RECIPIENTS": str(IDENTITY.to_public())}
 BROKER = f"redis://:{PASSWORD}@redis:6379/0"
 SENTINELS = ";".join(f"sentinel://:{PASSWORD}@sentinel{i}:26379{'/0' if i == 1 else ''}" for i in (1, 2, 3))
 CONSUMERS = {"spl": 0.5, "classify": 2.0, "archive": 10.0}  # the demo's consumers, seconds per chunk
-RESULT = re.compile(r"\[(\w+)\s+#(\d+)\s+t0=\+\s*([\d.]+)s\] (.*)$")
-SUMMARY = re.compile(r"^\s+(\w+)\s+every .*: (\d+) chunks, (\d+) done, (\d+) failed, (\d+) dropped, (\d+) expired$")
+RESULT = re.compile(r"\[(\w+)\s+#(\d+)\s+t0=\s*\+\s*([\d.]+)s\]\s+(.*)$")
+SUMMARY = re.compile(
+    r"^\s+(\w+)\s+every .*: (\d+) chunks: (\d+) done, \d+ left, (\d+) failed, (\d+) dropped, (\d+) expired$"
+)
 WORKER_METRICS, PRODUCER_METRICS = 9808, 9100
 
 
