@@ -200,5 +200,6 @@ def test_spool_max_bytes_bounds_the_files_on_disk(
     stats = emitter.stats()
     assert stats.dropped > 0 and stats.failed == 0 and got.errors == []
     assert stats.emitted == writes == stats.in_flight + stats.dropped
-    assert stats.spooled_bytes <= budget + chunk + 4096
+    # the chunk that crosses the budget may take a new leaf page and, when the B-tree splits, a page above it
+    assert stats.spooled_bytes <= budget + chunk + 2 * 4096
     assert peak <= bound, f"{peak} bytes on disk, over {bound} (budget {budget})"  # was 222 KB to 4.1 MB
