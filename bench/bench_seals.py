@@ -87,7 +87,10 @@ def drain(url: str, secret: str, node: str, chunks: list[np.ndarray]) -> float:
             emitter.write(c, t0=t0 + i * 0.5)
         executor = emitter.executor
         assert executor is not None
+        deadline = time.monotonic() + 60
         while executor.counts["published"] < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {executor.counts['published']} of {n} chunks published in 60 s")
             time.sleep(0.005)
         consume(url, wire.SERIALIZER, node, queue, True)
         if not col.event.wait(300):
