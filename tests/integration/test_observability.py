@@ -95,7 +95,11 @@ def test_each_chunk_of_batches_and_drains_sends_its_own_task_events_and_is_count
     def names(name: str) -> set[str]:
         return {uuid for uuid, e in of("task-received").items() if e["name"] == name}
 
-    wait_for(lambda: len(names("contract.reverse") & set(of("task-succeeded"))) == 60, 20, lambda: f"{events[-3:]}")
+    def settled() -> bool:  # events come from the worker and its pool child: wait until each task's three arrived
+        known = names("contract.reverse") | names("ocycle.batch")
+        return len(names("contract.reverse")) == 60 and set(of("task-started")) == known == set(of("task-succeeded"))
+
+    wait_for(settled, 20, lambda: f"{sorted({e['type'] for e in events})}, last: {events[-3:]}")
     chunks, batches = names("contract.reverse"), names("ocycle.batch")
     received = of("task-received")
     seqs = sorted(int(m[1]) for u in chunks if (m := re.search(r"#(\d+) len=4>", received[u]["args"])))
