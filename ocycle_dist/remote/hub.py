@@ -87,7 +87,7 @@ class Hub:
             self._connect(max(s.socket_timeout, 7.0)), self.outcomes.on_reply, wake, poll=min(5.0, s.socket_timeout / 2)
         )
         self.recovery = Recovery(
-            self.table, client, self.url, s.worker_lease, self._soonest, self.outcomes.settle, self._drained_at,
+            self.table, client, self.url, s.worker_lease, self._soonest, self.outcomes.settle, self.listener,
             self.server,
         )  # fmt: skip
         self.publisher = Publisher(self.table, client, self.url, self.outcomes.settle, self.recovery)
@@ -104,9 +104,6 @@ class Hub:
     def _soonest(self) -> float:
         """The smallest ``resend_after`` of the executors attached."""
         return min((e.settings.resend_after for e in list(self._executors)), default=120.0)
-
-    def _drained_at(self) -> float:
-        return self.listener.drained_at
 
     @property
     def broker_up(self) -> threading.Event:

@@ -71,7 +71,7 @@ class ReplyListener:
             if key not in self._keys:
                 self._keys = [*self._keys, key]
                 self._quick = True
-                self._wake()
+                self.wake()
             if (self._thread is None or not self._thread.is_alive()) and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="ocycle-listener", daemon=True)
                 self._thread.start()
@@ -84,13 +84,13 @@ class ReplyListener:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread (woken at once where Redis answers; else after at most one poll) and close the client."""
         self._stop.set()
-        self._wake()
+        self.wake()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout)
         self._client.close()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Push to the wake-up list, so that a waiting BLMPOP returns (best effort: at worst one poll later)."""
         if self._thread is None or not self.connected.is_set():
             return

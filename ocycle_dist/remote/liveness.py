@@ -6,8 +6,8 @@ A chunk sent and not answered can be lost in three ways, each seen here and nowh
 
 - **A new server** (:class:`ServerWatch`): every connection the hub's clients open first reads the server's
   ``run_id``. A Redis restarted empty, or a Sentinel failover, closes every connection, so the first command
-  after it reconnects and sees the new ``run_id``: what the old server held (queued, delivered, replies) is
-  gone. Nothing is polled: a quiet producer costs nothing.
+  after it reconnects and sees the new ``run_id``: the recovery looks for every unanswered chunk in the new
+  server (a promoted replica still has most of them). Nothing is polled: a quiet producer costs nothing.
 - **A dead worker** (:class:`LeaseWatch`): each worker keeps a short lease naming the chunks it holds
   (:mod:`.lease`); when it lapses, its chunks are lost with it. Read only while a chunk has been out longer
   than a third of the lease (a chunk answered within that never costs a read).
@@ -224,15 +224,6 @@ class LeaseWatch:
                 self.released |= self._tags.pop(worker, set()) | self._tags_before.pop(worker, set())
         self._tags_before, self._tags = self._tags, now
 
-    def forget_delivery(self, tags: list[str]) -> None:
-        """Remove a dead worker's deliveries from kombu's unacked bookkeeping, so they are not run again later."""
-        if not tags:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(UNACKED_INDEX_KEY, *tags)
-        pipe.hdel(UNACKED_KEY, *tags)
-        pipe.execute()
-
 
 # Which of the delivery tags ARGV[3...] the messages KEYS[1][ARGV[1] .. ARGV[1] + ARGV[2] - 1] carry; and how
 # many messages that page held. The tag is read from a message's tail, where the envelope's properties are.
@@ -260,12 +251,27 @@ def locate(client: Any, queues: Mapping[str, Iterable[str]]) -> set[str]:
         client: a ``redis.Redis`` (Lua scripting; without it every tag counts as found: nothing is sent twice).
         queues: queue name -> the delivery tags of messages sent to it.
     """
+    delivered, queued = where(client, queues)
+    if queued is None:  # no scripting here: assume still queued, as before this check existed
+        return set().union(*(set(tags) for tags in queues.values()))
+    return delivered | queued
+
+
+def where(client: Any, queues: Mapping[str, Iterable[str]]) -> tuple[set[str], set[str] | None]:
+    """Where the messages of the delivery tags wanted per queue are in Redis: ``(delivered, queued)``, the tags
+    delivered and not acknowledged (kombu's ``unacked_index``), and those waiting in their queue (None when the
+    server runs no Lua scripts: the queues could not be looked through).
+
+    Args:
+        client: a ``redis.Redis``.
+        queues: queue name -> the delivery tags of messages sent to it.
+    """
     import redis
 
     wanted = {queue: set(tags) for queue, tags in queues.items() if tags}
     everything = set().union(*wanted.values()) if wanted else set()
     if not everything:
-        return set()
+        return set(), set()
     ordered = sorted(everything)
     try:
         scores = client.zmscore(UNACKED_INDEX_KEY, ordered)
@@ -274,21 +280,33 @@ def locate(client: Any, queues: Mapping[str, Iterable[str]]) -> set[str]:
         for tag in ordered:
             pipe.zscore(UNACKED_INDEX_KEY, tag)
         scores = pipe.execute()
-    found = {tag for tag, score in zip(ordered, scores, strict=True) if score is not None}
+    delivered = {tag for tag, score in zip(ordered, scores, strict=True) if score is not None}
+    queued: set[str] = set()
     script = _scripts.get(id(client))
     if script is None:
         script = _scripts[id(client)] = client.register_script(_FIND)
     for queue, tags in wanted.items():
-        left = tags - found
+        left = tags - delivered
         start = 0
         while left:
             try:
                 got, count = script(keys=[queue], args=[start, PAGE, *sorted(left)])
-            except redis.ResponseError:  # no scripting here: assume still queued, as before this check existed
-                return everything
-            found.update(t.decode() if isinstance(t, bytes) else str(t) for t in got)
-            left -= found
+            except redis.ResponseError:
+                return delivered, None
+            queued.update(t.decode() if isinstance(t, bytes) else str(t) for t in got)
+            left -= queued
             if count < PAGE:
                 break
             start += PAGE
-    return found
+    return delivered, queued
+
+
+def forget_delivery(client: Any, tags: list[str]) -> None:
+    """Remove deliveries from kombu's unacked bookkeeping (of a dead worker, or of one that lost its server and with
+    it what it had prefetched), so they are not run again after the visibility timeout."""
+    if not tags:
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(UNACKED_INDEX_KEY, *tags)
+    pipe.hdel(UNACKED_KEY, *tags)
+    pipe.execute()

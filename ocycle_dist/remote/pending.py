@@ -221,12 +221,6 @@ class Pending:
                 self.changed.notify()
             return again
 
-    def requeue_all_sent(self) -> list[Entry]:
-        """Queue again every sent entry (Redis is a new server: what it held is gone)."""
-        with self.lock:
-            sent = list(self._sent.values())
-        return self.requeue(sent)
-
     def in_message(self, tag: str) -> list[Entry]:
         """The entries the message with delivery tag ``tag`` carried (and still waiting)."""
         with self.lock:

@@ -1,6 +1,6 @@
 """Recovery: the one owner of sending again what a fault lost, per process and broker.
 
-It acts on what :mod:`.liveness` sees: a new server (everything sent and unanswered goes again), a dead
+It acts on what :mod:`.liveness` sees: a new server (what it lacks and what workers had taken goes again), a dead
 worker (what its lease named, and a message it had taken but not yet recorded: found nowhere, twice), keys evicted
 by Redis (what is found nowhere in Redis any more), a message gone (a chunk late by ``resend_after`` and found
 nowhere in Redis). Each time the lost chunks are queued again ahead of the chunks that never went out, in stream
@@ -27,11 +27,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import DeliveryError
-from .liveness import LeaseWatch, ServerWatch, locate
-from .pending import Entry, Pending
+from .liveness import LeaseWatch, ServerWatch, forget_delivery, locate, where
+from .pending import SENT, Entry, Pending
 from .protocol import claim_key, claim_value
 from .redis_client import redact
 
@@ -153,6 +153,14 @@ class ResentLog:
                         summary(entries))  # fmt: skip
 
 
+class Replies(Protocol):
+    """What the recovery uses of the reply listener (:class:`.listener.ReplyListener`)."""
+
+    drained_at: float  # monotonic time it last found every reply list empty
+
+    def wake(self) -> None: ...  # look at the reply lists again at once
+
+
 class Recovery:
     """See the module.
 
@@ -163,6 +171,7 @@ class Recovery:
         lease: the workers' lease time (0: no leases).
         soonest: the smallest ``resend_after`` of the executors, read at each check.
         fail: settles an entry with an error (:meth:`.outcomes.Outcomes.settle`).
+        replies: the reply listener (when it last found its lists empty; woken to look again at once).
     """
 
     def __init__(
@@ -173,12 +182,12 @@ class Recovery:
         lease: float,
         soonest: Callable[[], float],
         fail: Callable[[Entry, BaseException], object],
-        drained_at: Callable[[], float],
+        replies: Replies,
         server: ServerWatch | None = None,
     ) -> None:
         self.table, self.client, self.url = table, client, url
         self.leases = LeaseWatch(client, lease) if lease > 0 else None
-        self._soonest, self._fail, self._drained_at = soonest, fail, drained_at
+        self._soonest, self._fail, self._replies = soonest, fail, replies
         self.server = server  # its maxmemory-policy says whether evicted_keys is watched
         self._lease_at = 0.0  # when the leases were last read
         self.adopted_at = float("-inf")  # when chunks of an earlier producer were last taken over
@@ -187,6 +196,8 @@ class Recovery:
         # chunks found nowhere after an eviction or a worker's death: (entry, its tag then, why, counted as)
         self._suspects: list[tuple[Entry, str, str, str]] = []
         self._suspects_at = 0.0  # when they were looked for
+        self._moved: list[tuple[Entry, str]] = []  # chunks out when a new server was seen, with their tags then
+        self._moved_lock = threading.Lock()  # new_server runs on the thread that reconnected
         self.counts = dict.fromkeys(("new_servers", "located", "evictions"), 0)
         self.said = ResentLog()
 
@@ -219,25 +230,60 @@ class Recovery:
         self.requeue([e for e in entries if e not in failed], why, lost=True)
 
     def new_server(self, run_id: str) -> None:
-        """From :class:`.liveness.ServerWatch`, on the thread that reconnected: a new server lost what the old
-        one held: everything sent and unanswered goes again, first."""
+        """From :class:`.liveness.ServerWatch`, on the thread that reconnected: a new server (a restart, a Sentinel
+        failover) may lack what the old one held. Every chunk sent and unanswered is looked for in it at the next
+        check (:meth:`_relocate`, on the publisher's thread, woken by the hub)."""
         self.counts["new_servers"] += 1
         self._evicted = None  # a new server counts its evictions from 0
         if self.leases is not None:
             self.leases.forget()
-        entries = self.table.requeue_all_sent()
-        for entry in entries:
-            entry.owner.counts["resent"] += 1
-            entry.owner.counts["recovered"] += 1
+        with self._moved_lock:
+            self._moved += [(e, e.tag) for e in self.table.sent_before(float("inf"))]
+
+    def _relocate(self) -> None:
+        """The chunks out when a new server was seen: those waiting in its queues wait on (a promoted replica has
+        them); those it had delivered go again at once, first, and leave its unacknowledged set (every worker lost
+        its connection, and with it what it had prefetched); those it lacks (an empty restart, what the replica
+        had not received) are suspects, sent again once the replies of that moment were read
+        (:meth:`_resend_suspects`)."""
+        with self._moved_lock:
+            moved, self._moved = self._moved, []
+        left = [e for e, tag in moved if e.tag == tag and e.state == SENT and self.table.get(e.id) is e]
+        queues: dict[str, set[str]] = {}
+        for entry in left:
+            queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
+        try:
+            delivered, queued = where(self.client, queues)
+            forget_delivery(self.client, sorted({e.tag for e in left if e.tag in delivered}))
+        except Exception as exc:  # away again, or a blip: what it holds is unknown, so everything goes again
+            log.debug("looking for the unanswered chunks in the new server failed: %s", exc)
+            self.requeue(left, "Redis is a new server")
+            return
+        waiting = [e for e in left if queued is not None and e.tag in queued and e.tag not in delivered]
+        taken = [e for e in left if e.tag in delivered]
+        gone = [e for e in left if e.tag not in delivered and (queued is None or e.tag not in queued)]
+        now = time.monotonic()
+        self.table.refresh(waiting, now)
+        restore_claims(self.client, [e for e in waiting if e.claimed])
+        self.requeue(taken, "Redis is a new server: the workers dropped what they had taken")
+        self._suspect(gone, "Redis is a new server without them", "recovered")
         log.warning(
-            "Redis at %s is a new server: sending the %d unanswered chunks again, first", redact(self.url), len(entries)
+            "Redis at %s is a new server: of the %d unanswered chunks, %d wait in its queues, %d had been taken by"
+            " workers (sent again, first), %d are not in it (sent again, first, unless answered meanwhile)",
+            redact(self.url),
+            len(left),
+            len(waiting),
+            len(taken),
+            len(gone),
         )
 
     # ---- the timed checks (on the publisher's thread) ------------------------------------------------------------
 
     def next_check(self) -> float:
         """The monotonic time of the next check (inf: nothing is out)."""
-        if self._drained_at() < self.adopted_at:
+        if self._moved:
+            return time.monotonic()
+        if self._replies.drained_at < self.adopted_at:
             return time.monotonic() + 0.05  # taken over: their replies first, then look for them
         unsaid = self.said.due()
         oldest = self.table.oldest_sent()
@@ -248,8 +294,8 @@ class Recovery:
             soon = min(soon, max(oldest, self._lease_at) + self.leases.lease / 3)
         if self._watch_evictions():
             soon = min(soon, self._evicted_at + EVICTION_POLL)
-        if self._suspects:
-            soon = min(soon, self._suspects_at + EVICTION_SETTLE)
+        if self._suspects:  # sent again once the replies of that moment were read: looked at every 50 ms
+            soon = min(soon, self._suspects_at + EVICTION_SETTLE, time.monotonic() + 0.05)
         return soon
 
     def check(self) -> None:
@@ -257,7 +303,9 @@ class Recovery:
         than ``resend_after``."""
         now = time.monotonic()
         self.said.say_the_rest(now)
-        if self._drained_at() < self.adopted_at:
+        if self._moved:
+            self._relocate()
+        if self._replies.drained_at < self.adopted_at:
             return
         oldest = self.table.oldest_sent()
         if oldest is None:
@@ -265,7 +313,8 @@ class Recovery:
         if self.leases is not None and now - max(oldest, self._lease_at) >= self.leases.lease / 3:
             self._lease_at = now
             self._check_leases()
-        if self._suspects and (self._drained_at() > self._suspects_at or now - self._suspects_at >= EVICTION_SETTLE):
+        settled = self._replies.drained_at > self._suspects_at or now - self._suspects_at >= EVICTION_SETTLE
+        if self._suspects and settled:
             self._resend_suspects()
         if self._watch_evictions() and now - self._evicted_at >= EVICTION_POLL:
             self._evicted_at = now
@@ -296,7 +345,7 @@ class Recovery:
             self._evicted = before  # look again at the next round
             return
         why = f"Redis evicted them: maxmemory-policy {self.server.policy if self.server is not None else '?'}"
-        gone = [(e, e.tag, why, "evicted") for e in out if e.tag not in found]
+        gone = [e for e in out if e.tag not in found]
         claims = restore_claims(self.client, [e for e in out if e.tag in found and e.claimed])
         policy = self.server.policy if self.server is not None else "?"
         (log.warning if self.counts["evictions"] == 1 else log.info)(
@@ -309,8 +358,15 @@ class Recovery:
             len(gone),
             claims,
         )
-        self._suspects.extend(gone)
+        self._suspect(gone, why, "evicted")
+
+    def _suspect(self, entries: list[Entry], why: str, count: str) -> None:
+        """``entries`` were found nowhere in Redis: sent again (:meth:`_resend_suspects`, counted as ``count``) unless
+        answered once the replies of this moment were read; the listener is woken to read them at once."""
+        self._suspects.extend((e, e.tag, why, count) for e in entries)
         self._suspects_at = time.monotonic()
+        if entries:
+            self._replies.wake()
 
     def _resend_suspects(self) -> None:
         """The chunks found nowhere after an eviction or a worker's death, still unanswered once the replies of
@@ -342,8 +398,7 @@ class Recovery:
         if found is None:  # the late check still finds them
             return
         why = "taken from the queue by a worker that died before recording it"
-        self._suspects.extend((e, e.tag, why, "recovered") for e in out if e.tag not in found)
-        self._suspects_at = time.monotonic()
+        self._suspect([e for e in out if e.tag not in found], why, "recovered")
 
     def _check_leases(self) -> None:
         assert self.leases is not None
@@ -354,7 +409,7 @@ class Recovery:
             # acknowledging, which kombu would otherwise run again after the visibility timeout
             dead = {tag_of[t] for t, _ in lost if t in tag_of} | self.leases.take_released()
             if dead:
-                self.leases.forget_delivery(sorted(dead))
+                forget_delivery(self.client, sorted(dead))
         except Exception as exc:  # a Redis blip: the next round catches up
             log.debug("lease check failed: %s", exc)
             return

@@ -819,14 +819,22 @@ def test_a_sentinel_failover_under_a_paced_stream_recovers_what_was_written_befo
                     if i == kill_at:
                         old.append(sentinel.kill_master())
                         killed["at"] = time.monotonic()
+                        watcher.start()
                     emitter.write(bytes([i % 256]) * 1000)
 
+            def watch() -> None:  # when the sentinels promoted the replica, seen while the writer goes on
+                promoted.append(wait_for(lambda: sentinel.failed_over(old[0]), 30, "the promotion"))
+                promoted.append(time.monotonic() - killed["at"])
+
+            promoted: list[Any] = []
             writer = threading.Thread(target=paced, daemon=True)
+            watcher = threading.Thread(target=watch, daemon=True)
             writer.start()
             writer.join(60)
             assert not writer.is_alive(), "the writer was held up"
-            new = wait_for(lambda: sentinel.failed_over(old[0]), 30, "the sentinels to promote the replica")
-            promoted = time.monotonic() - killed["at"]
+            watcher.join(30)
+            assert len(promoted) == 2, "the sentinels did not promote the replica within 30 s"
+            new, promoted_after = promoted
             wait_for(
                 lambda: set(range(kill_at)) <= set(got.done_seqs()),
                 10.0 - (time.monotonic() - killed["at"]),  # within 10 s of the kill
@@ -843,7 +851,7 @@ def test_a_sentinel_failover_under_a_paced_stream_recovers_what_was_written_befo
                 assert b"Task handler raised error" not in log, log_tail(worker)
             print(
                 f"\n[sentinel failover, paced] master SIGKILLed after {kill_at} of {n} chunks; replica promoted after"
-                f" {promoted:.1f} s; every chunk written before the kill done {before_done:.1f} s after it;"
+                f" {promoted_after:.1f} s; every chunk written before the kill done {before_done:.1f} s after it;"
                 f" counts={emitter.executor.counts}"
             )
         finally:

@@ -7,6 +7,7 @@ list the message names (``tests.support.dist_helpers.reply``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -99,6 +100,37 @@ def test_a_new_server_run_id_sends_every_unanswered_chunk_again_at_once_first_wi
     assert (counts["resent"], counts["recovered"], counts["lost"], counts["undelivered"]) == (6, 6, 0, 0)
     assert server.new_servers == 3
     assert_accounted(emitter, 4)
+
+
+def test_a_new_server_that_still_holds_the_chunks_sends_again_only_what_workers_had_taken(
+    make: Any, admin: Any
+) -> None:
+    """A Sentinel failover: the promoted replica has the queue and kombu's unacknowledged set. What waits in the
+    queue waits on; what a worker had taken goes again at once, first (every worker lost its connection, and with
+    it what it had prefetched) and leaves the unacknowledged set, so it does not run again an hour later."""
+    emitter, got = make()
+    emitter.write(b"abcdefghijkl")
+    wait_for(lambda: len(queued(admin)) == 3, what="3 published messages")
+    raw = admin.rpop("celery")  # a worker takes chunk 0: kombu records the delivery as unacknowledged
+    taken = json.loads(raw)
+    tag = taken["properties"]["delivery_tag"]
+    admin.zadd("unacked_index", {tag: time.time()})
+    admin.hset("unacked", tag, raw)
+    executor = emitter.executor
+    server = executor.hub.server  # fakeredis has no INFO: told here what a new connection would read
+    server.seen("run-a")
+    server.seen("run-b")
+    messages = wait_for(lambda: len(q := queued(admin)) == 3 and q, timeout=2, what="chunk 0 sent again")
+    assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 1, 2]  # again first, ahead of those waiting
+    assert [m["headers"]["retries"] for m in messages] == [1, 0, 0]  # only chunk 0 was sent twice
+    assert admin.zcard("unacked_index") == 0 and admin.hlen("unacked") == 0
+    for message in messages:
+        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert emitter.wait(10)
+    assert got.done_seqs == [0, 1, 2] and got.errors == []
+    counts = executor.counts
+    assert (counts["resent"], counts["recovered"], counts["lost"], counts["published"]) == (1, 1, 0, 4)
+    assert_accounted(emitter, 3)
 
 
 def test_with_a_short_resend_after_a_chunk_still_queued_is_never_sent_again(make: Any, admin: Any) -> None:

@@ -61,14 +61,14 @@ def test_every_chunk_of_a_message_is_found_by_its_tag_and_a_resend_moves_them() 
     assert table.in_message("batch-1") == [chunks[3]] and len(table) == 3
 
 
-def test_a_new_server_queues_every_sent_chunk_again_but_none_answered_or_queued() -> None:
+def test_requeued_chunks_go_first_but_none_answered_or_queued() -> None:
     table = Pending()
     chunks = [entry("s", i) for i in range(4)]
     for e in chunks:
         table.add(e)
     send(table, table.take(3, 1 << 30), "m")
     table.pop(chunks[1].id)  # answered
-    assert table.requeue_all_sent() == [chunks[0], chunks[2]]
+    assert table.requeue(table.sent_before(float("inf"))) == [chunks[0], chunks[2]]
     assert [e.state for e in chunks] == [QUEUED, SENT, QUEUED, QUEUED]
     assert table.take(10, 1 << 30) == [chunks[0], chunks[2], chunks[3]]
     assert table.sent_tags() == ({}, {})

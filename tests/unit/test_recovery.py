@@ -53,12 +53,21 @@ class FakeRedis:
         return lambda keys, args: [[], 0]
 
 
+class Listener:
+    """The reply listener, as the recovery sees it: it last found the reply lists empty long ago."""
+
+    drained_at = 0.0
+
+    def wake(self) -> None:
+        pass
+
+
 def make(table: Pending, client: Any = None, policy: str | None = None) -> tuple[Recovery, list[Any]]:
     failed: list[Any] = []
     server = ServerWatch(lambda run_id: None)
     server.policy = policy
     rec = Recovery(table, client or FakeRedis(), "redis://h/0", 0.0, lambda: 120.0,
-                   lambda e, exc: failed.append((e, exc)) or table.pop(e.id), lambda: 0.0, server)  # fmt: skip
+                   lambda e, exc: failed.append((e, exc)) or table.pop(e.id), Listener(), server)  # fmt: skip
     return rec, failed
 
 
