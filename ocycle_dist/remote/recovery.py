@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..errors import DeliveryError
+from .lease import read_leases
 from .liveness import LeaseWatch, ServerWatch, forget_delivery, locate, where
 from .pending import SENT, Entry, Pending
 from .protocol import claim_key, claim_value
@@ -241,10 +242,11 @@ class Recovery:
             self._moved += [(e, e.tag) for e in self.table.sent_before(float("inf"))]
 
     def _relocate(self) -> None:
-        """The chunks out when a new server was seen: those waiting in its queues wait on (a promoted replica has
-        them); those it had delivered go again at once, first, and leave its unacknowledged set (every worker lost
-        its connection, and with it what it had prefetched); those it lacks (an empty restart, what the replica
-        had not received) are suspects, sent again once the replies of that moment were read
+        """The chunks out when a new server was seen. Those waiting in its queues wait on (a promoted replica has
+        them), and so do those a pool process's lease names (it runs what it drained, whatever its worker's
+        connection did). The others it had delivered go again at once, first, and leave its unacknowledged set:
+        every worker lost its connection, and with it what it had prefetched. Those it lacks (an empty restart,
+        what the replica had not received) are suspects, sent again once the replies of that moment were read
         (:meth:`_resend_suspects`)."""
         with self._moved_lock:
             moved, self._moved = self._moved, []
@@ -254,22 +256,26 @@ class Recovery:
             queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
         try:
             delivered, queued = where(self.client, queues)
-            forget_delivery(self.client, sorted({e.tag for e in left if e.tag in delivered}))
+            # a pool process runs what it drained whatever its worker's connection did; its lease names them
+            draining = {tag for _, tags in read_leases(self.client).held.values() for tag in tags}
+            taken = [e for e in left if e.tag in delivered and e.tag not in draining]
+            forget_delivery(self.client, sorted({e.tag for e in taken}))
         except Exception as exc:  # away again, or a blip: what it holds is unknown, so everything goes again
             log.debug("looking for the unanswered chunks in the new server failed: %s", exc)
             self.requeue(left, "Redis is a new server")
             return
-        waiting = [e for e in left if queued is not None and e.tag in queued and e.tag not in delivered]
-        taken = [e for e in left if e.tag in delivered]
-        gone = [e for e in left if e.tag not in delivered and (queued is None or e.tag not in queued)]
+        waiting = [e for e in left if e.tag in draining or (queued is not None and e.tag in queued - delivered)]
+        held = delivered | draining
+        gone = [e for e in left if e.tag not in held and (queued is None or e.tag not in queued)]
         now = time.monotonic()
         self.table.refresh(waiting, now)
         restore_claims(self.client, [e for e in waiting if e.claimed])
         self.requeue(taken, "Redis is a new server: the workers dropped what they had taken")
         self._suspect(gone, "Redis is a new server without them", "recovered")
         log.warning(
-            "Redis at %s is a new server: of the %d unanswered chunks, %d wait in its queues, %d had been taken by"
-            " workers (sent again, first), %d are not in it (sent again, first, unless answered meanwhile)",
+            "Redis at %s is a new server: of the %d unanswered chunks, %d wait in its queues or run in a pool process,"
+            " %d had been taken by workers (sent again, first), %d are not in it (sent again, first, unless answered"
+            " meanwhile)",
             redact(self.url),
             len(left),
             len(waiting),

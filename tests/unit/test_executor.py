@@ -20,11 +20,13 @@ import ocycle_dist as ocycle
 from ocycle_dist.app.embedded import embedded_broker
 from ocycle_dist.errors import ConfigError, DeliveryError, EncodeError, RemoteTaskError
 from ocycle_dist.remote import wire
+from ocycle_dist.remote.protocol import WORKERS_KEY, lease_key
 from ocycle_dist.remote.redis_client import connect
 from ocycle_dist.remote.settings import Settings
 from ocycle_dist.testing import free_port
 from tests.support.dist_helpers import (
     Collector,
+    answer,
     assert_accounted,
     queued,
     reply,
@@ -106,31 +108,35 @@ def test_a_new_server_that_still_holds_the_chunks_sends_again_only_what_workers_
     make: Any, admin: Any
 ) -> None:
     """A Sentinel failover: the promoted replica has the queue and kombu's unacknowledged set. What waits in the
-    queue waits on; what a worker had taken goes again at once, first (every worker lost its connection, and with
-    it what it had prefetched) and leaves the unacknowledged set, so it does not run again an hour later."""
+    queue waits on; what a worker had prefetched goes again at once, first (every worker lost its connection, and
+    with it what it had prefetched) and leaves the unacknowledged set, so it does not run again an hour later;
+    what a pool process drained (its lease names it) it runs still: not sent again."""
     emitter, got = make()
-    emitter.write(b"abcdefghijkl")
-    wait_for(lambda: len(queued(admin)) == 3, what="3 published messages")
-    raw = admin.rpop("celery")  # a worker takes chunk 0: kombu records the delivery as unacknowledged
-    taken = json.loads(raw)
-    tag = taken["properties"]["delivery_tag"]
-    admin.zadd("unacked_index", {tag: time.time()})
-    admin.hset("unacked", tag, raw)
+    emitter.write(b"abcdefghijklmnop")
+    wait_for(lambda: len(queued(admin)) == 4, what="4 published messages")
+    taken = [json.loads(raw) for raw in (admin.rpop("celery"), admin.rpop("celery"))]  # chunks 0 and 1
+    tags = [m["properties"]["delivery_tag"] for m in taken]
+    for message, tag in zip(taken, tags, strict=True):  # kombu records each delivery as unacknowledged
+        admin.zadd("unacked_index", {tag: time.time()})
+        admin.hset("unacked", tag, json.dumps(message))
+    pool = "w1@host/4242"  # the lease of the pool process that drained chunk 1
+    admin.set(lease_key(pool), wire.dumps({"worker": pool, "tasks": [], "tags": [tags[1]]}), px=3000)
+    admin.sadd(WORKERS_KEY, pool)
     executor = emitter.executor
     server = executor.hub.server  # fakeredis has no INFO: told here what a new connection would read
     server.seen("run-a")
     server.seen("run-b")
     messages = wait_for(lambda: len(q := queued(admin)) == 3 and q, timeout=2, what="chunk 0 sent again")
-    assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 1, 2]  # again first, ahead of those waiting
+    assert [m["headers"]["ocycle"]["seq"] for m in messages] == [0, 2, 3]  # again first, ahead of those waiting
     assert [m["headers"]["retries"] for m in messages] == [1, 0, 0]  # only chunk 0 was sent twice
-    assert admin.zcard("unacked_index") == 0 and admin.hlen("unacked") == 0
-    for message in messages:
-        reply(admin, emitter.stream, message["headers"]["id"], result="ok")
+    assert admin.zrange("unacked_index", 0, -1) == [tags[1].encode()] and admin.hkeys("unacked") == [tags[1].encode()]
+    for message in [taken[1], *messages]:
+        answer(admin, emitter.stream, message, result="ok")
     assert emitter.wait(10)
-    assert got.done_seqs == [0, 1, 2] and got.errors == []
+    assert got.done_seqs == [0, 1, 2, 3] and got.errors == []
     counts = executor.counts
-    assert (counts["resent"], counts["recovered"], counts["lost"], counts["published"]) == (1, 1, 0, 4)
-    assert_accounted(emitter, 3)
+    assert (counts["resent"], counts["recovered"], counts["lost"], counts["published"]) == (1, 1, 0, 5)
+    assert_accounted(emitter, 4)
 
 
 def test_with_a_short_resend_after_a_chunk_still_queued_is_never_sent_again(make: Any, admin: Any) -> None:
