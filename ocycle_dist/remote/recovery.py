@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -102,6 +103,27 @@ def restore_claims(client: Any, entries: list[Entry]) -> int:
     for entry in missing:
         entry.owner.counts["evicted"] += 1
     return len(missing)
+
+
+def sort_out(client: Any, entries: list[Entry]) -> tuple[list[Entry], list[Entry], list[Entry]]:
+    """Where a new server has the messages of ``entries``, sent to the old one: ``(waiting, taken, gone)``.
+
+    Waiting: in its queues (a promoted replica has them), or drained by a pool process whose lease names them (it
+    runs what it drained, whatever its worker's connection did). Taken: delivered to a worker otherwise; every
+    worker lost its connection, and Celery drops what it had prefetched then, so these go again and leave kombu's
+    unacknowledged set (here), lest they run again after the visibility timeout. Gone: nowhere in it (an empty
+    restart, what the replica had not received). Raises what Redis raised."""
+    queues: dict[str, set[str]] = {}
+    for entry in entries:
+        queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
+    delivered, queued = where(client, queues)
+    draining = {tag for _, tags in read_leases(client).held.values() for tag in tags}
+    taken = [e for e in entries if e.tag in delivered and e.tag not in draining]
+    forget_delivery(client, sorted({e.tag for e in taken}))
+    waiting = [e for e in entries if e.tag in draining or (queued is not None and e.tag in queued - delivered)]
+    held = delivered | draining
+    gone = [e for e in entries if e.tag not in held and (queued is None or e.tag not in queued)]
+    return waiting, taken, gone
 
 
 def explain_late(entry: Entry, url: str) -> str:
@@ -197,8 +219,7 @@ class Recovery:
         # chunks found nowhere after an eviction or a worker's death: (entry, its tag then, why, counted as)
         self._suspects: list[tuple[Entry, str, str, str]] = []
         self._suspects_at = 0.0  # when they were looked for
-        self._moved: list[tuple[Entry, str]] = []  # chunks out when a new server was seen, with their tags then
-        self._moved_lock = threading.Lock()  # new_server runs on the thread that reconnected
+        self._moved: deque[tuple[Entry, str]] = deque()  # chunks out when a new server was seen, their tags then
         self.counts = dict.fromkeys(("new_servers", "located", "evictions"), 0)
         self.said = ResentLog()
 
@@ -238,50 +259,27 @@ class Recovery:
         self._evicted = None  # a new server counts its evictions from 0
         if self.leases is not None:
             self.leases.forget()
-        with self._moved_lock:
-            self._moved += [(e, e.tag) for e in self.table.sent_before(float("inf"))]
+        self._moved.extend((e, e.tag) for e in self.table.sent_before(float("inf")))  # deque: thread-safe
 
     def _relocate(self) -> None:
-        """The chunks out when a new server was seen. Those waiting in its queues wait on (a promoted replica has
-        them), and so do those a pool process's lease names (it runs what it drained, whatever its worker's
-        connection did). The others it had delivered go again at once, first, and leave its unacknowledged set:
-        every worker lost its connection, and with it what it had prefetched. Those it lacks (an empty restart,
-        what the replica had not received) are suspects, sent again once the replies of that moment were read
-        (:meth:`_resend_suspects`)."""
-        with self._moved_lock:
-            moved, self._moved = self._moved, []
+        """The chunks out when a new server was seen, looked for in it (:func:`sort_out`): those it holds wait on,
+        those workers had taken go again at once, those it lacks are suspects (:meth:`_resend_suspects`)."""
+        moved = [self._moved.popleft() for _ in range(len(self._moved))]
         left = [e for e, tag in moved if e.tag == tag and e.state == SENT and self.table.get(e.id) is e]
-        queues: dict[str, set[str]] = {}
-        for entry in left:
-            queues.setdefault(entry.owner.settings.queue, set()).add(entry.tag)
         try:
-            delivered, queued = where(self.client, queues)
-            # a pool process runs what it drained whatever its worker's connection did; its lease names them
-            draining = {tag for _, tags in read_leases(self.client).held.values() for tag in tags}
-            taken = [e for e in left if e.tag in delivered and e.tag not in draining]
-            forget_delivery(self.client, sorted({e.tag for e in taken}))
+            waiting, taken, gone = sort_out(self.client, left)
         except Exception as exc:  # away again, or a blip: what it holds is unknown, so everything goes again
             log.debug("looking for the unanswered chunks in the new server failed: %s", exc)
             self.requeue(left, "Redis is a new server")
             return
-        waiting = [e for e in left if e.tag in draining or (queued is not None and e.tag in queued - delivered)]
-        held = delivered | draining
-        gone = [e for e in left if e.tag not in held and (queued is None or e.tag not in queued)]
-        now = time.monotonic()
-        self.table.refresh(waiting, now)
+        self.table.refresh(waiting, time.monotonic())
         restore_claims(self.client, [e for e in waiting if e.claimed])
         self.requeue(taken, "Redis is a new server: the workers dropped what they had taken")
         self._suspect(gone, "Redis is a new server without them", "recovered")
-        log.warning(
-            "Redis at %s is a new server: of the %d unanswered chunks, %d wait in its queues or run in a pool process,"
-            " %d had been taken by workers (sent again, first), %d are not in it (sent again, first, unless answered"
-            " meanwhile)",
-            redact(self.url),
-            len(left),
-            len(waiting),
-            len(taken),
-            len(gone),
-        )
+        log.warning("Redis at %s is a new server: of the %d unanswered chunks, %d wait in its queues or run in a pool"
+                    " process, %d had been taken by workers (sent again, first), %d are not in it (sent again, first,"
+                    " unless answered meanwhile)", redact(self.url), len(left), len(waiting), len(taken),
+                    len(gone))  # fmt: skip
 
     # ---- the timed checks (on the publisher's thread) ------------------------------------------------------------
 
@@ -350,21 +348,14 @@ class Recovery:
         if found is None:
             self._evicted = before  # look again at the next round
             return
-        why = f"Redis evicted them: maxmemory-policy {self.server.policy if self.server is not None else '?'}"
+        policy = self.server.policy if self.server is not None else "?"
         gone = [e for e in out if e.tag not in found]
         claims = restore_claims(self.client, [e for e in out if e.tag in found and e.claimed])
-        policy = self.server.policy if self.server is not None else "?"
         (log.warning if self.counts["evictions"] == 1 else log.info)(
             "Redis at %s evicted %d key(s) (maxmemory-policy %s): of the %d chunks out, %d are gone from it (they go"
             " again unless answered meanwhile) and %d claimed chunks of messages still there were stored again",
-            redact(self.url),
-            evicted - before,
-            policy,
-            len(out),
-            len(gone),
-            claims,
-        )
-        self._suspect(gone, why, "evicted")
+            redact(self.url), evicted - before, policy, len(out), len(gone), claims)  # fmt: skip
+        self._suspect(gone, f"Redis evicted them: maxmemory-policy {policy}", "evicted")
 
     def _suspect(self, entries: list[Entry], why: str, count: str) -> None:
         """``entries`` were found nowhere in Redis: sent again (:meth:`_resend_suspects`, counted as ``count``) unless

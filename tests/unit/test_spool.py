@@ -157,6 +157,10 @@ def test_a_full_disk_fails_the_chunks_the_spool_cannot_keep_and_the_spool_recove
     emitter, got = make(settings={"spool_dir": str(small_disk), "resend_after": 60.0}, size=16384, max_inflight=1000)
     for i in range(400):  # 400 chunks of 16 KiB: more than the disk holds
         emitter.write(bytes([i % 256]) * 16384)  # never raises
+    wait_for(  # each chunk kept on disk or failed (the publisher's thread writes the spool): every one accounted
+        lambda: emitter.stats().failed + len(spool_rows(small_disk, emitter.stream)) == 400,
+        what="every chunk kept or failed",
+    )
     settled(emitter)
     stats = emitter.stats()
     assert stats.emitted == 400 and stats.dropped == 0
