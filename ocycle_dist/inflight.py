@@ -7,7 +7,8 @@ The bound is the only one of an emitter: ``admit()`` applies the policy when the
 (``max_inflight`` chunks out) or by cost (``max_cost``: a budget in the executor's units, measured by its
 ``meter``; the celery mode's is bytes of chunks kept until their result is in). When full: ``block`` the
 writer until a chunk settles, ``drop_newest`` (the new chunk) or ``drop_oldest`` (cancel the oldest chunk
-whose Future can still be cancelled). Drops are counted and logged once per episode. Thread-safe: chunks
+whose Future can still be cancelled). Drops are counted; a full episode is logged once, and at most once every
+:data:`SAY_FULL_EVERY` seconds (a producer paced by ``block`` fills its bound at every chunk). Thread-safe: chunks
 settle on executor and callback threads.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
 OUTCOMES = ("done", "failed", "dropped", "expired")
+SAY_FULL_EVERY = 60.0  # seconds: episodes of a full bound sooner than this after the last one said are counted
 log = logging.getLogger("ocycle_dist")
 
 
@@ -62,6 +64,8 @@ class InFlight:
         self._futures: dict[int, Future[Any] | None] = {}  # seq -> its Future (None until submitted), emit order
         self._emitted_at: dict[int, float] = {}  # seq -> monotonic time of emit, until the chunk settles
         self._full = False  # an episode of a full bound: logged once
+        self._said_at = float("-inf")  # when a full episode was last logged
+        self._unsaid = 0  # full episodes since, not logged
         self.latencies: deque[float] = deque(maxlen=1000)  # emit-to-outcome seconds of the last chunks
         self.counts = dict.fromkeys(("emitted", *OUTCOMES), 0)
 
@@ -110,7 +114,8 @@ class InFlight:
                     return False
             if self._full and not self._over(cost, slack=0.75):
                 self._full = False
-                log.info("the backlog bound of %s has room again", self.name or "an emitter")
+                if not self._unsaid:  # the episode was said
+                    log.info("the backlog bound of %s has room again", self.name or "an emitter")
             self._futures[seq] = None
             return True
 
@@ -121,20 +126,29 @@ class InFlight:
         return self.max_cost is not None and self.meter is not None and self.meter() + cost > self.max_cost * slack
 
     def _episode(self, what: str) -> None:
-        if not self._full:
-            self._full = True
-            bound = []
-            if self.max_inflight is not None:
-                bound.append(f"max_inflight={self.max_inflight}")
-            if self.max_cost is not None:
-                bound.append(f"a budget of {self.max_cost} bytes")
-            log.warning(
-                "the backlog of %s is full (%s): %s; drops are counted in stats().dropped (logged once until it has"
-                " room again)",
-                self.name or "an emitter",
-                " and ".join(bound),
-                what,
-            )
+        if self._full:
+            return
+        self._full = True
+        now = time.monotonic()
+        if now - self._said_at < SAY_FULL_EVERY:
+            self._unsaid += 1
+            return
+        bound = []
+        if self.max_inflight is not None:
+            bound.append(f"max_inflight={self.max_inflight}")
+        if self.max_cost is not None:
+            bound.append(f"a budget of {self.max_cost} bytes")
+        more = f"; full {self._unsaid} more time(s) since the last such line" if self._unsaid else ""
+        log.warning(
+            "the backlog of %s is full (%s): %s%s; drops are counted in stats().dropped (logged once until it has"
+            " room again, at most once every %g s)",
+            self.name or "an emitter",
+            " and ".join(bound),
+            what,
+            more,
+            SAY_FULL_EVERY,
+        )
+        self._said_at, self._unsaid = now, 0
 
     def _cancel_oldest(self) -> bool:
         """Cancel the oldest chunk whose Future is still pending; it is counted as dropped at once."""

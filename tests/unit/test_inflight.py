@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
+import ocycle_dist.inflight as inflight_module
 from ocycle_dist.inflight import InFlight
 
 
@@ -82,3 +84,29 @@ def test_a_count_and_a_cost_bound_apply_together() -> None:
         if inflight.admit(seq, 10):
             store.future(inflight, seq, 10)
     assert list(store.cost) == [0, 1] and inflight.counts["dropped"] == 1
+
+
+def test_a_bound_that_fills_at_every_chunk_is_logged_once_a_minute_with_the_episodes_between_counted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inflight = InFlight(1, "drop_newest", name="spl")  # one chunk out at a time: full at every chunk
+    clock = [1000.0]
+    monkeypatch.setattr(inflight_module.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.INFO, logger="ocycle_dist"):
+        for seq in range(0, 20, 2):
+            inflight.emitted(seq)
+            assert inflight.admit(seq)
+            inflight.emitted(seq + 1)
+            assert not inflight.admit(seq + 1)  # full: dropped, an episode
+            inflight.settle(seq, "done")
+        full = [r.getMessage() for r in caplog.records if "is full" in r.getMessage()]
+        assert len(full) == 1 and "max_inflight=1" in full[0] and "more time" not in full[0]
+        assert sum(r.getMessage().endswith("has room again") for r in caplog.records) == 1  # the one said
+        clock[0] += inflight_module.SAY_FULL_EVERY
+        inflight.emitted(20)
+        assert inflight.admit(20)
+        inflight.emitted(21)
+        assert not inflight.admit(21)
+    full = [r.getMessage() for r in caplog.records if "is full" in r.getMessage()]
+    assert len(full) == 2 and "full 9 more time(s) since the last such line" in full[1]
+    assert inflight.counts["dropped"] == 11  # every drop counted, said or not
